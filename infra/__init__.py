@@ -1,0 +1,1 @@
+"""Shared infrastructure of an mlflow-aws stack: config, artifact store, database, image."""

@@ -1,0 +1,332 @@
+"""The stack config of mlflow-aws, read in one place into a typed, validated object.
+
+Every key lives in the ``mlflow-aws:`` namespace and is documented in ``Pulumi.yaml``.
+``parse_stack_config`` is pure (raw strings in, ``StackConfig`` out) so it can be tested
+without Pulumi; ``load_stack_config`` feeds it the running stack's config. Invalid config
+raises ``ConfigError`` (a ``pulumi.RunError``: shown without a traceback) listing every
+problem with the key, the value and the rule, before any resource is registered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+
+from projects.names import collisions, name_problem
+
+NAMESPACE = "mlflow-aws"
+DOCKER_REQUIREMENTS = Path(__file__).resolve().parent.parent / "docker" / "requirements.txt"
+
+TOP_LEVEL_KEYS = ("projects", "mlflowVersion", "db", "protect")
+DB_KEYS = (
+    "minCapacity",
+    "maxCapacity",
+    "secondsUntilAutoPause",
+    "allowedCidrs",
+    "backupRetentionDays",
+    "deletionProtection",
+    "vpcId",
+    "subnetIds",
+)
+PROJECT_KEYS = ("name", "dropDataOnRemove", "iamGroups", "iamRoles", "passwordVersion")
+
+# Aurora Serverless v2 limits (ACU) and auto-pause window (seconds).
+MIN_ACU, MAX_ACU = 0.0, 256.0
+AUTO_PAUSE_MIN_S, AUTO_PAUSE_MAX_S = 300, 86400
+
+
+class ConfigError(pulumi.RunError):
+    """Invalid stack config; the message lists every problem found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid stack config ({len(problems)} problem(s)):\n{lines}")
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    name: str
+    drop_data_on_remove: bool = False  # consent to DROP the schema when the project is removed
+    iam_groups: tuple[str, ...] = ()  # IAM groups the project's policy is attached to
+    iam_roles: tuple[str, ...] = ()  # IAM roles the project's policy is attached to
+    password_version: int = 1  # bump to rotate the project's MySQL password
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    min_capacity: float = 0.0  # ACU; 0 lets Aurora pause when idle
+    max_capacity: float = 2.0
+    seconds_until_auto_pause: int = 300
+    allowed_cidrs: tuple[str, ...] = ()  # who may reach MySQL from outside the VPC
+    backup_retention_days: int = 1
+    deletion_protection: bool = False
+    vpc_id: str | None = None  # None: the account's default VPC
+    subnet_ids: tuple[str, ...] = ()  # empty: the subnets of that VPC
+
+    @property
+    def publicly_accessible(self) -> bool:
+        return bool(self.allowed_cidrs)
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    stack: str
+    mlflow_version: str
+    protect: bool
+    db: DatabaseConfig
+    projects: tuple[ProjectConfig, ...] = field(default_factory=tuple)
+
+
+def pinned_mlflow_version(requirements: Path = DOCKER_REQUIREMENTS) -> str:
+    """The mlflow version pinned in the server image's requirements."""
+    for line in requirements.read_text().splitlines():
+        match = re.fullmatch(r"\s*mlflow==([0-9][0-9A-Za-z.+-]*)\s*(#.*)?", line)
+        if match:
+            return match.group(1)
+    raise RuntimeError(f"{requirements} does not pin mlflow==<version>")
+
+
+def _key(name: str) -> str:
+    return f"{NAMESPACE}:{name}"
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, key: str, value: Any, rule: str) -> None:
+        self.items.append(f"{_key(key)} = {json.dumps(value)}: {rule}")
+
+
+def _parse_json_or_text(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, ValueError):
+        return raw
+
+
+def _as_bool(value: Any, key: str, problems: _Problems, default: bool) -> bool:
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    problems.add(key, value, "must be true or false")
+    return default
+
+
+def _as_number(
+    value: Any, key: str, problems: _Problems, default: float, lo: float, hi: float
+) -> float:
+    if value is None:
+        return default
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or number != number:  # NaN
+        problems.add(key, value, f"must be a number from {lo:g} to {hi:g}")
+        return default
+    if not lo <= number <= hi:
+        problems.add(key, value, f"must be from {lo:g} to {hi:g}")
+        return default
+    return number
+
+
+def _as_int(value: Any, key: str, problems: _Problems, default: int, lo: int, hi: int) -> int:
+    number = _as_number(value, key, problems, float(default), lo, hi)
+    if number != int(number):
+        problems.add(key, value, "must be a whole number")
+        return default
+    return int(number)
+
+
+def _as_str_list(value: Any, key: str, problems: _Problems) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = _parse_json_or_text(value)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        problems.add(key, value, "must be a list of non-empty strings")
+        return ()
+    return tuple(value)
+
+
+def _parse_capacity(db: Mapping[str, Any], problems: _Problems) -> tuple[float, float]:
+    lo = _as_number(db.get("minCapacity"), "db.minCapacity", problems, 0.0, MIN_ACU, MAX_ACU)
+    hi = _as_number(db.get("maxCapacity"), "db.maxCapacity", problems, 2.0, 1.0, MAX_ACU)
+    for key, value in (("db.minCapacity", lo), ("db.maxCapacity", hi)):
+        if (value * 2) != int(value * 2):
+            problems.add(key, value, "must be a multiple of 0.5 ACU")
+    if lo > hi:
+        problems.add("db.minCapacity", lo, f"must not exceed db.maxCapacity ({hi:g})")
+    return lo, hi
+
+
+def _parse_cidrs(value: Any, problems: _Problems) -> tuple[str, ...]:
+    cidrs = _as_str_list(value, "db.allowedCidrs", problems)
+    normalised = []
+    for cidr in cidrs:
+        try:
+            network = ipaddress.ip_network(cidr.strip(), strict=True)
+        except ValueError as exc:
+            problems.add(
+                "db.allowedCidrs", cidr, f"is not a valid CIDR such as 203.0.113.7/32 ({exc})"
+            )
+            continue
+        if network.prefixlen == 0:
+            problems.add(
+                "db.allowedCidrs",
+                cidr,
+                "opens MySQL to the whole internet and is refused; list your office or VPN "
+                "ranges instead",
+            )
+            continue
+        normalised.append(str(network))
+    return tuple(dict.fromkeys(normalised))
+
+
+def _parse_db(raw: str | None, protect: bool, problems: _Problems) -> DatabaseConfig:
+    db: Any = {} if raw is None else _parse_json_or_text(raw)
+    if not isinstance(db, dict):
+        problems.add("db", db, "must be an object, e.g. pulumi config set --path db.maxCapacity 4")
+        return DatabaseConfig(deletion_protection=protect)
+    for unknown in sorted(set(db) - set(DB_KEYS)):
+        problems.add(f"db.{unknown}", db[unknown], f"unknown key; known: {', '.join(DB_KEYS)}")
+    lo, hi = _parse_capacity(db, problems)
+    vpc_id = db.get("vpcId")
+    if vpc_id is not None and not (
+        isinstance(vpc_id, str) and re.fullmatch(r"vpc-[0-9a-f]+", vpc_id)
+    ):
+        problems.add("db.vpcId", vpc_id, "must be a VPC id like vpc-0123abcd")
+        vpc_id = None
+    subnet_ids = _as_str_list(db.get("subnetIds"), "db.subnetIds", problems)
+    for subnet in subnet_ids:
+        if not re.fullmatch(r"subnet-[0-9a-f]+", subnet):
+            problems.add("db.subnetIds", subnet, "must be subnet ids like subnet-0123abcd")
+    if subnet_ids and len(subnet_ids) < 2:
+        problems.add("db.subnetIds", list(subnet_ids), "Aurora needs subnets in at least 2 AZs")
+    return DatabaseConfig(
+        min_capacity=lo,
+        max_capacity=hi,
+        seconds_until_auto_pause=_as_int(
+            db.get("secondsUntilAutoPause"),
+            "db.secondsUntilAutoPause",
+            problems,
+            300,
+            AUTO_PAUSE_MIN_S,
+            AUTO_PAUSE_MAX_S,
+        ),
+        allowed_cidrs=_parse_cidrs(db.get("allowedCidrs"), problems),
+        backup_retention_days=_as_int(
+            db.get("backupRetentionDays"),
+            "db.backupRetentionDays",
+            problems,
+            7 if protect else 1,
+            1,
+            35,
+        ),
+        deletion_protection=_as_bool(
+            db.get("deletionProtection"), "db.deletionProtection", problems, protect
+        ),
+        vpc_id=vpc_id,
+        subnet_ids=subnet_ids,
+    )
+
+
+def _parse_project(item: Any, index: int, problems: _Problems) -> ProjectConfig | None:
+    key = f"projects[{index}]"
+    if isinstance(item, str):
+        item = {"name": item.strip()}
+    if not isinstance(item, dict):
+        problems.add(key, item, "must be a project name or an object with a name")
+        return None
+    for unknown in sorted(set(item) - set(PROJECT_KEYS)):
+        problems.add(
+            f"{key}.{unknown}", item[unknown], f"unknown key; known: {', '.join(PROJECT_KEYS)}"
+        )
+    name = item.get("name")
+    problem = name_problem(name)
+    if problem is not None:
+        problems.add(f"{key}.name", name, problem)
+        return None
+    assert isinstance(name, str)
+    return ProjectConfig(
+        name=name,
+        drop_data_on_remove=_as_bool(
+            item.get("dropDataOnRemove"), f"{key}.dropDataOnRemove", problems, False
+        ),
+        iam_groups=_as_str_list(item.get("iamGroups"), f"{key}.iamGroups", problems),
+        iam_roles=_as_str_list(item.get("iamRoles"), f"{key}.iamRoles", problems),
+        password_version=_as_int(
+            item.get("passwordVersion"), f"{key}.passwordVersion", problems, 1, 1, 1_000_000
+        ),
+    )
+
+
+def _parse_projects(raw: str | None, problems: _Problems) -> tuple[ProjectConfig, ...]:
+    if raw is None or not raw.strip():
+        return ()
+    items: Any = _parse_json_or_text(raw)
+    if isinstance(items, str):  # "churn, fraud"
+        items = [part.strip() for part in items.split(",")]
+    if not isinstance(items, list):
+        problems.add(
+            "projects", items, "must be a list, a JSON list or a comma-separated string of names"
+        )
+        return ()
+    raw_names = [
+        item if isinstance(item, str) else item.get("name") if isinstance(item, dict) else None
+        for item in items
+    ]
+    for message in collisions([n.strip() for n in raw_names if isinstance(n, str)]):
+        problems.items.append(f"{_key('projects')}: {message}")
+    parsed = [_parse_project(item, i, problems) for i, item in enumerate(items)]
+    return tuple(p for p in parsed if p is not None)
+
+
+def parse_stack_config(values: Mapping[str, str], stack: str) -> StackConfig:
+    """Parse the stack's raw config (full keys such as ``mlflow-aws:db`` to raw strings)."""
+    problems = _Problems()
+    ours = {k[len(NAMESPACE) + 1 :]: v for k, v in values.items() if k.startswith(f"{NAMESPACE}:")}
+    for unknown in sorted(set(ours) - set(TOP_LEVEL_KEYS)):
+        problems.add(unknown, ours[unknown], f"unknown key; known: {', '.join(TOP_LEVEL_KEYS)}")
+
+    protect = _as_bool(ours.get("protect"), "protect", problems, stack.startswith("prod"))
+    version = ours.get("mlflowVersion") or pinned_mlflow_version()
+    if not re.fullmatch(r"\d+\.\d+\.\d+", version):
+        problems.add("mlflowVersion", version, "must be a release version such as 3.17.2")
+    config = StackConfig(
+        stack=stack,
+        mlflow_version=version,
+        protect=protect,
+        db=_parse_db(ours.get("db"), protect, problems),
+        projects=_parse_projects(ours.get("projects"), problems),
+    )
+    if problems.items:
+        raise ConfigError(problems.items)
+    return config
+
+
+def load_stack_config() -> StackConfig:
+    """The running stack's config, validated."""
+    from pulumi.runtime import config as runtime_config
+
+    values = {k: str(v) for k, v in runtime_config.get_config_env().items()}
+    values.update({k: str(v) for k, v in runtime_config.CONFIG.get().items()})
+    return parse_stack_config(values, pulumi.get_stack())

@@ -1,0 +1,1 @@
+"""Per-project resources: the name rule, the MySQL schema provider, the project component."""
