@@ -1,0 +1,27 @@
+"""Session-wide real services: MariaDB (TLS required, like Aurora) and a moto server."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the program's packages (infra, projects, helper) live at the root
+    sys.path.insert(0, str(ROOT))
+
+from tests.services import MariaDB, MotoServer, running_mariadb, running_moto  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDB]:
+    with running_mariadb() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    with running_moto() as server:
+        yield server
