@@ -1,0 +1,78 @@
+"""mlflow-aws: shared MLflow experiment tracking on AWS.
+
+Reads the stack config, builds the shared infrastructure and one MlflowProject per configured
+project, and exports the outputs the helper reads (DESIGN.md "Stack outputs").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.artifact_store import ArtifactStore, ArtifactStoreArgs
+from infra.config import load_stack_config
+from infra.database import MetadataDatabase, MetadataDatabaseArgs
+from infra.server_image import ServerImage, ServerImageArgs
+
+DOCKER_DIR = Path(__file__).resolve().parent / "docker"
+
+config = load_stack_config()  # raises before any resource is registered when invalid
+tags = {"mlflow-aws:stack": config.stack}
+
+store = ArtifactStore(
+    "artifacts", ArtifactStoreArgs(stack=config.stack, protect=config.protect, tags=tags)
+)
+database = MetadataDatabase(
+    "metadata",
+    MetadataDatabaseArgs(stack=config.stack, db=config.db, protect=config.protect, tags=tags),
+)
+image = ServerImage(
+    "server",
+    ServerImageArgs(
+        stack=config.stack,
+        mlflow_version=config.mlflow_version,
+        protect=config.protect,
+        context_dir=DOCKER_DIR,
+        tags=tags,
+    ),
+)
+
+# One MlflowProject per configured project; its outputs are the DESIGN.md Projects entry.
+project_outputs: dict[str, pulumi.Output[dict]] = {}
+if config.projects:
+    # Imported only when needed: a stack without projects needs no MySQL provider code.
+    from projects.project import MlflowProject, MlflowProjectArgs
+
+    for p in config.projects:
+        project = MlflowProject(
+            f"project-{p.name}",
+            MlflowProjectArgs(
+                project=p,
+                bucket_name=store.bucket_name,
+                bucket_arn=store.bucket_arn,
+                db_endpoint=database.endpoint,
+                db_port=database.port,
+                admin_username=database.admin_username,
+                admin_password=database.admin_password,
+                repository_arn=image.repository_arn,
+                stack=config.stack,
+                protect=config.protect,
+            ),
+            # Schemas can only be created once the instance accepts connections.
+            pulumi.ResourceOptions(depends_on=[database.instance]),
+        )
+        project_outputs[p.name] = project.outputs
+
+pulumi.export("ArtifactRoot", store.artifact_root)
+pulumi.export("DatabaseEndpoint", database.endpoint)
+pulumi.export("DatabasePort", database.port)
+pulumi.export("DatabaseUsername", database.admin_username)
+pulumi.export("DatabasePassword", database.admin_password)
+pulumi.export("DatabaseUrl", database.database_url)
+pulumi.export("AdminSecretArn", database.admin_secret_arn)
+pulumi.export("ImageUri", image.image_uri)
+pulumi.export("Region", aws.get_region_output().region)
+pulumi.export("MlflowVersion", config.mlflow_version)
+pulumi.export("Projects", project_outputs)

@@ -1,0 +1,293 @@
+"""The metadata database: one Aurora MySQL Serverless v2 cluster shared by every project.
+
+Each project gets its own schema and user on it (``projects/``). The admin credentials are
+generated here and kept as Pulumi secrets (and in Secrets Manager): the project provider and
+the helper need the password itself, which ``manage_master_user_password`` would hide.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
+
+from infra.config import DatabaseConfig
+
+ENGINE = aws.rds.EngineType.AURORA_MYSQL
+# 3.08 is the first Aurora MySQL release that scales Serverless v2 to 0 ACU (auto-pause).
+ENGINE_VERSION = "8.0.mysql_aurora.3.08.2"
+PARAMETER_GROUP_FAMILY = "aurora-mysql8.0"
+PORT = 3306
+ADMIN_USERNAME = "mlflow_admin"
+# Aurora allows 8-41 characters. Only URL-unreserved specials, so the password can sit in a
+# mysql+pymysql:// URL unquoted and never trips over MySQL's forbidden / @ " characters.
+PASSWORD_LENGTH = 40
+MYSQL_SAFE_SPECIALS = "-_.~"
+# cluster_identifier_prefix plus the provider's 26-character suffix must fit 63 characters.
+_MAX_IDENTIFIER_PREFIX = 37
+
+
+def _identifier(stack: str) -> str:
+    """RDS identifiers: a letter first, then letters, digits and single hyphens."""
+    slug = re.sub(r"[^a-z0-9]+", "-", stack.lower()).strip("-") or "stack"
+    return f"mlflow-aws-{slug}"[: _MAX_IDENTIFIER_PREFIX - 1].rstrip("-")
+
+
+@dataclass
+class MetadataDatabaseArgs:
+    stack: str
+    db: DatabaseConfig
+    protect: bool  # final snapshot and Pulumi protect on the cluster
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+class MetadataDatabase(pulumi.ComponentResource):
+    endpoint: pulumi.Output[str]
+    port: int
+    admin_username: str
+    admin_password: pulumi.Output[str]  # secret
+    admin_secret_arn: pulumi.Output[str]
+    database_url: pulumi.Output[str]  # secret: mysql+pymysql://admin:pw@endpoint:3306
+    cluster_arn: pulumi.Output[str]
+    cluster_identifier: pulumi.Output[str]
+    security_group_id: pulumi.Output[str]
+    instance: aws.rds.ClusterInstance  # depend on it to know the database accepts connections
+
+    def __init__(
+        self, name: str, args: MetadataDatabaseArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("mlflow-aws:infra:MetadataDatabase", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        db = args.db
+        tags = {**args.tags, "mlflow-aws:component": "metadata-database"}
+        identifier = _identifier(args.stack)
+
+        vpc_id, vpc_cidr, subnet_ids = self._network(db)
+        subnet_group = aws.rds.SubnetGroup(
+            f"{name}-subnets",
+            aws.rds.SubnetGroupArgs(
+                subnet_ids=subnet_ids,
+                description=f"mlflow-aws {args.stack} metadata database",
+                tags=tags,
+            ),
+            child,
+        )
+        security_group = aws.ec2.SecurityGroup(
+            f"{name}-sg",
+            aws.ec2.SecurityGroupArgs(
+                vpc_id=vpc_id,
+                description="MySQL access to the mlflow-aws metadata database",
+                ingress=self._ingress(db, vpc_cidr),
+                # No egress rules: the database never initiates connections.
+                tags=tags,
+            ),
+            child,
+        )
+        parameter_group = aws.rds.ClusterParameterGroup(
+            f"{name}-params",
+            aws.rds.ClusterParameterGroupArgs(
+                family=PARAMETER_GROUP_FAMILY,
+                description="mlflow-aws: TLS-only connections",
+                parameters=[
+                    # Credentials never cross the network in clear text, even inside the VPC.
+                    aws.rds.ClusterParameterGroupParameterArgs(
+                        name="require_secure_transport", value="ON", apply_method="immediate"
+                    ),
+                ],
+                tags=tags,
+            ),
+            child,
+        )
+
+        password = random.RandomPassword(
+            f"{name}-admin-password",
+            random.RandomPasswordArgs(
+                length=PASSWORD_LENGTH,
+                override_special=MYSQL_SAFE_SPECIALS,
+                min_lower=1,
+                min_upper=1,
+                min_numeric=1,
+            ),
+            child,
+        )
+        admin_password: pulumi.Output[str] = pulumi.Output.secret(password.result)
+        # Final snapshot names must be unique per account and region.
+        snapshot_suffix = random.RandomId(
+            f"{name}-snapshot-suffix", random.RandomIdArgs(byte_length=4), child
+        )
+
+        cluster = aws.rds.Cluster(
+            f"{name}-cluster",
+            aws.rds.ClusterArgs(
+                cluster_identifier_prefix=f"{identifier}-",
+                engine=ENGINE,
+                engine_version=ENGINE_VERSION,
+                engine_mode="provisioned",  # Serverless v2 is "provisioned" + db.serverless
+                serverlessv2_scaling_configuration=aws.rds.ClusterServerlessv2ScalingConfigurationArgs(
+                    min_capacity=db.min_capacity,
+                    max_capacity=db.max_capacity,
+                    # Only meaningful (and only accepted) when the cluster may pause.
+                    seconds_until_auto_pause=(
+                        db.seconds_until_auto_pause if db.min_capacity == 0 else None
+                    ),
+                ),
+                master_username=ADMIN_USERNAME,
+                master_password=admin_password,
+                port=PORT,
+                db_subnet_group_name=subnet_group.name,
+                vpc_security_group_ids=[security_group.id],
+                db_cluster_parameter_group_name=parameter_group.name,
+                storage_encrypted=True,
+                backup_retention_period=db.backup_retention_days,
+                copy_tags_to_snapshot=True,
+                deletion_protection=db.deletion_protection,
+                skip_final_snapshot=not args.protect,
+                final_snapshot_identifier=(
+                    pulumi.Output.concat(identifier, "-final-", snapshot_suffix.hex)
+                    if args.protect
+                    else None
+                ),
+                # Parameter and scaling changes should not wait for the maintenance window.
+                apply_immediately=True,
+                tags=tags,
+            ),
+            pulumi.ResourceOptions(
+                parent=self,
+                protect=args.protect,
+                additional_secret_outputs=["masterPassword"],
+            ),
+        )
+        self.instance = aws.rds.ClusterInstance(
+            f"{name}-instance",
+            aws.rds.ClusterInstanceArgs(
+                identifier_prefix=f"{identifier}-",
+                cluster_identifier=cluster.id,
+                instance_class="db.serverless",
+                engine=ENGINE,
+                engine_version=cluster.engine_version,
+                db_subnet_group_name=subnet_group.name,
+                # Reachable from the internet only when someone listed who may reach it.
+                publicly_accessible=db.publicly_accessible,
+                apply_immediately=True,
+                tags=tags,
+            ),
+            pulumi.ResourceOptions(parent=self, protect=args.protect),
+        )
+
+        secret = aws.secretsmanager.Secret(
+            f"{name}-admin-secret",
+            aws.secretsmanager.SecretArgs(
+                name_prefix=f"mlflow-aws/{args.stack}/admin-",
+                description=f"mlflow-aws {args.stack}: metadata database admin credentials",
+                # Unprotected stacks may be torn down and recreated under the same name.
+                recovery_window_in_days=30 if args.protect else 0,
+                tags=tags,
+            ),
+            child,
+        )
+        aws.secretsmanager.SecretVersion(
+            f"{name}-admin-secret-value",
+            aws.secretsmanager.SecretVersionArgs(
+                secret_id=secret.id,
+                secret_string=pulumi.Output.secret(
+                    pulumi.Output.json_dumps(
+                        {
+                            "engine": "mysql",
+                            "host": cluster.endpoint,
+                            "port": PORT,
+                            "username": ADMIN_USERNAME,
+                            "password": admin_password,
+                            "dbClusterIdentifier": cluster.cluster_identifier,
+                        }
+                    )
+                ),
+            ),
+            pulumi.ResourceOptions(parent=self, additional_secret_outputs=["secretString"]),
+        )
+
+        self.endpoint = cluster.endpoint
+        self.port = PORT
+        self.admin_username = ADMIN_USERNAME
+        self.admin_password = admin_password
+        self.admin_secret_arn = secret.arn
+        self.database_url = pulumi.Output.secret(
+            pulumi.Output.concat(
+                f"mysql+pymysql://{ADMIN_USERNAME}:",
+                admin_password,
+                "@",
+                cluster.endpoint,
+                f":{PORT}",
+            )
+        )
+        self.cluster_arn = cluster.arn
+        self.cluster_identifier = cluster.cluster_identifier
+        self.security_group_id = security_group.id
+        self.register_outputs(
+            {
+                "endpoint": self.endpoint,
+                "port": self.port,
+                "admin_username": self.admin_username,
+                "admin_password": self.admin_password,
+                "admin_secret_arn": self.admin_secret_arn,
+                "database_url": self.database_url,
+                "cluster_arn": self.cluster_arn,
+                "cluster_identifier": self.cluster_identifier,
+                "security_group_id": self.security_group_id,
+            }
+        )
+
+    def _network(
+        self, db: DatabaseConfig
+    ) -> tuple[pulumi.Output[str], pulumi.Output[str], pulumi.Input[list[str]]]:
+        """The VPC (id, IPv4 CIDR) and subnets: configured ones, else the default VPC's."""
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        if db.vpc_id:
+            vpc = aws.ec2.get_vpc_output(id=db.vpc_id, opts=invoke)
+        elif db.subnet_ids:
+            subnet = aws.ec2.get_subnet_output(id=db.subnet_ids[0], opts=invoke)
+            vpc = aws.ec2.get_vpc_output(id=subnet.vpc_id, opts=invoke)
+        else:
+            vpc = aws.ec2.get_vpc_output(default=True, opts=invoke)
+        subnet_ids: pulumi.Input[list[str]]
+        if db.subnet_ids:
+            subnet_ids = list(db.subnet_ids)
+        else:
+            subnet_ids = aws.ec2.get_subnets_output(
+                filters=vpc.id.apply(
+                    lambda vid: [aws.ec2.GetSubnetsFilterArgs(name="vpc-id", values=[vid])]
+                ),
+                opts=invoke,
+            ).ids
+        return vpc.id, vpc.cidr_block, subnet_ids
+
+    @staticmethod
+    def _ingress(
+        db: DatabaseConfig, vpc_cidr: pulumi.Output[str]
+    ) -> list[aws.ec2.SecurityGroupIngressArgs]:
+        """MySQL from exactly the allowed CIDRs; with none, only from inside the VPC."""
+        if not db.allowed_cidrs:
+            return [
+                aws.ec2.SecurityGroupIngressArgs(
+                    description="MySQL from inside the VPC",
+                    protocol="tcp",
+                    from_port=PORT,
+                    to_port=PORT,
+                    cidr_blocks=[vpc_cidr],
+                )
+            ]
+        ipv4 = [c for c in db.allowed_cidrs if ":" not in c]
+        ipv6 = [c for c in db.allowed_cidrs if ":" in c]
+        return [
+            aws.ec2.SecurityGroupIngressArgs(
+                description="MySQL from db.allowedCidrs",
+                protocol="tcp",
+                from_port=PORT,
+                to_port=PORT,
+                cidr_blocks=ipv4 or None,
+                ipv6_cidr_blocks=ipv6 or None,
+            )
+        ]

@@ -1,0 +1,165 @@
+"""The MLflow server image: an ECR repository and the image built from ``docker/`` into it.
+
+The helper runs exactly this image, pinned by digest (``image_uri``), so every teammate runs
+the same server bits regardless of tags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_docker as docker
+
+KEEP_IMAGES = 10  # enough to roll back a few releases
+UNTAGGED_EXPIRY_DAYS = 3  # untagged layers from interrupted pushes
+
+
+def context_digest(context_dir: Path) -> str:
+    """A short hash of every file in the build context (names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in context_dir.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(context_dir).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def repository_name(stack: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", stack.lower()).strip("-") or "stack"
+    return f"mlflow-aws/{slug}/server"
+
+
+def lifecycle_policy() -> str:
+    return json.dumps(
+        {
+            "rules": [
+                {
+                    "rulePriority": 1,
+                    "description": f"expire untagged images after {UNTAGGED_EXPIRY_DAYS} days",
+                    "selection": {
+                        "tagStatus": "untagged",
+                        "countType": "sinceImagePushed",
+                        "countUnit": "days",
+                        "countNumber": UNTAGGED_EXPIRY_DAYS,
+                    },
+                    "action": {"type": "expire"},
+                },
+                {
+                    "rulePriority": 2,
+                    "description": f"keep the {KEEP_IMAGES} most recent images",
+                    "selection": {
+                        "tagStatus": "any",
+                        "countType": "imageCountMoreThan",
+                        "countNumber": KEEP_IMAGES,
+                    },
+                    "action": {"type": "expire"},
+                },
+            ]
+        }
+    )
+
+
+@dataclass
+class ServerImageArgs:
+    stack: str
+    mlflow_version: str
+    protect: bool  # keep the repository (and its images) when the stack is destroyed
+    context_dir: Path  # the docker/ directory: Dockerfile, requirements.txt, server.env, ...
+    platform: str = "linux/amd64"
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+class ServerImage(pulumi.ComponentResource):
+    repository_url: pulumi.Output[str]
+    repository_arn: pulumi.Output[str]
+    image_name: pulumi.Output[str]  # repository:tag, for people; machines use image_uri
+    image_uri: pulumi.Output[str]  # <registry>/<repo>@sha256:<digest>
+
+    def __init__(
+        self, name: str, args: ServerImageArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("mlflow-aws:infra:ServerImage", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        tags = {**args.tags, "mlflow-aws:component": "server-image"}
+
+        repository = aws.ecr.Repository(
+            f"{name}-repo",
+            aws.ecr.RepositoryArgs(
+                name=repository_name(args.stack),
+                # Immutable tags: a tag always names the same bits. The tag carries a hash of
+                # the build context, so changing docker/ without bumping mlflow still pushes.
+                image_tag_mutability="IMMUTABLE",
+                image_scanning_configuration=aws.ecr.RepositoryImageScanningConfigurationArgs(
+                    scan_on_push=True
+                ),
+                # AES256 for the same reason as the bucket: the AWS-managed KMS key adds cost,
+                # not control.
+                encryption_configurations=[
+                    aws.ecr.RepositoryEncryptionConfigurationArgs(encryption_type="AES256")
+                ],
+                force_delete=not args.protect,
+                tags=tags,
+            ),
+            pulumi.ResourceOptions(parent=self, protect=args.protect),
+        )
+        aws.ecr.LifecyclePolicy(
+            f"{name}-lifecycle",
+            aws.ecr.LifecyclePolicyArgs(repository=repository.name, policy=lifecycle_policy()),
+            child,
+        )
+
+        token = aws.ecr.get_authorization_token_output(
+            registry_id=repository.registry_id, opts=pulumi.InvokeOutputOptions(parent=self)
+        )
+        tag = f"{args.mlflow_version}-{context_digest(args.context_dir)}"
+        # Paths relative to the project directory (Pulumi's working directory), so the
+        # image's inputs do not change from one machine or checkout to the next.
+        context = os.path.relpath(args.context_dir)
+        image = docker.Image(
+            f"{name}-image",
+            docker.ImageArgs(
+                image_name=pulumi.Output.concat(repository.repository_url, ":", tag),
+                build=docker.DockerBuildArgs(
+                    context=context,
+                    dockerfile=os.path.join(context, "Dockerfile"),
+                    platform=args.platform,
+                    args={"MLFLOW_VERSION": args.mlflow_version},
+                ),
+                registry=docker.RegistryArgs(
+                    server=repository.repository_url.apply(lambda url: url.split("/", 1)[0]),
+                    username=token.user_name,
+                    password=pulumi.Output.secret(token.password),
+                ),
+            ),
+            child,
+        )
+
+        self.repository_url = repository.repository_url
+        self.repository_arn = repository.arn
+        self.image_name = image.image_name
+        self.image_uri = pulumi.Output.all(repository.repository_url, image.repo_digest).apply(
+            lambda values: pin_by_digest(values[0], values[1])
+        )
+        self.register_outputs(
+            {
+                "repository_url": self.repository_url,
+                "repository_arn": self.repository_arn,
+                "image_name": self.image_name,
+                "image_uri": self.image_uri,
+            }
+        )
+
+
+def pin_by_digest(repository_url: str, repo_digest: str) -> str:
+    """``<repository_url>@sha256:…`` from pulumi-docker's ``repo_digest`` (``<repo>@sha256:…``)."""
+    _, sep, digest = repo_digest.rpartition("@")
+    if not sep or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise ValueError(f"image was not pushed: unexpected repo digest {repo_digest!r}")
+    return f"{repository_url}@{digest}"

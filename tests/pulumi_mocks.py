@@ -1,0 +1,296 @@
+"""Run the real ``__main__.py`` in-process against Pulumi mocks and record what it registers.
+
+``run_program(config, stack=...)`` evaluates the program once and returns a ``ProgramRun``:
+every registered resource (type, name, inputs, parent, options) and every stack output
+resolved together with its secretness.
+
+The stock ``MockMonitor`` ignores ``additional_secret_outputs``, so a resource output such as
+``RandomPassword.result`` comes back as plain text and secrecy cannot be checked.
+``SecretAwareMonitor`` wraps those outputs as secrets, like the engine does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import runpy
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from google.protobuf import struct_pb2
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+from pulumi.runtime import settings as pulumi_settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRAM = ROOT / "__main__.py"
+PROJECT = "mlflow-aws"
+
+ACCOUNT = "123456789012"
+REGION = "eu-west-1"
+DEFAULT_VPC_ID = "vpc-0def4017"
+DEFAULT_VPC_CIDR = "172.31.0.0/16"
+DEFAULT_SUBNETS = ["subnet-0aaa1111", "subnet-0bbb2222", "subnet-0ccc3333"]
+ECR_PASSWORD = "ecr-token-password-not-for-outputs"
+
+
+def mock_password(name: str) -> str:
+    """A distinctive, deterministic password per RandomPassword, to search outputs for."""
+    return "Pw-" + hashlib.sha256(name.encode()).hexdigest()[:29] + "_Z9.~"
+
+
+@dataclass
+class Registered:
+    typ: str
+    name: str
+    inputs: dict[str, Any]
+    state: dict[str, Any]
+    id: str
+    urn: str = ""
+    parent: str = ""
+    protect: bool = False
+    retain_on_delete: bool = False
+    dependencies: tuple[str, ...] = ()
+    additional_secret_outputs: tuple[str, ...] = ()
+
+
+class RecordingMocks(pulumi_mocks.Mocks):
+    """Answers resources and invokes with plausible AWS-shaped values, and records both."""
+
+    def __init__(self) -> None:
+        self.resources: list[Registered] = []
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.passwords: list[str] = []
+        # The SDK calls the monitor from several threads; each call runs on one of them.
+        self.last = threading.local()
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        inputs = dict(args.inputs)
+        state = dict(inputs)
+        name, typ = args.name, args.typ
+        rid = f"{name}-id"
+        if typ == "aws:s3/bucket:Bucket":
+            rid = inputs.get("bucketPrefix", "bucket-") + "20250101000000000000000001"
+            state.update(bucket=rid, arn=f"arn:aws:s3:::{rid}")
+        elif typ == "aws:rds/cluster:Cluster":
+            rid = inputs.get("clusterIdentifierPrefix", "cluster-") + "0001"
+            state.update(
+                clusterIdentifier=rid,
+                endpoint=f"{rid}.cluster-c0ffee.{REGION}.rds.amazonaws.com",
+                readerEndpoint=f"{rid}.cluster-ro-c0ffee.{REGION}.rds.amazonaws.com",
+                arn=f"arn:aws:rds:{REGION}:{ACCOUNT}:cluster:{rid}",
+                port=inputs.get("port", 3306),
+            )
+        elif typ == "aws:rds/clusterInstance:ClusterInstance":
+            rid = inputs.get("identifierPrefix", "instance-") + "0001"
+            state.update(identifier=rid, arn=f"arn:aws:rds:{REGION}:{ACCOUNT}:db:{rid}")
+        elif typ == "aws:ecr/repository:Repository":
+            repo = inputs.get("name", name)
+            rid = repo
+            state.update(
+                repositoryUrl=f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{repo}",
+                registryId=ACCOUNT,
+                arn=f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{repo}",
+            )
+        elif typ == "docker:index/image:Image":
+            image_name = inputs["imageName"]
+            repository = image_name.rsplit(":", 1)[0]
+            digest = hashlib.sha256(image_name.encode()).hexdigest()
+            state.update(repoDigest=f"{repository}@sha256:{digest}", baseImageName=image_name)
+        elif typ == "random:index/randomPassword:RandomPassword":
+            password = mock_password(name)
+            self.passwords.append(password)
+            state.update(result=password, bcryptHash="$2a$10$mock")
+        elif typ == "random:index/randomId:RandomId":
+            state.update(hex="0badcafe", b64Url="C63K_g", dec="195939070")
+        elif typ == "aws:ec2/securityGroup:SecurityGroup":
+            rid = "sg-0123456789abcdef0"
+            state.update(arn=f"arn:aws:ec2:{REGION}:{ACCOUNT}:security-group/{rid}")
+        elif typ.startswith("aws:secretsmanager/secret:"):
+            rid = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{name}-AbCdEf"
+            state.update(arn=rid)
+        elif typ.startswith("aws:iam/policy:"):
+            state.update(arn=f"arn:aws:iam::{ACCOUNT}:policy/{name}")
+        elif typ.startswith("aws:"):
+            state.setdefault("arn", f"arn:aws:mock:{REGION}:{ACCOUNT}:{typ}/{name}")
+        if "name" not in state and typ.startswith("aws:"):
+            state["name"] = f"{name}-name"
+        record = Registered(typ=typ, name=name, inputs=inputs, state=state, id=rid)
+        self.resources.append(record)
+        self.last.record = record
+        return rid, state
+
+    def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        self.calls.append((args.token, dict(args.args)))
+        token, a = args.token, args.args
+        if token == "aws:ec2/getVpc:getVpc":
+            vpc_id = a.get("id") or DEFAULT_VPC_ID
+            cidr = DEFAULT_VPC_CIDR if vpc_id == DEFAULT_VPC_ID else "10.42.0.0/16"
+            return {"id": vpc_id, "cidrBlock": cidr, "default": vpc_id == DEFAULT_VPC_ID}, []
+        if token == "aws:ec2/getSubnets:getSubnets":
+            return {"id": REGION, "ids": DEFAULT_SUBNETS}, []
+        if token == "aws:ec2/getSubnet:getSubnet":
+            return {"id": a.get("id"), "vpcId": "vpc-0f00d"}, []
+        if token == "aws:index/getRegion:getRegion":
+            return {"id": REGION, "name": REGION, "region": REGION}, []
+        if token == "aws:index/getCallerIdentity:getCallerIdentity":
+            arn = f"arn:aws:iam::{ACCOUNT}:user/test"
+            return {"accountId": ACCOUNT, "arn": arn, "id": ACCOUNT, "userId": "AIDAMOCK"}, []
+        if token == "aws:index/getPartition:getPartition":
+            return {"id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com"}, []
+        if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            return {
+                "id": REGION,
+                "userName": "AWS",
+                "password": ECR_PASSWORD,
+                "authorizationToken": "QVdTOm1vY2s=",
+                "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com",
+                "registryId": a.get("registryId", ACCOUNT),
+            }, []
+        if token == "aws:iam/getPolicyDocument:getPolicyDocument":
+            return {"id": "policy", "json": json.dumps(a, sort_keys=True)}, []
+        return {}, []
+
+
+class SecretAwareMonitor(pulumi_mocks.MockMonitor):
+    """A MockMonitor that honours ``additional_secret_outputs`` and records resource options."""
+
+    def __init__(self, mocks: RecordingMocks) -> None:
+        super().__init__(mocks)
+        self.recording = mocks
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)
+        if request.type == "pulumi:pulumi:Stack":
+            return response
+        record: Registered = self.recording.last.record
+        record.urn = response.urn
+        record.parent = request.parent
+        record.protect = request.HasField("protect") and request.protect
+        record.retain_on_delete = request.HasField("retainOnDelete") and request.retainOnDelete
+        record.dependencies = tuple(request.dependencies)
+        record.additional_secret_outputs = tuple(request.additionalSecretOutputs)
+        for key in request.additionalSecretOutputs:
+            if key in response.object.fields:
+                value = struct_pb2.Value()
+                value.CopyFrom(response.object.fields[key])
+                secret = struct_pb2.Struct()
+                secret.fields[rpc._special_sig_key].string_value = rpc._special_secret_sig
+                secret.fields["value"].CopyFrom(value)
+                response.object.fields[key].struct_value.CopyFrom(secret)
+        return response
+
+
+@dataclass
+class Leaf:
+    """One resolved stack output value (a leaf of the exported structure)."""
+
+    path: str  # "DatabaseUrl", "Projects.churn.Password", ...
+    value: Any
+    secret: bool
+
+
+@dataclass
+class ProgramRun:
+    resources: list[Registered]
+    calls: list[tuple[str, dict[str, Any]]]
+    outputs: dict[str, Any]  # plain values
+    secret_outputs: dict[str, bool]  # top-level key -> whole value is a secret
+    leaves: list[Leaf] = field(default_factory=list)
+    passwords: list[str] = field(default_factory=list)
+
+    def of_type(self, typ: str) -> list[Registered]:
+        return [r for r in self.resources if r.typ == typ]
+
+    def one(self, typ: str) -> Registered:
+        found = self.of_type(typ)
+        assert len(found) == 1, f"expected one {typ}, got {[r.name for r in found]}"
+        return found[0]
+
+    def by_name(self, name: str) -> Registered:
+        found = [r for r in self.resources if r.name == name]
+        assert len(found) == 1, f"expected one resource named {name}, got {len(found)}"
+        return found[0]
+
+    def children_of(self, parent: Registered) -> list[Registered]:
+        return [r for r in self.resources if r.parent == parent.urn]
+
+
+async def _resolve(value: Any, path: str, secret: bool, leaves: list[Leaf]) -> Any:
+    if isinstance(value, pulumi.Output):
+        inner_secret = secret or bool(await value.is_secret())
+        return await _resolve(await value.future(), path, inner_secret, leaves)
+    if isinstance(value, Mapping):
+        return {k: await _resolve(v, f"{path}.{k}", secret, leaves) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [await _resolve(v, f"{path}[{i}]", secret, leaves) for i, v in enumerate(value)]
+    leaves.append(Leaf(path, value, secret))
+    return value
+
+
+async def _is_secret(value: Any) -> bool:
+    return isinstance(value, pulumi.Output) and bool(await value.is_secret())
+
+
+def run_program(
+    config: Mapping[str, Any] | None = None, stack: str = "dev", region: str = REGION
+) -> ProgramRun:
+    """Evaluate ``__main__.py`` once with mocks; config values may be Python objects (JSON-ed)."""
+    recording = RecordingMocks()
+    monitor = SecretAwareMonitor(recording)
+    pulumi_settings.ROOT.set(None)  # a fresh root stack for every run
+    pulumi.runtime.set_mocks(
+        recording, project=PROJECT, stack=stack, preview=False, monitor=monitor
+    )
+    raw = {"aws:region": region}
+    for key, value in (config or {}).items():
+        raw[key] = value if isinstance(value, str) else json.dumps(value)
+    pulumi.runtime.set_all_config(raw)
+
+    pulumi_settings.SETTINGS.rpc_manager.clear()
+    pulumi_settings.SETTINGS.outputs.clear()
+
+    def program() -> None:
+        runpy.run_path(str(PROGRAM), run_name="__main__")
+
+    _sync_await(run_pulumi_func(program))
+
+    root = pulumi_settings.get_root_resource()
+    exported: dict[str, Any] = dict(getattr(root, "outputs", {}))
+    leaves: list[Leaf] = []
+
+    async def collect() -> tuple[dict[str, Any], dict[str, bool]]:
+        values = {k: await _resolve(v, k, False, leaves) for k, v in exported.items()}
+        secrets = {k: await _is_secret(v) for k, v in exported.items()}
+        return values, secrets
+
+    outputs, secret_outputs = _sync_await(collect())
+    return ProgramRun(
+        resources=recording.resources,
+        calls=recording.calls,
+        outputs=outputs,
+        secret_outputs=secret_outputs,
+        leaves=leaves,
+        passwords=recording.passwords,
+    )
+
+
+def iter_strings(value: Any) -> Iterator[str]:
+    """Every string inside a nested value (for "no secret leaked" checks)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield str(k)
+            yield from iter_strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from iter_strings(v)
+    elif value is not None:
+        yield str(value)
