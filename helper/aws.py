@@ -1,0 +1,217 @@
+"""The helper's AWS calls (boto3, imported lazily), with botocore failures turned into fixes.
+
+boto3 resolves credentials from the user's own chain (env, profile, SSO) and honours
+``AWS_ENDPOINT_URL``, which is how the tests point it at a moto server.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from helper.errors import HelperError
+from helper.outputs import (
+    PROJECT_TAG_KEY,
+    OutputsError,
+    ProjectConnection,
+    parse_connection_bundle,
+)
+
+CREDENTIALS_FIX = (
+    "log in again (`aws sso login --profile <profile>`), or select a profile that works "
+    "(`export AWS_PROFILE=<profile>`; check with `aws sts get-caller-identity`)"
+)
+_EXPIRED_CODES = {
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "RequestExpired",
+}
+
+
+@dataclass(frozen=True)
+class AwsCredentials:
+    """Frozen credentials from the user's chain, for the container's environment."""
+
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+    session_token: str | None = field(repr=False)
+
+    def as_env(self) -> dict[str, str]:
+        env = {
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+        }
+        if self.session_token:
+            env["AWS_SESSION_TOKEN"] = self.session_token
+        return env
+
+    @property
+    def secret_values(self) -> tuple[str, ...]:
+        return tuple(v for v in (self.secret_access_key, self.session_token) if v)
+
+
+@contextlib.contextmanager
+def aws_errors(doing: str) -> Iterator[None]:
+    """Turn botocore's credential, network and permission failures into a HelperError."""
+    from botocore import exceptions as bx
+
+    try:
+        yield
+    except (bx.NoCredentialsError, bx.PartialCredentialsError) as exc:
+        raise HelperError(
+            f"no usable AWS credentials while {doing} ({exc}); {CREDENTIALS_FIX}"
+        ) from None
+    except (bx.UnauthorizedSSOTokenError, bx.SSOTokenLoadError, bx.TokenRetrievalError) as exc:
+        raise HelperError(
+            f"your AWS SSO session has expired or is missing while {doing} ({exc}); "
+            f"{CREDENTIALS_FIX}"
+        ) from None
+    except bx.CredentialRetrievalError as exc:
+        raise HelperError(
+            f"cannot get AWS credentials while {doing} ({exc}); {CREDENTIALS_FIX}"
+        ) from None
+    except bx.NoRegionError:
+        raise HelperError(
+            f"no AWS region while {doing}; set AWS_REGION or a region in your profile"
+        ) from None
+    except bx.EndpointConnectionError as exc:
+        raise HelperError(f"cannot reach AWS while {doing} ({exc}); check your network") from None
+    except bx.ClientError as exc:
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", "?"), error.get("Message", "")
+        if code in _EXPIRED_CODES:
+            raise HelperError(
+                f"AWS refused your credentials while {doing} ({code}: {message}); {CREDENTIALS_FIX}"
+            ) from None
+        if "AccessDenied" in code:
+            raise HelperError(
+                f"AWS denied access while {doing} ({code}: {message}); your identity needs the "
+                "project's policy (its PolicyArn output): ask the platform engineer"
+            ) from None
+        raise HelperError(f"AWS error while {doing}: {code}: {message}") from None
+
+
+def resolve_region(preferred: str | None = None) -> str:
+    """The outputs' region when known, else AWS_REGION, AWS_DEFAULT_REGION or the profile's."""
+    import boto3
+
+    region = (
+        preferred
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or boto3.Session().region_name
+    )
+    if not region:
+        raise HelperError(
+            "no AWS region: set AWS_REGION (e.g. `export AWS_REGION=eu-west-1`) "
+            "or a region in your AWS profile"
+        )
+    return region
+
+
+def _client(service: str, region: str) -> Any:
+    import boto3
+
+    return boto3.Session(region_name=region).client(service)
+
+
+def user_credentials(region: str) -> AwsCredentials:
+    """The caller's credentials (profile/SSO/env), checked with STS so expiry shows up now."""
+    import boto3
+
+    with aws_errors("reading your AWS credentials"):
+        session = boto3.Session(region_name=region)
+        credentials = session.get_credentials()
+        if credentials is None:
+            raise HelperError(f"no AWS credentials found; {CREDENTIALS_FIX}")
+        frozen = credentials.get_frozen_credentials()
+        session.client("sts").get_caller_identity()
+    return AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+
+def check_credentials(region: str) -> None:
+    user_credentials(region)
+
+
+def ecr_login_password(region: str) -> tuple[str, str]:
+    """(registry host, password) for ``docker login --username AWS --password-stdin``."""
+    with aws_errors("getting an ECR login token"):
+        data = _client("ecr", region).get_authorization_token()["authorizationData"][0]
+    user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
+    registry = data["proxyEndpoint"].removeprefix("https://").removeprefix("http://")
+    if user != "AWS" or not password:
+        raise HelperError("ECR returned an authorization token in an unexpected form")
+    return registry, password
+
+
+@dataclass(frozen=True)
+class ProjectSecret:
+    name: str
+    arn: str
+    project: str
+
+
+def _project_of(secret: dict[str, Any]) -> str | None:
+    for tag in secret.get("Tags", []):
+        if tag.get("Key") == PROJECT_TAG_KEY:
+            return str(tag.get("Value"))
+    return None
+
+
+def list_project_secrets(region: str, project: str | None = None) -> list[ProjectSecret]:
+    """Connection secrets tagged ``mlflow-aws:project`` (with value ``project`` if given)."""
+    filters = [{"Key": "tag-key", "Values": [PROJECT_TAG_KEY]}]
+    if project is not None:
+        filters.append({"Key": "tag-value", "Values": [project]})
+    found = []
+    with aws_errors("listing the projects' connection secrets"):
+        pages = _client("secretsmanager", region).get_paginator("list_secrets")
+        for page in pages.paginate(Filters=filters):
+            for secret in page["SecretList"]:
+                tagged = _project_of(secret)
+                # The two filters match independently; keep only this exact key=value pair.
+                if tagged is not None and (project is None or tagged == project):
+                    found.append(ProjectSecret(secret["Name"], secret["ARN"], tagged))
+    return sorted(found, key=lambda s: s.name)
+
+
+def load_connection_from_aws(
+    project: str, region: str | None, secret_id: str | None = None
+) -> ProjectConnection:
+    """The project's connection bundle from its Secrets Manager secret."""
+    region = resolve_region(region)
+    if secret_id is None:
+        candidates = list_project_secrets(region, project)
+        if not candidates:
+            raise OutputsError(
+                f"no connection secret tagged {PROJECT_TAG_KEY}={project} in {region}. "
+                "Check the project name (`python -m helper projects --from-aws`) and the region "
+                "(AWS_REGION), or use --outputs FILE / --stack S"
+            )
+        if len(candidates) > 1:
+            names = ", ".join(c.name for c in candidates)
+            raise OutputsError(
+                f"several stacks have a project {project!r}: {names}. "
+                "Pick one with --secret-id NAME"
+            )
+        secret_id = candidates[0].name
+    with aws_errors(f"reading the connection secret {secret_id}"):
+        value = _client("secretsmanager", region).get_secret_value(SecretId=secret_id)
+    source = f"connection secret {secret_id}"
+    try:
+        data = json.loads(value.get("SecretString") or "")
+    except json.JSONDecodeError:
+        raise OutputsError(f"{source} does not hold a JSON object") from None
+    connection = parse_connection_bundle(data, source)
+    if connection.project != project:
+        raise OutputsError(f"{source} belongs to project {connection.project!r}, not {project!r}")
+    return connection

@@ -1,0 +1,96 @@
+"""Checks made before starting anything, so failures name their cause instead of a timeout."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import socket
+import subprocess
+import sys
+
+from helper.errors import HelperError
+
+LOOPBACK = "127.0.0.1"
+PROCESS_RUNTIME_HINT = "or run the server without Docker: add `--runtime process`"
+
+
+def check_port_free(port: int, host: str = LOOPBACK) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Same option uvicorn binds with, so a port in TIME_WAIT does not count as taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise HelperError(
+                    f"port {port} on {host} is in use (another server, maybe another helper); "
+                    f"stop it or pick another port with --port {port + 1}"
+                ) from None
+            raise HelperError(f"cannot use port {port} on {host}: {exc.strerror}") from None
+
+
+def check_database_reachable(host: str, port: int, timeout: float = 5.0) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+    raise HelperError(
+        f"cannot reach the database at {host}:{port} ({reason}). From outside the VPC your "
+        "public IP must be in the stack's `db.allowedCidrs` (ask the platform engineer; "
+        "`curl -s https://checkip.amazonaws.com` shows your IP). If it is, Aurora may be "
+        "resuming from auto-pause: try again in a minute"
+    )
+
+
+def check_docker() -> str:
+    """The docker client's path, once the daemon has answered."""
+    docker = shutil.which("docker")
+    if docker is None:
+        raise HelperError(f"docker is not installed (not found on PATH); {PROCESS_RUNTIME_HINT}")
+    try:
+        probe = subprocess.run(
+            [docker, "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise HelperError(
+            f"the Docker daemon did not answer within 15 s; start Docker, {PROCESS_RUNTIME_HINT}"
+        ) from None
+    if probe.returncode != 0:
+        detail = (probe.stderr.strip().splitlines() or ["no details"])[-1]
+        raise HelperError(
+            f"the Docker daemon is not running or not reachable ({detail}); start Docker "
+            f"(Docker Desktop, or `sudo systemctl start docker`), {PROCESS_RUNTIME_HINT}"
+        )
+    return docker
+
+
+def installed_mlflow_version() -> str | None:
+    """The mlflow version of this interpreter, read from metadata (mlflow is not imported)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("mlflow")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_mlflow_version(expected: str) -> None:
+    """The process runtime must run the image's mlflow: another version migrates the schema
+    (newer) or refuses it (older), for the whole team."""
+    installed = installed_mlflow_version()
+    if installed is None:
+        raise HelperError(
+            f"mlflow is not installed in {sys.executable}; install the image's pins "
+            "(`pip install -r docker/requirements.txt`) or use `--runtime docker`"
+        )
+    if installed != expected:
+        raise HelperError(
+            f"this Python has mlflow {installed} but the stack runs mlflow {expected}; "
+            f"running another version against the shared schema would migrate or refuse it. "
+            f"Install the same version (`pip install mlflow=={expected}`) or use `--runtime docker`"
+        )

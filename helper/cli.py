@@ -1,0 +1,307 @@
+"""``python -m helper``: argument parsing and dispatch. Failures become one message, no traceback.
+
+Only the standard library and the helper's own light modules are imported here; mlflow, boto3
+and pulumi load inside the commands that need them, so ``--help`` and ``env`` stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from helper.errors import HelperError
+from helper.outputs import ProjectConnection
+from helper.supervise import export_line
+
+if TYPE_CHECKING:
+    from helper.runtimes import LocalStore
+
+DEFAULT_PORT = 5000
+DEFAULT_SOURCE_NOTE = "default: --from-aws"
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1-65535)")
+    return port
+
+
+def _add_sources(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        f"where the stack's outputs come from ({DEFAULT_SOURCE_NOTE})"
+    )
+    exclusive = group.add_mutually_exclusive_group()
+    exclusive.add_argument(
+        "--stack", metavar="S", help="read stack S's outputs with the pulumi CLI (Automation API)"
+    )
+    exclusive.add_argument(
+        "--outputs",
+        metavar="FILE",
+        type=Path,
+        help="a file saved with `pulumi stack output --json --show-secrets > FILE`",
+    )
+    exclusive.add_argument(
+        "--from-aws",
+        action="store_true",
+        help="read the project's connection secret from AWS Secrets Manager (AWS credentials only)",
+    )
+    group.add_argument(
+        "--secret-id",
+        metavar="NAME",
+        help="with --from-aws: the secret to read when several stacks have the project "
+        "(mlflow-aws/<stack>/<project>)",
+    )
+
+
+def _add_port(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help="port on 127.0.0.1 (default: %(default)s)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m helper",
+        description="Run a project's MLflow tracking server on 127.0.0.1 for you.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the project's server until Ctrl-C",
+        description="Run the project's MLflow server on 127.0.0.1 until Ctrl-C.",
+    )
+    serve.add_argument("--project", metavar="NAME", help="the project (with --local: 'default')")
+    _add_sources(serve)
+    _add_port(serve)
+    serve.add_argument(
+        "--runtime",
+        choices=("docker", "process"),
+        help="docker: the stack's image (default); process: the same server as a local process",
+    )
+    _add_local(serve, "serve the embedded default: SQLite and local artifacts, no AWS, no Docker")
+
+    command = commands.add_parser(
+        "command", help="print the docker run command serve would use (no secret values)"
+    )
+    command.add_argument("--project", metavar="NAME", required=True)
+    _add_sources(command)
+    _add_port(command)
+
+    env = commands.add_parser("env", help="print `export MLFLOW_TRACKING_URI=…` for a server")
+    _add_port(env)
+
+    upgrade = commands.add_parser(
+        "upgrade", help="migrate the project's schema to this MLflow version (mlflow db upgrade)"
+    )
+    upgrade.add_argument("--project", metavar="NAME", help="the project (with --local: 'default')")
+    _add_sources(upgrade)
+    _add_local(upgrade, "upgrade the embedded default's SQLite database")
+
+    projects = commands.add_parser("projects", help="list the stack's projects")
+    _add_sources(projects)
+    return parser
+
+
+def _add_local(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--local", action="store_true", help=help_text)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="with --local: where projects live (default: $XDG_DATA_HOME/mlflow-aws or "
+        "~/.local/share/mlflow-aws)",
+    )
+
+
+# -- sources ----------------------------------------------------------------------------------
+
+
+def _source_argv(args: argparse.Namespace) -> list[str]:
+    """The source options as given, to repeat them in a suggested command."""
+    if args.stack:
+        return ["--stack", args.stack]
+    if args.outputs:
+        return ["--outputs", str(args.outputs)]
+    return ["--from-aws", *(["--secret-id", args.secret_id] if args.secret_id else [])]
+
+
+def _check_source_options(args: argparse.Namespace) -> None:
+    if args.secret_id and (args.stack or args.outputs):
+        raise HelperError("--secret-id goes with --from-aws, not with --stack or --outputs", 2)
+
+
+def _validated_project(name: str) -> str:
+    from projects.names import name_problem
+
+    problem = name_problem(name)
+    if problem is not None:
+        raise HelperError(problem, 2)
+    return name
+
+
+def load_connection(args: argparse.Namespace) -> ProjectConnection:
+    _check_source_options(args)
+    project = _validated_project(args.project)
+    if args.outputs:
+        from helper.outputs import load_outputs_file
+
+        return load_outputs_file(args.outputs).connection(project)
+    if args.stack:
+        from helper.outputs import load_stack_outputs
+
+        return load_stack_outputs(args.stack).connection(project)
+    from helper.aws import load_connection_from_aws
+
+    return load_connection_from_aws(project, None, args.secret_id)
+
+
+def _upgrade_hint(args: argparse.Namespace, project: str) -> str:
+    if getattr(args, "local", False):
+        local = ["--local", "--project", project]
+        if args.data_dir:
+            local += ["--data-dir", str(args.data_dir)]
+        return shlex.join(["python", "-m", "helper", "upgrade", *local])
+    return shlex.join(
+        ["python", "-m", "helper", "upgrade", "--project", project, *_source_argv(args)]
+    )
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def _reject_remote_options_with_local(args: argparse.Namespace) -> None:
+    given = [flag for flag, value in (("--stack", args.stack), ("--outputs", args.outputs),
+             ("--from-aws", args.from_aws), ("--secret-id", args.secret_id)) if value]  # fmt: skip
+    if getattr(args, "runtime", None) == "docker":
+        given.append("--runtime docker")
+    if given:
+        raise HelperError(
+            f"--local runs the embedded default (SQLite, no AWS, no Docker); "
+            f"drop {', '.join(given)}",
+            2,
+        )
+
+
+def _local(args: argparse.Namespace) -> LocalStore:
+    from helper.runtimes import DEFAULT_LOCAL_PROJECT, default_data_dir, local_store
+
+    _reject_remote_options_with_local(args)
+    project = _validated_project(args.project or DEFAULT_LOCAL_PROJECT)
+    data_dir = args.data_dir or default_data_dir(os.environ)
+    return local_store(data_dir, project)
+
+
+def _require_project(args: argparse.Namespace) -> None:
+    if not args.project:
+        raise HelperError(
+            f"{args.command} needs --project NAME (list them with `python -m helper projects`)",
+            2,
+        )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from helper import runtimes
+
+    if args.local:
+        store = _local(args)
+        return runtimes.serve_local(store, args.port, _upgrade_hint(args, store.project))
+    if args.data_dir:
+        raise HelperError("--data-dir goes with --local", 2)
+    _require_project(args)
+    connection = load_connection(args)
+    hint = _upgrade_hint(args, connection.project)
+    if args.runtime == "process":
+        return runtimes.serve_process(connection, args.port, hint)
+    return runtimes.serve_docker(connection, args.port, hint)
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    from helper.runtimes import ENV_FILE_PLACEHOLDER, docker_command_text, env_file_keys
+
+    connection = load_connection(args)
+    sys.stderr.write(
+        f"# {ENV_FILE_PLACEHOLDER}: a mode-0600 file serve writes and removes, holding "
+        f"{', '.join(env_file_keys(connection))} (values not shown)\n"
+    )
+    print(docker_command_text(connection, args.port))
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    print(export_line(args.port))
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from helper import checks
+    from helper.upgrade import run_upgrade
+
+    if args.local:
+        store = _local(args)
+        if not store.database_path.exists():
+            raise HelperError(f"no local database at {store.database_path}: nothing to upgrade")
+        return run_upgrade(store.backend_store_uri, f"local project {store.project}")
+    if args.data_dir:
+        raise HelperError("--data-dir goes with --local", 2)
+    _require_project(args)
+    connection = load_connection(args)
+    checks.check_mlflow_version(connection.mlflow_version)
+    checks.check_database_reachable(connection.database_endpoint, connection.database_port)
+    return run_upgrade(
+        connection.backend_store_uri,
+        f"project {connection.project} (schema {connection.database})",
+    )
+
+
+def cmd_projects(args: argparse.Namespace) -> int:
+    _check_source_options(args)
+    if args.outputs or args.stack:
+        from helper.outputs import load_outputs_file, load_stack_outputs
+
+        outputs = (
+            load_outputs_file(args.outputs) if args.outputs else load_stack_outputs(args.stack)
+        )
+        for name in sorted(outputs.projects):
+            print(f"{name}\t{outputs.projects[name].artifact_root}")
+        return 0
+    from helper.aws import list_project_secrets, resolve_region
+
+    region = resolve_region()
+    secrets = list_project_secrets(region)
+    if args.secret_id:
+        secrets = [s for s in secrets if args.secret_id in (s.name, s.arn)]
+    if not secrets:
+        raise HelperError(f"no mlflow-aws connection secrets visible in {region}")
+    for secret in secrets:
+        print(f"{secret.project}\t{secret.name}")
+    return 0
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "command": cmd_command,
+    "env": cmd_env,
+    "upgrade": cmd_upgrade,
+    "projects": cmd_projects,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except HelperError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130

@@ -1,0 +1,67 @@
+"""The tuned server settings, read from ``docker/server.env`` (their one definition).
+
+The image, the process runtime and the local default all get their environment from
+``server_environment``, so the three cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from helper.errors import HelperError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVER_ENV_PATH = REPO_ROOT / "docker" / "server.env"
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_server_env(text: str, source: str = "server.env") -> dict[str, str]:
+    """KEY=VALUE lines (blank lines and ``#`` comments skipped), as docker's env-file reads them."""
+    settings: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not _KEY.fullmatch(key):
+            raise HelperError(f"{source}:{number}: expected KEY=VALUE, got {raw!r}")
+        settings[key] = value
+    return settings
+
+
+def server_env_defaults(path: Path = SERVER_ENV_PATH) -> dict[str, str]:
+    try:
+        return parse_server_env(path.read_text(encoding="utf-8"), str(path))
+    except OSError as exc:
+        raise HelperError(f"cannot read the server settings {path}: {exc.strerror}") from exc
+
+
+def container_port() -> int:
+    """The port the image's server listens on inside the container (server.env's default)."""
+    return int(server_env_defaults()["MLFLOW_PORT"])
+
+
+def server_environment(
+    *,
+    backend_store_uri: str,
+    artifacts_destination: str,
+    host: str,
+    port: int,
+    inherited: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Everything ``mlflow server`` needs, as environment variables (no option goes in argv).
+
+    server.env gives the defaults, ``inherited`` (the caller's environment) may override them,
+    and the store, artifact destination, host and port are always the ones given here.
+    """
+    return {
+        **server_env_defaults(),
+        **(inherited or {}),
+        "MLFLOW_BACKEND_STORE_URI": backend_store_uri,
+        "MLFLOW_ARTIFACTS_DESTINATION": artifacts_destination,
+        "MLFLOW_HOST": host,
+        "MLFLOW_PORT": str(port),
+    }

@@ -1,0 +1,245 @@
+"""Run a server child (mlflow or ``docker run``) until the user stops it, and clean up after.
+
+The child runs in its own session (process group) so a terminal's Ctrl-C reaches only the
+helper, which then stops the whole group (or the container) itself, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import IO
+
+from helper.errors import HelperError
+
+# MLflow's words when the schema is older than the server ("Detected out-of-date database schema").
+SCHEMA_OUT_OF_DATE_MARKER = "out-of-date database schema"
+HEALTH_TIMEOUT_SECONDS = 300.0  # a first start migrates an empty schema; Aurora may be resuming
+STOP_TIMEOUT_SECONDS = 15.0
+
+
+class StopRequested(Exception):
+    """SIGTERM or SIGHUP arrived: stop like Ctrl-C does."""
+
+
+def tracking_uri(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def export_line(port: int) -> str:
+    return f"export MLFLOW_TRACKING_URI={tracking_uri(port)}"
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise StopRequested, SIGINT KeyboardInterrupt."""
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        raise StopRequested(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # A shell starts background jobs with SIGINT ignored; Ctrl-C and `kill -INT` must still work.
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Let cleanup finish even if the user presses Ctrl-C again."""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class OutputRelay(threading.Thread):
+    """Copies the server's output to our stderr and notices the out-of-date-schema failure."""
+
+    def __init__(self, stream: IO[str], sink: IO[str]) -> None:
+        super().__init__(name="server-output", daemon=True)
+        self.stream = stream
+        self.sink = sink
+        self.schema_out_of_date = False
+
+    def run(self) -> None:
+        for line in self.stream:
+            if SCHEMA_OUT_OF_DATE_MARKER in line:
+                self.schema_out_of_date = True
+            self.sink.write(line)
+            self.sink.flush()
+
+
+class Progress:
+    """A spinner on a terminal, a line every few seconds otherwise (logs, CI)."""
+
+    def __init__(self, what: str, sink: IO[str]) -> None:
+        self.what = what
+        self.sink = sink
+        self.tty = sink.isatty()
+        self.started = time.monotonic()
+        self.last_line = self.started
+        self.ticks = 0
+
+    def tick(self) -> None:
+        elapsed = time.monotonic() - self.started
+        if self.tty:
+            self.ticks += 1
+            frame = "|/-\\"[self.ticks % 4]
+            self.sink.write(f"\r{frame} {self.what} ({elapsed:.0f}s) ")
+            self.sink.flush()
+        elif time.monotonic() - self.last_line >= 5:
+            self.last_line = time.monotonic()
+            self.sink.write(f"... {self.what} ({elapsed:.0f}s)\n")
+            self.sink.flush()
+
+    def done(self) -> float:
+        if self.tty:
+            self.sink.write("\r\033[K")
+            self.sink.flush()
+        return time.monotonic() - self.started
+
+
+def health_ok(port: int, timeout: float = 2.0) -> bool:
+    # No proxy: a corporate HTTP_PROXY must not see (or break) a loopback health check.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{tracking_uri(port)}/health", timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def stop_process_group(
+    process: subprocess.Popen[str], timeout: float = STOP_TIMEOUT_SECONDS
+) -> None:
+    """SIGTERM the child's whole group (mlflow and its uvicorn), SIGKILL what is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            continue
+        # The leader is gone; workers of the group may linger a moment.
+        if _group_gone(process.pid, timeout):
+            return
+    _group_gone(process.pid, timeout)
+
+
+def _group_gone(pgid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+@dataclass
+class ServerLaunch:
+    """One server to run: the child's argv and environment, and how to stop it."""
+
+    description: str  # "MLflow server for project churn (process runtime)"
+    argv: list[str]
+    env: dict[str, str] = field(repr=False)
+    port: int
+    stop: Callable[[subprocess.Popen[str]], None] = stop_process_group
+    upgrade_hint: str | None = None  # the command that fixes an out-of-date schema
+    on_healthy: Callable[[], None] | None = None
+    health_timeout: float = HEALTH_TIMEOUT_SECONDS
+
+
+def run_server(launch: ServerLaunch, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
+    """Start, wait for /health, print the URL, then supervise until stopped. Exit code."""
+    with stop_signals():
+        process = subprocess.Popen(
+            launch.argv,
+            env=launch.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+        assert process.stdout is not None
+        relay = OutputRelay(process.stdout, err)
+        relay.start()
+        try:
+            return _supervise(launch, process, relay, out, err)
+        except (KeyboardInterrupt, StopRequested):
+            err.write(f"\nstopping the {launch.description}...\n")
+            return 0
+        finally:
+            with signals_ignored():
+                launch.stop(process)  # also when the leader died: its group may live on
+                relay.join(5)
+
+
+def _supervise(
+    launch: ServerLaunch,
+    process: subprocess.Popen[str],
+    relay: OutputRelay,
+    out: IO[str],
+    err: IO[str],
+) -> int:
+    progress = Progress(f"waiting for the {launch.description} on port {launch.port}", err)
+    deadline = time.monotonic() + launch.health_timeout
+    while not health_ok(launch.port):
+        if process.poll() is not None:
+            relay.join(5)
+            progress.done()
+            raise _exited(launch, process, relay)
+        if time.monotonic() > deadline:
+            progress.done()
+            raise HelperError(
+                f"the {launch.description} did not answer /health within "
+                f"{launch.health_timeout:.0f}s; see its output above"
+            )
+        progress.tick()
+        time.sleep(0.25)
+    seconds = progress.done()
+    if launch.on_healthy is not None:
+        launch.on_healthy()
+    err.write(f"{launch.description} is healthy after {seconds:.1f}s; Ctrl-C stops it\n")
+    out.write(f"MLflow UI and tracking URI: {tracking_uri(launch.port)}\n")
+    out.write(f"{export_line(launch.port)}\n")
+    out.flush()
+    process.wait()
+    relay.join(5)
+    raise _exited(launch, process, relay)
+
+
+def _exited(
+    launch: ServerLaunch, process: subprocess.Popen[str], relay: OutputRelay
+) -> HelperError:
+    if relay.schema_out_of_date and launch.upgrade_hint:
+        return HelperError(
+            f"the {launch.description} refused the database: its schema is older than this "
+            "MLflow. Take a backup (Aurora keeps automated ones), then upgrade the schema with:\n"
+            f"  {launch.upgrade_hint}"
+        )
+    return HelperError(
+        f"the {launch.description} exited with code {process.returncode}; see its output above"
+    )
