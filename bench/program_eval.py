@@ -1,0 +1,108 @@
+"""How long evaluating the Pulumi program takes as the project list grows.
+
+Runs the real ``__main__.py`` in-process with the test mocks (tests/pulumi_mocks.py) for
+1, 10, 50 and 200 configured projects, a few times each after a warm-up run (so imports are
+not counted), and prints the median time, the resources registered and the ratios against the
+1-project run. Usage: ``.venv/bin/python bench/program_eval.py [--repeat N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import pulumi  # noqa: E402
+
+from tests.pulumi_mocks import run_program  # noqa: E402
+
+SIZES = (1, 10, 50, 200)
+REAL_PROJECTS = (ROOT / "projects" / "project.py").exists()
+
+
+def install_stand_in_project() -> None:
+    """Until projects/project.py exists: an empty MlflowProject with the agreed interface, so
+    the program's own cost per project (config, wiring, exports) is still measured."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class MlflowProjectArgs:
+        project: Any
+        bucket_name: Any
+        bucket_arn: Any
+        db_endpoint: Any
+        db_port: int
+        admin_username: Any
+        admin_password: Any
+        repository_arn: Any
+        stack: str
+        protect: bool
+
+    class MlflowProject(pulumi.ComponentResource):
+        def __init__(
+            self, name: str, args: MlflowProjectArgs, opts: pulumi.ResourceOptions | None = None
+        ) -> None:
+            super().__init__("mlflow-aws:projects:MlflowProject", name, None, opts)
+            self.outputs = pulumi.Output.from_input({"Database": args.project.name})
+            self.register_outputs({"outputs": self.outputs})
+
+    module = types.ModuleType("projects.project")
+    module.MlflowProject = MlflowProject  # type: ignore[attr-defined]
+    module.MlflowProjectArgs = MlflowProjectArgs  # type: ignore[attr-defined]
+    sys.modules["projects.project"] = module
+
+
+def config_for(count: int) -> dict[str, Any]:
+    return {"mlflow-aws:projects": ",".join(f"p{i:03d}" for i in range(count))}
+
+
+def measure(count: int, repeat: int) -> tuple[float, int]:
+    times, resources = [], 0
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run = run_program(config_for(count), stack="bench")
+        times.append(time.perf_counter() - start)
+        resources = len(run.resources)
+        assert len(run.outputs["Projects"]) == count
+    return statistics.median(times), resources
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per size (median shown)")
+    args = parser.parse_args()
+
+    if REAL_PROJECTS:
+        print("MlflowProject: the real projects/project.py")
+    else:
+        install_stand_in_project()
+        print(
+            "MlflowProject: projects/project.py does not exist yet; using an EMPTY stand-in "
+            "component, so these figures cover the shared infrastructure, config parsing and "
+            "wiring only, not the per-project resources"
+        )
+    run_program(config_for(1), stack="bench")  # warm-up: imports and first-run caches
+
+    results = {count: measure(count, args.repeat) for count in SIZES}
+    base_time, base_resources = results[SIZES[0]]
+    print(f"\nprogram evaluation with Pulumi mocks, median of {args.repeat} runs")
+    print(f"{'projects':>8} {'resources':>9} {'seconds':>9} {'x time':>7} {'x resources':>11}")
+    for count, (seconds, resources) in results.items():
+        print(
+            f"{count:>8} {resources:>9} {seconds:>9.3f} {seconds / base_time:>7.1f} "
+            f"{resources / base_resources:>11.1f}"
+        )
+    per_project = (results[SIZES[-1]][0] - base_time) / (SIZES[-1] - SIZES[0])
+    print(f"\nmarginal cost: {per_project * 1000:.1f} ms per project")
+
+
+if __name__ == "__main__":
+    main()
