@@ -1,0 +1,323 @@
+"""``MlflowProject``: everything one project gets (DESIGN.md "Projects").
+
+Children (all parented to the component, named ``<name>-…``):
+
+* ``<name>-password``   ``random.RandomPassword`` (MySQL/URL-safe; bump ``password_version``
+  in config to rotate it: a new password is set in place by the schema resource);
+* ``<name>-schema``     ``MysqlSchema`` (schema ``utf8mb4_bin`` + user + grants on it only);
+* ``<name>-connection`` ``aws.secretsmanager.Secret`` ``mlflow-aws/<stack>/<project>`` and its
+  ``SecretVersion`` holding the connection bundle the helper's ``--from-aws`` reads;
+* ``<name>-policy``     ``aws.iam.Policy`` allowing exactly the project's S3 prefix, its
+  connection secret and pulling the server image;
+* ``<name>-group-<g>`` / ``<name>-role-<r>`` attachments of that policy.
+
+``outputs`` is the DESIGN.md Projects entry, as one secret ``Output[dict]``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, TypedDict
+from urllib.parse import quote
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
+
+from infra.config import ProjectConfig
+from projects.names import validate_name
+from projects.schema_provider import MysqlSchema, MysqlSchemaArgs
+
+COMPONENT_TYPE = "mlflow-aws:projects:MlflowProject"
+PASSWORD_SPECIALS = "-_."  # noqa: S105 (a character set) safe unquoted in MySQL, URLs, env files and shells
+BUNDLE_KEYS = (
+    "Project",
+    "Stack",
+    "Database",
+    "Username",
+    "Password",
+    "BackendStoreUri",
+    "ArtifactRoot",
+    "DatabaseEndpoint",
+    "DatabasePort",
+    "Region",
+    "ImageUri",
+    "MlflowVersion",
+)
+OUTPUT_KEYS = (
+    "Database",
+    "Username",
+    "Password",
+    "BackendStoreUri",
+    "ArtifactRoot",
+    "ConnectionSecretArn",
+    "PolicyArn",
+)
+
+
+@dataclass
+class MlflowProjectArgs:
+    project: ProjectConfig
+    bucket_name: pulumi.Input[str]
+    bucket_arn: pulumi.Input[str]
+    db_endpoint: pulumi.Input[str]
+    db_port: int
+    admin_username: pulumi.Input[str]
+    admin_password: pulumi.Input[str]  # a Pulumi secret
+    repository_arn: pulumi.Input[str]
+    stack: str
+    protect: bool
+    image_uri: pulumi.Input[str] | None = None  # for the connection bundle
+    region: pulumi.Input[str] | None = None  # None: the region of the connection secret
+    mlflow_version: str | None = None  # None: the version pinned in docker/requirements.txt
+
+
+# -- the IAM policy document, typed -----------------------------------------------------------
+
+_Condition = dict[str, dict[str, list[str]]]
+
+
+class _Statement(TypedDict, total=False):
+    Sid: str
+    Effect: str
+    Action: list[str]
+    Resource: list[str]
+    Condition: _Condition
+
+
+class _PolicyDocument(TypedDict):
+    Version: str
+    Statement: list[_Statement]
+
+
+OBJECT_ACTIONS = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+SECRET_ACTIONS = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
+PULL_ACTIONS = [
+    "ecr:BatchGetImage",
+    "ecr:GetDownloadUrlForLayer",
+    "ecr:BatchCheckLayerAvailability",
+]
+
+
+def policy_document(
+    bucket_arn: str, prefix: str, secret_arn: str, repository_arn: str
+) -> _PolicyDocument:
+    """Exactly the project's prefix, its connection secret, and pulling the server image."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ProjectObjects",
+                "Effect": "Allow",
+                "Action": list(OBJECT_ACTIONS),
+                "Resource": [f"{bucket_arn}/{prefix}/*"],
+            },
+            {
+                "Sid": "ListProjectPrefix",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": [bucket_arn],
+                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*", prefix]}},
+            },
+            {
+                "Sid": "ReadConnectionSecret",
+                "Effect": "Allow",
+                "Action": list(SECRET_ACTIONS),
+                "Resource": [secret_arn],
+            },
+            {
+                # AWS defines no resource for this action: "*" is the only valid value.
+                "Sid": "EcrLogin",
+                "Effect": "Allow",
+                "Action": ["ecr:GetAuthorizationToken"],
+                "Resource": ["*"],
+            },
+            {
+                "Sid": "PullServerImage",
+                "Effect": "Allow",
+                "Action": list(PULL_ACTIONS),
+                "Resource": [repository_arn],
+            },
+        ],
+    }
+
+
+def backend_store_uri(user: str, password: str, endpoint: str, port: int, schema: str) -> str:
+    return (
+        f"mysql+pymysql://{quote(user, safe='')}:{quote(password, safe='')}@"
+        f"{endpoint}:{port}/{schema}"
+    )
+
+
+def _default_mlflow_version() -> str | None:
+    try:
+        from infra.config import pinned_mlflow_version
+
+        return pinned_mlflow_version()
+    except (OSError, RuntimeError):
+        return None
+
+
+class MlflowProject(pulumi.ComponentResource):
+    """One MLflow project: schema + user, S3 prefix policy, connection secret."""
+
+    outputs: pulumi.Output[dict[str, Any]]
+
+    def __init__(
+        self,
+        name: str,
+        args: MlflowProjectArgs,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(COMPONENT_TYPE, name, None, opts)
+        p = args.project
+        ids = validate_name(p.name)
+        stack = args.stack
+        child = pulumi.ResourceOptions(parent=self)
+
+        self.password = random.RandomPassword(
+            f"{name}-password",
+            random.RandomPasswordArgs(
+                length=32,
+                special=True,
+                override_special=PASSWORD_SPECIALS,
+                min_lower=2,
+                min_upper=2,
+                min_numeric=2,
+                min_special=1,
+                keepers={"version": str(p.password_version)},
+            ),
+            opts=child,
+        )
+        password: pulumi.Output[str] = pulumi.Output.secret(self.password.result)
+
+        # The schema needs a database that accepts connections: forward the component's own
+        # depends_on (children do not inherit it), e.g. the Aurora instance.
+        self.schema = MysqlSchema(
+            f"{name}-schema",
+            MysqlSchemaArgs(
+                project=p.name,
+                password=password,
+                admin_host=args.db_endpoint,
+                admin_port=args.db_port,
+                admin_username=args.admin_username,
+                admin_password=pulumi.Output.secret(args.admin_password),
+                drop_data_on_remove=p.drop_data_on_remove,
+            ),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=opts.depends_on if opts is not None else None,
+                # Removing a project only drops its user (data stays), so the schema is left
+                # unprotected; but on a protected stack a project that may DROP its data
+                # must be unprotected by hand first (`pulumi state unprotect`).
+                protect=True if (args.protect and p.drop_data_on_remove) else None,
+                # retain_on_delete stays off: deleting must revoke the user's access.
+            ),
+        )
+
+        tags = {"mlflow-aws:project": p.name, "mlflow-aws:stack": stack}
+        self.secret = aws.secretsmanager.Secret(
+            f"{name}-connection",
+            aws.secretsmanager.SecretArgs(
+                name=f"mlflow-aws/{stack}/{p.name}",
+                description=f"MLflow connection bundle of project {p.name} (stack {stack})",
+                recovery_window_in_days=None if args.protect else 0,
+                tags=tags,
+            ),
+            opts=child,
+        )
+
+        self.policy = aws.iam.Policy(
+            f"{name}-policy",
+            aws.iam.PolicyArgs(
+                name_prefix=f"mlflow-aws-{stack}-{p.name}-"[:96],
+                description=f"MLflow project {p.name} (stack {stack}): its S3 prefix, its "
+                "connection secret, pulling the server image",
+                policy=pulumi.Output.all(
+                    args.bucket_arn, self.secret.arn, args.repository_arn
+                ).apply(lambda v: json.dumps(policy_document(v[0], ids.s3_prefix, v[1], v[2]))),
+                tags=tags,
+            ),
+            opts=child,
+        )
+        self.group_attachments = [
+            aws.iam.GroupPolicyAttachment(
+                f"{name}-group-{group}",
+                aws.iam.GroupPolicyAttachmentArgs(group=group, policy_arn=self.policy.arn),
+                opts=child,
+            )
+            for group in p.iam_groups
+        ]
+        self.role_attachments = [
+            aws.iam.RolePolicyAttachment(
+                f"{name}-role-{role}",
+                aws.iam.RolePolicyAttachmentArgs(role=role, policy_arn=self.policy.arn),
+                opts=child,
+            )
+            for role in p.iam_roles
+        ]
+
+        artifact_root = pulumi.Output.concat("s3://", args.bucket_name, "/", ids.s3_prefix)
+        uri = pulumi.Output.all(
+            self.schema.username, password, args.db_endpoint, self.schema.schema
+        ).apply(lambda v: backend_store_uri(v[0], v[1], v[2], args.db_port, v[3]))
+        region = (
+            args.region
+            if args.region is not None
+            else self.secret.arn.apply(lambda arn: arn.split(":")[3])
+        )
+        mlflow_version = args.mlflow_version or _default_mlflow_version()
+
+        def bundle(v: list[Any]) -> str:
+            return json.dumps(
+                {
+                    "Project": p.name,
+                    "Stack": stack,
+                    "Database": v[0],
+                    "Username": v[1],
+                    "Password": v[2],
+                    "BackendStoreUri": v[3],
+                    "ArtifactRoot": v[4],
+                    "DatabaseEndpoint": v[5],
+                    "DatabasePort": args.db_port,
+                    "Region": v[6],
+                    "ImageUri": v[7],
+                    "MlflowVersion": mlflow_version,
+                },
+                sort_keys=True,
+            )
+
+        self.secret_version = aws.secretsmanager.SecretVersion(
+            f"{name}-connection-version",
+            aws.secretsmanager.SecretVersionArgs(
+                secret_id=self.secret.id,
+                secret_string=pulumi.Output.secret(
+                    pulumi.Output.all(
+                        self.schema.schema,
+                        self.schema.username,
+                        password,
+                        uri,
+                        artifact_root,
+                        args.db_endpoint,
+                        region,
+                        args.image_uri,
+                    ).apply(bundle)
+                ),
+            ),
+            # published once the user exists with this password
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.schema]),
+        )
+
+        self.outputs = pulumi.Output.secret(
+            pulumi.Output.all(
+                self.schema.schema,
+                self.schema.username,
+                password,
+                uri,
+                artifact_root,
+                self.secret.arn,
+                self.policy.arn,
+            ).apply(lambda v: dict(zip(OUTPUT_KEYS, v, strict=True)))
+        )
+        self.register_outputs({"outputs": self.outputs})
