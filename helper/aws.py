@@ -142,15 +142,15 @@ def check_credentials(region: str) -> None:
     user_credentials(region)
 
 
-def ecr_login_password(region: str) -> tuple[str, str]:
-    """(registry host, password) for ``docker login --username AWS --password-stdin``."""
+def ecr_login_password(region: str) -> str:
+    """The password for ``docker login --username AWS --password-stdin <registry>``; one ECR
+    token is good for every registry the caller may pull from."""
     with aws_errors("getting an ECR login token"):
         data = _client("ecr", region).get_authorization_token()["authorizationData"][0]
     user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
-    registry = data["proxyEndpoint"].removeprefix("https://").removeprefix("http://")
     if user != "AWS" or not password:
         raise HelperError("ECR returned an authorization token in an unexpected form")
-    return registry, password
+    return password
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,11 @@ def env_file_keys(connection: ProjectConnection) -> list[str]:
     return [*keys, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
 
 
+def image_registry(image_uri: str) -> str:
+    """``<account>.dkr.ecr.<region>.amazonaws.com`` of ``<registry>/<repo>@sha256:…``."""
+    return image_uri.split("/", 1)[0]
+
+
 def docker_login(docker: str, registry: str, password: str) -> None:
     result = subprocess.run(
         [docker, "login", "--username", "AWS", "--password-stdin", registry],
@@ -246,8 +251,9 @@ def serve_docker(connection: ProjectConnection, port: int, upgrade_hint: str) ->
     checks.check_port_free(port)
     checks.check_database_reachable(connection.database_endpoint, connection.database_port)
     credentials = aws.user_credentials(connection.region)
-    registry, password = aws.ecr_login_password(connection.region)
-    docker_login(docker, registry, password)
+    docker_login(
+        docker, image_registry(connection.image_uri), aws.ecr_login_password(connection.region)
+    )
     docker_pull(docker, connection.image_uri)
     name = container_name(connection.project, port)
     env = container_environment(connection, credentials.as_env())

@@ -514,3 +514,103 @@ def test_port_in_use_and_unreachable_database(
     assert "db.allowedCidrs" in down.stderr and "auto-pause" in down.stderr
     assert time.monotonic() - started < 30
     assert project.password not in down.stderr + taken.stderr
+
+
+# -- the docker runtime, with a stand-in docker client ------------------------------------------
+
+# No Docker engine here: this stand-in records what the helper asks of docker and plays the
+# container with a tiny /health server on the published port, so everything around the engine
+# (ECR login via moto, pull, env file, publish address, stop on Ctrl-C) runs for real.
+FAKE_DOCKER = r"""
+import http.server, json, os, signal, stat, sys
+state = os.environ["FAKE_DOCKER_STATE"]
+args = sys.argv[1:]
+
+def log(**entry):
+    with open(os.path.join(state, "calls.jsonl"), "a") as f:
+        f.write(json.dumps({"argv": args, **entry}) + "\n")
+
+if args[0] == "version":
+    print("27.0.0")
+elif args[0] == "login":
+    log(stdin=sys.stdin.read())
+    print("Login Succeeded")
+elif args[0] == "pull":
+    log()
+    print("sha256:0000: Pull complete")
+elif args[0] == "run":
+    env_file = args[args.index("--env-file") + 1]
+    mode = stat.S_IMODE(os.stat(env_file).st_mode)
+    env = dict(line.split("=", 1) for line in open(env_file).read().splitlines())
+    name = args[args.index("--name") + 1]
+    host, port, _ = args[args.index("-p") + 1].split(":")
+    log(env=env, mode=mode, pid=os.getpid())
+    with open(os.path.join(state, name + ".pid"), "w") as f:
+        f.write(str(os.getpid()))
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+    server = http.server.HTTPServer((host, int(port)), Health)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print("container listening", flush=True)
+    server.serve_forever()
+elif args[0] == "stop":
+    log()
+    with open(os.path.join(state, args[-1] + ".pid")) as f:
+        os.kill(int(f.read()), signal.SIGTERM)
+"""
+
+
+def test_serve_docker_runtime_with_a_stand_in_docker(
+    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
+) -> None:
+    project = create_project(mariadb, "e2e-docker")
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(outputs_for(mariadb, project)))
+    bin_dir, state, tmp_dir = tmp_path / "bin", tmp_path / "state", tmp_path / "tmp"
+    for directory in (bin_dir, state, tmp_dir):
+        directory.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(f"#!{sys.executable}\n{FAKE_DOCKER}")
+    docker.chmod(0o755)
+    env = helper_env(aws, tmp_dir)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env["FAKE_DOCKER_STATE"] = str(state)
+    port = free_port()
+    argv = ["serve", "--project", project.name, "--outputs", str(outputs), "--port", str(port)]
+    with serving(argv, env, tmp_path, port) as running:
+        calls = [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]
+        run = calls[-1]
+        env_file = Path(run["argv"][run["argv"].index("--env-file") + 1])
+        assert not env_file.exists()  # docker has read it; it is removed once the server is up
+        for pid in [running.process.pid, *running.server_pids()]:
+            for secret in (project.password, AWS_SECRET_KEY, "auth-token"):
+                assert secret not in cmdline(pid)
+        assert stop_helper(running) == 0
+
+    calls = [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]
+    login, pull, run, stop = calls
+    registry = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+    assert login["argv"] == ["login", "--username", "AWS", "--password-stdin", registry]
+    assert login["stdin"] == "123456789012-auth-token"  # moto's ECR token, on stdin only
+    assert pull["argv"] == ["pull", outputs_for(mariadb, project)["ImageUri"]]
+    name = f"mlflow-{project.name}-{port}"
+    assert run["argv"] == [
+        "run", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:5000",
+        "--env-file", str(env_file), pull["argv"][1],
+    ]  # fmt: skip
+    assert run["mode"] == 0o600
+    assert run["env"]["MLFLOW_BACKEND_STORE_URI"] == (
+        f"{project.backend_store_uri}?ssl_ca=/etc/ssl/certs/rds-global-bundle.pem"
+    )
+    assert run["env"]["MLFLOW_ARTIFACTS_DESTINATION"] == f"s3://{BUCKET}/{project.name}"
+    assert run["env"]["AWS_SECRET_ACCESS_KEY"] == AWS_SECRET_KEY
+    assert run["env"]["AWS_REGION"] == REGION
+    assert run["env"]["MLFLOW_WORKERS"] == "1" and run["env"]["MLFLOW_HOST"] == "0.0.0.0"
+    assert stop["argv"] == ["stop", "--time", "10", name]
+    assert not alive(run["pid"])
+    assert not list(tmp_dir.glob("mlflow-aws-*.env"))
