@@ -15,6 +15,7 @@ from infra.artifact_store import ArtifactStore, ArtifactStoreArgs
 from infra.config import load_stack_config
 from infra.database import MetadataDatabase, MetadataDatabaseArgs
 from infra.server_image import ServerImage, ServerImageArgs
+from projects.project import MlflowProject, MlflowProjectArgs
 
 DOCKER_DIR = Path(__file__).resolve().parent / "docker"
 
@@ -39,31 +40,32 @@ image = ServerImage(
     ),
 )
 
+region = aws.get_region_output().region
+
 # One MlflowProject per configured project; its outputs are the DESIGN.md Projects entry.
 project_outputs: dict[str, pulumi.Output[dict]] = {}
-if config.projects:
-    # Imported only when needed: a stack without projects needs no MySQL provider code.
-    from projects.project import MlflowProject, MlflowProjectArgs
-
-    for p in config.projects:
-        project = MlflowProject(
-            f"project-{p.name}",
-            MlflowProjectArgs(
-                project=p,
-                bucket_name=store.bucket_name,
-                bucket_arn=store.bucket_arn,
-                db_endpoint=database.endpoint,
-                db_port=database.port,
-                admin_username=database.admin_username,
-                admin_password=database.admin_password,
-                repository_arn=image.repository_arn,
-                stack=config.stack,
-                protect=config.protect,
-            ),
-            # Schemas can only be created once the instance accepts connections.
-            pulumi.ResourceOptions(depends_on=[database.instance]),
-        )
-        project_outputs[p.name] = project.outputs
+for p in config.projects:
+    project = MlflowProject(
+        f"project-{p.name}",
+        MlflowProjectArgs(
+            project=p,
+            bucket_name=store.bucket_name,
+            bucket_arn=store.bucket_arn,
+            db_endpoint=database.endpoint,
+            db_port=database.port,
+            admin_username=database.admin_username,
+            admin_password=database.admin_password,
+            repository_arn=image.repository_arn,
+            stack=config.stack,
+            protect=config.protect,
+            image_uri=image.image_uri,
+            region=region,
+            mlflow_version=config.mlflow_version,
+        ),
+        # Schemas can only be created once the instance accepts connections.
+        pulumi.ResourceOptions(depends_on=[database.instance]),
+    )
+    project_outputs[p.name] = project.outputs
 
 pulumi.export("ArtifactRoot", store.artifact_root)
 pulumi.export("DatabaseEndpoint", database.endpoint)
@@ -73,6 +75,6 @@ pulumi.export("DatabasePassword", database.admin_password)
 pulumi.export("DatabaseUrl", database.database_url)
 pulumi.export("AdminSecretArn", database.admin_secret_arn)
 pulumi.export("ImageUri", image.image_uri)
-pulumi.export("Region", aws.get_region_output().region)
+pulumi.export("Region", region)
 pulumi.export("MlflowVersion", config.mlflow_version)
 pulumi.export("Projects", project_outputs)

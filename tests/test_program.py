@@ -7,8 +7,6 @@ import re
 from functools import cache
 from typing import Any
 
-import pytest
-
 from infra.config import pinned_mlflow_version
 from tests.pulumi_mocks import (
     ACCOUNT,
@@ -67,6 +65,18 @@ def plain(value: Any) -> Any:
 
 def is_secret_input(value: Any) -> bool:
     return isinstance(value, dict) and SECRET_SIG in value
+
+
+def assert_inputs_keep_secrets(r: ProgramRun) -> None:
+    """Every resource input that holds a password or the ECR token carries the secret marker."""
+    secrets = [*r.passwords, ECR_PASSWORD]
+    for res in r.resources:
+        for key, value in res.inputs.items():
+            if is_secret_input(value):
+                continue
+            for text in iter_strings(value):
+                for secret in secrets:
+                    assert secret not in text, f"{res.typ} {res.name}.{key} holds a plain secret"
 
 
 def assert_no_plain_secrets(r: ProgramRun) -> None:
@@ -144,14 +154,7 @@ def test_password_reaches_resources_only_as_secret() -> None:
     }
     registry = r.one(IMAGE).inputs["registry"]
     assert is_secret_input(registry) or is_secret_input(registry.get("password"))
-    # Every input that holds a secret value carries Pulumi's secret marker.
-    for res in r.resources:
-        for key, value in res.inputs.items():
-            if is_secret_input(value):
-                continue
-            for text in iter_strings(value):
-                for secret in [password, ECR_PASSWORD]:
-                    assert secret not in text, f"{res.typ} {res.name}.{key} holds a plain secret"
+    assert_inputs_keep_secrets(r)
 
 
 def test_admin_password_is_long_and_mysql_url_safe() -> None:
@@ -426,9 +429,6 @@ def test_mlflow_version_config_reaches_image_and_outputs() -> None:
 # ------------------------------------------------------------------------------- projects
 
 
-@pytest.mark.skipif(
-    not (ROOT / "projects" / "project.py").exists(), reason="projects/project.py not there yet"
-)
 def test_projects_are_built_and_exported() -> None:
     r = run({"mlflow-aws:projects": "churn,fraud"})
     assert set(r.outputs["Projects"]) == {"churn", "fraud"}
@@ -442,4 +442,6 @@ def test_projects_are_built_and_exported() -> None:
         secret_paths = {leaf.path for leaf in r.leaves if leaf.secret}
         assert f"Projects.{name}.Password" in secret_paths
         assert f"Projects.{name}.BackendStoreUri" in secret_paths
+    assert len(r.passwords) == 3  # admin + one per project
     assert_no_plain_secrets(r)
+    assert_inputs_keep_secrets(r)
