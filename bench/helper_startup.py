@@ -1,0 +1,154 @@
+"""How long ``python -m helper serve`` takes to a healthy server, and what that server costs.
+
+    .venv/bin/python bench/helper_startup.py [--starts 3]
+
+For the process runtime on MariaDB (TLS required, like Aurora; S3 on moto) and for the local
+default (SQLite): the first start on an empty store (it migrates the schema) and warm starts
+on the migrated one; the server's process count and total RSS once healthy (VmRSS summed over
+the helper's descendants, the helper itself excluded); and ``python -m helper --help``.
+Seconds run from spawning the helper to its ``export MLFLOW_TRACKING_URI=`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script; the packages live at the root
+    sys.path.insert(0, str(ROOT))
+
+from tests.services import MariaDB, free_port, running_mariadb, running_moto  # noqa: E402
+
+PROJECT = "bench-startup"
+BUCKET = "mlflow-aws-bench-startup"
+
+
+def descendants(pid: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rpartition(")")[2].split()[1]
+                )
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        children = [p for p, parent in parents.items() if parent == current]
+        found += children
+        frontier += children
+    return found
+
+
+def rss_mib(pids: list[int]) -> float:
+    kib = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{pid}/status").read_text()
+            kib += next(int(line.split()[1]) for line in status.splitlines() if "VmRSS" in line)
+    return kib / 1024
+
+
+@contextlib.contextmanager
+def served(options: list[str], env: dict[str, str]) -> Iterator[tuple[float, list[int]]]:
+    port = free_port()
+    started = time.monotonic()
+    helper = subprocess.Popen(
+        [sys.executable, "-m", "helper", "serve", *options, "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert helper.stdout is not None
+        for line in helper.stdout:
+            if line.startswith("export MLFLOW_TRACKING_URI="):
+                break
+        else:
+            raise RuntimeError(f"helper exited {helper.wait()} before serving")
+        seconds = time.monotonic() - started
+        time.sleep(1)  # let the worker finish importing before its RSS is read
+        yield seconds, descendants(helper.pid)
+    finally:
+        helper.send_signal(signal.SIGINT)
+        helper.wait(60)
+
+
+def measure(label: str, options: list[str], env: dict[str, str], starts: int) -> list[str]:
+    rows = []
+    with served(options, env) as (seconds, pids):
+        rows.append(f"{label}, first start (migrates)  {seconds:6.1f} s   "
+                    f"{len(pids)} processes  {rss_mib(pids):5.0f} MiB")  # fmt: skip
+    warm = []
+    for _ in range(starts):
+        with served(options, env) as (seconds, pids):
+            warm.append(seconds)
+    rows.append(f"{label}, warm start (median of {starts})  {statistics.median(warm):6.1f} s")
+    return rows
+
+
+def create_project(db: MariaDB) -> str:
+    password = "Bench-Pw.4f9c2a"
+    db.query(f"CREATE DATABASE `{PROJECT.replace('-', '_')}` COLLATE utf8mb4_bin")
+    db.query("CREATE USER 'mlflow_bench'@'%%' IDENTIFIED BY %s", (password,))
+    db.query(f"GRANT ALL ON `{PROJECT.replace('-', '_')}`.* TO 'mlflow_bench'@'%'")
+    return (
+        f"mysql+pymysql://mlflow_bench:{password}@{db.host}:{db.port}/{PROJECT.replace('-', '_')}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--starts", type=int, default=3)
+    starts = parser.parse_args().starts
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "helper", "--help"], cwd=ROOT, check=True,
+                   capture_output=True)  # fmt: skip
+    rows = [f"python -m helper --help  {time.monotonic() - started:6.2f} s"]
+
+    with running_mariadb() as db, running_moto() as moto, tempfile.TemporaryDirectory() as tmp:
+        import boto3
+
+        boto3.client("s3", **{"endpoint_url": moto.endpoint_url, "region_name": "eu-west-1",
+                              "aws_access_key_id": "k", "aws_secret_access_key": "s"}
+                     ).create_bucket(Bucket=BUCKET, CreateBucketConfiguration={
+                         "LocationConstraint": "eu-west-1"})  # fmt: skip
+        uri = create_project(db)
+        outputs = Path(tmp) / "outputs.json"
+        project = {"Database": PROJECT.replace("-", "_"), "Username": "mlflow_bench",
+                   "Password": uri.split(":")[2].split("@")[0], "BackendStoreUri": uri,
+                   "ArtifactRoot": f"s3://{BUCKET}/{PROJECT}", "ConnectionSecretArn": "arn:s",
+                   "PolicyArn": "arn:p"}  # fmt: skip
+        outputs.write_text(json.dumps({
+            "ArtifactRoot": f"s3://{BUCKET}", "DatabaseEndpoint": db.host,
+            "DatabasePort": db.port, "DatabaseUsername": db.admin_user,
+            "DatabasePassword": db.admin_password, "DatabaseUrl": db.admin_url(),
+            "ImageUri": "1.dkr.ecr.eu-west-1.amazonaws.com/m@sha256:" + "0" * 64,
+            "Region": "eu-west-1", "MlflowVersion": metadata.version("mlflow"),
+            "Projects": {PROJECT: project},
+        }))  # fmt: skip
+        remote = ["--project", PROJECT, "--outputs", str(outputs), "--runtime", "process"]
+        rows += measure("process runtime, MariaDB", remote, {**clean, **moto.aws_env()}, starts)
+        local = ["--local", "--data-dir", str(Path(tmp) / "local")]
+        rows += measure("local default, SQLite   ", local, clean, starts)
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
