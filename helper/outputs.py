@@ -250,18 +250,20 @@ def load_outputs_file(path: Path) -> StackOutputs:
 
 def load_stack_outputs(stack: str, work_dir: Path = REPO_ROOT) -> StackOutputs:
     """The outputs of stack ``stack`` through Pulumi's Automation API (runs the pulumi CLI)."""
+    import shutil
+
+    if shutil.which("pulumi") is None:
+        raise OutputsError(
+            "the pulumi CLI is not installed (needed by --stack). Install it "
+            "(https://www.pulumi.com/docs/install/), or use --outputs FILE with a file saved by "
+            "someone who has it, or --from-aws with your AWS credentials"
+        )
     from pulumi import automation
 
     source = f"stack {stack!r}"
     try:
         selected = automation.select_stack(stack_name=stack, work_dir=str(work_dir))
         outputs = selected.outputs()
-    except FileNotFoundError:
-        raise OutputsError(
-            "the pulumi CLI is not installed (needed by --stack). Install it "
-            "(https://www.pulumi.com/docs/install/), or use --outputs FILE with a file saved by "
-            "someone who has it, or --from-aws with your AWS credentials"
-        ) from None
     except automation.CommandError as exc:
         # str(exc) is "code: … stdout: … stderr: …"; only stderr explains (stdout may hold values).
         stderr = str(exc).rpartition("stderr:")[2].strip().splitlines()

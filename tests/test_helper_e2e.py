@@ -614,3 +614,22 @@ def test_serve_docker_runtime_with_a_stand_in_docker(
     assert stop["argv"] == ["stop", "--time", "10", name]
     assert not alive(run["pid"])
     assert not list(tmp_dir.glob("mlflow-aws-*.env"))
+
+
+def test_missing_aws_credentials_are_named_with_the_fix(
+    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
+) -> None:
+    project = create_project(mariadb, "e2e-nocreds")
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(outputs_for(mariadb, project)))
+    env = helper_env(aws, tmp_path)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        del env[key]
+    # Nothing else to fall back on: no shared files, no instance metadata.
+    env["AWS_SHARED_CREDENTIALS_FILE"] = env["AWS_CONFIG_FILE"] = str(tmp_path / "none")
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    argv = ["serve", "--project", project.name, "--outputs", str(outputs), "--runtime", "process"]
+    result = run_helper([*argv, "--port", str(free_port())], env)
+    assert result.returncode == 1
+    assert "no AWS credentials found" in result.stderr and "aws sso login" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -496,3 +496,55 @@ def test_upgrade_hint_repeats_the_source(capsys: pytest.CaptureFixture[str]) -> 
     assert cli._upgrade_hint(args, "default") == (
         "python -m helper upgrade --local --project default --data-dir /d"
     )
+
+
+# -- --stack, through the Automation API and a stand-in pulumi CLI ----------------------------
+
+
+def fake_pulumi(bin_dir: Path, outputs: dict[str, Any], fail: str | None = None) -> None:
+    """A pulumi CLI that answers what select_stack(...).outputs() runs: version, stack select,
+    stack output --json (masked) and --show-secrets."""
+    masked = copy.deepcopy(outputs)
+    masked["DatabasePassword"] = masked["DatabaseUrl"] = "[secret]"
+    for project in masked["Projects"].values():
+        project["Password"] = project["BackendStoreUri"] = "[secret]"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "masked.json").write_text(json.dumps(masked))
+    (bin_dir / "plain.json").write_text(json.dumps(outputs))
+    failure = f'echo "error: {fail}" >&2; exit 255' if fail else ""
+    script = bin_dir / "pulumi"
+    script.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in\n'
+        "  version*) echo v3.150.0 ;;\n"
+        f"  *'stack select'*) {failure} ;;\n"
+        f"  *--show-secrets*) cat {bin_dir}/plain.json ;;\n"
+        f"  *'stack output'*) cat {bin_dir}/masked.json ;;\n"
+        "esac\n"
+    )
+    script.chmod(0o755)
+
+
+def test_stack_source_reads_outputs_through_the_pulumi_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_pulumi(tmp_path / "bin", sample_outputs())
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}/usr/bin:/bin")
+    code, out, _ = run_cli(["projects", "--stack", "dev"], capsys)
+    assert code == 0 and out.startswith("churn\ts3://demo-bucket/churn\n")
+    code, out, err = run_cli(["command", "--project", "churn", "--stack", "dev"], capsys)
+    assert code == 0 and IMAGE in out
+    assert_no_secret(out + err)
+
+
+def test_stack_source_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    code, _, err = run_cli(["projects", "--stack", "dev"], capsys)
+    assert code == 1 and "the pulumi CLI is not installed" in err and "--from-aws" in err
+    fake_pulumi(tmp_path / "bin", sample_outputs(), fail="no stack named 'dev' found")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}/usr/bin:/bin")
+    code, _, err = run_cli(["projects", "--stack", "dev"], capsys)
+    assert code == 1
+    assert "cannot read the outputs of stack 'dev': error: no stack named 'dev' found" in err
