@@ -127,6 +127,15 @@ def policy_document(
                 "Resource": [secret_arn],
             },
             {
+                # `helper serve --from-aws` finds the project's secret by its tags. ListSecrets
+                # has no resource-level permissions ("*" only) and returns names and tags,
+                # never values, which stay limited to this project's secret above.
+                "Sid": "FindConnectionSecret",
+                "Effect": "Allow",
+                "Action": ["secretsmanager:ListSecrets"],
+                "Resource": ["*"],
+            },
+            {
                 # AWS defines no resource for this action: "*" is the only valid value.
                 "Sid": "EcrLogin",
                 "Effect": "Allow",

@@ -280,6 +280,7 @@ def test_policy_allows_exactly_the_prefix_the_secret_and_the_image() -> None:
             ("secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"),
             (secret_arn,),
         ): None,
+        (("secretsmanager:ListSecrets",), ("*",)): None,
         (("ecr:GetAuthorizationToken",), ("*",)): None,
         (
             (
@@ -295,7 +296,8 @@ def test_policy_allows_exactly_the_prefix_the_secret_and_the_image() -> None:
     resources = [r for st in doc["Statement"] for r in st["Resource"]]
     assert f"{BUCKET_ARN}/*" not in resources  # no bucket-wide object access
     star = [st["Action"] for st in doc["Statement"] if "*" in st["Resource"]]
-    assert star == [["ecr:GetAuthorizationToken"]]
+    # Only actions AWS cannot scope: finding secrets by tag (names, no values) and ECR login.
+    assert star == [["secretsmanager:ListSecrets"], ["ecr:GetAuthorizationToken"]]
 
 
 def test_policy_prefix_is_the_project_name_even_with_hyphens() -> None:
