@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("docker", "process"),
         help="docker: the stack's image (default); process: the same server as a local process",
     )
+    _add_db_ca(serve)
     _add_local(serve, "serve the embedded default: SQLite and local artifacts, no AWS, no Docker")
 
     command = commands.add_parser(
@@ -104,11 +105,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upgrade.add_argument("--project", metavar="NAME", help="the project (with --local: 'default')")
     _add_sources(upgrade)
+    _add_db_ca(upgrade)
     _add_local(upgrade, "upgrade the embedded default's SQLite database")
 
     projects = commands.add_parser("projects", help="list the stack's projects")
     _add_sources(projects)
     return parser
+
+
+def _add_db_ca(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db-ca",
+        type=Path,
+        metavar="FILE",
+        help="verify the database's TLS certificate against this CA bundle (for Aurora: AWS's "
+        "global-bundle.pem); without it the connection is encrypted but not verified. "
+        "The docker runtime always verifies, with the bundle baked into the image",
+    )
+
+
+def _with_db_ca(args: argparse.Namespace, connection: ProjectConnection) -> ProjectConnection:
+    """The connection with TLS verification against ``--db-ca``, when given."""
+    if not args.db_ca:
+        return connection
+    from dataclasses import replace
+
+    from helper.runtimes import with_ssl_ca
+
+    ca = args.db_ca.expanduser().resolve()
+    if not ca.is_file():
+        raise HelperError(f"--db-ca {args.db_ca}: no such file (a PEM CA bundle)", 2)
+    return replace(connection, backend_store_uri=with_ssl_ca(connection.backend_store_uri, str(ca)))
 
 
 def _add_local(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -217,7 +244,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.data_dir:
         raise HelperError("--data-dir goes with --local", 2)
     _require_project(args)
-    connection = load_connection(args)
+    if args.db_ca and args.runtime != "process":
+        raise HelperError("--db-ca goes with --runtime process (the image has its own bundle)", 2)
+    connection = _with_db_ca(args, load_connection(args))
     hint = _upgrade_hint(args, connection.project)
     if args.runtime == "process":
         return runtimes.serve_process(connection, args.port, hint)
@@ -253,9 +282,10 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     if args.data_dir:
         raise HelperError("--data-dir goes with --local", 2)
     _require_project(args)
-    connection = load_connection(args)
+    connection = _with_db_ca(args, load_connection(args))
     checks.check_mlflow_version(connection.mlflow_version)
     checks.check_database_reachable(connection.database_endpoint, connection.database_port)
+    checks.check_database_login(connection.backend_store_uri)
     return run_upgrade(
         connection.backend_store_uri,
         f"project {connection.project} (schema {connection.database})",

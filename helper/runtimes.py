@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from helper import checks
 from helper.errors import HelperError
@@ -122,7 +123,7 @@ def with_ssl_ca(uri: str, ca_path: str = CONTAINER_CA_BUNDLE) -> str:
     """The backend URI with PyMySQL verifying the server against ``ca_path``."""
     if "ssl_ca=" in uri:
         return uri
-    return f"{uri}{'&' if '?' in uri else '?'}ssl_ca={ca_path}"
+    return f"{uri}{'&' if '?' in uri else '?'}ssl_ca={quote(ca_path)}"
 
 
 def container_name(project: str, port: int) -> str:
@@ -278,6 +279,7 @@ def serve_process(connection: ProjectConnection, port: int, upgrade_hint: str) -
     checks.check_mlflow_version(connection.mlflow_version)
     checks.check_port_free(port)
     checks.check_database_reachable(connection.database_endpoint, connection.database_port)
+    checks.check_database_login(connection.backend_store_uri)
     aws.check_credentials(connection.region)  # the server's S3 access uses the same chain
     return run_server(process_launch(connection, port, upgrade_hint))
 

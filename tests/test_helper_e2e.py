@@ -465,7 +465,22 @@ def test_upgrade_fresh_schema_then_out_of_date_schema_is_explained(
     env = helper_env(aws, tmp_path)
     source = ["--project", project.name, "--outputs", str(outputs)]
 
-    upgraded = run_helper(["upgrade", *source], env)
+    # --db-ca verifies the server's certificate: a CA that did not sign it is refused...
+    other_ca = tmp_path / "other-ca.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=not the database's CA", "-keyout", str(tmp_path / "other-ca.key"),
+         "-out", str(other_ca)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    refused_tls = run_helper(["upgrade", *source, "--db-ca", str(other_ca)], env)
+    assert refused_tls.returncode == 1
+    assert f"not signed by the CA bundle {other_ca}" in refused_tls.stderr
+    assert "Traceback" not in refused_tls.stderr
+    assert project.query("SHOW TABLES") == []  # nothing was migrated over an unverified link
+
+    # ...and the CA that did sign it is accepted.
+    upgraded = run_helper(["upgrade", *source, "--db-ca", str(mariadb.ca_path)], env)
     assert upgraded.returncode == 0, upgraded.stderr[-3000:]
     from mlflow.store.db.utils import _get_latest_schema_revision
 
@@ -633,3 +648,33 @@ def test_missing_aws_credentials_are_named_with_the_fix(
     assert result.returncode == 1
     assert "no AWS credentials found" in result.stderr and "aws sso login" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_wrong_project_password_fails_fast_without_echoing_it(
+    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
+) -> None:
+    # A rotated password (stale outputs) is caught by one login before MLflow starts, which
+    # would otherwise retry its engine silently for ~100 s.
+    project = create_project(mariadb, "e2e-stale-pw")
+    stale = outputs_for(mariadb, project)
+    entry = stale["Projects"][project.name]
+    wrong = "Stale-password-0123456789"
+    entry["Password"] = wrong
+    entry["BackendStoreUri"] = entry["BackendStoreUri"].replace(project.password, wrong)
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(stale))
+    source = ["--project", project.name, "--outputs", str(outputs)]
+    env = helper_env(aws, tmp_path)
+
+    for argv in (
+        ["upgrade", *source],
+        ["serve", *source, "--runtime", "process", "--port", str(free_port())],
+    ):
+        started = time.monotonic()
+        result = run_helper(argv, env)
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert time.monotonic() - started < 30
+        assert f"user {project.user} was refused" in result.stderr
+        assert "fetch the stack's outputs again" in result.stderr
+        assert wrong not in result.stderr + result.stdout
+        assert "Traceback" not in result.stderr

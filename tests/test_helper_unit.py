@@ -548,3 +548,32 @@ def test_stack_source_errors(
     code, _, err = run_cli(["projects", "--stack", "dev"], capsys)
     assert code == 1
     assert "cannot read the outputs of stack 'dev': error: no stack named 'dev' found" in err
+
+
+def test_db_ca_must_exist_and_goes_with_the_process_runtime(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(sample_outputs()))
+    missing = tmp_path / "no-such-ca.pem"
+    base = ["serve", "--project", "churn", "--outputs", str(outputs)]
+
+    assert cli.main([*base, "--runtime", "process", "--db-ca", str(missing)]) == 2
+    assert f"--db-ca {missing}: no such file" in capsys.readouterr().err
+    # The image verifies with its own baked bundle; a host path would not exist inside it.
+    assert cli.main([*base, "--db-ca", str(missing)]) == 2
+    assert "--db-ca goes with --runtime process" in capsys.readouterr().err
+
+
+def test_db_ca_is_url_quoted_into_the_backend_uri(tmp_path: Path) -> None:
+    ca = tmp_path / "my certs" / "rds bundle.pem"
+    ca.parent.mkdir()
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    args = cli.build_parser().parse_args(
+        ["serve", "--project", "churn", "--runtime", "process", "--db-ca", str(ca)]
+    )
+    connection = parse_stack_outputs(sample_outputs(), "test").connection("churn")
+    verified = cli._with_db_ca(args, connection)
+    assert verified.backend_store_uri == (
+        connection.backend_store_uri + "?ssl_ca=" + str(ca).replace(" ", "%20")
+    )
