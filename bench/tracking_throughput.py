@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,10 @@ from bench.common import (
     MariaDBFactory,
     Server,
     SqliteFactory,
+    cpu_seconds,
     ensure_bucket,
     helper_available,
+    load_average,
     log,
     log_batches,
     log_one_by_one,
@@ -61,6 +65,9 @@ class Target:
     batch: list[float] = field(default_factory=list)
     client: Any = None
     run_id: str = ""
+    server: Server | None = None
+    server_cpu_ms: list[float] = field(default_factory=list)  # per one-by-one call
+    client_cpu_ms: list[float] = field(default_factory=list)  # per one-by-one call
 
 
 def short_how(server: Server) -> str:
@@ -80,7 +87,11 @@ def measure(targets: list[Target], n: int, batches: int, reps: int, warmup: int)
     for rep in range(reps):
         for target in targets:
             first = rep * n
+            pids = target.server.server_tree() if target.server else []
+            server_cpu, client_cpu = cpu_seconds(pids), time.process_time()
             target.single.append(log_one_by_one(target.client, target.run_id, n, first_step=first))
+            target.client_cpu_ms.append((time.process_time() - client_cpu) / n * 1000)
+            target.server_cpu_ms.append((cpu_seconds(pids) - server_cpu) / n * 1000)
             target.batch.append(
                 log_batches(target.client, target.run_id, batches, first_step=rep * batches * 1000)
             )
@@ -110,8 +121,10 @@ def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
         stack.enter_context(stopping(tuned))
         tuned.wait_healthy()
         targets = [
-            Target("a", "(a) stock server", stock.url, "mlflow server, default flags"),
-            Target("b", "(b) tuned server", tuned.url, short_how(tuned)),
+            Target(
+                "a", "(a) stock server", stock.url, "mlflow server, default flags", server=stock
+            ),
+            Target("b", "(b) tuned server", tuned.url, short_how(tuned), server=tuned),
             Target(
                 "c", "(c) direct, no server", fresh["c"].uri, "MLFLOW_TRACKING_URI=<SQLAlchemy>"
             ),
@@ -129,6 +142,8 @@ def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
                 "batch": t.batch,
                 "single_median": single[k],
                 "batch_median": batch[k],
+                "server_cpu_ms": median(t.server_cpu_ms),
+                "client_cpu_ms": median(t.client_cpu_ms),
             }
             for k, t in by.items()
         },
@@ -145,7 +160,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print()
     print(
         f"Tracking throughput: {args.n} one-by-one log_metric calls and {args.batches} "
-        f"log_batch calls of 1,000 metrics per repetition, median of {args.reps}"
+        f"log_batch calls of 1,000 metrics per repetition, median of {args.reps}; "
+        f"load average {args.load_before} before, {load_average()} after ({os.cpu_count()} CPUs)"
     )
     print()
     rows = []
@@ -157,12 +173,21 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
                     {"a": "(a) stock", "b": "(b) tuned", "c": "(c) direct"}[key],
                     f"{t['single_median']:.0f}",
                     f"{t['batch_median']:.0f}",
+                    "-" if key == "c" else f"{t['server_cpu_ms']:.1f}",
+                    f"{t['client_cpu_ms']:.1f}",
                     t["how"],
                 ]
             )
-    print(
-        table(["backend", "target", "one by one (metrics/s)", "batches (metrics/s)", "how"], rows)
-    )
+    headers = [
+        "backend",
+        "target",
+        "one by one (metrics/s)",
+        "batches (metrics/s)",
+        "server CPU ms/call",
+        "client CPU ms/call",
+        "how",
+    ]
+    print(table(headers, rows))
     print()
     rows = []
     for res in results:
@@ -209,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args.batches = args.batches or defaults[1]
     args.reps = args.reps or defaults[2]
     results = []
+    args.load_before = load_average()
     with workdir() as tmp:
         for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
             if backend not in ("sqlite", "mariadb"):
