@@ -39,10 +39,12 @@ from bench.common import (
     MariaDBFactory,
     Server,
     UserCounters,
+    cpu_seconds,
     enable_userstat,
     ensure_bucket,
     helper_available,
     is_mlflow_server,
+    load_average,
     log,
     log_batches,
     log_one_by_one,
@@ -84,7 +86,7 @@ def measure_target(
     key: str, database: Database, tmp: Path, db: MariaDB, moto: MotoServer | None, starts: int
 ) -> tuple[Server, dict[str, Any]]:
     """Start ``starts`` times (stopping in between); the last one keeps running."""
-    seconds, helper_part = [], []
+    seconds, helper_part, cpu = [], [], []
     server: Server | None = None
     for i in range(starts):
         if server is not None:
@@ -96,10 +98,16 @@ def measure_target(
             server.stop()
             raise
         seconds.append(server.healthy_after)
+        cpu.append(cpu_seconds(server.tree()))  # CPU the processes used to get healthy
         helper_part.append(server_start_delay(server))
         log(f"  {server.label} start {i + 1}/{starts}: healthy after {seconds[-1]:.2f}s")
     assert server is not None
-    return server, {"start_s": seconds, "helper_part_s": helper_part, "how": server.how}
+    return server, {
+        "start_s": seconds,
+        "start_cpu_s": cpu,
+        "helper_part_s": helper_part,
+        "how": server.how,
+    }
 
 
 def workload(server: Server) -> None:
@@ -122,7 +130,11 @@ def footprint(server: Server) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {"idle_s": args.idle, "starts": args.starts}
+    results: dict[str, Any] = {
+        "idle_s": args.idle,
+        "starts": args.starts,
+        "load_before": load_average(),
+    }
     with contextlib.ExitStack() as stack, workdir() as tmp:
         db = stack.enter_context(running_mariadb())
         enable_userstat(db)
@@ -156,6 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 idle_connections_opened=after.connections_made,
                 idle_statements=after.statements,
             )
+    results["load_after"] = load_average()
     return results
 
 
@@ -176,6 +189,8 @@ def report(res: dict[str, Any]) -> None:
         ["total PSS (server tree)", gib(a["pss"]), gib(b["pss"]), "(info)", ""],
         [f"start -> healthy /health (median of {res['starts']})", f"{start_a:.1f} s",
          f"{start_b:.1f} s", f"<= {TARGET_START_S:g} s", verdict(start_b <= TARGET_START_S)],
+        ["  CPU seconds used until healthy (median)", f"{median(a['start_cpu_s']):.1f} s",
+         f"{median(b['start_cpu_s']):.1f} s", "(info)", ""],
         ["  of which the helper before mlflow starts", "-",
          f"{median(b['helper_part_s']):.1f} s", "(info)", ""],
         [f"idle {res['idle_s']:g} s: connections held", a["idle_connections_held"],
@@ -192,6 +207,7 @@ def report(res: dict[str, Any]) -> None:
     print()
     print(table(["figure", "(a) stock", "(b) tuned", "target (b)", ""], rows))
     print()
+    print(f"load average {res['load_before']} before, {res['load_after']} after")
     print(
         f"start times (s): (a) {', '.join(f'{s:.2f}' for s in a['start_s'])}; "
         f"(b) {', '.join(f'{s:.2f}' for s in b['start_s'])}"
