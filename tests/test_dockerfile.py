@@ -1,7 +1,8 @@
 """The server image, as far as it can be checked without a Docker engine.
 
-hadolint on the Dockerfile, and entrypoint.sh run for real with ``mlflow`` replaced by a fake
-that prints what it was given.
+hadolint on the Dockerfile, its install step run by /bin/sh with a fake pip, and entrypoint.sh
+run for real with ``mlflow`` replaced by a fake that prints what it was given. The server run
+from the image's own requirements is tests/test_image_requirements.py.
 """
 
 from __future__ import annotations
@@ -127,26 +128,64 @@ def test_dockerfile_mlflow_default_matches_requirements_pin() -> None:
     assert default == pinned_mlflow_version()
 
 
-def test_mlflow_version_build_arg_rewrites_the_pin(tmp_path: Path) -> None:
-    """Run the Dockerfile's own sed expression on a copy of requirements.txt."""
-    run = " ".join(rest for word, rest in dockerfile_instructions() if word == "RUN")
-    match = re.search(r'sed -i "([^"]+)" /tmp/requirements\.txt', run)
-    assert match, "the RUN that rewrites the mlflow pin is missing"
-    requirements = tmp_path / "requirements.txt"
+FAKE_PIP = """#!/bin/sh
+# Stands in for pip: record argv, one argument a line.
+printf '%s\\n' "$@" > "$PIP_ARGV"
+"""
+
+
+def requirement_pins(path: Path = DOCKER / "requirements.txt") -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name.lower()] = version
+    return pins
+
+
+def run_install_step(tmp_path: Path, mlflow_version: str) -> tuple[list[str], Path]:
+    """The Dockerfile's install RUN, executed by /bin/sh (as RUN does) with a fake pip and a
+    copy of requirements.txt in place of /tmp/requirements.txt: pip's argv, and the copy."""
+    [run] = [rest for word, rest in dockerfile_instructions() if word == "RUN" and "pip" in rest]
+    work = tmp_path / f"build-{mlflow_version}"
+    (work / "bin").mkdir(parents=True)
+    (work / "bin" / "pip").write_text(FAKE_PIP)
+    (work / "bin" / "pip").chmod(0o755)
+    requirements = work / "requirements.txt"
     shutil.copy(DOCKER / "requirements.txt", requirements)
     subprocess.run(
-        [BASH, "-c", f'sed -i "{match.group(1)}" "$1"', "sed", str(requirements)],
-        env={"MLFLOW_VERSION": "3.99.1", "PATH": "/usr/bin:/bin"},
+        ["/bin/sh", "-c", run.replace("/tmp/requirements.txt", str(requirements))],
+        env={
+            "PATH": f"{work / 'bin'}:/usr/bin:/bin",
+            "MLFLOW_VERSION": mlflow_version,
+            "PIP_ARGV": str(work / "argv"),
+        },
         check=True,
+        timeout=30,
     )
-    pins = [line for line in requirements.read_text().splitlines() if line.startswith("mlflow")]
-    assert pins == ["mlflow==3.99.1"]
-    others = (
-        (DOCKER / "requirements.txt")
-        .read_text()
-        .replace(f"mlflow=={pinned_mlflow_version()}", "mlflow==3.99.1")
-    )
-    assert requirements.read_text() == others  # nothing else touched
+    return (work / "argv").read_text().splitlines(), requirements
+
+
+def test_pinned_mlflow_version_installs_exactly_the_lock(tmp_path: Path) -> None:
+    argv, requirements = run_install_step(tmp_path, pinned_mlflow_version())
+    assert argv == ["install", "--no-cache-dir", "--no-deps", "-r", str(requirements)]
+    assert not requirements.exists()  # removed from the image once installed
+
+
+# Another release, a prefix of the pin, and a look-alike that a regex match would let through.
+@pytest.mark.parametrize("version", ["3.99.1", "3.17", pinned_mlflow_version().replace(".", "x")])
+def test_another_mlflow_version_gets_a_resolving_install(tmp_path: Path, version: str) -> None:
+    """No lock for it: mlflow with all its dependencies, PyMySQL (with cryptography, its
+    ``rsa`` extra) and boto3 at the lock's versions."""
+    argv, _ = run_install_step(tmp_path, version)
+    pins = requirement_pins()
+    assert argv == [
+        "install",
+        "--no-cache-dir",
+        f"mlflow=={version}",
+        f"PyMySQL[rsa]=={pins['pymysql']}",
+        f"boto3=={pins['boto3']}",
+    ]
 
 
 def test_dockerfile_runs_as_non_root_with_healthcheck_and_ca_bundle() -> None:
