@@ -1,0 +1,347 @@
+"""The server image's own packages, for real (DESIGN.md, test layer 4).
+
+No Docker engine here, so the image is not built. Instead a venv gets docker/requirements.txt
+installed exactly as the Dockerfile installs it (the same pip flags, read from the Dockerfile),
+and ``docker/entrypoint.sh`` runs the server from it with the environment of the helper's docker
+env file, against MariaDB (TLS required, like Aurora) and a moto S3. The stock ``mlflow`` client of
+the dev environment then logs through it: the tutorial's tracking.py, a log_batch, an artifact
+up and down through the server.
+
+The venv is cached under .services/ keyed by the lock, the Dockerfile's pip flags and the
+Python version, so only the first run (or a changed lock) pays for the install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from helper.outputs import ProjectConnection
+from helper.runtimes import container_environment
+from tests.services import MariaDB, MotoServer, free_port
+from tests.test_helper_e2e import cmdline, create_project, descendants, run_tracking_script
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+LOCK = DOCKER / "requirements.txt"
+DOCKERFILE = DOCKER / "Dockerfile"
+ENTRYPOINT = DOCKER / "entrypoint.sh"
+CACHE_DIR = ROOT / ".services"
+BUCKET = "mlflow-aws-image"
+REGION = "eu-west-1"
+INSTALL_TIMEOUT = 900.0
+SERVE_TIMEOUT = 120.0
+
+# mlflow's declared requirements that the image leaves out, and nothing else: mlflow server
+# never imports them (mlflow's imports of them are optional, client-side or for type checking
+# only), and they are ~460 MB with what only they pull in. pip check must report exactly these.
+OMITTED = frozenset({"matplotlib", "pyarrow", "scikit-learn", "scipy", "skops"})
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def lock() -> dict[str, str]:
+    """docker/requirements.txt as {normalized name: version}; every line must be name==version."""
+    pins: dict[str, str] = {}
+    for number, raw in enumerate(LOCK.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][0-9A-Za-z.+!-]*)", line)
+        assert match, f"{LOCK}:{number}: not a name==version pin: {raw!r}"
+        name = normalize(match.group(1))
+        assert name not in pins, f"{LOCK}:{number}: {name} pinned twice"
+        pins[name] = match.group(2)
+    return pins
+
+
+def dockerfile_pip_flags() -> list[str]:
+    """The options of the Dockerfile's pip install of the lock (the pinned mlflow's branch)."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    [flags] = re.findall(r"pip install ((?:--?[a-z-]+ )+)-r /tmp/requirements\.txt", text)
+    return flags.split()
+
+
+def dockerfile_python() -> str:
+    """``3.11`` of ``FROM python:3.11.14-slim-bookworm``."""
+    match = re.search(r"^FROM python:(\d+\.\d+)\.\d+-slim", DOCKERFILE.read_text(), re.M)
+    assert match, "the Dockerfile is not FROM python:X.Y.Z-slim"
+    return match.group(1)
+
+
+# -- fast checks of the lock --------------------------------------------------------------------
+
+
+def test_lock_pins_every_line_and_mlflow_matches_the_dockerfile_default() -> None:
+    pins = lock()
+    [default] = re.findall(r"^ARG MLFLOW_VERSION=(\S+)$", DOCKERFILE.read_text(), re.M)
+    assert pins["mlflow"] == default
+    assert pins["mlflow-skinny"] == pins["mlflow-tracing"] == default
+    for name in ("pymysql", "boto3", "cryptography"):
+        assert name in pins
+    assert not OMITTED & set(pins)
+
+
+def test_lock_agrees_with_the_dev_constraints() -> None:
+    """The dev environment installs the lock too (requirements.txt: -r docker/requirements.txt),
+    so the process runtime runs the image's versions and constraints.txt cannot disagree."""
+    constraints = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            constraints[normalize(name)] = version
+    assert {name: constraints.get(name) for name in lock()} == lock()
+
+
+def test_dockerfile_installs_the_lock_without_resolving() -> None:
+    flags = dockerfile_pip_flags()
+    assert "--no-deps" in flags and "--no-cache-dir" in flags
+
+
+# -- the image's venv ---------------------------------------------------------------------------
+
+
+def python_for_image() -> str:
+    want = dockerfile_python()
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == want:
+        return sys.executable
+    found = shutil.which(f"python{want}")
+    if not found:
+        pytest.skip(f"the image runs Python {want}; no python{want} on PATH")
+    return found
+
+
+@pytest.fixture(scope="module")
+def image_venv() -> Iterator[Path]:
+    """A venv with the lock installed as the Dockerfile does it; built once per lock."""
+    flags = dockerfile_pip_flags()
+    python = python_for_image()
+    key = hashlib.sha256(
+        LOCK.read_bytes() + " ".join(flags).encode() + dockerfile_python().encode()
+    ).hexdigest()[:16]
+    venv = CACHE_DIR / f"image-venv-{key}"
+    done = venv / ".installed"
+    CACHE_DIR.mkdir(exist_ok=True)
+    with (CACHE_DIR / f"image-venv-{key}.lock").open("w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)  # one builder at a time; the others wait and reuse
+        if not done.exists():
+            shutil.rmtree(venv, ignore_errors=True)  # a build that did not finish
+            started = time.monotonic()
+            subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
+            subprocess.run(
+                [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                 "--disable-pip-version-check", *flags, "-r", str(LOCK)],
+                check=True,
+                timeout=INSTALL_TIMEOUT,
+            )  # fmt: skip
+            done.write_text(f"{time.monotonic() - started:.0f}s\n")
+            print(f"\n[image venv] built in {time.monotonic() - started:.0f}s", file=sys.__stdout__)
+    yield venv
+
+
+def venv_pip(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_image_venv_holds_exactly_the_lock(image_venv: Path) -> None:
+    frozen = venv_pip(image_venv, "freeze")  # all but pip and setuptools, which the base has
+    assert frozen.returncode == 0, frozen.stderr
+    installed = {}
+    for line in frozen.stdout.splitlines():
+        name, _, version = line.partition("==")
+        installed[normalize(name)] = version
+    assert installed == lock()  # nothing unlisted got in, nothing listed is missing
+
+
+@pytest.mark.slow
+def test_pip_check_reports_only_the_omitted_packages(image_venv: Path) -> None:
+    result = venv_pip(image_venv, "check")
+    missing = set()
+    for line in result.stdout.splitlines():
+        match = re.fullmatch(r"(\S+) (\S+) requires (\S+), which is not installed\.", line)
+        assert match, f"pip check found something else broken: {line}"
+        assert (normalize(match.group(1)), match.group(2)) == ("mlflow", lock()["mlflow"]), line
+        missing.add(normalize(match.group(3)))
+    assert missing == OMITTED
+
+
+# -- the server, run as the image runs it -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bucket(moto: MotoServer) -> dict[str, str]:
+    env = moto.aws_env()
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=REGION,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    return env
+
+
+def get(url: str) -> tuple[int, str, bytes]:
+    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (loopback)
+        return response.status, response.headers.get("Content-Type", ""), response.read()
+
+
+@pytest.mark.slow
+def test_server_from_the_image_venv_end_to_end(
+    image_venv: Path, mariadb: MariaDB, bucket: dict[str, str], tmp_path: Path
+) -> None:
+    project = create_project(mariadb, "image-venv")
+    connection = ProjectConnection(
+        project=project.name,
+        database=project.schema,
+        # TLS verified against the test CA, as the image verifies Aurora with its RDS bundle.
+        backend_store_uri=mariadb.url(project.user, project.password, project.schema),
+        password=project.password,
+        artifact_root=f"s3://{BUCKET}/{project.name}",
+        database_endpoint=mariadb.host,
+        database_port=mariadb.port,
+        region=REGION,
+        image_uri="123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlflow-aws@sha256:" + "0" * 64,
+        mlflow_version=lock()["mlflow"],
+    )
+    port = free_port()
+    # The helper's docker env file, with the container's host and port made loopback ones.
+    env_file = {**container_environment(connection, bucket)}
+    env_file.update(MLFLOW_HOST="127.0.0.1", MLFLOW_PORT=str(port))
+    home = tmp_path / "home"
+    home.mkdir()
+    # Like the container: the image's Python first on PATH, nothing of this machine's env.
+    env = {"PATH": f"{image_venv / 'bin'}:/usr/bin:/bin", "HOME": str(home), **env_file}
+    log_path = tmp_path / "server.log"
+    started = time.monotonic()
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [str(ENTRYPOINT)],
+            cwd=home,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, stopped as one below
+        )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVE_TIMEOUT
+        while True:
+            assert server.poll() is None, f"server exited:\n{log_path.read_text()[-4000:]}"
+            with contextlib.suppress(OSError):
+                if get(f"{uri}/health")[0] == 200:
+                    break
+            assert time.monotonic() < deadline, f"not healthy:\n{log_path.read_text()[-4000:]}"
+            time.sleep(0.2)
+        healthy_after = time.monotonic() - started
+
+        # entrypoint.sh exec'd the image venv's mlflow: it plus one uvicorn worker, no job runners.
+        assert str(image_venv / "bin" / "mlflow") in cmdline(server.pid)
+        tree = [server.pid, *descendants(server.pid)]
+        assert len(tree) == 2, [cmdline(pid) for pid in tree]
+        assert all(str(image_venv) in cmdline(pid) for pid in tree)
+
+        # The image's HEALTHCHECK, against the real server.
+        check = subprocess.run([str(ENTRYPOINT), "healthcheck"], env=env, timeout=30, check=False)
+        assert check.returncode == 0
+
+        status, content_type, body = get(f"{uri}/")
+        assert status == 200 and content_type.startswith("text/html")
+        assert body.lstrip().lower().startswith(b"<!doctype html>")
+        assert get(f"{uri}/version")[2].decode() == lock()["mlflow"]
+
+        # The tutorial's tracking.py, with nothing but MLFLOW_TRACKING_URI.
+        run_tracking_script(uri, tmp_path / "work")
+
+        # The dev environment's stock client: a batch, an artifact up and back down, a search.
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric, Param, RunTag
+
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.create_experiment("image-venv-batch")
+        run_id = client.create_run(experiment).info.run_id
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[Metric("loss", 1.0 / (step + 1), now, step) for step in range(50)],
+            params=[Param("lr", "0.01"), Param("LR", "0.1")],  # utf8mb4_bin: both stored
+            tags=[RunTag("image", "venv")],
+        )
+        (tmp_path / "model.json").write_text(json.dumps({"weights": [1, 2, 3]}))
+        client.log_artifact(run_id, str(tmp_path / "model.json"), "model")
+        downloaded = client.download_artifacts(run_id, "model/model.json", str(tmp_path))
+        assert json.loads(Path(downloaded).read_text()) == {"weights": [1, 2, 3]}
+        client.set_terminated(run_id)
+        found = client.search_runs([experiment], "metrics.loss < 0.05 and params.LR = '0.1'")
+        assert [r.info.run_id for r in found] == [run_id]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in tree if Path(f"/proc/{pid}").exists()], "server processes left"
+    print(
+        f"\n[image venv] entrypoint.sh -> healthy on MariaDB (first start migrates): "
+        f"{healthy_after:.1f}s",
+        file=sys.__stdout__,
+    )
+
+    # Rows in the project's own schema...
+    runs = dict(project.query("SELECT run_uuid, status FROM runs"))
+    assert len(runs) == 2 and set(runs.values()) == {"FINISHED"}
+    assert project.query(
+        "SELECT count(*) FROM metrics WHERE run_uuid = %s AND `key` = 'loss'", (run_id,)
+    ) == [(50,)]
+    assert sorted(
+        project.query("SELECT `key`, value FROM params WHERE run_uuid = %s", (run_id,))
+    ) == [("LR", "0.1"), ("lr", "0.01")]
+    [script_run] = [r for r in runs if r != run_id]
+    assert project.query(
+        "SELECT count(*) FROM metrics WHERE run_uuid = %s AND `key` = 'foo'", (script_run,)
+    ) == [(3,)]
+    # ... and the artifacts in the bucket, under the project's prefix, through the server.
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=bucket["AWS_ENDPOINT_URL"],
+        region_name=REGION,
+        aws_access_key_id=bucket["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=bucket["AWS_SECRET_ACCESS_KEY"],
+    )
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    prefix = f"{project.name}/"
+    [tutorial] = [k for k in keys if k.endswith(f"/{script_run}/artifacts/test.txt")]
+    [model] = [k for k in keys if k.endswith(f"/{run_id}/artifacts/model/model.json")]
+    assert tutorial.startswith(prefix) and model.startswith(prefix)
+    assert s3.get_object(Bucket=BUCKET, Key=tutorial)["Body"].read() == b"hello world!"
