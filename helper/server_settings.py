@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import quote
 
 from helper.errors import HelperError
 
@@ -44,6 +45,22 @@ def container_port() -> int:
     return int(server_env_defaults()["MLFLOW_PORT"])
 
 
+IDLE_SECONDS_KEY = "MLFLOW_AWS_DB_IDLE_SECONDS"
+
+
+def with_idle_timeout(backend_store_uri: str, idle_seconds: int) -> str:
+    """A MySQL backend URI whose sessions the database closes after ``idle_seconds`` idle.
+
+    The server pools connections for speed; this is what empties the pool when nobody logs,
+    so Aurora can pause. Other backends (SQLite) are returned unchanged.
+    """
+    if not backend_store_uri.startswith("mysql") or "init_command=" in backend_store_uri:
+        return backend_store_uri
+    command = quote(f"SET SESSION wait_timeout={int(idle_seconds)}", safe="")
+    separator = "&" if "?" in backend_store_uri else "?"
+    return f"{backend_store_uri}{separator}init_command={command}"
+
+
 def server_environment(
     *,
     backend_store_uri: str,
@@ -57,10 +74,17 @@ def server_environment(
     server.env gives the defaults, ``inherited`` (the caller's environment) may override them,
     and the store, artifact destination, host and port are always the ones given here.
     """
+    settings = {**server_env_defaults(), **(inherited or {})}
+    try:
+        idle_seconds = int(settings[IDLE_SECONDS_KEY])
+    except (KeyError, ValueError):
+        raise HelperError(
+            f"{IDLE_SECONDS_KEY} must be a whole number of seconds "
+            f"(docker/server.env or the environment), got {settings.get(IDLE_SECONDS_KEY)!r}"
+        ) from None
     return {
-        **server_env_defaults(),
-        **(inherited or {}),
-        "MLFLOW_BACKEND_STORE_URI": backend_store_uri,
+        **settings,
+        "MLFLOW_BACKEND_STORE_URI": with_idle_timeout(backend_store_uri, idle_seconds),
         "MLFLOW_ARTIFACTS_DESTINATION": artifacts_destination,
         "MLFLOW_HOST": host,
         "MLFLOW_PORT": str(port),

@@ -678,3 +678,44 @@ def test_wrong_project_password_fails_fast_without_echoing_it(
         assert "fetch the stack's outputs again" in result.stderr
         assert wrong not in result.stderr + result.stdout
         assert "Traceback" not in result.stderr
+
+
+def test_server_pools_while_busy_and_holds_no_connection_when_idle(
+    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
+) -> None:
+    # Aurora Serverless v2 pauses only with no open connection: the helper's server keeps a
+    # pool while people log, and the database closes it after MLFLOW_AWS_DB_IDLE_SECONDS idle
+    # (30 by default; 2 here to keep the test short).
+    from mlflow import MlflowClient
+
+    project = create_project(mariadb, "e2e-idle")
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(outputs_for(mariadb, project)))
+    port = free_port()
+    env = {**helper_env(aws, tmp_path), "MLFLOW_AWS_DB_IDLE_SECONDS": "2"}
+    argv = ["serve", "--project", project.name, "--outputs", str(outputs)]
+    argv += ["--runtime", "process", "--port", str(port)]
+
+    def open_connections() -> int:
+        sql = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s"
+        return int(mariadb.query(sql, (project.user,))[0][0])
+
+    # Migrate first: a first start's migration pauses longer than 2 s between statements here.
+    upgraded = run_helper(["upgrade", "--project", project.name, "--outputs", str(outputs)], env)
+    assert upgraded.returncode == 0, upgraded.stderr[-2000:]
+    with serving(argv, env, tmp_path, port):
+        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        run_id = client.create_run(client.create_experiment("idle")).info.run_id
+        for step in range(20):
+            client.log_metric(run_id, "loss", 1.0 / (step + 1), step=step)
+        assert 1 <= open_connections() <= 10  # pooled (NullPool would show 0 here)
+
+        deadline = time.monotonic() + 15
+        while open_connections() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert open_connections() == 0  # closed by the database while idle
+
+        # The next request finds its pooled connection gone and replaces it, unnoticed.
+        client.log_metric(run_id, "loss", 0.01, step=20)
+        history = client.get_metric_history(run_id, "loss")
+        assert [m.step for m in history] == list(range(21))

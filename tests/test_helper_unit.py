@@ -127,6 +127,7 @@ def test_container_environment_holds_store_with_tls_ca_artifacts_and_credentials
     env = runtimes.container_environment(churn, aws_env)
     assert env["MLFLOW_BACKEND_STORE_URI"] == (
         churn.backend_store_uri + "?ssl_ca=/etc/ssl/certs/rds-global-bundle.pem"
+        "&init_command=SET%20SESSION%20wait_timeout%3D30"
     )
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://demo-bucket/churn"
     assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "eu-west-1"
@@ -173,7 +174,10 @@ FORCED = {"MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION", "MLFLOW_HO
 def test_server_settings_are_server_env(churn: ProjectConnection, tmp_path: Path) -> None:
     defaults = parse_server_env(SERVER_ENV_PATH.read_text())
     assert defaults["MLFLOW_WORKERS"] == "1"
-    assert defaults["MLFLOW_SQLALCHEMYSTORE_POOLCLASS"] == "NullPool"
+    # Pooled while busy, closed by the database after 30 idle seconds (so Aurora can pause).
+    assert "MLFLOW_SQLALCHEMYSTORE_POOLCLASS" not in defaults
+    assert defaults["MLFLOW_AWS_DB_IDLE_SECONDS"] == "30"
+    assert int(defaults["MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE"]) < 30
     assert defaults["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert defaults["MLFLOW_SERVE_ARTIFACTS"] == "true"
     store = runtimes.local_store(tmp_path, "default")
@@ -191,7 +195,9 @@ def test_process_environment_serves_on_loopback_with_the_project_store(
 ) -> None:
     env = runtimes.process_environment(churn, 5123, {"MLFLOW_WORKERS": "3", "HOME": "/h"})
     assert env["MLFLOW_HOST"] == "127.0.0.1" and env["MLFLOW_PORT"] == "5123"
-    assert env["MLFLOW_BACKEND_STORE_URI"] == churn.backend_store_uri
+    assert env["MLFLOW_BACKEND_STORE_URI"] == (
+        churn.backend_store_uri + "?init_command=SET%20SESSION%20wait_timeout%3D30"
+    )
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://demo-bucket/churn"
     assert env["MLFLOW_WORKERS"] == "3"  # an explicit setting overrides server.env's default
     assert env["HOME"] == "/h"
@@ -577,3 +583,17 @@ def test_db_ca_is_url_quoted_into_the_backend_uri(tmp_path: Path) -> None:
     assert verified.backend_store_uri == (
         connection.backend_store_uri + "?ssl_ca=" + str(ca).replace(" ", "%20")
     )
+
+
+def test_idle_timeout_reaches_mysql_uris_only(churn: ProjectConnection, tmp_path: Path) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    uri = runtimes.process_environment(churn, 5123, {})["MLFLOW_BACKEND_STORE_URI"]
+    assert parse_qs(urlsplit(uri).query) == {"init_command": ["SET SESSION wait_timeout=30"]}
+    # An explicit setting in the caller's environment wins over server.env's default.
+    faster = runtimes.process_environment(churn, 5123, {"MLFLOW_AWS_DB_IDLE_SECONDS": "5"})
+    assert faster["MLFLOW_BACKEND_STORE_URI"].endswith("wait_timeout%3D5")
+    local = runtimes.local_environment(runtimes.local_store(tmp_path, "default"), 5123, {})
+    assert "init_command" not in local["MLFLOW_BACKEND_STORE_URI"]  # SQLite has no sessions
+    with pytest.raises(HelperError, match="MLFLOW_AWS_DB_IDLE_SECONDS must be a whole number"):
+        runtimes.process_environment(churn, 5123, {"MLFLOW_AWS_DB_IDLE_SECONDS": "soon"})
