@@ -25,7 +25,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -118,42 +117,52 @@ def test_dockerfile_installs_the_lock_without_resolving() -> None:
 # -- the image's venv ---------------------------------------------------------------------------
 
 
-def python_for_image() -> str:
+def python_for_image() -> str | None:
+    """An interpreter of the image's Python minor version: this one, or pythonX.Y on PATH."""
     want = dockerfile_python()
     if f"{sys.version_info.major}.{sys.version_info.minor}" == want:
         return sys.executable
-    found = shutil.which(f"python{want}")
-    if not found:
-        pytest.skip(f"the image runs Python {want}; no python{want} on PATH")
-    return found
+    return shutil.which(f"python{want}")
 
 
-@pytest.fixture(scope="module")
-def image_venv() -> Iterator[Path]:
-    """A venv with the lock installed as the Dockerfile does it; built once per lock."""
-    flags = dockerfile_pip_flags()
-    python = python_for_image()
-    key = hashlib.sha256(
-        LOCK.read_bytes() + " ".join(flags).encode() + dockerfile_python().encode()
-    ).hexdigest()[:16]
-    venv = CACHE_DIR / f"image-venv-{key}"
+def cached_venv(prefix: str, python: str, pip_install_args: list[str]) -> Path:
+    """``.services/<prefix>-<hash>``: a venv made by ``python`` with ``pip install <args>`` run in
+    it, keyed by the args, the content of any file among them and the Python version. Built once;
+    concurrent callers wait for the builder (a file lock) and reuse its result."""
+    material = [python, dockerfile_python(), *pip_install_args]
+    material += [Path(a).read_text() for a in pip_install_args if Path(a).is_file()]
+    key = hashlib.sha256("\0".join(material).encode()).hexdigest()[:16]
+    venv = CACHE_DIR / f"{prefix}-{key}"
     done = venv / ".installed"
     CACHE_DIR.mkdir(exist_ok=True)
-    with (CACHE_DIR / f"image-venv-{key}.lock").open("w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)  # one builder at a time; the others wait and reuse
+    with (CACHE_DIR / f"{prefix}-{key}.lock").open("w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
         if not done.exists():
             shutil.rmtree(venv, ignore_errors=True)  # a build that did not finish
             started = time.monotonic()
             subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
             subprocess.run(
                 [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                 "--disable-pip-version-check", *flags, "-r", str(LOCK)],
+                 "--disable-pip-version-check", *pip_install_args],
                 check=True,
                 timeout=INSTALL_TIMEOUT,
             )  # fmt: skip
             done.write_text(f"{time.monotonic() - started:.0f}s\n")
-            print(f"\n[image venv] built in {time.monotonic() - started:.0f}s", file=sys.__stdout__)
-    yield venv
+            print(f"\n[{prefix}] built in {time.monotonic() - started:.0f}s", file=sys.__stderr__)
+    return venv
+
+
+def image_venv_path(python: str) -> Path:
+    """The lock installed as the Dockerfile installs it (its pip flags, ``-r`` the lock)."""
+    return cached_venv("image-venv", python, [*dockerfile_pip_flags(), "-r", str(LOCK)])
+
+
+@pytest.fixture(scope="module")
+def image_venv() -> Path:
+    python = python_for_image()
+    if python is None:
+        pytest.skip(f"the image runs Python {dockerfile_python()}; no such python on PATH")
+    return image_venv_path(python)
 
 
 def venv_pip(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
