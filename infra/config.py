@@ -37,6 +37,10 @@ DB_KEYS = (
 )
 PROJECT_KEYS = ("name", "dropDataOnRemove", "iamGroups", "iamRoles", "passwordVersion")
 
+# Surrounding ASCII whitespace is forgiven ("churn, fraud"); any other (a no-break space, say)
+# stays part of the name and is refused as non-ASCII rather than silently removed.
+ASCII_SPACE = " \t\r\n"
+
 # Aurora Serverless v2 limits (ACU) and auto-pause window (seconds).
 MIN_ACU, MAX_ACU = 0.0, 256.0
 AUTO_PAUSE_MIN_S, AUTO_PAUSE_MAX_S = 300, 86400
@@ -252,7 +256,7 @@ def _parse_db(raw: str | None, protect: bool, problems: _Problems) -> DatabaseCo
 def _parse_project(item: Any, index: int, problems: _Problems) -> ProjectConfig | None:
     key = f"projects[{index}]"
     if isinstance(item, str):
-        item = {"name": item.strip()}
+        item = {"name": item.strip(ASCII_SPACE)}
     if not isinstance(item, dict):
         problems.add(key, item, "must be a project name or an object with a name")
         return None
@@ -284,7 +288,7 @@ def _parse_projects(raw: str | None, problems: _Problems) -> tuple[ProjectConfig
         return ()
     items: Any = _parse_json_or_text(raw)
     if isinstance(items, str):  # "churn, fraud"
-        items = [part.strip() for part in items.split(",")]
+        items = [part.strip(ASCII_SPACE) for part in items.split(",")]
     if not isinstance(items, list):
         problems.add(
             "projects", items, "must be a list, a JSON list or a comma-separated string of names"
@@ -294,7 +298,7 @@ def _parse_projects(raw: str | None, problems: _Problems) -> tuple[ProjectConfig
         item if isinstance(item, str) else item.get("name") if isinstance(item, dict) else None
         for item in items
     ]
-    for message in collisions([n.strip() for n in raw_names if isinstance(n, str)]):
+    for message in collisions([n.strip(ASCII_SPACE) for n in raw_names if isinstance(n, str)]):
         problems.items.append(f"{_key('projects')}: {message}")
     parsed = [_parse_project(item, i, problems) for i, item in enumerate(items)]
     return tuple(p for p in parsed if p is not None)

@@ -26,7 +26,7 @@ from typing import Any
 import pymysql
 import pytest
 
-from infra.config import ConfigError, parse_stack_config
+from infra.config import ASCII_SPACE, ConfigError, parse_stack_config
 from projects.names import RULE, name_problem
 from tests.hostile_names import COLLIDING_LISTS, HOSTILE_NAMES, NON_STRINGS
 from tests.services import MariaDB, free_port
@@ -54,12 +54,17 @@ def _config_problems(projects: list[Any]) -> list[str]:
 # -- stack config ---------------------------------------------------------------------------
 
 
+def _trim(name: str) -> str:
+    """What config forgives around a name: ASCII whitespace only (ASCII_SPACE)."""
+    return name.strip(ASCII_SPACE)
+
+
 @pytest.mark.parametrize(("name", "why"), HOSTILE_NAMES, ids=_ids(HOSTILE_NAMES))
 def test_config_refuses_hostile_name(name: str, why: str) -> None:
-    stripped = name.strip()
+    stripped = _trim(name)
     if stripped != name and stripped and name_problem(stripped) is None:
-        # Surrounding whitespace is trimmed on purpose ("churn, fraud" from the CLI); what is
-        # left must be exactly the valid slug, never anything carrying the whitespace.
+        # Surrounding ASCII whitespace is trimmed on purpose ("churn, fraud" from the CLI);
+        # what is left must be exactly the valid slug, never anything carrying the whitespace.
         config = parse_stack_config({PROJECTS_KEY: json.dumps([name])}, "dev")
         assert [p.name for p in config.projects] == [stripped], why
         return
@@ -76,7 +81,7 @@ def test_config_refuses_colliding_names(names: list[str], why: str) -> None:
     problems = _config_problems(names)
     collision = [p for p in problems if "collides with" in p or "is listed twice" in p]
     assert collision, f"{why}: no collision reported in {problems}"
-    first, second = names[0].strip(), names[1].strip()
+    first, second = _trim(names[0]), _trim(names[1])
     assert _named(second, collision[0]), collision[0]
     if first != second:
         assert _named(first, collision[0]), collision[0]
@@ -92,7 +97,7 @@ def test_config_refuses_non_string_items(item: Any, why: str) -> None:
 
 
 def test_config_reports_every_bad_name_at_once() -> None:
-    names = [name for name, _ in HOSTILE_NAMES if name.strip() and name != name.strip()] + [
+    names = [name for name, _ in HOSTILE_NAMES if _trim(name) and name != _trim(name)] + [
         "churn'; DROP DATABASE mysql; --",
         "ｃｈｕｒｎ",
         "mysql",
@@ -128,7 +133,7 @@ def _program_cases() -> list[tuple[list[Any], str]]:
     cases: list[tuple[list[Any], str]] = [
         (["churn", name], why)
         for name, why in HOSTILE_NAMES
-        if not (name != name.strip() and name_problem(name.strip()) is None)
+        if not (name != _trim(name) and name_problem(_trim(name)) is None)
     ]
     cases += COLLIDING_LISTS
     cases += [(["churn", item], why) for item, why in NON_STRINGS]
@@ -422,3 +427,10 @@ def test_helper_requires_project(tmp_path: Path) -> None:
     path.write_text(json.dumps(_valid_outputs(free_port())))
     result = _run_helper(["serve", "--outputs", str(path), "--runtime", "process"])
     _assert_clear_error(result, "--project")
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\u2003", "\u3000", "\u200b"])
+def test_config_keeps_unicode_spaces_in_names_and_refuses_them(space: str) -> None:
+    # Only ASCII whitespace is forgiven; "churn" + a no-break space is not quietly "churn".
+    problems = _config_problems([f"churn{space}"])
+    assert len(problems) == 1 and "non-ASCII" in problems[0], problems
