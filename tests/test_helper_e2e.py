@@ -80,6 +80,14 @@ def create_project(mariadb: MariaDB, name: str) -> Project:
     return Project(name, schema, user, password, mariadb)
 
 
+def project_with_outputs(mariadb: MariaDB, name: str, tmp_path: Path) -> tuple[Project, Path]:
+    """A fresh project schema and user, and an outputs file that points at them."""
+    project = create_project(mariadb, name)
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(outputs_for(mariadb, project)))
+    return project, outputs
+
+
 def outputs_for(mariadb: MariaDB, *projects: Project, port: int | None = None) -> dict[str, Any]:
     """A stack-outputs object pointing at the test MariaDB and the moto bucket."""
     db_port = port or mariadb.port
@@ -319,9 +327,7 @@ def record(figure: str) -> None:
 def test_serve_process_runtime_end_to_end(
     mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
 ) -> None:
-    project = create_project(mariadb, "e2e-process")
-    outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(outputs_for(mariadb, project)))
+    project, outputs = project_with_outputs(mariadb, "e2e-process", tmp_path)
     tmp_dir = tmp_path / "tmp"
     tmp_dir.mkdir()
     port = free_port()
@@ -459,9 +465,7 @@ def test_serve_local_end_to_end(aws: dict[str, str], tmp_path: Path) -> None:
 def test_upgrade_fresh_schema_then_out_of_date_schema_is_explained(
     mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
 ) -> None:
-    project = create_project(mariadb, "e2e-upgrade")
-    outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(outputs_for(mariadb, project)))
+    project, outputs = project_with_outputs(mariadb, "e2e-upgrade", tmp_path)
     env = helper_env(aws, tmp_path)
     source = ["--project", project.name, "--outputs", str(outputs)]
 
@@ -502,9 +506,7 @@ def test_upgrade_fresh_schema_then_out_of_date_schema_is_explained(
 def test_port_in_use_and_unreachable_database(
     mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
 ) -> None:
-    project = create_project(mariadb, "e2e-errors")
-    outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(outputs_for(mariadb, project)))
+    project, outputs = project_with_outputs(mariadb, "e2e-errors", tmp_path)
     env = helper_env(aws, tmp_path)
     source = ["--project", project.name, "--outputs", str(outputs), "--runtime", "process"]
     with socket.socket() as busy:
@@ -583,9 +585,7 @@ elif args[0] == "stop":
 def test_serve_docker_runtime_with_a_stand_in_docker(
     mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
 ) -> None:
-    project = create_project(mariadb, "e2e-docker")
-    outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(outputs_for(mariadb, project)))
+    project, outputs = project_with_outputs(mariadb, "e2e-docker", tmp_path)
     bin_dir, state, tmp_dir = tmp_path / "bin", tmp_path / "state", tmp_path / "tmp"
     for directory in (bin_dir, state, tmp_dir):
         directory.mkdir()
@@ -634,9 +634,7 @@ def test_serve_docker_runtime_with_a_stand_in_docker(
 def test_missing_aws_credentials_are_named_with_the_fix(
     mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
 ) -> None:
-    project = create_project(mariadb, "e2e-nocreds")
-    outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(outputs_for(mariadb, project)))
+    project, outputs = project_with_outputs(mariadb, "e2e-nocreds", tmp_path)
     env = helper_env(aws, tmp_path)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         del env[key]
@@ -688,9 +686,7 @@ def test_server_pools_while_busy_and_holds_no_connection_when_idle(
     # (30 by default; 2 here to keep the test short).
     from mlflow import MlflowClient
 
-    project = create_project(mariadb, "e2e-idle")
-    outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(outputs_for(mariadb, project)))
+    project, outputs = project_with_outputs(mariadb, "e2e-idle", tmp_path)
     port = free_port()
     env = {**helper_env(aws, tmp_path), "MLFLOW_AWS_DB_IDLE_SECONDS": "2"}
     argv = ["serve", "--project", project.name, "--outputs", str(outputs)]
