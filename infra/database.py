@@ -159,6 +159,9 @@ class MetadataDatabase(pulumi.ComponentResource):
                 parent=self,
                 protect=args.protect,
                 additional_secret_outputs=["masterPassword"],
+                # Aurora applies minor upgrades itself; without this the next `pulumi up`
+                # would try to move the cluster back to ENGINE_VERSION, which AWS refuses.
+                ignore_changes=["engine_version"],
             ),
         )
         self.instance = aws.rds.ClusterInstance(

@@ -66,6 +66,7 @@ class Registered:
     parent: str = ""
     protect: bool = False
     retain_on_delete: bool = False
+    ignore_changes: tuple[str, ...] = ()
     dependencies: tuple[str, ...] = ()
     additional_secret_outputs: tuple[str, ...] = ()
 
@@ -185,6 +186,7 @@ class SecretAwareMonitor(pulumi_mocks.MockMonitor):
         record.protect = request.HasField("protect") and request.protect
         record.retain_on_delete = request.HasField("retainOnDelete") and request.retainOnDelete
         record.dependencies = tuple(request.dependencies)
+        record.ignore_changes = tuple(request.ignoreChanges)
         record.additional_secret_outputs = tuple(request.additionalSecretOutputs)
         for key in request.additionalSecretOutputs:
             if key in response.object.fields:
