@@ -621,6 +621,7 @@ def test_serve_docker_runtime_with_a_stand_in_docker(
     assert run["mode"] == 0o600
     assert run["env"]["MLFLOW_BACKEND_STORE_URI"] == (
         f"{project.backend_store_uri}?ssl_ca=/etc/ssl/certs/rds-global-bundle.pem"
+        "&init_command=SET%20SESSION%20wait_timeout%3D30"
     )
     assert run["env"]["MLFLOW_ARTIFACTS_DESTINATION"] == f"s3://{BUCKET}/{project.name}"
     assert run["env"]["AWS_SECRET_ACCESS_KEY"] == AWS_SECRET_KEY
