@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from helper.errors import HelperError
@@ -44,6 +45,8 @@ class AwsCredentials:
     access_key_id: str = field(repr=False)
     secret_access_key: str = field(repr=False)
     session_token: str | None = field(repr=False)
+    # When temporary credentials (SSO, assumed role) stop working; None for long-lived keys.
+    expires_at: datetime | None = None
 
     def as_env(self) -> dict[str, str]:
         env = {
@@ -135,7 +138,14 @@ def user_credentials(region: str) -> AwsCredentials:
             raise HelperError(f"no AWS credentials found; {CREDENTIALS_FIX}")
         frozen = credentials.get_frozen_credentials()
         session.client("sts").get_caller_identity()
-    return AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token)
+    # botocore keeps the expiry of refreshable credentials (SSO, assume-role) here.
+    expiry = getattr(credentials, "_expiry_time", None)
+    return AwsCredentials(
+        frozen.access_key,
+        frozen.secret_key,
+        frozen.token,
+        expires_at=expiry if isinstance(expiry, datetime) else None,
+    )
 
 
 def check_credentials(region: str) -> None:

@@ -64,14 +64,13 @@ class ProjectOutputs:
 
 @dataclass(frozen=True)
 class StackOutputs:
-    """The stack outputs of DESIGN.md, typed."""
+    """The stack outputs of DESIGN.md the helper needs, typed. The admin credentials
+    (DatabaseUsername/Password/Url) are deliberately not read: a file shared with teammates
+    should not carry them (see README, "Teammate flow")."""
 
     artifact_root: str
     database_endpoint: str
     database_port: int
-    database_username: str
-    database_password: str = field(repr=False)
-    database_url: str = field(repr=False)
     image_uri: str
     region: str
     mlflow_version: str
@@ -197,9 +196,6 @@ def parse_stack_outputs(data: object, source: str) -> StackOutputs:
         artifact_root=top.string("ArtifactRoot"),
         database_endpoint=top.string("DatabaseEndpoint"),
         database_port=top.port("DatabasePort"),
-        database_username=top.string("DatabaseUsername"),
-        database_password=top.string("DatabasePassword"),
-        database_url=top.string("DatabaseUrl"),
         image_uri=top.string("ImageUri"),
         region=top.string("Region"),
         mlflow_version=top.string("MlflowVersion"),
@@ -262,8 +258,10 @@ def load_stack_outputs(stack: str, work_dir: Path = REPO_ROOT) -> StackOutputs:
 
     source = f"stack {stack!r}"
     try:
-        selected = automation.select_stack(stack_name=stack, work_dir=str(work_dir))
-        outputs = selected.outputs()
+        # `stack output --stack S`: unlike select_stack, this does not change the user's
+        # current stack (a later plain `pulumi up` must not land on the stack read here).
+        workspace = automation.LocalWorkspace(work_dir=str(work_dir))
+        outputs = workspace.stack_outputs(stack)
     except automation.CommandError as exc:
         # str(exc) is "code: … stdout: … stderr: …"; only stderr explains (stdout may hold values).
         stderr = str(exc).rpartition("stderr:")[2].strip().splitlines()

@@ -251,7 +251,15 @@ def serve_docker(connection: ProjectConnection, port: int, upgrade_hint: str) ->
     docker = checks.check_docker()
     checks.check_port_free(port)
     checks.check_database_reachable(connection.database_endpoint, connection.database_port)
+    checks.check_database_login(connection.backend_store_uri)
     credentials = aws.user_credentials(connection.region)
+    if credentials.expires_at is not None:
+        # The container gets a copy of them: it cannot refresh an SSO or assumed-role session.
+        sys.stderr.write(
+            f"note: your AWS credentials expire at {credentials.expires_at:%Y-%m-%d %H:%M %Z}; "
+            "artifact uploads fail after that: restart the helper (or use --runtime process, "
+            "which refreshes them)\n"
+        )
     docker_login(
         docker, image_registry(connection.image_uri), aws.ecr_login_password(connection.region)
     )

@@ -186,11 +186,13 @@ def run_server(launch: ServerLaunch, out: IO[str] = sys.stdout, err: IO[str] = s
         assert process.stdout is not None
         relay = OutputRelay(process.stdout, err)
         relay.start()
+        became_healthy: list[bool] = []
         try:
-            return _supervise(launch, process, relay, out, err)
+            return _supervise(launch, process, relay, out, err, became_healthy)
         except (KeyboardInterrupt, StopRequested):
             err.write(f"\nstopping the {launch.description}...\n")
-            return 0
+            # Stopping a running server is the normal end; interrupting its start is not.
+            return 0 if became_healthy else 130
         finally:
             with signals_ignored():
                 launch.stop(process)  # also when the leader died: its group may live on
@@ -203,6 +205,7 @@ def _supervise(
     relay: OutputRelay,
     out: IO[str],
     err: IO[str],
+    became_healthy: list[bool],
 ) -> int:
     progress = Progress(f"waiting for the {launch.description} on port {launch.port}", err)
     deadline = time.monotonic() + launch.health_timeout
@@ -220,6 +223,7 @@ def _supervise(
         progress.tick()
         time.sleep(0.25)
     seconds = progress.done()
+    became_healthy.append(True)
     if launch.on_healthy is not None:
         launch.on_healthy()
     err.write(f"{launch.description} is healthy after {seconds:.1f}s; Ctrl-C stops it\n")

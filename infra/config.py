@@ -41,6 +41,9 @@ PROJECT_KEYS = ("name", "dropDataOnRemove", "iamGroups", "iamRoles", "passwordVe
 # stays part of the name and is refused as non-ASCII rather than silently removed.
 ASCII_SPACE = " \t\r\n"
 
+# A public range broader than this is a slice of the internet (two /1s are the internet).
+MIN_ALLOWED_PREFIX = 8
+
 # Aurora Serverless v2 limits (ACU) and auto-pause window (seconds).
 MIN_ACU, MAX_ACU = 0.0, 256.0
 AUTO_PAUSE_MIN_S, AUTO_PAUSE_MAX_S = 300, 86400
@@ -201,6 +204,21 @@ def _parse_cidrs(value: Any, problems: _Problems) -> tuple[str, ...]:
                 "ranges instead",
             )
             continue
+        if network.version == 6:
+            problems.add(
+                "db.allowedCidrs",
+                cidr,
+                "is IPv6, but the cluster is reached over IPv4 only; list the IPv4 ranges",
+            )
+            continue
+        if network.prefixlen < MIN_ALLOWED_PREFIX:
+            problems.add(
+                "db.allowedCidrs",
+                cidr,
+                f"is broader than /{MIN_ALLOWED_PREFIX} ({network.num_addresses:,} addresses: "
+                "a slice of the internet, not an office or VPN) and is refused",
+            )
+            continue
         normalised.append(str(network))
     return tuple(dict.fromkeys(normalised))
 
@@ -311,7 +329,7 @@ def parse_stack_config(values: Mapping[str, str], stack: str) -> StackConfig:
     for unknown in sorted(set(ours) - set(TOP_LEVEL_KEYS)):
         problems.add(unknown, ours[unknown], f"unknown key; known: {', '.join(TOP_LEVEL_KEYS)}")
 
-    protect = _as_bool(ours.get("protect"), "protect", problems, stack.startswith("prod"))
+    protect = _as_bool(ours.get("protect"), "protect", problems, stack.lower().startswith("prod"))
     version = ours.get("mlflowVersion") or pinned_mlflow_version()
     if not re.fullmatch(r"\d+\.\d+\.\d+", version):
         problems.add("mlflowVersion", version, "must be a release version such as 3.17.2")

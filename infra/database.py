@@ -170,8 +170,7 @@ class MetadataDatabase(pulumi.ComponentResource):
                 identifier_prefix=f"{identifier}-",
                 cluster_identifier=cluster.id,
                 instance_class="db.serverless",
-                engine=ENGINE,
-                engine_version=cluster.engine_version,
+                engine=ENGINE,  # the version follows the cluster's
                 db_subnet_group_name=subnet_group.name,
                 # Reachable from the internet only when someone listed who may reach it.
                 publicly_accessible=db.publicly_accessible,
@@ -271,26 +270,24 @@ class MetadataDatabase(pulumi.ComponentResource):
     def _ingress(
         db: DatabaseConfig, vpc_cidr: pulumi.Output[str]
     ) -> list[aws.ec2.SecurityGroupIngressArgs]:
-        """MySQL from exactly the allowed CIDRs; with none, only from inside the VPC."""
-        if not db.allowed_cidrs:
-            return [
-                aws.ec2.SecurityGroupIngressArgs(
-                    description="MySQL from inside the VPC",
-                    protocol="tcp",
-                    from_port=PORT,
-                    to_port=PORT,
-                    cidr_blocks=[vpc_cidr],
-                )
-            ]
-        ipv4 = [c for c in db.allowed_cidrs if ":" not in c]
-        ipv6 = [c for c in db.allowed_cidrs if ":" in c]
-        return [
+        """MySQL from inside the VPC (always: VPN, EC2, ECS), plus exactly db.allowedCidrs."""
+        rules = [
             aws.ec2.SecurityGroupIngressArgs(
-                description="MySQL from db.allowedCidrs",
+                description="MySQL from inside the VPC",
                 protocol="tcp",
                 from_port=PORT,
                 to_port=PORT,
-                cidr_blocks=ipv4 or None,
-                ipv6_cidr_blocks=ipv6 or None,
+                cidr_blocks=[vpc_cidr],
             )
         ]
+        if db.allowed_cidrs:  # IPv4 only: config refuses IPv6 (the cluster is IPv4)
+            rules.append(
+                aws.ec2.SecurityGroupIngressArgs(
+                    description="MySQL from db.allowedCidrs",
+                    protocol="tcp",
+                    from_port=PORT,
+                    to_port=PORT,
+                    cidr_blocks=list(db.allowed_cidrs),
+                )
+            )
+        return rules

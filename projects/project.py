@@ -231,7 +231,9 @@ class MlflowProject(pulumi.ComponentResource):
             aws.secretsmanager.SecretArgs(
                 name=f"mlflow-aws/{stack}/{p.name}",
                 description=f"MLflow connection bundle of project {p.name} (stack {stack})",
-                recovery_window_in_days=None if args.protect else 0,
+                # Always 0: the bundle is rebuilt from state, and a 30-day recovery window
+                # would block re-adding a removed project (its fixed name stays taken).
+                recovery_window_in_days=0,
                 tags=tags,
             ),
             opts=child,

@@ -108,6 +108,15 @@ def quote_identifier(value: object) -> str:
     return f"`{value}`"
 
 
+def grant_pattern(schema: str) -> str:
+    """The schema as a GRANT database pattern: quoted, with ``_`` escaped.
+
+    In ``GRANT … ON `db`.*`` the name is a LIKE pattern where ``_`` matches any character, so
+    unescaped, project ``a-b`` (schema ``a_b``) would also be granted ``axb``'s schema.
+    """
+    return quote_identifier(schema).replace("_", "\\_")
+
+
 def _account(username: str) -> str:
     # ``%%``: every statement goes through the driver's parameter formatting (see ``_rows``).
     return f"{quote_identifier(username)}@'{ACCOUNT_HOST.replace('%', '%%')}'"
@@ -297,7 +306,7 @@ def _grants(conn: Connection, username: str) -> list[str] | None:
 
 
 def _grants_ok(grants: list[str] | None, schema: str, username: str) -> bool:
-    expected = f"GRANT ALL PRIVILEGES ON `{schema}`.* TO `{username}`@`{ACCOUNT_HOST}`"
+    expected = f"GRANT ALL PRIVILEGES ON {grant_pattern(schema)}.* TO `{username}`@`{ACCOUNT_HOST}`"
     return grants == [expected]
 
 
@@ -338,10 +347,14 @@ def _ensure(conn: Connection, t: _Target, done: _Ensured) -> None:
     except pymysql.err.OperationalError as exc:
         if not (exc.args and exc.args[0] == _ER_CANNOT_USER):
             raise
-        # Adopt the existing account: new password, and nothing but this schema.
+        # Adopt the existing account: new password, and nothing but this schema. When its
+        # grants are already exactly right (an update), leave them: revoking first would
+        # fail running servers' requests for a moment.
         _rows(conn, f"ALTER USER {account} IDENTIFIED BY %s", (t.password,))
+        if _grants_ok(_grants(conn, t.username), t.schema, t.username):
+            return
         _rows(conn, f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM {account}")
-    _rows(conn, f"GRANT ALL PRIVILEGES ON {schema_q}.* TO {account}")
+    _rows(conn, f"GRANT ALL PRIVILEGES ON {grant_pattern(t.schema)}.* TO {account}")
 
 
 def _state(conn: Connection, t: _Target) -> dict[str, Any]:

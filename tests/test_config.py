@@ -179,10 +179,24 @@ def test_malformed_cidr(cidr: str) -> None:
     assert "not a valid CIDR" in problem
 
 
-def test_cidrs_are_normalised_and_split_by_family() -> None:
-    db = parse({"db": {"allowedCidrs": "203.0.113.0/24, 2001:DB8::/32"}}).db
-    assert db.allowed_cidrs == ("203.0.113.0/24", "2001:db8::/32")
+def test_cidrs_are_normalised() -> None:
+    db = parse({"db": {"allowedCidrs": "203.0.113.0/24, 198.51.100.7/32, 203.0.113.0/24"}}).db
+    assert db.allowed_cidrs == ("203.0.113.0/24", "198.51.100.7/32")
     assert db.publicly_accessible is True
+
+
+def test_ipv6_cidrs_are_refused_because_the_cluster_is_ipv4() -> None:
+    problem = only_problem({"db": {"allowedCidrs": ["2001:DB8::/32"]}})
+    assert problem.startswith('mlflow-aws:db.allowedCidrs = "2001:DB8::/32"')
+    assert "IPv4 only" in problem
+
+
+@pytest.mark.parametrize("cidr", ["0.0.0.0/1", "128.0.0.0/1", "10.0.0.0/7"])
+def test_slices_of_the_internet_are_refused(cidr: str) -> None:
+    # 0.0.0.0/1 + 128.0.0.0/1 is the whole internet without saying /0.
+    problem = only_problem({"db": {"allowedCidrs": [cidr]}})
+    assert problem.startswith(f'mlflow-aws:db.allowedCidrs = "{cidr}"')
+    assert "broader than /8" in problem and "refused" in problem
 
 
 def test_min_capacity_above_max_is_refused() -> None:

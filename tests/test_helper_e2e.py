@@ -76,7 +76,8 @@ def create_project(mariadb: MariaDB, name: str) -> Project:
     mariadb.query(f"DROP USER IF EXISTS '{user}'@'%'")
     mariadb.query(f"CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
     mariadb.query(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (password,))
-    mariadb.query(f"GRANT ALL PRIVILEGES ON `{schema}`.* TO '{user}'@'%'")
+    pattern = schema.replace("_", "\\_")  # "_" is a wildcard in a GRANT's database name
+    mariadb.query(f"GRANT ALL PRIVILEGES ON `{pattern}`.* TO '{user}'@'%'")
     return Project(name, schema, user, password, mariadb)
 
 

@@ -283,7 +283,10 @@ def broken(path: list[str], value: object) -> dict[str, Any]:
             "Projects.churn.BackendStoreUri is '[secret]': the outputs were saved without "
             "--show-secrets",
         ),
-        (broken(["DatabasePassword"], "[secret]"), "pulumi stack output --json --show-secrets"),
+        (
+            broken(["Projects", "churn", "Password"], "[secret]"),
+            "pulumi stack output --json --show-secrets",
+        ),
         ([1, 2], "the top level must be a JSON object, got a list"),
     ],
 )
@@ -294,6 +297,16 @@ def test_outputs_errors_name_the_field(
     assert code == 1 and out == ""
     assert err.startswith("error: outputs file ")
     assert message in err
+
+
+def test_outputs_shared_with_teammates_need_no_admin_credentials() -> None:
+    # The README's teammate flow strips the admin fields before sharing a file.
+    shared = sample_outputs()
+    for admin in ("DatabaseUsername", "DatabasePassword", "DatabaseUrl"):
+        del shared[admin]
+    connection = parse_stack_outputs(shared, "t").connection("churn")
+    assert ADMIN_PASSWORD not in repr(connection) + connection.backend_store_uri
+    assert connection.database == "churn"
 
 
 def test_outputs_ports_may_be_floats_or_digit_strings() -> None:
@@ -507,9 +520,9 @@ def test_upgrade_hint_repeats_the_source(capsys: pytest.CaptureFixture[str]) -> 
 # -- --stack, through the Automation API and a stand-in pulumi CLI ----------------------------
 
 
-def fake_pulumi(bin_dir: Path, outputs: dict[str, Any], fail: str | None = None) -> None:
-    """A pulumi CLI that answers what select_stack(...).outputs() runs: version, stack select,
-    stack output --json (masked) and --show-secrets."""
+def fake_pulumi(bin_dir: Path, outputs: dict[str, Any], fail: str | None = None) -> Path:
+    """A pulumi CLI that answers what the Automation API's stack_outputs runs (version,
+    stack output --json, masked and --show-secrets) and logs every call it gets."""
     masked = copy.deepcopy(outputs)
     masked["DatabasePassword"] = masked["DatabaseUrl"] = "[secret]"
     for project in masked["Projects"].values():
@@ -517,27 +530,35 @@ def fake_pulumi(bin_dir: Path, outputs: dict[str, Any], fail: str | None = None)
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "masked.json").write_text(json.dumps(masked))
     (bin_dir / "plain.json").write_text(json.dumps(outputs))
-    failure = f'echo "error: {fail}" >&2; exit 255' if fail else ""
+    calls = bin_dir / "calls.log"
+    failure = f'echo "error: {fail}" >&2; exit 255' if fail else ":"
     script = bin_dir / "pulumi"
     script.write_text(
         "#!/bin/sh\n"
+        f'echo "$*" >> {calls}\n'
         'case "$*" in\n'
         "  version*) echo v3.150.0 ;;\n"
-        f"  *'stack select'*) {failure} ;;\n"
-        f"  *--show-secrets*) cat {bin_dir}/plain.json ;;\n"
-        f"  *'stack output'*) cat {bin_dir}/masked.json ;;\n"
+        f"  *--show-secrets*) {failure}; cat {bin_dir}/plain.json ;;\n"
+        f"  *'stack output'*) {failure}; cat {bin_dir}/masked.json ;;\n"
+        "  *) echo unexpected >&2; exit 99 ;;\n"
         "esac\n"
     )
     script.chmod(0o755)
+    return calls
 
 
 def test_stack_source_reads_outputs_through_the_pulumi_cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fake_pulumi(tmp_path / "bin", sample_outputs())
+    calls = fake_pulumi(tmp_path / "bin", sample_outputs())
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}/usr/bin:/bin")
     code, out, _ = run_cli(["projects", "--stack", "dev"], capsys)
     assert code == 0 and out.startswith("churn\ts3://demo-bucket/churn\n")
+    # Reading a stack's outputs must not change the user's current stack.
+    logged = calls.read_text()
+    assert (
+        "stack select" not in logged and "stack output --json --show-secrets --stack dev" in logged
+    )
     code, out, err = run_cli(["command", "--project", "churn", "--stack", "dev"], capsys)
     assert code == 0 and IMAGE in out
     assert_no_secret(out + err)
@@ -597,3 +618,30 @@ def test_idle_timeout_reaches_mysql_uris_only(churn: ProjectConnection, tmp_path
     assert "init_command" not in local["MLFLOW_BACKEND_STORE_URI"]  # SQLite has no sessions
     with pytest.raises(HelperError, match="MLFLOW_AWS_DB_IDLE_SECONDS must be a whole number"):
         runtimes.process_environment(churn, 5123, {"MLFLOW_AWS_DB_IDLE_SECONDS": "soon"})
+
+
+def test_ctrl_c_before_the_server_is_healthy_exits_130(tmp_path: Path) -> None:
+    import signal
+    import threading
+
+    from helper.supervise import ServerLaunch, run_server
+
+    never_healthy = ServerLaunch(
+        description="stand-in server",
+        argv=[sys.executable, "-c", "import time; time.sleep(60)"],
+        env=dict(os.environ),
+        port=free_port_for_test(),
+    )
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        code = run_server(never_healthy, out=open(os.devnull, "w"), err=open(os.devnull, "w"))  # noqa: SIM115
+    finally:
+        timer.cancel()
+    assert code == 130  # an interrupted start is not a success; a stopped running server is 0
+
+
+def free_port_for_test() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

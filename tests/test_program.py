@@ -36,7 +36,7 @@ OUTPUT_NAMES = {
     "MlflowVersion",
     "Projects",
 }
-PUBLIC_CIDRS = ["203.0.113.0/24", "2001:db8::/32"]
+PUBLIC_CIDRS = ["203.0.113.0/24", "198.51.100.7/32"]
 
 BUCKET = "aws:s3/bucket:Bucket"
 CLUSTER = "aws:rds/cluster:Cluster"
@@ -321,10 +321,11 @@ def test_allowed_cidrs_open_exactly_those_ranges() -> None:
     r = run({"mlflow-aws:db": {"allowedCidrs": PUBLIC_CIDRS}})
     assert r.one(INSTANCE).inputs["publiclyAccessible"] is True
     ingress = r.one(SG).inputs["ingress"]
-    ipv4 = [c for rule in ingress for c in rule.get("cidrBlocks") or []]
-    ipv6 = [c for rule in ingress for c in rule.get("ipv6CidrBlocks") or []]
-    assert ipv4 == ["203.0.113.0/24"]
-    assert ipv6 == ["2001:db8::/32"]
+    # The allowed ranges are added; the VPC keeps its access (VPN, EC2, ECS teammates).
+    assert sorted(tuple(rule["cidrBlocks"]) for rule in ingress) == sorted(
+        [(DEFAULT_VPC_CIDR,), tuple(PUBLIC_CIDRS)]
+    )
+    assert not any(rule.get("ipv6CidrBlocks") for rule in ingress)
     assert all((rule["fromPort"], rule["toPort"]) == (3306, 3306) for rule in ingress)
 
 

@@ -329,10 +329,12 @@ def test_connection_secret_name_tags_and_recovery_window() -> None:
     secret = build(stack="dev").one("aws:secretsmanager/secret:Secret").inputs
     assert secret["name"] == "mlflow-aws/dev/churn"
     assert secret["tags"] == {"mlflow-aws:project": "churn", "mlflow-aws:stack": "dev"}
-    assert secret["recoveryWindowInDays"] == 0  # unprotected: can be re-created at once
+    assert secret["recoveryWindowInDays"] == 0
     prod = build(stack="prod", protect=True).one("aws:secretsmanager/secret:Secret").inputs
     assert prod["name"] == "mlflow-aws/prod/churn"
-    assert "recoveryWindowInDays" not in prod  # AWS default (30 days) on protected stacks
+    # Even when protected: re-adding a removed project must be able to take the name again
+    # (AWS's default 30-day window would keep it), and the bundle is rebuilt from state.
+    assert prod["recoveryWindowInDays"] == 0
 
 
 def test_connection_bundle_has_what_the_helper_reads_and_is_secret() -> None:

@@ -196,7 +196,9 @@ def test_full_lifecycle(
     assert id_ == schema
     assert schema_collation(mariadb, schema) == COLLATION
     assert outs["collation"] == COLLATION and outs["user_exists"] is True
-    assert outs["grants"] == [f"GRANT ALL PRIVILEGES ON `{schema}`.* TO `{user}`@`%`"]
+    # "_" escaped: in a GRANT's database name it would otherwise match any character
+    pattern = schema.replace("_", "\\_")
+    assert outs["grants"] == [f"GRANT ALL PRIVILEGES ON `{pattern}`.* TO `{user}`@`%`"]
     assert outs["adopted_schema"] is False
     # passwords in the state are secrets whatever the engine sent, never plain
     assert is_secret(outs["password"]) and is_secret(outs["admin_password"])
@@ -544,6 +546,29 @@ def test_project_users_cannot_touch_each_others_schemas(
     assert mariadb.query("SELECT k FROM iso_b.secrets") == [("b-only",)]
     client.delete(id_a, outs_a)
     client.delete(id_b, outs_b)
+
+
+def test_underscore_in_a_schema_name_is_not_a_grant_wildcard(
+    mariadb: MariaDB, client: ProviderClient
+) -> None:
+    # Schema "us_x" from project "us-x": in GRANT ... ON `us_x`.* an unescaped "_" matches any
+    # character, which would hand project "us-x" the schema of the valid project "us1x".
+    id_dash, outs_dash = create(client, news_for(mariadb, "us-x", "pw-Dash.1"))
+    id_other, outs_other = create(client, news_for(mariadb, "us1x", "pw-Other.1"))
+    mariadb.query("CREATE TABLE us1x.secrets (k VARCHAR(10) PRIMARY KEY)")
+    mariadb.query("INSERT INTO us1x.secrets VALUES ('us1x-only')")
+    assert login_error(mariadb, "mlflow_us_x", "pw-Dash.1", "us1x") == 1044
+    conn = user_connect(mariadb, "mlflow_us_x", "pw-Dash.1", "us_x")
+    with contextlib.closing(conn), conn.cursor() as cur:
+        cur.execute("CREATE TABLE mine (k INT)")  # its own schema still works
+        for sql in ("SELECT * FROM us1x.secrets", "DROP TABLE us1x.secrets"):
+            with pytest.raises(pymysql.err.MySQLError) as info:
+                cur.execute(sql)
+            assert info.value.args[0] in ACCESS_DENIED, (sql, info.value)
+    # read sees the escaped grant as the right one (no drift reported, nothing to repair)
+    assert client.read(id_dash, outs_dash)[1]["grants_ok"] is True
+    client.delete(id_dash, outs_dash)
+    client.delete(id_other, outs_other)
 
 
 def test_keys_differing_only_in_case_are_distinct(mariadb: MariaDB, client: ProviderClient) -> None:
