@@ -515,24 +515,35 @@ def test_refresh_sees_drift_and_update_repairs_it(mariadb: MariaDB, client: Prov
 # -- isolation and collation ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("mine", "theirs"),
+    [
+        ("iso-a", "iso-b"),
+        # Schema "us_x": in GRANT ... ON `us_x`.* an unescaped "_" matches any character,
+        # which would hand project "us-x" the schema of the valid project "us1x".
+        ("us-x", "us1x"),
+    ],
+)
 def test_project_users_cannot_touch_each_others_schemas(
-    mariadb: MariaDB, client: ProviderClient
+    mariadb: MariaDB, client: ProviderClient, mine: str, theirs: str
 ) -> None:
-    id_a, outs_a = create(client, news_for(mariadb, "iso-a", "pw-A.1"))
-    id_b, outs_b = create(client, news_for(mariadb, "iso-b", "pw-B.1"))
-    mariadb.query("CREATE TABLE iso_b.secrets (k VARCHAR(10) PRIMARY KEY)")
-    mariadb.query("INSERT INTO iso_b.secrets VALUES ('b-only')")
-    conn = user_connect(mariadb, "mlflow_iso_a", "pw-A.1", "iso_a")
+    my_schema, their_schema = mine.replace("-", "_"), theirs.replace("-", "_")
+    my_user = f"mlflow_{my_schema}"
+    id_a, outs_a = create(client, news_for(mariadb, mine, "pw-A.1"))
+    id_b, outs_b = create(client, news_for(mariadb, theirs, "pw-B.1"))
+    mariadb.query(f"CREATE TABLE {their_schema}.secrets (k VARCHAR(10) PRIMARY KEY)")
+    mariadb.query(f"INSERT INTO {their_schema}.secrets VALUES ('b-only')")
+    conn = user_connect(mariadb, my_user, "pw-A.1", my_schema)
     with contextlib.closing(conn), conn.cursor() as cur:
         cur.execute("CREATE TABLE mine (k INT)")  # its own schema: everything
         cur.execute("INSERT INTO mine VALUES (1)")
         for sql in (
-            "SELECT * FROM iso_b.secrets",
-            "INSERT INTO iso_b.secrets VALUES ('a-was-here')",
-            "DELETE FROM iso_b.secrets",
-            "CREATE TABLE iso_b.intruder (k INT)",
-            "DROP TABLE iso_b.secrets",
-            "USE iso_b",
+            f"SELECT * FROM {their_schema}.secrets",
+            f"INSERT INTO {their_schema}.secrets VALUES ('a-was-here')",
+            f"DELETE FROM {their_schema}.secrets",
+            f"CREATE TABLE {their_schema}.intruder (k INT)",
+            f"DROP TABLE {their_schema}.secrets",
+            f"USE {their_schema}",
             "SELECT * FROM mysql.user",
             "CREATE DATABASE sneaky",
         ):
@@ -541,34 +552,13 @@ def test_project_users_cannot_touch_each_others_schemas(
             assert info.value.args[0] in ACCESS_DENIED, (sql, info.value)
         cur.execute("SHOW DATABASES")
         visible = {r[0] for r in cur.fetchall()}
-        assert "iso_b" not in visible and "iso_a" in visible
-    assert login_error(mariadb, "mlflow_iso_a", "pw-A.1", "iso_b") == 1044
-    assert mariadb.query("SELECT k FROM iso_b.secrets") == [("b-only",)]
+        assert their_schema not in visible and my_schema in visible
+    assert login_error(mariadb, my_user, "pw-A.1", their_schema) == 1044
+    assert mariadb.query(f"SELECT k FROM {their_schema}.secrets") == [("b-only",)]
+    # read sees the (escaped) grant as the right one: no drift reported, nothing to repair
+    assert client.read(id_a, outs_a)[1]["grants_ok"] is True
     client.delete(id_a, outs_a)
     client.delete(id_b, outs_b)
-
-
-def test_underscore_in_a_schema_name_is_not_a_grant_wildcard(
-    mariadb: MariaDB, client: ProviderClient
-) -> None:
-    # Schema "us_x" from project "us-x": in GRANT ... ON `us_x`.* an unescaped "_" matches any
-    # character, which would hand project "us-x" the schema of the valid project "us1x".
-    id_dash, outs_dash = create(client, news_for(mariadb, "us-x", "pw-Dash.1"))
-    id_other, outs_other = create(client, news_for(mariadb, "us1x", "pw-Other.1"))
-    mariadb.query("CREATE TABLE us1x.secrets (k VARCHAR(10) PRIMARY KEY)")
-    mariadb.query("INSERT INTO us1x.secrets VALUES ('us1x-only')")
-    assert login_error(mariadb, "mlflow_us_x", "pw-Dash.1", "us1x") == 1044
-    conn = user_connect(mariadb, "mlflow_us_x", "pw-Dash.1", "us_x")
-    with contextlib.closing(conn), conn.cursor() as cur:
-        cur.execute("CREATE TABLE mine (k INT)")  # its own schema still works
-        for sql in ("SELECT * FROM us1x.secrets", "DROP TABLE us1x.secrets"):
-            with pytest.raises(pymysql.err.MySQLError) as info:
-                cur.execute(sql)
-            assert info.value.args[0] in ACCESS_DENIED, (sql, info.value)
-    # read sees the escaped grant as the right one (no drift reported, nothing to repair)
-    assert client.read(id_dash, outs_dash)[1]["grants_ok"] is True
-    client.delete(id_dash, outs_dash)
-    client.delete(id_other, outs_other)
 
 
 def test_keys_differing_only_in_case_are_distinct(mariadb: MariaDB, client: ProviderClient) -> None:
