@@ -20,7 +20,12 @@ from urllib.parse import quote
 from helper import checks
 from helper.errors import HelperError
 from helper.outputs import ProjectConnection
-from helper.server_settings import container_port, server_env_defaults, server_environment
+from helper.server_settings import (
+    container_port,
+    server_env_defaults,
+    server_environment,
+    with_query_parameter,
+)
 from helper.supervise import ServerLaunch, run_server
 
 # The image bakes Amazon's RDS CA bundle here (docker/Dockerfile); Aurora requires TLS.
@@ -121,9 +126,7 @@ def local_launch(store: LocalStore, port: int, upgrade_hint: str) -> ServerLaunc
 
 def with_ssl_ca(uri: str, ca_path: str = CONTAINER_CA_BUNDLE) -> str:
     """The backend URI with PyMySQL verifying the server against ``ca_path``."""
-    if "ssl_ca=" in uri:
-        return uri
-    return f"{uri}{'&' if '?' in uri else '?'}ssl_ca={quote(ca_path)}"
+    return with_query_parameter(uri, "ssl_ca", quote(ca_path))
 
 
 def container_name(project: str, port: int) -> str:

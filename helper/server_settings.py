@@ -48,17 +48,23 @@ def container_port() -> int:
 IDLE_SECONDS_KEY = "MLFLOW_AWS_DB_IDLE_SECONDS"
 
 
+def with_query_parameter(uri: str, key: str, encoded_value: str) -> str:
+    """``uri`` with ``key=encoded_value`` in its query, unless the URI already sets ``key``."""
+    if f"{key}=" in uri:
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}{key}={encoded_value}"
+
+
 def with_idle_timeout(backend_store_uri: str, idle_seconds: int) -> str:
     """A MySQL backend URI whose sessions the database closes after ``idle_seconds`` idle.
 
     The server pools connections for speed; this is what empties the pool when nobody logs,
     so Aurora can pause. Other backends (SQLite) are returned unchanged.
     """
-    if not backend_store_uri.startswith("mysql") or "init_command=" in backend_store_uri:
+    if not backend_store_uri.startswith("mysql"):
         return backend_store_uri
     command = quote(f"SET SESSION wait_timeout={int(idle_seconds)}", safe="")
-    separator = "&" if "?" in backend_store_uri else "?"
-    return f"{backend_store_uri}{separator}init_command={command}"
+    return with_query_parameter(backend_store_uri, "init_command", command)
 
 
 def server_environment(

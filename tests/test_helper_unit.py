@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import socket
@@ -28,6 +29,7 @@ from helper.server_settings import (
     container_port,
     parse_server_env,
 )
+from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PASSWORD = "Pr0ject-Pw_x7Q9zK2m"
@@ -630,18 +632,12 @@ def test_ctrl_c_before_the_server_is_healthy_exits_130(tmp_path: Path) -> None:
         description="stand-in server",
         argv=[sys.executable, "-c", "import time; time.sleep(60)"],
         env=dict(os.environ),
-        port=free_port_for_test(),
+        port=free_port(),
     )
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
-        code = run_server(never_healthy, out=open(os.devnull, "w"), err=open(os.devnull, "w"))  # noqa: SIM115
+        code = run_server(never_healthy, out=io.StringIO(), err=io.StringIO())
     finally:
         timer.cancel()
     assert code == 130  # an interrupted start is not a success; a stopped running server is 0
-
-
-def free_port_for_test() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
