@@ -17,7 +17,7 @@ from infra.database import MetadataDatabase, MetadataDatabaseArgs
 from infra.server_image import ServerImage, ServerImageArgs
 from projects.project import MlflowProject, MlflowProjectArgs
 
-DOCKER_DIR = Path(__file__).resolve().parent / "docker"
+REPO_ROOT = Path(__file__).resolve().parent  # the server image's build context
 
 config = load_stack_config()  # raises before any resource is registered when invalid
 tags = {"mlflow-aws:stack": config.stack}
@@ -35,7 +35,7 @@ image = ServerImage(
         stack=config.stack,
         mlflow_version=config.mlflow_version,
         protect=config.protect,
-        context_dir=DOCKER_DIR,
+        context_dir=REPO_ROOT,
         tags=tags,
     ),
 )

@@ -5,7 +5,7 @@ The three targets every bench compares side by side, on the same machine in the 
 * ``stock``  (a): ``mlflow server`` with default flags; only the backend store, the artifact
   destination and the port are given (so: 4 workers, job execution on, pooled connections).
 * ``tuned``  (b): the server as ``python -m helper serve --runtime process`` runs it, with the
-  settings of ``docker/server.env``. On MariaDB the helper itself is started with an outputs
+  settings of ``mlflow_aws/server.env``. On MariaDB the helper itself is started with an outputs
   file; on SQLite (no stack outputs exist for it) ``mlflow server`` is started with the
   environment the helper builds (``helper.server_settings.server_environment``).
 * ``direct`` (c): no server; the client uses the SQLAlchemy URI as ``MLFLOW_TRACKING_URI``.

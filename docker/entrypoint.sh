@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Start the MLflow tracking server with the tuned defaults of server.env.
 #
-# Each KEY=VALUE line of server.env (next to this script) is exported only when KEY is not
+# Each KEY=VALUE line of server.env (next to this script in the image, /app; in the repository
+# mlflow_aws/server.env) is exported only when KEY is not
 # already in the environment, so `docker run --env-file` or `-e` always wins. Every server
 # option is read from an MLFLOW_* variable, so nothing (least of all a secret) needs argv.
 #   entrypoint.sh [extra mlflow server options]   run the server
 #   entrypoint.sh healthcheck                     exit 0 when /health answers (HEALTHCHECK)
 set -euo pipefail
 
-server_env="$(dirname "$0")/server.env"
+here=$(dirname "$0")
+server_env="$here/server.env"
+[ -f "$server_env" ] || server_env="$here/../mlflow_aws/server.env"
 while IFS= read -r line || [ -n "$line" ]; do
   case "$line" in '' | '#'*) continue ;; esac
   key=${line%%=*}

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from helper.errors import HelperError
-from helper.outputs import (
+from .errors import HelperError
+from .outputs import (
     PROJECT_TAG_KEY,
     OutputsError,
     ProjectConnection,

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 
-from helper.errors import HelperError
+from .errors import HelperError
 
 LOOPBACK = "127.0.0.1"
 PROCESS_RUNTIME_HINT = "or run the server without Docker: add `--runtime process`"

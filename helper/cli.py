@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from helper.errors import HelperError
-from helper.outputs import ProjectConnection
-from helper.supervise import export_line
+from .errors import HelperError
+from .outputs import ProjectConnection
+from .supervise import export_line
 
 if TYPE_CHECKING:
-    from helper.runtimes import LocalStore
+    from .runtimes import LocalStore
 
 DEFAULT_PORT = 5000
 DEFAULT_SOURCE_NOTE = "default: --from-aws"
@@ -130,7 +130,7 @@ def _with_db_ca(args: argparse.Namespace, connection: ProjectConnection) -> Proj
         return connection
     from dataclasses import replace
 
-    from helper.runtimes import with_ssl_ca
+    from .runtimes import with_ssl_ca
 
     ca = args.db_ca.expanduser().resolve()
     if not ca.is_file():
@@ -167,7 +167,7 @@ def _check_source_options(args: argparse.Namespace) -> None:
 
 
 def _validated_project(name: str) -> str:
-    from projects.names import name_problem
+    from mlflow_aws.names import name_problem
 
     problem = name_problem(name)
     if problem is not None:
@@ -179,14 +179,14 @@ def load_connection(args: argparse.Namespace) -> ProjectConnection:
     _check_source_options(args)
     project = _validated_project(args.project)
     if args.outputs:
-        from helper.outputs import load_outputs_file
+        from .outputs import load_outputs_file
 
         return load_outputs_file(args.outputs).connection(project)
     if args.stack:
-        from helper.outputs import load_stack_outputs
+        from .outputs import load_stack_outputs
 
         return load_stack_outputs(args.stack).connection(project)
-    from helper.aws import load_connection_from_aws
+    from .aws import load_connection_from_aws
 
     return load_connection_from_aws(project, None, args.secret_id)
 
@@ -219,7 +219,7 @@ def _reject_remote_options_with_local(args: argparse.Namespace) -> None:
 
 
 def _local(args: argparse.Namespace) -> LocalStore:
-    from helper.runtimes import DEFAULT_LOCAL_PROJECT, default_data_dir, local_store
+    from .runtimes import DEFAULT_LOCAL_PROJECT, default_data_dir, local_store
 
     _reject_remote_options_with_local(args)
     project = _validated_project(args.project or DEFAULT_LOCAL_PROJECT)
@@ -236,7 +236,7 @@ def _require_project(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from helper import runtimes
+    from . import runtimes
 
     if args.local:
         store = _local(args)
@@ -254,7 +254,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_command(args: argparse.Namespace) -> int:
-    from helper.runtimes import ENV_FILE_PLACEHOLDER, docker_command_text, env_file_keys
+    from .runtimes import ENV_FILE_PLACEHOLDER, docker_command_text, env_file_keys
 
     connection = load_connection(args)
     sys.stderr.write(
@@ -271,8 +271,8 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
-    from helper import checks
-    from helper.upgrade import run_upgrade
+    from . import checks
+    from .upgrade import run_upgrade
 
     if args.local:
         store = _local(args)
@@ -295,7 +295,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 def cmd_projects(args: argparse.Namespace) -> int:
     _check_source_options(args)
     if args.outputs or args.stack:
-        from helper.outputs import load_outputs_file, load_stack_outputs
+        from .outputs import load_outputs_file, load_stack_outputs
 
         outputs = (
             load_outputs_file(args.outputs) if args.outputs else load_stack_outputs(args.stack)
@@ -303,7 +303,7 @@ def cmd_projects(args: argparse.Namespace) -> int:
         for name in sorted(outputs.projects):
             print(f"{name}\t{outputs.projects[name].artifact_root}")
         return 0
-    from helper.aws import list_project_secrets, resolve_region
+    from .aws import list_project_secrets, resolve_region
 
     region = resolve_region()
     secrets = list_project_secrets(region)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helper.errors import HelperError
-from helper.server_settings import REPO_ROOT
+from .errors import HelperError
+from .server_settings import REPO_ROOT
 
 # What ``pulumi stack output --json`` prints for a secret unless --show-secrets is given.
 SECRET_PLACEHOLDER = "[secret]"  # noqa: S105 (a placeholder, not a password)
@@ -244,7 +244,12 @@ def load_outputs_file(path: Path) -> StackOutputs:
     return parse_stack_outputs(data, source)
 
 
-def load_stack_outputs(stack: str, work_dir: Path = REPO_ROOT) -> StackOutputs:
+def pulumi_project_dir() -> Path:
+    """The Pulumi project: this repository, or (helper installed with pip) the current directory."""
+    return REPO_ROOT if (REPO_ROOT / "Pulumi.yaml").is_file() else Path.cwd()
+
+
+def load_stack_outputs(stack: str, work_dir: Path | None = None) -> StackOutputs:
     """The outputs of stack ``stack`` through Pulumi's Automation API (runs the pulumi CLI)."""
     import shutil
 
@@ -254,13 +259,19 @@ def load_stack_outputs(stack: str, work_dir: Path = REPO_ROOT) -> StackOutputs:
             "(https://www.pulumi.com/docs/install/), or use --outputs FILE with a file saved by "
             "someone who has it, or --from-aws with your AWS credentials"
         )
-    from pulumi import automation
+    try:
+        from pulumi import automation
+    except ImportError:
+        raise OutputsError(
+            "--stack needs the pulumi Python package (the repository's .venv has it); "
+            "here use --outputs FILE or --from-aws"
+        ) from None
 
     source = f"stack {stack!r}"
     try:
         # `stack output --stack S`: unlike select_stack, this does not change the user's
         # current stack (a later plain `pulumi up` must not land on the stack read here).
-        workspace = automation.LocalWorkspace(work_dir=str(work_dir))
+        workspace = automation.LocalWorkspace(work_dir=str(work_dir or pulumi_project_dir()))
         outputs = workspace.stack_outputs(stack)
     except automation.CommandError as exc:
         # str(exc) is "code: … stdout: … stderr: …"; only stderr explains (stdout may hold values).

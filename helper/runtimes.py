@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from helper import checks
-from helper.errors import HelperError
-from helper.outputs import ProjectConnection
-from helper.server_settings import (
+from . import checks
+from .errors import HelperError
+from .outputs import ProjectConnection
+from .server_settings import (
     container_port,
     server_env_defaults,
     server_environment,
     with_query_parameter,
 )
-from helper.supervise import ServerLaunch, run_server
+from .supervise import ServerLaunch, run_server
 
 # The image bakes Amazon's RDS CA bundle here (docker/Dockerfile); Aurora requires TLS.
 CONTAINER_CA_BUNDLE = "/etc/ssl/certs/rds-global-bundle.pem"
@@ -234,7 +234,7 @@ def docker_pull(docker: str, image_uri: str) -> None:
 
 def docker_stopper(docker: str, name: str) -> Callable[[subprocess.Popen[str]], None]:
     def stop(process: subprocess.Popen[str]) -> None:
-        from helper.supervise import STOP_TIMEOUT_SECONDS, stop_process_group
+        from .supervise import STOP_TIMEOUT_SECONDS, stop_process_group
 
         if process.poll() is None:
             subprocess.run(
@@ -249,7 +249,7 @@ def docker_stopper(docker: str, name: str) -> Callable[[subprocess.Popen[str]], 
 
 
 def serve_docker(connection: ProjectConnection, port: int, upgrade_hint: str) -> int:
-    from helper import aws
+    from . import aws
 
     docker = checks.check_docker()
     checks.check_port_free(port)
@@ -285,7 +285,7 @@ def serve_docker(connection: ProjectConnection, port: int, upgrade_hint: str) ->
 
 
 def serve_process(connection: ProjectConnection, port: int, upgrade_hint: str) -> int:
-    from helper import aws
+    from . import aws
 
     checks.check_mlflow_version(connection.mlflow_version)
     checks.check_port_free(port)

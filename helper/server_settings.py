@@ -1,4 +1,4 @@
-"""The tuned server settings, read from ``docker/server.env`` (their one definition).
+"""The tuned server settings, read from ``mlflow_aws/server.env`` (their one definition).
 
 The image, the process runtime and the local default all get their environment from
 ``server_environment``, so the three cannot drift apart.
@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
-from helper.errors import HelperError
+from .errors import HelperError
 
+# In the repository: its root. Installed (``pip install`` of the repository), the helper is the
+# package ``mlflow_aws.helper`` and this is site-packages/mlflow_aws: no Pulumi project there.
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SERVER_ENV_PATH = REPO_ROOT / "docker" / "server.env"
+# Package data of ``mlflow_aws`` in both layouts (the repository root is on sys.path there).
+SERVER_ENV_PATH = Path(str(resources.files("mlflow_aws").joinpath("server.env")))
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -86,7 +90,7 @@ def server_environment(
     except (KeyError, ValueError):
         raise HelperError(
             f"{IDLE_SECONDS_KEY} must be a whole number of seconds "
-            f"(docker/server.env or the environment), got {settings.get(IDLE_SECONDS_KEY)!r}"
+            f"(mlflow_aws/server.env or the environment), got {settings.get(IDLE_SECONDS_KEY)!r}"
         ) from None
     return {
         **settings,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO
 
-from helper.errors import HelperError
+from .errors import HelperError
 
 # MLflow's words when the schema is older than the server ("Detected out-of-date database schema").
 SCHEMA_OUT_OF_DATE_MARKER = "out-of-date database schema"

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 
-from helper.errors import HelperError
+from .errors import HelperError
 
 URI_VARIABLE = "MLFLOW_BACKEND_STORE_URI"
 UPGRADE_PROGRAM = (

@@ -19,7 +19,7 @@ from typing import Any
 
 import pulumi
 
-from projects.names import collisions, name_problem
+from mlflow_aws.names import collisions, name_problem
 
 NAMESPACE = "mlflow-aws"
 DOCKER_REQUIREMENTS = Path(__file__).resolve().parent.parent / "docker" / "requirements.txt"

@@ -1,4 +1,7 @@
-"""The MLflow server image: an ECR repository and the image built from ``docker/`` into it.
+"""The MLflow server image: an ECR repository and the image built from ``docker/Dockerfile``.
+
+The build context is the repository root, narrowed by ``.dockerignore`` to ``IMAGE_SOURCES``:
+the lock and entrypoint in ``docker/`` and the ``mlflow_aws`` package the image installs.
 
 The helper runs exactly this image, pinned by digest (``image_uri``), so every teammate runs
 the same server bits regardless of tags.
@@ -22,10 +25,32 @@ KEEP_IMAGES = 10  # enough to roll back a few releases
 UNTAGGED_EXPIRY_DAYS = 3  # untagged layers from interrupted pushes
 
 
+# What the image is built from, relative to the context (the repository root); .dockerignore
+# admits exactly these (tests/test_dockerfile.py holds the two together).
+IMAGE_SOURCES = (
+    "docker/Dockerfile",
+    "docker/requirements.txt",
+    "docker/entrypoint.sh",
+    "pyproject.toml",
+    "mlflow_aws",
+    "helper",
+)
+
+
+def image_files(context_dir: Path) -> list[Path]:
+    """Every file the image is built from (caches skipped), sorted."""
+    files: list[Path] = []
+    for source in IMAGE_SOURCES:
+        path = context_dir / source
+        found = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        files += [f for f in found if "__pycache__" not in f.parts and f.suffix != ".pyc"]
+    return sorted(files)
+
+
 def context_digest(context_dir: Path) -> str:
-    """A short hash of every file in the build context (names and contents)."""
+    """A short hash of every file the image is built from (names and contents)."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in context_dir.rglob("*") if p.is_file()):
+    for path in image_files(context_dir):
         digest.update(path.relative_to(context_dir).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
@@ -71,7 +96,7 @@ class ServerImageArgs:
     stack: str
     mlflow_version: str
     protect: bool  # keep the repository (and its images) when the stack is destroyed
-    context_dir: Path  # the docker/ directory: Dockerfile, requirements.txt, server.env, ...
+    context_dir: Path  # the repository root (see IMAGE_SOURCES)
     platform: str = "linux/amd64"
     tags: Mapping[str, str] = field(default_factory=dict)
 
@@ -94,7 +119,7 @@ class ServerImage(pulumi.ComponentResource):
             aws.ecr.RepositoryArgs(
                 name=repository_name(args.stack),
                 # Immutable tags: a tag always names the same bits. The tag carries a hash of
-                # the build context, so changing docker/ without bumping mlflow still pushes.
+                # the image's sources, so changing them without bumping mlflow still pushes.
                 image_tag_mutability="IMMUTABLE",
                 image_scanning_configuration=aws.ecr.RepositoryImageScanningConfigurationArgs(
                     scan_on_push=True
@@ -128,7 +153,7 @@ class ServerImage(pulumi.ComponentResource):
                 image_name=pulumi.Output.concat(repository.repository_url, ":", tag),
                 build=docker.DockerBuildArgs(
                     context=context,
-                    dockerfile=os.path.join(context, "Dockerfile"),
+                    dockerfile=os.path.join(context, "docker", "Dockerfile"),
                     platform=args.platform,
                     args={"MLFLOW_VERSION": args.mlflow_version},
                 ),

@@ -26,7 +26,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from infra.config import ProjectConfig
-from projects.names import validate_name
+from mlflow_aws.names import validate_name
 from projects.schema_provider import MysqlSchema, MysqlSchemaArgs
 
 COMPONENT_TYPE = "mlflow-aws:projects:MlflowProject"

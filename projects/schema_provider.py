@@ -46,7 +46,7 @@ from pulumi.dynamic import (
 from pulumi.output import Unknown
 from pulumi.runtime import rpc
 
-from projects.names import RULE, ProjectNameError, validate_name
+from mlflow_aws.names import RULE, ProjectNameError, validate_name
 
 CHARSET = "utf8mb4"
 COLLATION = "utf8mb4_bin"

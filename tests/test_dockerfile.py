@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
 ENTRYPOINT = DOCKER / "entrypoint.sh"
-SERVER_ENV = DOCKER / "server.env"
+SERVER_ENV = ROOT / "mlflow_aws" / "server.env"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 BASH = shutil.which("bash") or "/bin/bash"
 
@@ -146,7 +146,11 @@ def requirement_pins(path: Path = DOCKER / "requirements.txt") -> dict[str, str]
 def run_install_step(tmp_path: Path, mlflow_version: str) -> tuple[list[str], Path]:
     """The Dockerfile's install RUN, executed by /bin/sh (as RUN does) with a fake pip and a
     copy of requirements.txt in place of /tmp/requirements.txt: pip's argv, and the copy."""
-    [run] = [rest for word, rest in dockerfile_instructions() if word == "RUN" and "pip" in rest]
+    [run] = [
+        rest
+        for word, rest in dockerfile_instructions()
+        if word == "RUN" and "pip" in rest and "/tmp/requirements.txt" in rest
+    ]
     work = tmp_path / f"build-{mlflow_version}"
     (work / "bin").mkdir(parents=True)
     (work / "bin" / "pip").write_text(FAKE_PIP)
@@ -215,20 +219,28 @@ def test_dockerfile_runs_as_non_root_with_healthcheck_and_ca_bundle() -> None:
 
 
 def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies() -> None:
+    """The context is the repository root: .dockerignore admits exactly the COPY sources, and
+    the image tag's hash (infra.server_image.IMAGE_SOURCES) covers the same files."""
+    from infra.server_image import IMAGE_SOURCES
+
     lines = [
         line.strip()
-        for line in (DOCKER / ".dockerignore").read_text().splitlines()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     assert lines[0] == "*"
-    allowed = {line[1:] for line in lines[1:] if line.startswith("!")}
+    allowed = {line[1:].rstrip("/") for line in lines[1:] if line.startswith("!")}
     copied = set()
     for word, rest in dockerfile_instructions():
         if word == "COPY":
             parts = [p for p in rest.split() if not p.startswith("--")]
             copied.update(parts[:-1])
-    assert copied == allowed
-    assert all((DOCKER / name).is_file() for name in copied)
+    # Each copied path is admitted (itself or a directory above it), and nothing more is.
+    admitted_by = {c: [a for a in allowed if c == a or c.startswith(f"{a}/")] for c in copied}
+    assert all(admitted_by.values()), admitted_by
+    assert {a for found in admitted_by.values() for a in found} == allowed
+    assert all((ROOT / name).exists() for name in copied)
+    assert set(IMAGE_SOURCES) == allowed | {"docker/Dockerfile"}
 
 
 # ---------------------------------------------------------------------------- entrypoint.sh

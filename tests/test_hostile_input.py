@@ -27,7 +27,7 @@ import pymysql
 import pytest
 
 from infra.config import ASCII_SPACE, ConfigError, parse_stack_config
-from projects.names import RULE, name_problem
+from mlflow_aws.names import RULE, name_problem
 from tests.hostile_names import COLLIDING_LISTS, HOSTILE_NAMES, NON_STRINGS
 from tests.services import MariaDB, free_port
 

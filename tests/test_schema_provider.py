@@ -18,7 +18,7 @@ from typing import Any
 import pymysql
 import pytest
 
-from projects.names import RULE
+from mlflow_aws.names import RULE
 from projects.schema_provider import (
     COLLATION,
     MysqlSchemaProvider,

@@ -1,0 +1,86 @@
+"""``pip install <the repository>`` gives teammates and training jobs the package ``mlflow_aws``
+(the helper as ``mlflow_aws.helper``, the server settings) and nothing generic at the top level,
+without Pulumi; ``python -m helper`` keeps working inside the repository."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def run(*argv: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in argv], cwd=cwd, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Built from a copy: setuptools builds in the source tree (build/, *.egg-info).
+    source = tmp_path_factory.mktemp("source")
+    shutil.copy(ROOT / "pyproject.toml", source)
+    for package in ("mlflow_aws", "helper"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__py*"))
+    out = tmp_path_factory.mktemp("wheel")
+    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, source)
+    assert built.returncode == 0, built.stderr
+    [path] = out.glob("mlflow_aws-*.whl")
+    return path
+
+
+def test_the_wheel_holds_only_the_mlflow_aws_package(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names}
+    dist_info = {t for t in top_level if t.endswith(".dist-info")}
+    assert top_level - dist_info == {"mlflow_aws"}  # no helper/, infra/, projects/, tests/
+    assert "mlflow_aws/helper/cli.py" in names
+    assert "mlflow_aws/helper/__main__.py" in names
+    assert "mlflow_aws/server.env" in names
+    assert not any(n.startswith(("mlflow_aws/infra", "mlflow_aws/projects")) for n in names)
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv (think: a training job's) with the wheel and its own dependencies."""
+    venv = tmp_path_factory.mktemp("venv") / "v"
+    assert run(sys.executable, "-m", "venv", venv).returncode == 0
+    result = run(venv / "bin" / "python", "-m", "pip", "install", "-q", wheel)
+    assert result.returncode == 0, result.stderr
+    return venv
+
+
+def test_installed_helper_runs_without_pulumi(installed: Path, tmp_path: Path) -> None:
+    python = installed / "bin" / "python"
+    listed = run(python, "-m", "pip", "list", "--format=freeze").stdout.lower()
+    assert "pulumi" not in listed
+    # From a directory that is not the repository: only the installed package can answer.
+    help_text = run(python, "-m", "mlflow_aws.helper", "--help", cwd=tmp_path)
+    assert help_text.returncode == 0, help_text.stderr
+    assert "serve" in help_text.stdout
+    script = run(installed / "bin" / "mlflow-aws", "env", "--port", "5123", cwd=tmp_path)
+    assert script.stdout.strip() == "export MLFLOW_TRACKING_URI=http://127.0.0.1:5123"
+    generic = run(python, "-c", "import helper", cwd=tmp_path)
+    assert generic.returncode != 0 and "No module named 'helper'" in generic.stderr
+    # The tuned settings travel with the package (the process runtime reads them).
+    settings = run(
+        python,
+        "-c",
+        "from mlflow_aws.helper.server_settings import server_env_defaults as d; "
+        "print(d()['MLFLOW_WORKERS'])",
+        cwd=tmp_path,
+    )
+    assert settings.stdout.strip() == "1", settings.stderr
+
+
+def test_python_m_helper_still_works_in_the_repository() -> None:
+    result = run(sys.executable, "-m", "helper", "env", "--port", "5124", cwd=ROOT)
+    assert result.stdout.strip() == "export MLFLOW_TRACKING_URI=http://127.0.0.1:5124"
