@@ -41,6 +41,7 @@ image = ServerImage(
 )
 
 region = aws.get_region_output().region
+account_id = aws.get_caller_identity_output().account_id
 
 # One MlflowProject per configured project; its outputs are the DESIGN.md Projects entry.
 project_outputs: dict[str, pulumi.Output[dict]] = {}
@@ -56,6 +57,7 @@ for p in config.projects:
             admin_username=database.admin_username,
             admin_password=database.admin_password,
             repository_arn=image.repository_arn,
+            account_id=account_id,
             stack=config.stack,
             protect=config.protect,
             image_uri=image.image_uri,

@@ -7,11 +7,15 @@ Children (all parented to the component, named ``<name>-…``):
 * ``<name>-schema``     ``MysqlSchema`` (schema ``utf8mb4_bin`` + user + grants on it only);
 * ``<name>-connection`` ``aws.secretsmanager.Secret`` ``mlflow-aws/<stack>/<project>`` and its
   ``SecretVersion`` holding the connection bundle the helper's ``--from-aws`` reads;
+* ``<name>-server-role`` ``aws.iam.Role`` the project's MLflow server runs as (a teammate's
+  helper, or the central server's ECS tasks): exactly the project's S3 prefix, nothing else;
+  assumable by principals holding the project policy, and by ECS tasks of this account;
 * ``<name>-policy``     ``aws.iam.Policy`` allowing exactly the project's S3 prefix, its
-  connection secret and pulling the server image;
+  connection secret, assuming the server role and pulling the server image;
 * ``<name>-group-<g>`` / ``<name>-role-<r>`` attachments of that policy.
 
-``outputs`` is the DESIGN.md Projects entry, as one secret ``Output[dict]``.
+``outputs`` is the DESIGN.md Projects entry: names and ARNs, no password (the password lives
+only in the connection secret, which teammates read with their own AWS credentials).
 """
 
 from __future__ import annotations
@@ -44,16 +48,18 @@ BUNDLE_KEYS = (
     "Region",
     "ImageUri",
     "MlflowVersion",
+    "DatabaseCaBundle",
+    "ServerRoleArn",
 )
 OUTPUT_KEYS = (
     "Database",
     "Username",
-    "Password",
-    "BackendStoreUri",
     "ArtifactRoot",
     "ConnectionSecretArn",
     "PolicyArn",
+    "ServerRoleArn",
 )
+SERVER_ROLE_MAX_SESSION_SECONDS = 12 * 3600  # chained sessions (SSO -> role) are capped at 1 h
 
 
 @dataclass
@@ -66,11 +72,15 @@ class MlflowProjectArgs:
     admin_username: pulumi.Input[str]
     admin_password: pulumi.Input[str]  # a Pulumi secret
     repository_arn: pulumi.Input[str]
+    account_id: pulumi.Input[str]
     stack: str
     protect: bool
     image_uri: pulumi.Input[str] | None = None  # for the connection bundle
     region: pulumi.Input[str] | None = None  # None: the region of the connection secret
     mlflow_version: str | None = None  # None: the version pinned in docker/requirements.txt
+    # PEM of the CAs that sign the database's TLS certificate (AWS's RDS bundle of the region),
+    # so every client of the bundle verifies the server; None only in tests of other parts.
+    database_ca_bundle: pulumi.Input[str] | None = None
 
 
 # -- the IAM policy document, typed -----------------------------------------------------------
@@ -100,25 +110,73 @@ PULL_ACTIONS = [
 ]
 
 
-def policy_document(
-    bucket_arn: str, prefix: str, secret_arn: str, repository_arn: str
-) -> _PolicyDocument:
-    """Exactly the project's prefix, its connection secret, and pulling the server image."""
+def prefix_statements(bucket_arn: str, prefix: str) -> list[_Statement]:
+    """Objects under ``<prefix>/`` and listing exactly that prefix.
+
+    ``s3:prefix`` is matched as a whole: ``<prefix>/`` and ``<prefix>/*`` only, so project
+    ``a`` cannot list the keys of ``ab/`` or ``a-b/`` (a bare ``a`` or ``a*`` would let it).
+    """
+    return [
+        {
+            "Sid": "ProjectObjects",
+            "Effect": "Allow",
+            "Action": list(OBJECT_ACTIONS),
+            "Resource": [f"{bucket_arn}/{prefix}/*"],
+        },
+        {
+            "Sid": "ListProjectPrefix",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": [bucket_arn],
+            "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/", f"{prefix}/*"]}},
+        },
+    ]
+
+
+def server_policy_document(bucket_arn: str, prefix: str) -> _PolicyDocument:
+    """What the project's MLflow server may do: its S3 prefix, nothing else."""
+    return {"Version": "2012-10-17", "Statement": prefix_statements(bucket_arn, prefix)}
+
+
+def server_trust_policy(account_id: str) -> dict[str, Any]:
+    """Who may become the server role: principals of this account that are allowed to (the
+    project policy allows exactly this role), and ECS tasks of this account."""
     return {
         "Version": "2012-10-17",
         "Statement": [
             {
-                "Sid": "ProjectObjects",
+                "Sid": "HoldersOfTheProjectPolicy",
                 "Effect": "Allow",
-                "Action": list(OBJECT_ACTIONS),
-                "Resource": [f"{bucket_arn}/{prefix}/*"],
+                "Principal": {"AWS": f"arn:aws:iam::{account_id}:root"},
+                "Action": "sts:AssumeRole",
             },
             {
-                "Sid": "ListProjectPrefix",
+                "Sid": "CentralServerTasks",
                 "Effect": "Allow",
-                "Action": ["s3:ListBucket"],
-                "Resource": [bucket_arn],
-                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*", prefix]}},
+                "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"aws:SourceAccount": account_id}},
+            },
+        ],
+    }
+
+
+def policy_document(
+    bucket_arn: str, prefix: str, secret_arn: str, repository_arn: str, server_role_arn: str
+) -> _PolicyDocument:
+    """Exactly the project's prefix, its connection secret, becoming its server role, and
+    pulling the server image."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            *prefix_statements(bucket_arn, prefix),
+            {
+                # The helper runs the teammate's server as this role, so the server holds the
+                # project's prefix only, not the teammate's own rights.
+                "Sid": "BecomeServerRole",
+                "Effect": "Allow",
+                "Action": ["sts:AssumeRole"],
+                "Resource": [server_role_arn],
             },
             {
                 "Sid": "ReadConnectionSecret",
@@ -226,6 +284,31 @@ class MlflowProject(pulumi.ComponentResource):
         )
 
         tags = {"mlflow-aws:project": p.name, "mlflow-aws:stack": stack}
+        self.server_role = aws.iam.Role(
+            f"{name}-server-role",
+            aws.iam.RoleArgs(
+                name_prefix=f"mlflow-aws-{p.name}-"[:38],
+                description=f"MLflow server of project {p.name} (stack {stack}): its S3 prefix",
+                assume_role_policy=pulumi.Output.from_input(args.account_id).apply(
+                    lambda account: json.dumps(server_trust_policy(account))
+                ),
+                max_session_duration=SERVER_ROLE_MAX_SESSION_SECONDS,
+                tags=tags,
+            ),
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-server-role-policy",
+            aws.iam.RolePolicyArgs(
+                role=self.server_role.id,
+                policy=pulumi.Output.from_input(args.bucket_arn).apply(
+                    lambda arn: json.dumps(server_policy_document(arn, ids.s3_prefix))
+                ),
+            ),
+            opts=child,
+        )
+        self.server_role_arn: pulumi.Output[str] = self.server_role.arn
+
         self.secret = aws.secretsmanager.Secret(
             f"{name}-connection",
             aws.secretsmanager.SecretArgs(
@@ -244,10 +327,12 @@ class MlflowProject(pulumi.ComponentResource):
             aws.iam.PolicyArgs(
                 name_prefix=f"mlflow-aws-{stack}-{p.name}-"[:96],
                 description=f"MLflow project {p.name} (stack {stack}): its S3 prefix, its "
-                "connection secret, pulling the server image",
+                "connection secret, its server role, pulling the server image",
                 policy=pulumi.Output.all(
-                    args.bucket_arn, self.secret.arn, args.repository_arn
-                ).apply(lambda v: json.dumps(policy_document(v[0], ids.s3_prefix, v[1], v[2]))),
+                    args.bucket_arn, self.secret.arn, args.repository_arn, self.server_role.arn
+                ).apply(
+                    lambda v: json.dumps(policy_document(v[0], ids.s3_prefix, v[1], v[2], v[3]))
+                ),
                 tags=tags,
             ),
             opts=child,
@@ -295,6 +380,8 @@ class MlflowProject(pulumi.ComponentResource):
                     "Region": v[6],
                     "ImageUri": v[7],
                     "MlflowVersion": mlflow_version,
+                    "DatabaseCaBundle": v[8],
+                    "ServerRoleArn": v[9],
                 },
                 sort_keys=True,
             )
@@ -313,6 +400,8 @@ class MlflowProject(pulumi.ComponentResource):
                         args.db_endpoint,
                         region,
                         args.image_uri,
+                        args.database_ca_bundle,
+                        self.server_role.arn,
                     ).apply(bundle)
                 ),
             ),
@@ -320,15 +409,12 @@ class MlflowProject(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.schema]),
         )
 
-        self.outputs = pulumi.Output.secret(
-            pulumi.Output.all(
-                self.schema.schema,
-                self.schema.username,
-                password,
-                uri,
-                artifact_root,
-                self.secret.arn,
-                self.policy.arn,
-            ).apply(lambda v: dict(zip(OUTPUT_KEYS, v, strict=True)))
-        )
+        self.outputs = pulumi.Output.all(
+            self.schema.schema,
+            self.schema.username,
+            artifact_root,
+            self.secret.arn,
+            self.policy.arn,
+            self.server_role.arn,
+        ).apply(lambda v: dict(zip(OUTPUT_KEYS, v, strict=True)))
         self.register_outputs({"outputs": self.outputs})

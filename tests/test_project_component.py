@@ -42,6 +42,7 @@ ADMIN_PASSWORD = "Admin-Pw.0123456789"
 # Not what RandomPassword makes (only -_. specials), but it proves the URI quoting.
 PROJECT_PASSWORD = "p@ss:w/rd%-X_1.y"
 SCHEMA_TYPE = "pulumi-python:dynamic/mysql:Schema"
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
 def _is_secret(value: Any) -> bool:
@@ -77,6 +78,9 @@ class _Mocks(pulumi_mocks.Mocks):
             state["arn"] = rid
         elif args.typ == "aws:iam/policy:Policy":
             state["arn"] = f"arn:aws:iam::{ACCOUNT}:policy/{args.name}"
+        elif args.typ == "aws:iam/role:Role":
+            rid = f"{state['namePrefix']}0001"
+            state["arn"] = f"arn:aws:iam::{ACCOUNT}:role/{rid}"
         elif args.typ.startswith("aws:"):
             state.setdefault("arn", f"arn:aws:mock:::{args.name}")
         if args.custom:  # components are recorded by the monitor
@@ -172,6 +176,7 @@ def build(
                     admin_username="mlflow_admin",
                     admin_password=pulumi.Output.secret(ADMIN_PASSWORD),
                     repository_arn=REPO_ARN,
+                    account_id=ACCOUNT,
                     stack=stack,
                     protect=protect,
                     **extra,
@@ -207,6 +212,8 @@ def test_children_are_the_expected_resources_parented_to_the_component() -> None
             ("aws:secretsmanager/secret:Secret", "project-churn-connection"),
             ("aws:secretsmanager/secretVersion:SecretVersion", "project-churn-connection-version"),
             ("aws:iam/policy:Policy", "project-churn-policy"),
+            ("aws:iam/role:Role", "project-churn-server-role"),
+            ("aws:iam/rolePolicy:RolePolicy", "project-churn-server-role-policy"),
         ]
     )
     assert all(r.parent == component_urn for r in b.resources)
@@ -260,22 +267,59 @@ def test_schema_protection_follows_the_stack_and_the_drop_consent() -> None:
 # -- IAM ---------------------------------------------------------------------------------------
 
 
-def test_policy_allows_exactly_the_prefix_the_secret_and_the_image() -> None:
-    b = build()
-    secret_arn = b.one("aws:secretsmanager/secret:Secret").state["arn"]
-    doc = json.loads(b.one("aws:iam/policy:Policy").inputs["policy"])
+PREFIX_GRANTS = {
+    (
+        ("s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:PutObject"),
+        (f"{BUCKET_ARN}/churn/*",),
+    ): None,
+    # Exactly "churn/" and "churn/*": "churn" or "churn*" would also list "churn2/…".
+    (("s3:ListBucket",), (BUCKET_ARN,)): {"StringLike": {"s3:prefix": ["churn/", "churn/*"]}},
+}
+
+
+def granted_by(doc: dict[str, Any]) -> dict[tuple[Any, Any], Any]:
     assert doc["Version"] == "2012-10-17"
     granted = {}
     for st in doc["Statement"]:
         assert st["Effect"] == "Allow"
         assert set(st) <= {"Sid", "Effect", "Action", "Resource", "Condition"}  # no NotAction
         granted[(tuple(sorted(st["Action"])), tuple(sorted(st["Resource"])))] = st.get("Condition")
-    assert granted == {
+    return granted
+
+
+def test_server_role_holds_exactly_the_prefix() -> None:
+    b = build()
+    role = b.one("aws:iam/role:Role")
+    inline = b.one("aws:iam/rolePolicy:RolePolicy")
+    assert inline.inputs["role"] == "mlflow-aws-churn-0001"  # the role's id: its name
+    assert granted_by(json.loads(inline.inputs["policy"])) == PREFIX_GRANTS
+    assert not b.of("aws:iam/rolePolicyAttachment:RolePolicyAttachment")  # no managed extras
+    assert role.inputs["maxSessionDuration"] == 12 * 3600
+    assert role.inputs["tags"] == {"mlflow-aws:project": "churn", "mlflow-aws:stack": "dev"}
+
+
+def test_server_role_trusts_this_account_and_its_ecs_tasks_only() -> None:
+    trust = json.loads(build().one("aws:iam/role:Role").inputs["assumeRolePolicy"])
+    principals = [(st["Principal"], st["Action"], st.get("Condition")) for st in trust["Statement"]]
+    assert principals == [
+        # Any principal of the account whose own policy allows it: the project policy does.
+        ({"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "sts:AssumeRole", None),
         (
-            ("s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:PutObject"),
-            (f"{BUCKET_ARN}/churn/*",),
-        ): None,
-        (("s3:ListBucket",), (BUCKET_ARN,)): {"StringLike": {"s3:prefix": ["churn/*", "churn"]}},
+            {"Service": "ecs-tasks.amazonaws.com"},
+            "sts:AssumeRole",
+            {"StringEquals": {"aws:SourceAccount": ACCOUNT}},  # no confused deputy
+        ),
+    ]
+
+
+def test_policy_allows_exactly_the_prefix_the_secret_the_role_and_the_image() -> None:
+    b = build()
+    secret_arn = b.one("aws:secretsmanager/secret:Secret").state["arn"]
+    role_arn = b.one("aws:iam/role:Role").state["arn"]
+    doc = json.loads(b.one("aws:iam/policy:Policy").inputs["policy"])
+    assert granted_by(doc) == {
+        **PREFIX_GRANTS,
+        (("sts:AssumeRole",), (role_arn,)): None,
         (
             ("secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"),
             (secret_arn,),
@@ -342,6 +386,7 @@ def test_connection_bundle_has_what_the_helper_reads_and_is_secret() -> None:
         image_uri=f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/mlflow-aws-dev@sha256:abc",
         mlflow_version="3.17.2",
         region="us-east-2",
+        database_ca_bundle=CA_PEM,
     )
     version = b.one("aws:secretsmanager/secretVersion:SecretVersion")
     secret = b.one("aws:secretsmanager/secret:Secret")
@@ -364,6 +409,8 @@ def test_connection_bundle_has_what_the_helper_reads_and_is_secret() -> None:
         "Region": "us-east-2",
         "ImageUri": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/mlflow-aws-dev@sha256:abc",
         "MlflowVersion": "3.17.2",
+        "DatabaseCaBundle": CA_PEM,
+        "ServerRoleArn": b.one("aws:iam/role:Role").state["arn"],
     }
     schema = b.one(SCHEMA_TYPE)
     assert schema.urn in version.dependencies  # published once the user exists
@@ -377,20 +424,22 @@ def test_bundle_region_defaults_to_the_secrets_region() -> None:
 # -- outputs and secrecy ----------------------------------------------------------------------
 
 
-def test_outputs_are_the_design_entry_and_wholly_secret() -> None:
+def test_outputs_are_the_design_entry_without_any_password() -> None:
     b = build()
-    assert b.outputs_secret, "the Projects entry carries the password: it must be a secret"
+    # Nothing secret in it, so it is not a secret: sharing the stack's outputs (or an outputs
+    # file) hands out no project's password; teammates read their project's secret instead.
+    assert not b.outputs_secret
     assert tuple(b.outputs) == OUTPUT_KEYS
     assert b.outputs == {
         "Database": "churn",
         "Username": "mlflow_churn",
-        "Password": PROJECT_PASSWORD,
-        "BackendStoreUri": f"mysql+pymysql://mlflow_churn:{quote(PROJECT_PASSWORD, safe='')}@"
-        f"{ENDPOINT}:3306/churn",
         "ArtifactRoot": f"s3://{BUCKET}/churn",
         "ConnectionSecretArn": b.one("aws:secretsmanager/secret:Secret").state["arn"],
         "PolicyArn": b.one("aws:iam/policy:Policy").state["arn"],
+        "ServerRoleArn": b.one("aws:iam/role:Role").state["arn"],
     }
+    text = json.dumps(b.outputs)
+    assert PROJECT_PASSWORD not in text and quote(PROJECT_PASSWORD, safe="") not in text
     assert b.password_secret  # RandomPassword.result, via additional_secret_outputs
 
 
