@@ -54,8 +54,8 @@ for p in config.projects:
             bucket_arn=store.bucket_arn,
             db_endpoint=database.endpoint,
             db_port=database.port,
-            admin_username=database.admin_username,
-            admin_password=database.admin_password,
+            cluster_arn=database.cluster_arn,
+            admin_secret_arn=database.admin_secret_arn,
             repository_arn=image.repository_arn,
             account_id=account_id,
             stack=config.stack,
@@ -63,9 +63,12 @@ for p in config.projects:
             image_uri=image.image_uri,
             region=region,
             mlflow_version=config.mlflow_version,
+            aws_profile=config.aws_profile,
+            database_ca_bundle=database.ca_bundle,
         ),
-        # Schemas can only be created once the instance accepts connections.
-        pulumi.ResourceOptions(depends_on=[database.instance]),
+        # Schemas are made through the Data API once the writer runs and the admin secret holds
+        # the credentials it logs in with.
+        pulumi.ResourceOptions(depends_on=[database.instance, database.admin_secret_value]),
     )
     project_outputs[p.name] = project.outputs
 

@@ -12,7 +12,6 @@ import argparse
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -20,44 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import pulumi  # noqa: E402
-
 from tests.pulumi_mocks import run_program  # noqa: E402
 
 SIZES = (1, 10, 50, 200)
-REAL_PROJECTS = (ROOT / "projects" / "project.py").exists()
-
-
-def install_stand_in_project() -> None:
-    """Until projects/project.py exists: an empty MlflowProject with the agreed interface, so
-    the program's own cost per project (config, wiring, exports) is still measured."""
-    from dataclasses import dataclass
-
-    @dataclass
-    class MlflowProjectArgs:
-        project: Any
-        bucket_name: Any
-        bucket_arn: Any
-        db_endpoint: Any
-        db_port: int
-        admin_username: Any
-        admin_password: Any
-        repository_arn: Any
-        stack: str
-        protect: bool
-
-    class MlflowProject(pulumi.ComponentResource):
-        def __init__(
-            self, name: str, args: MlflowProjectArgs, opts: pulumi.ResourceOptions | None = None
-        ) -> None:
-            super().__init__("mlflow-aws:projects:MlflowProject", name, None, opts)
-            self.outputs = pulumi.Output.from_input({"Database": args.project.name})
-            self.register_outputs({"outputs": self.outputs})
-
-    module = types.ModuleType("projects.project")
-    module.MlflowProject = MlflowProject  # type: ignore[attr-defined]
-    module.MlflowProjectArgs = MlflowProjectArgs  # type: ignore[attr-defined]
-    sys.modules["projects.project"] = module
 
 
 def config_for(count: int) -> dict[str, Any]:
@@ -80,15 +44,6 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per size (median shown)")
     args = parser.parse_args()
 
-    if REAL_PROJECTS:
-        print("MlflowProject: the real projects/project.py")
-    else:
-        install_stand_in_project()
-        print(
-            "MlflowProject: projects/project.py does not exist yet; using an EMPTY stand-in "
-            "component, so these figures cover the shared infrastructure, config parsing and "
-            "wiring only, not the per-project resources"
-        )
     run_program(config_for(1), stack="bench")  # warm-up: imports and first-run caches
 
     results = {count: measure(count, args.repeat) for count in SIZES}

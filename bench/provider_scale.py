@@ -2,8 +2,11 @@
 
     .venv/bin/python bench/provider_scale.py [--sizes 10,50,200] [--parallel 8]
 
-Starts its own MariaDB (tests/services.py: TLS required, like Aurora) and the SDK's provider
-server (``python -u -m pulumi.dynamic``, as the engine starts it), then for each size:
+Starts its own MariaDB (tests/services.py: TLS required, like Aurora), a moto server holding
+the admin secret, the RDS Data API emulator in front of the MariaDB (tests/data_api_emulator.py;
+the provider's SQL goes through it as it goes through AWS's Data API, one HTTPS call per
+statement, here plain HTTP on loopback) and the SDK's provider server (``python -u -m
+pulumi.dynamic``, as the engine starts it), then for each size:
 
 * ``grpc``          Check + Create per project over gRPC, one at a time, then Delete each;
 * ``grpc-parallel`` the same with N concurrent calls (the engine runs up to ``--parallel``
@@ -20,9 +23,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,22 +36,35 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from projects.schema_provider import MysqlSchemaProvider  # noqa: E402
+from tests.data_api_emulator import (  # noqa: E402
+    CLUSTER_ARN,
+    admin_secret,
+    provider_environment,
+    running_data_api,
+)
 from tests.grpc_provider import ProviderClient, provider_server, secret  # noqa: E402
-from tests.services import MariaDB, running_mariadb  # noqa: E402
+from tests.services import MariaDB, running_mariadb, running_moto  # noqa: E402
 
 
-def news(db: MariaDB, project: str) -> dict[str, Any]:
+def news(admin_arn: str, project: str) -> dict[str, Any]:
     return {
         "project": project,
         "password": secret(f"pw-{project}-Bench.1"),
-        "admin_host": db.host,
-        "admin_port": db.port,
-        "admin_username": db.admin_user,
-        "admin_password": secret(db.admin_password),
-        "ssl_ca": str(db.ca_path),
-        "connect_timeout": 10,
-        "connect_retry_seconds": 0,
+        "cluster_arn": CLUSTER_ARN,
+        "admin_secret_arn": admin_arn,
     }
+
+
+@contextlib.contextmanager
+def services() -> Iterator[tuple[MariaDB, str, dict[str, ProviderClient]]]:
+    """MariaDB, moto, the Data API emulator and a provider server reaching it; all stopped
+    on exit. Yields the database, the admin secret's ARN and a gRPC client."""
+    with running_mariadb() as db, running_moto() as moto, running_data_api(db, moto) as api:
+        arn = admin_secret(moto, db)
+        env = provider_environment(api)
+        os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})  # "direct"
+        with provider_server(env) as server:
+            yield db, arn, {"grpc": server.client(MysqlSchemaProvider(), wrap_secrets=False)}
 
 
 class Grpc:
@@ -81,6 +98,7 @@ class Direct:
 
 def timed_run(
     db: MariaDB,
+    admin_arn: str,
     mode: str,
     n: int,
     create: Callable[[dict[str, Any]], tuple[str, dict[str, Any]]],
@@ -91,7 +109,7 @@ def timed_run(
     workers = parallel if "parallel" in mode else 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         started = time.perf_counter()
-        made = list(pool.map(lambda name: create(news(db, name)), names))
+        made = list(pool.map(lambda name: create(news(admin_arn, name)), names))
         create_s = time.perf_counter() - started
         started = time.perf_counter()
         list(pool.map(lambda r: delete(r[0], r[1]), made))
@@ -115,20 +133,21 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
 
     rows: list[tuple[str, int, float, float]] = []
-    with running_mariadb() as db, provider_server() as server:
-        client = server.client(MysqlSchemaProvider(), wrap_secrets=False)
+    with services() as (db, arn, clients):
         modes: dict[str, Any] = {
-            "grpc": Grpc(client),
-            "grpc-parallel": Grpc(client),
+            "grpc": Grpc(clients["grpc"]),
+            "grpc-parallel": Grpc(clients["grpc"]),
             "direct": Direct(),
         }
-        # warm up each path once (imports, TLS context, provider unpickling), untimed
+        # warm up each path once (imports, boto3 client, provider unpickling), untimed
         for mode, impl in modes.items():
             with contextlib.suppress(Exception):
-                timed_run(db, f"w{mode}", 1, impl.create, impl.delete, args.parallel)
+                timed_run(db, arn, f"w{mode}", 1, impl.create, impl.delete, args.parallel)
         for mode, impl in modes.items():
             for n in sizes:
-                create_s, delete_s = timed_run(db, mode, n, impl.create, impl.delete, args.parallel)
+                create_s, delete_s = timed_run(
+                    db, arn, mode, n, impl.create, impl.delete, args.parallel
+                )
                 rows.append((mode, n, create_s, delete_s))
                 print(f"  {mode:<14} n={n:<4} create {create_s:7.2f}s  delete {delete_s:7.2f}s",
                       file=sys.stderr, flush=True)  # fmt: skip
@@ -137,7 +156,10 @@ def main() -> None:
         f"{'mode':<14} {'projects':>8} {'create s':>9} {'ms/proj':>8} {'growth':>7} "
         f"{'delete s':>9} {'ms/proj':>8} {'growth':>7}"
     )
-    print(f"\nMySQL schema provider scale (MariaDB on loopback, TLS; parallel={args.parallel})")
+    print(
+        "\nMySQL schema provider scale (RDS Data API emulator -> MariaDB on loopback, TLS; "
+        f"parallel={args.parallel})"
+    )
     print(header)
     print("-" * len(header))
     base: dict[str, tuple[float, float]] = {}

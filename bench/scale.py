@@ -8,8 +8,9 @@ Reuses the two scale benches rather than re-implementing them:
 * ``bench/program_eval.py``: the real ``__main__.py`` evaluated in-process with the test mocks
   (tests/pulumi_mocks.py) for N configured projects;
 * ``bench/provider_scale.py``: Check + Create, then Delete, of N projects through the SDK's
-  provider server (``python -u -m pulumi.dynamic``) over gRPC against a real MariaDB (TLS),
-  one at a time (``grpc``) and with the engine's default parallelism (``grpc-parallel``).
+  provider server (``python -u -m pulumi.dynamic``) over gRPC, the SQL through the RDS Data API
+  emulator (tests/data_api_emulator.py) to a real MariaDB (TLS), one at a time (``grpc``) and
+  with the engine's default parallelism (``grpc-parallel``).
 
 The growth table shows each figure at 10, 50 and 200 projects and the factor per 10x more
 projects, ``(t200 / t10) ** (1 / log10(20))``: 10.0 is linear, less is better than linear.
@@ -38,9 +39,6 @@ def per_10x(small: float, large: float, n_small: int, n_large: int) -> float:
 def program_figures(repeat: int) -> dict[int, tuple[float, int]]:
     from bench import program_eval
 
-    if not program_eval.REAL_PROJECTS:
-        program_eval.install_stand_in_project()
-        log("WARNING: projects/project.py is missing; program figures use an empty stand-in")
     program_eval.run_program(program_eval.config_for(1), stack="bench")  # warm-up, untimed
     figures = {}
     for n in SIZES:
@@ -51,21 +49,18 @@ def program_figures(repeat: int) -> dict[int, tuple[float, int]]:
 
 def provider_figures(modes: list[str], parallel: int) -> dict[str, dict[int, tuple[float, float]]]:
     from bench import provider_scale
-    from projects.schema_provider import MysqlSchemaProvider
-    from tests.grpc_provider import provider_server
-    from tests.services import running_mariadb
 
     figures: dict[str, dict[int, tuple[float, float]]] = {}
-    with running_mariadb() as db, provider_server() as server:
-        client = server.client(MysqlSchemaProvider(), wrap_secrets=False)
-        impl = provider_scale.Grpc(client)
+    with provider_scale.services() as (db, arn, clients):
+        impl = provider_scale.Grpc(clients["grpc"])
         for mode in modes:
-            with contextlib.suppress(Exception):  # warm-up: unpickling, TLS context
-                provider_scale.timed_run(db, f"w{mode}", 1, impl.create, impl.delete, parallel)
+            with contextlib.suppress(Exception):  # warm-up: unpickling, boto3 client
+                provider_scale.timed_run(db, arn, f"w{mode}", 1, impl.create, impl.delete,
+                                         parallel)  # fmt: skip
             figures[mode] = {}
             for n in SIZES:
                 figures[mode][n] = provider_scale.timed_run(
-                    db, mode, n, impl.create, impl.delete, parallel
+                    db, arn, mode, n, impl.create, impl.delete, parallel
                 )
                 c, d = figures[mode][n]
                 log(f"  provider {mode}, {n} projects: create {c:.2f}s, delete {d:.2f}s")
@@ -98,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log("== program evaluation (Pulumi mocks)")
     program = program_figures(repeat)
-    log("== schema provider (pulumi.dynamic over gRPC, MariaDB)")
+    log("== schema provider (pulumi.dynamic over gRPC, RDS Data API emulator, MariaDB)")
     provider = provider_figures(modes, args.parallel)
 
     rows = [

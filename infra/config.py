@@ -34,8 +34,16 @@ DB_KEYS = (
     "deletionProtection",
     "vpcId",
     "subnetIds",
+    "caBundle",
 )
-PROJECT_KEYS = ("name", "dropDataOnRemove", "iamGroups", "iamRoles", "passwordVersion")
+PROJECT_KEYS = (
+    "name",
+    "dropDataOnRemove",
+    "iamGroups",
+    "iamRoles",
+    "passwordVersion",
+    "adoptExistingSchema",
+)
 
 # Surrounding ASCII whitespace is forgiven ("churn, fraud"); any other (a no-break space, say)
 # stays part of the name and is refused as non-ASCII rather than silently removed.
@@ -65,6 +73,8 @@ class ProjectConfig:
     iam_groups: tuple[str, ...] = ()  # IAM groups the project's policy is attached to
     iam_roles: tuple[str, ...] = ()  # IAM roles the project's policy is attached to
     password_version: int = 1  # bump to rotate the project's MySQL password
+    # consent to use a schema of that name that mlflow-aws did not create (its tables stay)
+    adopt_existing_schema: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,8 @@ class DatabaseConfig:
     deletion_protection: bool = False
     vpc_id: str | None = None  # None: the account's default VPC
     subnet_ids: tuple[str, ...] = ()  # empty: the subnets of that VPC
+    # PEM of the CAs of the database's certificate; None: AWS's bundle, fetched at deploy time
+    ca_bundle: str | None = field(default=None, repr=False)
 
     @property
     def publicly_accessible(self) -> bool:
@@ -90,6 +102,7 @@ class StackConfig:
     protect: bool
     db: DatabaseConfig
     projects: tuple[ProjectConfig, ...] = field(default_factory=tuple)
+    aws_profile: str | None = None  # aws:profile, for the schema provider's own AWS calls
 
 
 def pinned_mlflow_version(requirements: Path = DOCKER_REQUIREMENTS) -> str:
@@ -243,6 +256,16 @@ def _parse_db(raw: str | None, protect: bool, problems: _Problems) -> DatabaseCo
             problems.add("db.subnetIds", subnet, "must be subnet ids like subnet-0123abcd")
     if subnet_ids and len(subnet_ids) < 2:
         problems.add("db.subnetIds", list(subnet_ids), "Aurora needs subnets in at least 2 AZs")
+    ca_bundle = None
+    if db.get("caBundle") is not None:
+        from infra.rds_ca import CaBundleError, read_ca_bundle_file
+
+        try:
+            ca_bundle = read_ca_bundle_file(str(db["caBundle"]))
+        except CaBundleError as exc:
+            problems.add(
+                "db.caBundle", db["caBundle"], f"must be a PEM file of CA certificates: {exc}"
+            )
     return DatabaseConfig(
         min_capacity=lo,
         max_capacity=hi,
@@ -268,6 +291,7 @@ def _parse_db(raw: str | None, protect: bool, problems: _Problems) -> DatabaseCo
         ),
         vpc_id=vpc_id,
         subnet_ids=subnet_ids,
+        ca_bundle=ca_bundle,
     )
 
 
@@ -297,6 +321,9 @@ def _parse_project(item: Any, index: int, problems: _Problems) -> ProjectConfig 
         iam_roles=_as_str_list(item.get("iamRoles"), f"{key}.iamRoles", problems),
         password_version=_as_int(
             item.get("passwordVersion"), f"{key}.passwordVersion", problems, 1, 1, 1_000_000
+        ),
+        adopt_existing_schema=_as_bool(
+            item.get("adoptExistingSchema"), f"{key}.adoptExistingSchema", problems, False
         ),
     )
 
@@ -339,6 +366,7 @@ def parse_stack_config(values: Mapping[str, str], stack: str) -> StackConfig:
         protect=protect,
         db=_parse_db(ours.get("db"), protect, problems),
         projects=_parse_projects(ours.get("projects"), problems),
+        aws_profile=values.get("aws:profile") or None,
     )
     if problems.items:
         raise ConfigError(problems.items)

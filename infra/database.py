@@ -1,8 +1,9 @@
 """The metadata database: one Aurora MySQL Serverless v2 cluster shared by every project.
 
-Each project gets its own schema and user on it (``projects/``). The admin credentials are
-generated here and kept as Pulumi secrets (and in Secrets Manager): the project provider and
-the helper need the password itself, which ``manage_master_user_password`` would hide.
+Each project gets its own schema and user on it (``projects/``), made through the cluster's
+RDS Data API (SQL over HTTPS, authorized by IAM) as the admin credentials of the admin secret,
+so ``pulumi up`` needs no network path to MySQL and the database can stay private to its VPC.
+The admin password is generated here (Pulumi secret, and in Secrets Manager for operators).
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from infra.config import DatabaseConfig
+from infra.rds_ca import fetch_rds_ca_bundle
+from mlflow_aws.names import MASTER_USERNAME
 
 ENGINE = aws.rds.EngineType.AURORA_MYSQL
-# 3.08 is the first Aurora MySQL release that scales Serverless v2 to 0 ACU (auto-pause).
+# 3.08 is the first Aurora MySQL release that scales Serverless v2 to 0 ACU (auto-pause); the
+# RDS Data API needs 3.07 or later on Serverless v2 (and is not offered in every region).
 ENGINE_VERSION = "8.0.mysql_aurora.3.08.2"
 PARAMETER_GROUP_FAMILY = "aurora-mysql8.0"
 PORT = 3306
-ADMIN_USERNAME = "mlflow_admin"
+ADMIN_USERNAME = MASTER_USERNAME  # the name rule keeps every project off this account
 # Aurora allows 8-41 characters. Only URL-unreserved specials, so the password can sit in a
 # mysql+pymysql:// URL unquoted and never trips over MySQL's forbidden / @ " characters.
 PASSWORD_LENGTH = 40
@@ -52,10 +56,14 @@ class MetadataDatabase(pulumi.ComponentResource):
     admin_password: pulumi.Output[str]  # secret
     admin_secret_arn: pulumi.Output[str]
     database_url: pulumi.Output[str]  # secret: mysql+pymysql://admin:pw@endpoint:3306
+    ca_bundle: pulumi.Output[str]  # PEM: the CAs every client verifies the server with
     cluster_arn: pulumi.Output[str]
     cluster_identifier: pulumi.Output[str]
     security_group_id: pulumi.Output[str]
-    instance: aws.rds.ClusterInstance  # depend on it to know the database accepts connections
+    # Depend on both before running SQL through the Data API: the writer exists, and the
+    # admin secret holds the credentials the Data API logs in with.
+    instance: aws.rds.ClusterInstance
+    admin_secret_value: aws.secretsmanager.SecretVersion
 
     def __init__(
         self, name: str, args: MetadataDatabaseArgs, opts: pulumi.ResourceOptions | None = None
@@ -151,6 +159,8 @@ class MetadataDatabase(pulumi.ComponentResource):
                     if args.protect
                     else None
                 ),
+                # The RDS Data API: the schema provider's SQL over HTTPS, authorized by IAM.
+                enable_http_endpoint=True,
                 # Parameter and scaling changes should not wait for the maintenance window.
                 apply_immediately=True,
                 tags=tags,
@@ -191,7 +201,7 @@ class MetadataDatabase(pulumi.ComponentResource):
             ),
             child,
         )
-        aws.secretsmanager.SecretVersion(
+        self.admin_secret_value = aws.secretsmanager.SecretVersion(
             f"{name}-admin-secret-value",
             aws.secretsmanager.SecretVersionArgs(
                 secret_id=secret.id,
@@ -227,6 +237,11 @@ class MetadataDatabase(pulumi.ComponentResource):
         )
         self.cluster_arn = cluster.arn
         self.cluster_identifier = cluster.cluster_identifier
+        if db.ca_bundle is not None:
+            self.ca_bundle = pulumi.Output.from_input(db.ca_bundle)
+        else:  # AWS's bundle for the cluster's region, read now (a data source, not a resource)
+            region = aws.get_region_output(opts=pulumi.InvokeOutputOptions(parent=self)).region
+            self.ca_bundle = region.apply(fetch_rds_ca_bundle)
         self.security_group_id = security_group.id
         self.register_outputs(
             {
@@ -239,6 +254,7 @@ class MetadataDatabase(pulumi.ComponentResource):
                 "cluster_arn": self.cluster_arn,
                 "cluster_identifier": self.cluster_identifier,
                 "security_group_id": self.security_group_id,
+                "ca_bundle": self.ca_bundle,
             }
         )
 

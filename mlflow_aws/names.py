@@ -1,8 +1,10 @@
-"""The project-name rule: one definition, used by stack config validation and by the
-MySQL schema provider's ``check``.
+"""The project-name rule: one definition, used by stack config validation, by the MySQL schema
+provider's ``check`` and by the helper.
 
 A project name becomes a MySQL schema, a MySQL user, an S3 prefix, and parts of IAM and
-Secrets Manager names, so it is restricted to what is safe and unambiguous in all of them.
+Secrets Manager names, so it is restricted to what is safe and unambiguous in all of them, and
+no name may map onto an account or schema that the stack or the database engine owns: project
+``admin`` would otherwise be the cluster's master user ``mlflow_admin``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,27 @@ from dataclasses import dataclass
 # MySQL 8 user names are at most 32 characters; the user is ``mlflow_<schema>``.
 MAX_NAME_LENGTH = 24
 USER_PREFIX = "mlflow_"
+
+# What the stack owns on the cluster: its master user (infra/database.py creates it) and the
+# schema where the schema provider records the accounts and schemas it manages.
+MASTER_USERNAME = "mlflow_admin"
+REGISTRY_SCHEMA = "mlflow_aws"
+STACK_ACCOUNTS = frozenset({MASTER_USERNAME})
+STACK_SCHEMAS = frozenset({REGISTRY_SCHEMA})
+
+# What the engines own (MySQL 8, Aurora MySQL 3, MariaDB): accounts such as root, rdsadmin,
+# rdsrepladmin, rdsproxyadmin, rds_superuser_role, mysql.sys, mysql.session, mysql.infoschema,
+# mariadb.sys, and schemas such as mysql, sys, information_schema, performance_schema. A project
+# user always starts with mlflow_, so only the schemas can meet these; the prefixes cover the
+# families (rds*, mysql*, ...) documented and undocumented.
+ENGINE_ACCOUNTS = frozenset(
+    {"root", "rdsadmin", "rdsrepladmin", "rdsproxyadmin", "rds_superuser_role", "mysql.sys",
+     "mysql.session", "mysql.infoschema", "mariadb.sys", "public"}
+)  # fmt: skip
+ENGINE_SCHEMAS = frozenset(
+    {"mysql", "sys", "information_schema", "performance_schema", "innodb", "tmp", "rdsadmin"}
+)
+ENGINE_PREFIXES = ("rds", "mysql", "mariadb", "performance_schema", "information_schema")
 
 _SLUG = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 
@@ -75,6 +98,9 @@ def name_problem(name: object) -> str | None:
         return f"project name {shown} must be lowercase (did you mean {name.lower()!r}?); {RULE}"
     if not _SLUG.fullmatch(name):
         return f"project name {shown} is not a valid slug; {RULE}"
+    owner = owned_by(name.replace("-", "_"), USER_PREFIX + name.replace("-", "_"))
+    if owner is not None:
+        return f"project name {shown} is reserved: {owner}; choose another name"
     if name in RESERVED_NAMES or name.replace("-", "_") in {
         r.replace("-", "_") for r in RESERVED_NAMES
     }:
@@ -82,6 +108,19 @@ def name_problem(name: object) -> str | None:
             f"project name {shown} is reserved (reserved: {', '.join(sorted(RESERVED_NAMES))}); "
             "choose another name"
         )
+    return None
+
+
+def owned_by(schema: str, username: str) -> str | None:
+    """Who owns ``schema`` or ``username`` if not a project (a sentence), or None."""
+    if username in STACK_ACCOUNTS:
+        return f"its MySQL user {username} is the cluster's master user, owned by the stack"
+    if schema in STACK_SCHEMAS:
+        return f"its schema {schema} is the stack's own (the provider's registry)"
+    if username.lower() in ENGINE_ACCOUNTS or schema in ENGINE_ACCOUNTS:
+        return f"its MySQL user or schema ({username}, {schema}) is an account of the engine"
+    if schema in ENGINE_SCHEMAS or schema.startswith(ENGINE_PREFIXES):
+        return f"its schema {schema} belongs to the database engine (mysql*, rds*, sys, ...)"
     return None
 
 

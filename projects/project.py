@@ -67,10 +67,10 @@ class MlflowProjectArgs:
     project: ProjectConfig
     bucket_name: pulumi.Input[str]
     bucket_arn: pulumi.Input[str]
-    db_endpoint: pulumi.Input[str]
+    db_endpoint: pulumi.Input[str]  # for the connection bundle (servers connect there)
     db_port: int
-    admin_username: pulumi.Input[str]
-    admin_password: pulumi.Input[str]  # a Pulumi secret
+    cluster_arn: pulumi.Input[str]  # the schema provider's SQL goes through its Data API
+    admin_secret_arn: pulumi.Input[str]  # ... as the admin credentials in this secret
     repository_arn: pulumi.Input[str]
     account_id: pulumi.Input[str]
     stack: str
@@ -81,6 +81,7 @@ class MlflowProjectArgs:
     # PEM of the CAs that sign the database's TLS certificate (AWS's RDS bundle of the region),
     # so every client of the bundle verifies the server; None only in tests of other parts.
     database_ca_bundle: pulumi.Input[str] | None = None
+    aws_profile: str | None = None  # the stack's aws:profile: the provider's Data API calls use it
 
 
 # -- the IAM policy document, typed -----------------------------------------------------------
@@ -259,18 +260,18 @@ class MlflowProject(pulumi.ComponentResource):
         )
         password: pulumi.Output[str] = pulumi.Output.secret(self.password.result)
 
-        # The schema needs a database that accepts connections: forward the component's own
-        # depends_on (children do not inherit it), e.g. the Aurora instance.
+        # The schema needs a database that accepts statements and the admin secret the Data
+        # API reads: forward the component's own depends_on (children do not inherit it).
         self.schema = MysqlSchema(
             f"{name}-schema",
             MysqlSchemaArgs(
                 project=p.name,
                 password=password,
-                admin_host=args.db_endpoint,
-                admin_port=args.db_port,
-                admin_username=args.admin_username,
-                admin_password=pulumi.Output.secret(args.admin_password),
+                cluster_arn=args.cluster_arn,
+                admin_secret_arn=args.admin_secret_arn,
                 drop_data_on_remove=p.drop_data_on_remove,
+                adopt_existing_schema=p.adopt_existing_schema,
+                aws_profile=args.aws_profile,
             ),
             opts=pulumi.ResourceOptions(
                 parent=self,

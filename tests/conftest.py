@@ -1,4 +1,5 @@
-"""Session-wide real services: MariaDB (TLS required, like Aurora) and a moto server."""
+"""Session-wide real services: MariaDB (TLS required, like Aurora), a moto server, and the RDS
+Data API emulator in front of that MariaDB."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the program's packages (infra, projects, helper) live at the root
     sys.path.insert(0, str(ROOT))
 
+from tests.data_api_emulator import DataApiEmulator, running_data_api  # noqa: E402
 from tests.services import MariaDB, MotoServer, running_mariadb, running_moto  # noqa: E402
 
 
@@ -25,3 +27,10 @@ def mariadb() -> Iterator[MariaDB]:
 def moto() -> Iterator[MotoServer]:
     with running_moto() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def data_api(mariadb: MariaDB, moto: MotoServer) -> Iterator[DataApiEmulator]:
+    """The RDS Data API of the test "cluster" (MariaDB), reading secrets from moto."""
+    with running_data_api(mariadb, moto) as emulator:
+        yield emulator

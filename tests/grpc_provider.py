@@ -214,8 +214,9 @@ class ProviderClient:
 class ProviderServer:
     """``python -u -m pulumi.dynamic`` on a loopback port, started like the engine starts it."""
 
-    def __init__(self, cwd: Path = ROOT) -> None:
+    def __init__(self, cwd: Path = ROOT, env: dict[str, str] | None = None) -> None:
         self.cwd = cwd
+        self.env = env  # None: this process's environment
         self.stderr_path = Path(tempfile.mkstemp(prefix="mlflow-aws-dynamic-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
         self.channel: grpc.Channel | None = None
@@ -226,6 +227,7 @@ class ProviderServer:
             self.process = subprocess.Popen(
                 [sys.executable, "-u", "-m", "pulumi.dynamic"],
                 cwd=self.cwd,
+                env=self.env,
                 stdout=subprocess.PIPE,
                 stderr=err,
                 start_new_session=True,
@@ -279,8 +281,8 @@ class ProviderServer:
 
 
 @contextmanager
-def provider_server() -> Iterator[ProviderServer]:
-    server = ProviderServer().start()
+def provider_server(env: dict[str, str] | None = None) -> Iterator[ProviderServer]:
+    server = ProviderServer(env=env).start()
     try:
         yield server
     finally:

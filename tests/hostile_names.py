@@ -63,6 +63,14 @@ HOSTILE_NAMES: list[tuple[str, str]] = [
     ("performance_schema", "performance_schema, as written"),
     ("sys", "the sys schema"),
     ("MySQL", "a reserved name in another case"),
+    # names whose user or schema the stack or the engine owns
+    ("admin", "user mlflow_admin: the cluster's master user"),
+    ("mlflow-aws", "schema mlflow_aws: the provider's registry"),
+    ("root", "schema root: the engine's superuser's name"),
+    ("rdsadmin", "Aurora's own administrative account and schema"),
+    ("rds-tools", "the rds* family Aurora reserves"),
+    ("mysql-data", "the mysql* family"),
+    ("mariadb-sys", "the mariadb* family"),
     # case
     ("Churn", "upper case"),
     ("CHURN", "all upper case"),

@@ -50,6 +50,62 @@ DEFAULT_SUBNETS = ["subnet-0aaa1111", "subnet-0bbb2222", "subnet-0ccc3333"]
 ECR_PASSWORD = "ecr-token-password-not-for-outputs"
 
 
+def make_ca_pem(common_name: str = "mlflow-aws mocks CA") -> str:
+    """A real, self-signed CA certificate (PEM), made in-process."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+_CA_FILE: list[Path] = []
+
+
+def mock_ca_file() -> Path:
+    """One CA bundle file for every program run (what ``db.caBundle`` points at in tests)."""
+    if not _CA_FILE:
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix="mlflow-aws-mock-ca-", suffix=".pem")
+        with open(fd, "w", encoding="ascii") as handle:
+            handle.write(make_ca_pem())
+        _CA_FILE.append(Path(name))
+    return _CA_FILE[0]
+
+
+def with_test_ca_bundle(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config with ``db.caBundle`` set to the tests' CA file unless the test set it (the
+    program otherwise downloads AWS's bundle, which this machine cannot)."""
+    out = dict(config)
+    db = out.get("mlflow-aws:db", {})
+    if isinstance(db, str):
+        try:
+            db = json.loads(db)
+        except json.JSONDecodeError:
+            return out
+    if isinstance(db, dict) and "caBundle" not in db:
+        out["mlflow-aws:db"] = {**db, "caBundle": str(mock_ca_file())}
+    return out
+
+
 def mock_password(name: str) -> str:
     """A distinctive, deterministic password per RandomPassword, to search outputs for."""
     return "Pw-" + hashlib.sha256(name.encode()).hexdigest()[:29] + "_Z9.~"
@@ -267,7 +323,7 @@ def run_program(
         recording, project=PROJECT, stack=stack, preview=False, monitor=monitor
     )
     raw = {"aws:region": region}
-    for key, value in (config or {}).items():
+    for key, value in with_test_ca_bundle(config or {}).items():
         raw[key] = value if isinstance(value, str) else json.dumps(value)
     pulumi.runtime.set_all_config(raw)
 

@@ -4,9 +4,9 @@
   every non-string item makes ``parse_stack_config`` raise ``ConfigError`` naming the value and
   the rule; the whole program, run under Pulumi mocks, registers no resource and makes no call.
 * The MySQL schema provider, driven over gRPC like the engine drives it: ``Check`` fails on
-  ``project`` for every name, and neither ``Check`` nor a ``Create`` that skips it runs any SQL
-  (the admin points at a closed port; against the real MariaDB, the server's ``Connections``
-  and DDL counters do not move and no schema or user appears).
+  ``project`` for every name, and neither ``Check`` nor a ``Create`` or ``Delete`` that skips
+  it sends any Data API request (against the real MariaDB behind the emulator, the server's
+  ``Connections`` and DDL counters do not move and no schema or user appears).
 * ``python -m helper``: malformed outputs files, wrong ports and missing fields exit non-zero
   with a message naming the field, no traceback, and no password echoed.
 """
@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import pytest
 
 from infra.config import ASCII_SPACE, ConfigError, parse_stack_config
 from mlflow_aws.names import RULE, name_problem
+from tests.data_api_emulator import CLUSTER_ARN, DataApiEmulator, provider_environment
 from tests.hostile_names import COLLIDING_LISTS, HOSTILE_NAMES, NON_STRINGS
 from tests.services import MariaDB, free_port
 
@@ -164,45 +166,48 @@ def test_program_registers_nothing_for_hostile_config(recorded: list[str]) -> No
 
 
 @pytest.fixture(scope="module")
-def provider_server() -> Iterator[Any]:
+def provider_server(data_api: DataApiEmulator) -> Iterator[Any]:
     from tests.grpc_provider import provider_server as start
 
-    with start() as server:
+    with start(provider_environment(data_api)) as server:
         yield server
 
 
-def _props(project: Any, admin_port: int, admin_password: str = "unused-Pw-1") -> dict[str, Any]:  # noqa: S107
+def _props(project: Any) -> dict[str, Any]:
     from tests.grpc_provider import secret
 
     return {
         "project": project,
         "password": secret("Project-Pw-0123456789"),
-        "admin_host": "127.0.0.1",
-        "admin_port": admin_port,
-        "admin_username": "mlflow_admin",
-        "admin_password": secret(admin_password),
-        "connect_timeout": 2,
-        "connect_retry_seconds": 1,
+        "cluster_arn": CLUSTER_ARN,
+        "admin_secret_arn": f"arn:aws:secretsmanager:eu-west-1:123456789012:secret:{ADMIN}",
+        "resume_wait_seconds": 1,
     }
 
 
+ADMIN = "mlflow-aws/hostile/admin"
+
+
 @pytest.mark.slow
-def test_provider_check_refuses_every_hostile_name(provider_server: Any) -> None:
+def test_provider_check_refuses_every_hostile_name(
+    provider_server: Any, data_api: DataApiEmulator
+) -> None:
     from projects.schema_provider import MysqlSchemaProvider
 
     client = provider_server.client(MysqlSchemaProvider())
-    closed = free_port()  # nothing listens: any connection attempt would fail the call
-    _, failures = client.check(_props("churn", closed))
+    mark = len(data_api.requests)
+    _, failures = client.check(_props("churn"))
     assert failures == [], f"control: a valid name must pass Check: {failures}"
     problems = []
     for name, why in HOSTILE_NAMES:
-        _, failures = client.check(_props(name, closed))
+        _, failures = client.check(_props(name))
         on_project = [reason for prop, reason in failures if prop == "project"]
         if not on_project:
             problems.append(f"{why} {name!r}: Check returned {failures}")
         elif not _named(name, on_project[0]):
             problems.append(f"{why} {name!r}: the failure does not name it: {on_project[0]}")
     assert not problems, "\n".join(problems)
+    assert data_api.requests[mark:] == []  # Check never calls the Data API
 
 
 @pytest.mark.slow
@@ -212,7 +217,7 @@ def test_provider_check_refuses_non_string_projects(provider_server: Any) -> Non
     client = provider_server.client(MysqlSchemaProvider())
     values: list[Any] = [123, True, None, [], {"a": 1}]
     for value in values:
-        _, failures = client.check(_props(value, free_port()))
+        _, failures = client.check(_props(value))
         assert any(prop == "project" for prop, _ in failures), (value, failures)
 
 
@@ -234,25 +239,29 @@ def _schemas_and_users(conn: pymysql.connections.Connection[Any]) -> tuple[set[s
 
 
 @pytest.mark.slow
-def test_provider_runs_no_sql_for_hostile_names(provider_server: Any, mariadb: MariaDB) -> None:
-    """Against the real server: Check and even a Create that skips Check open no connection."""
+def test_provider_sends_nothing_for_hostile_names(
+    provider_server: Any, mariadb: MariaDB, data_api: DataApiEmulator
+) -> None:
+    """Against the real server: Check, and even a Create or Delete that skips it, send no Data
+    API request and reach no MySQL connection."""
     from projects.schema_provider import MysqlSchemaProvider
     from tests.grpc_provider import ProviderCallError
 
     client = provider_server.client(MysqlSchemaProvider())
     probe = mariadb.connect()  # one connection, opened before counting
     try:
-        before, objects = _status(probe), _schemas_and_users(probe)
+        before, objects, mark = _status(probe), _schemas_and_users(probe), len(data_api.requests)
         refused = 0
         for name, _why in HOSTILE_NAMES:
-            props = _props(name, mariadb.port, mariadb.admin_password)
-            props["ssl_ca"] = str(mariadb.ca_path)
+            props = _props(name)
             _, failures = client.check(props)
             assert failures, name
-            with pytest.raises(ProviderCallError) as caught:
-                client.create(props)  # as if an engine skipped Check: re-validated first
-            assert "project name" in caught.value.details, caught.value.details[-500:]
+            for call in (partial(client.create, props), partial(client.delete, "x", props)):
+                with pytest.raises(ProviderCallError) as caught:
+                    call()  # as if an engine skipped Check: re-validated first
+                assert "project name" in caught.value.details, caught.value.details[-500:]
             refused += 1
+        assert data_api.requests[mark:] == []
         after = _status(probe)
         assert after == before, f"the provider reached MySQL: {before} -> {after}"
         assert _schemas_and_users(probe) == objects

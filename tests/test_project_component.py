@@ -39,6 +39,8 @@ BUCKET_ARN = f"arn:aws:s3:::{BUCKET}"
 REPO_ARN = f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/mlflow-aws-dev"
 ENDPOINT = f"mlflow-dev.cluster-c0ffee.{REGION}.rds.amazonaws.com"
 ADMIN_PASSWORD = "Admin-Pw.0123456789"
+CLUSTER_ARN = f"arn:aws:rds:{REGION}:{ACCOUNT}:cluster:mlflow-aws-dev-0001"
+ADMIN_SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:mlflow-aws/dev/admin-x-Ab"
 # Not what RandomPassword makes (only -_. specials), but it proves the URI quoting.
 PROJECT_PASSWORD = "p@ss:w/rd%-X_1.y"
 SCHEMA_TYPE = "pulumi-python:dynamic/mysql:Schema"
@@ -173,8 +175,8 @@ def build(
                     bucket_arn=BUCKET_ARN,
                     db_endpoint=ENDPOINT,
                     db_port=3306,
-                    admin_username="mlflow_admin",
-                    admin_password=pulumi.Output.secret(ADMIN_PASSWORD),
+                    cluster_arn=CLUSTER_ARN,
+                    admin_secret_arn=ADMIN_SECRET_ARN,
                     repository_arn=REPO_ARN,
                     account_id=ACCOUNT,
                     stack=stack,
@@ -230,17 +232,22 @@ def test_password_is_mysql_safe_and_rotates_with_its_version() -> None:
     }
 
 
-def test_schema_resource_gets_the_project_and_secret_credentials() -> None:
-    b = build(ProjectConfig(name="fraud-v2", drop_data_on_remove=True), with_dependency=True)
+def test_schema_resource_gets_the_project_the_cluster_and_no_admin_password() -> None:
+    b = build(
+        ProjectConfig(name="fraud-v2", drop_data_on_remove=True, adopt_existing_schema=True),
+        with_dependency=True,
+        aws_profile="deployer",
+    )
     schema = b.one(SCHEMA_TYPE)
     i = schema.inputs
     assert (i["project"], i["schema"], i["username"]) == ("fraud-v2", "fraud_v2", "mlflow_fraud_v2")
-    assert (i["admin_host"], i["admin_port"], i["admin_username"]) == (ENDPOINT, 3306,
-                                                                        "mlflow_admin")  # fmt: skip
-    assert i["drop_data_on_remove"] is True
+    # The Data API logs in with the admin secret itself: the resource holds only its ARN.
+    assert (i["cluster_arn"], i["admin_secret_arn"]) == (CLUSTER_ARN, ADMIN_SECRET_ARN)
+    assert not {"admin_host", "admin_port", "admin_username", "admin_password"} & set(i)
+    assert i["drop_data_on_remove"] is True and i["adopt_existing_schema"] is True
+    assert i["aws_profile"] == "deployer"
     assert _is_secret(i["password"]) and i["password"]["value"] == PROJECT_PASSWORD
-    assert _is_secret(i["admin_password"]) and i["admin_password"]["value"] == ADMIN_PASSWORD
-    assert {"password", "admin_password"} <= set(schema.secret_outputs)
+    assert "password" in schema.secret_outputs
     # the serialized provider: pickled by reference to this repo's module, carrying no state
     blob = base64.b64decode(rpc.unwrap_rpc_secret(i["__provider"]))
     assert b"projects.schema_provider" in blob and b"MysqlSchemaProvider" in blob
