@@ -99,11 +99,18 @@ class MetadataDatabase(pulumi.ComponentResource):
             f"{name}-params",
             aws.rds.ClusterParameterGroupArgs(
                 family=PARAMETER_GROUP_FAMILY,
-                description="mlflow-aws: TLS-only connections",
+                description="mlflow-aws: TLS-only connections; MLflow's triggers without SUPER",
                 parameters=[
                     # Credentials never cross the network in clear text, even inside the VPC.
                     aws.rds.ClusterParameterGroupParameterArgs(
                         name="require_secure_transport", value="ON", apply_method="immediate"
+                    ),
+                    # MLflow's migrations create a trigger; a project user has no SUPER, which
+                    # MySQL would demand for that as soon as binary logging is turned on.
+                    aws.rds.ClusterParameterGroupParameterArgs(
+                        name="log_bin_trust_function_creators",
+                        value="1",
+                        apply_method="immediate",
                     ),
                 ],
                 tags=tags,

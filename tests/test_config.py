@@ -93,6 +93,7 @@ def test_project_options() -> None:
                     "dropDataOnRemove": True,
                     "iamRoles": ["ds-role"],
                     "passwordVersion": 3,
+                    "adoptExistingSchema": True,
                 }
             ]
         }
@@ -100,6 +101,40 @@ def test_project_options() -> None:
     assert project.drop_data_on_remove is True
     assert project.iam_roles == ("ds-role",)
     assert project.password_version == 3
+    assert project.adopt_existing_schema is True
+    assert parse({"projects": ["churn"]}).projects[0].adopt_existing_schema is False
+    problem = only_problem({"projects": [{"name": "churn", "adoptExistingSchema": "maybe"}]})
+    assert problem.startswith('mlflow-aws:projects[0].adoptExistingSchema = "maybe"')
+
+
+@pytest.mark.parametrize(
+    ("name", "owner"),
+    [
+        ("admin", "mlflow_admin is the cluster's master user"),
+        ("mlflow-aws", "schema mlflow_aws is the stack's own"),
+        ("root", "an account of the engine"),
+        ("rds-tools", "belongs to the database engine"),
+        ("mysql-data", "belongs to the database engine"),
+    ],
+)
+def test_names_that_map_onto_accounts_the_stack_or_engine_owns(name: str, owner: str) -> None:
+    problem = only_problem({"projects": [name]})
+    assert problem.startswith(f'mlflow-aws:projects[0].name = "{name}"'), problem
+    assert "is reserved" in problem and owner in problem, problem
+
+
+def test_ca_bundle_file(tmp_path: Any) -> None:
+    from tests.pulumi_mocks import make_ca_pem
+
+    pem = tmp_path / "rds-ca.pem"
+    pem.write_text(make_ca_pem())
+    assert parse({"db": {"caBundle": str(pem)}}).db.ca_bundle == pem.read_text().strip() + "\n"
+    assert parse({}).db.ca_bundle is None  # AWS's bundle, fetched at deploy time
+    missing = only_problem({"db": {"caBundle": str(tmp_path / "nope.pem")}})
+    assert missing.startswith("mlflow-aws:db.caBundle = ") and "cannot read" in missing
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    assert "not a PEM list of certificates" in only_problem({"db": {"caBundle": str(junk)}})
 
 
 def test_projects_must_be_a_list() -> None:

@@ -288,7 +288,41 @@ def test_aurora_requires_tls() -> None:
     assert group.inputs["family"] == "aurora-mysql8.0"
     params = {p["name"]: p["value"] for p in group.inputs["parameters"]}
     assert params["require_secure_transport"] == "ON"
+    assert params["log_bin_trust_function_creators"] == "1"  # MLflow's trigger, no SUPER
     assert r.one(CLUSTER).inputs["dbClusterParameterGroupName"] == group.state["name"]
+
+
+def test_schemas_are_made_through_the_data_api_of_a_private_cluster() -> None:
+    """No db.allowedCidrs: nothing faces the internet, and projects still get their schemas,
+    through the cluster's RDS Data API, as the admin secret, once both exist."""
+    r = run({"mlflow-aws:projects": "churn"})
+    cluster = r.one(CLUSTER)
+    assert cluster.inputs["enableHttpEndpoint"] is True
+    assert cluster.inputs["engineVersion"] >= "8.0.mysql_aurora.3.08"  # Data API + 0 ACU
+    assert r.one(INSTANCE).inputs["publiclyAccessible"] is False
+    schema = r.one("pulumi-python:dynamic/mysql:Schema")
+    admin_secret = r.by_name("metadata-admin-secret")
+    assert schema.inputs["cluster_arn"] == cluster.state["arn"]
+    assert schema.inputs["admin_secret_arn"] == admin_secret.state["arn"]
+    assert not {"admin_host", "admin_password", "admin_username"} & set(schema.inputs)
+    project = r.by_name("project-churn")
+    assert r.one(INSTANCE).urn in project.dependencies
+    assert r.by_name("metadata-admin-secret-value").urn in project.dependencies
+
+
+def test_the_connection_bundle_carries_the_database_ca_bundle() -> None:
+    from tests.pulumi_mocks import mock_ca_file
+
+    r = run({"mlflow-aws:projects": "churn"})
+    version = r.by_name("project-churn-connection-version")
+    bundle = json.loads(plain(version.inputs["secretString"]))
+    assert bundle["DatabaseCaBundle"] == mock_ca_file().read_text().strip() + "\n"
+    assert bundle["ServerRoleArn"].startswith("arn:aws:")
+
+
+def test_aws_profile_reaches_the_schema_provider() -> None:
+    r = run({"mlflow-aws:projects": "churn", "aws:profile": "platform"})
+    assert r.one("pulumi-python:dynamic/mysql:Schema").inputs["aws_profile"] == "platform"
 
 
 def test_scaling_config_reaches_the_cluster() -> None:
