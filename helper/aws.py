@@ -11,8 +11,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import HelperError
@@ -36,30 +35,6 @@ _EXPIRED_CODES = {
     "SignatureDoesNotMatch",
     "RequestExpired",
 }
-
-
-@dataclass(frozen=True)
-class AwsCredentials:
-    """Frozen credentials from the user's chain, for the container's environment."""
-
-    access_key_id: str = field(repr=False)
-    secret_access_key: str = field(repr=False)
-    session_token: str | None = field(repr=False)
-    # When temporary credentials (SSO, assumed role) stop working; None for long-lived keys.
-    expires_at: datetime | None = None
-
-    def as_env(self) -> dict[str, str]:
-        env = {
-            "AWS_ACCESS_KEY_ID": self.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
-        }
-        if self.session_token:
-            env["AWS_SESSION_TOKEN"] = self.session_token
-        return env
-
-    @property
-    def secret_values(self) -> tuple[str, ...]:
-        return tuple(v for v in (self.secret_access_key, self.session_token) if v)
 
 
 @contextlib.contextmanager
@@ -86,7 +61,12 @@ def aws_errors(doing: str) -> Iterator[None]:
         raise HelperError(
             f"no AWS region while {doing}; set AWS_REGION or a region in your profile"
         ) from None
-    except bx.EndpointConnectionError as exc:
+    except bx.ProfileNotFound as exc:
+        raise HelperError(
+            f"{exc} while {doing}: AWS_PROFILE (or --profile) names a profile that is not in "
+            "your AWS config; `aws configure list-profiles` lists them"
+        ) from None
+    except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError) as exc:
         raise HelperError(f"cannot reach AWS while {doing} ({exc}); check your network") from None
     except bx.ClientError as exc:
         error = exc.response.get("Error", {})
@@ -101,18 +81,18 @@ def aws_errors(doing: str) -> Iterator[None]:
                 "project's policy (its PolicyArn output): ask the platform engineer"
             ) from None
         raise HelperError(f"AWS error while {doing}: {code}: {message}") from None
+    except bx.BotoCoreError as exc:  # anything else botocore says: one line, not a traceback
+        raise HelperError(f"AWS error while {doing}: {exc}") from None
 
 
 def resolve_region(preferred: str | None = None) -> str:
     """The outputs' region when known, else AWS_REGION, AWS_DEFAULT_REGION or the profile's."""
     import boto3
 
-    region = (
-        preferred
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-        or boto3.Session().region_name
-    )
+    region = preferred or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        with aws_errors("reading the region of your AWS profile"):
+            region = boto3.Session().region_name
     if not region:
         raise HelperError(
             "no AWS region: set AWS_REGION (e.g. `export AWS_REGION=eu-west-1`) "
@@ -124,32 +104,8 @@ def resolve_region(preferred: str | None = None) -> str:
 def _client(service: str, region: str) -> Any:
     import boto3
 
-    return boto3.Session(region_name=region).client(service)
-
-
-def user_credentials(region: str) -> AwsCredentials:
-    """The caller's credentials (profile/SSO/env), checked with STS so expiry shows up now."""
-    import boto3
-
-    with aws_errors("reading your AWS credentials"):
-        session = boto3.Session(region_name=region)
-        credentials = session.get_credentials()
-        if credentials is None:
-            raise HelperError(f"no AWS credentials found; {CREDENTIALS_FIX}")
-        frozen = credentials.get_frozen_credentials()
-        session.client("sts").get_caller_identity()
-    # botocore keeps the expiry of refreshable credentials (SSO, assume-role) here.
-    expiry = getattr(credentials, "_expiry_time", None)
-    return AwsCredentials(
-        frozen.access_key,
-        frozen.secret_key,
-        frozen.token,
-        expires_at=expiry if isinstance(expiry, datetime) else None,
-    )
-
-
-def check_credentials(region: str) -> None:
-    user_credentials(region)
+    with aws_errors(f"setting up the {service} client"):
+        return boto3.Session(region_name=region).client(service)
 
 
 def ecr_login_password(region: str) -> str:

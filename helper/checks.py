@@ -96,17 +96,21 @@ def check_mlflow_version(expected: str) -> None:
         )
 
 
-def check_database_login(backend_store_uri: str, timeout: float = 10.0) -> None:
-    """Log in once as the project's user, the way the server will (TLS included).
+def check_database_login(backend_store_uri: str, ca_source: str, timeout: float = 10.0) -> None:
+    """Log in once as the project's user, the way the server will: TLS required, the
+    certificate verified against the URI's ``ssl_ca`` (from ``ca_source``) and the host name.
 
-    A wrong password or an untrusted certificate then fails in a second with its cause,
-    instead of after MLflow's ~100 s of silent engine retries.
+    A wrong password, an untrusted or misnamed certificate or a server without TLS then fails
+    in a second with its cause, before any password is sent in the clear, instead of after
+    MLflow's ~100 s of silent engine retries.
     """
     import pymysql
     from sqlalchemy.engine import make_url
 
     url = make_url(backend_store_uri)
     ca = url.query.get("ssl_ca")
+    if not isinstance(ca, str):
+        raise HelperError("internal: the backend URI has no ssl_ca; refusing an unverified login")
     where = f"{url.host}:{url.port or 3306}"
     try:
         connection = pymysql.connect(
@@ -115,21 +119,29 @@ def check_database_login(backend_store_uri: str, timeout: float = 10.0) -> None:
             user=url.username,
             password=url.password or "",
             database=url.database,
-            ssl={"ca": ca} if isinstance(ca, str) else None,
+            ssl={"ca": ca},  # required, certificate and host name verified
             connect_timeout=timeout,
         )
     except pymysql.err.MySQLError as exc:
         code, message = (*exc.args, "", "")[:2]
-        if "CERTIFICATE_VERIFY_FAILED" in str(message):
-            hint = f"the database's TLS certificate is not signed by the CA bundle {ca}"
+        text = str(message)
+        if "doesn't support it" in text:  # PyMySQL: "SSL is required but the server doesn't…"
+            hint = (
+                "the server does not offer TLS; refusing to log in without it (Aurora always "
+                "offers it: check that DatabaseEndpoint is the cluster)"
+            )
+        elif "mismatch" in text or "doesn't match" in text:
+            hint = f"its TLS certificate is not for the host name {url.host} (refused)"
+        elif "CERTIFICATE_VERIFY_FAILED" in text:
+            hint = f"its TLS certificate is not signed by a CA of {ca_source} (refused)"
         elif code == 1045:  # access denied: never echo the password, only whose it is
             hint = (
                 f"user {url.username} was refused: its password may have been rotated "
-                "(`passwordVersion`); fetch the stack's outputs again"
+                "(`passwordVersion`); start the helper again to read the current one"
             )
         elif code == 1044:
             hint = f"user {url.username} has no access to schema {url.database}"
         else:
-            hint = str(message)
+            hint = text
         raise HelperError(f"cannot log in to the database at {where}: {hint}") from None
     connection.close()

@@ -46,7 +46,7 @@ def _add_sources(parser: argparse.ArgumentParser) -> None:
         "--outputs",
         metavar="FILE",
         type=Path,
-        help="a file saved with `pulumi stack output --json --show-secrets > FILE`",
+        help="a file saved with `pulumi stack output --json > FILE` (it holds no password)",
     )
     exclusive.add_argument(
         "--from-aws",
@@ -118,24 +118,10 @@ def _add_db_ca(parser: argparse.ArgumentParser) -> None:
         "--db-ca",
         type=Path,
         metavar="FILE",
-        help="verify the database's TLS certificate against this CA bundle (for Aurora: AWS's "
-        "global-bundle.pem); without it the connection is encrypted but not verified. "
-        "The docker runtime always verifies, with the bundle baked into the image",
+        help="verify the database's TLS certificate against this CA bundle instead of the one "
+        "in the project's connection bundle (the stack's RDS bundle, used by default: the "
+        "certificate and host name are always verified)",
     )
-
-
-def _with_db_ca(args: argparse.Namespace, connection: ProjectConnection) -> ProjectConnection:
-    """The connection with TLS verification against ``--db-ca``, when given."""
-    if not args.db_ca:
-        return connection
-    from dataclasses import replace
-
-    from .runtimes import with_ssl_ca
-
-    ca = args.db_ca.expanduser().resolve()
-    if not ca.is_file():
-        raise HelperError(f"--db-ca {args.db_ca}: no such file (a PEM CA bundle)", 2)
-    return replace(connection, backend_store_uri=with_ssl_ca(connection.backend_store_uri, str(ca)))
 
 
 def _add_local(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -176,18 +162,20 @@ def _validated_project(name: str) -> str:
 
 
 def load_connection(args: argparse.Namespace) -> ProjectConnection:
-    _check_source_options(args)
-    project = _validated_project(args.project)
-    if args.outputs:
-        from .outputs import load_outputs_file
-
-        return load_outputs_file(args.outputs).connection(project)
-    if args.stack:
-        from .outputs import load_stack_outputs
-
-        return load_stack_outputs(args.stack).connection(project)
+    """The project's connection bundle, read from its secret with the user's AWS credentials;
+    the stack outputs (file or CLI), when given, only say which secret and region."""
     from .aws import load_connection_from_aws
 
+    _check_source_options(args)
+    project = _validated_project(args.project)
+    if args.outputs or args.stack:
+        from .outputs import load_outputs_file, load_stack_outputs
+
+        outputs = (
+            load_outputs_file(args.outputs) if args.outputs else load_stack_outputs(args.stack)
+        )
+        secret_arn = outputs.project(project).connection_secret_arn
+        return load_connection_from_aws(project, outputs.region, secret_arn)
     return load_connection_from_aws(project, None, args.secret_id)
 
 
@@ -207,7 +195,8 @@ def _upgrade_hint(args: argparse.Namespace, project: str) -> str:
 
 def _reject_remote_options_with_local(args: argparse.Namespace) -> None:
     given = [flag for flag, value in (("--stack", args.stack), ("--outputs", args.outputs),
-             ("--from-aws", args.from_aws), ("--secret-id", args.secret_id)) if value]  # fmt: skip
+             ("--from-aws", args.from_aws), ("--secret-id", args.secret_id),
+             ("--db-ca", args.db_ca)) if value]  # fmt: skip
     if getattr(args, "runtime", None) == "docker":
         given.append("--runtime docker")
     if given:
@@ -244,22 +233,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.data_dir:
         raise HelperError("--data-dir goes with --local", 2)
     _require_project(args)
-    if args.db_ca and args.runtime != "process":
-        raise HelperError("--db-ca goes with --runtime process (the image has its own bundle)", 2)
-    connection = _with_db_ca(args, load_connection(args))
-    hint = _upgrade_hint(args, connection.project)
     if args.runtime == "process":
-        return runtimes.serve_process(connection, args.port, hint)
-    return runtimes.serve_docker(connection, args.port, hint)
+        connection = load_connection(args)
+        hint = _upgrade_hint(args, connection.project)
+        return runtimes.serve_process(connection, args.port, hint, args.db_ca)
+    from .checks import check_docker
+
+    docker = check_docker()  # before any AWS call: the fix (--runtime process) comes first
+    connection = load_connection(args)
+    hint = _upgrade_hint(args, connection.project)
+    return runtimes.serve_docker(connection, args.port, hint, args.db_ca, docker)
 
 
 def cmd_command(args: argparse.Namespace) -> int:
-    from .runtimes import ENV_FILE_PLACEHOLDER, docker_command_text, env_file_keys
+    from .runtimes import docker_command_text
 
     connection = load_connection(args)
     sys.stderr.write(
-        f"# {ENV_FILE_PLACEHOLDER}: a mode-0600 file serve writes and removes, holding "
-        f"{', '.join(env_file_keys(connection))} (values not shown)\n"
+        "# each -e NAME takes its value from the helper's environment when serve runs it "
+        "(the store, the server role's credentials, the database CAs): no value is shown, "
+        "none goes into argv or a file\n"
     )
     print(docker_command_text(connection, args.port))
     return 0
@@ -272,6 +265,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
     from . import checks
+    from .runtimes import verified_store
     from .upgrade import run_upgrade
 
     if args.local:
@@ -282,14 +276,13 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     if args.data_dir:
         raise HelperError("--data-dir goes with --local", 2)
     _require_project(args)
-    connection = _with_db_ca(args, load_connection(args))
+    connection = load_connection(args)
     checks.check_mlflow_version(connection.mlflow_version)
     checks.check_database_reachable(connection.database_endpoint, connection.database_port)
-    checks.check_database_login(connection.backend_store_uri)
-    return run_upgrade(
-        connection.backend_store_uri,
-        f"project {connection.project} (schema {connection.database})",
-    )
+    with verified_store(connection, args.db_ca) as verified:
+        return run_upgrade(
+            verified.uri, f"project {connection.project} (schema {connection.database})"
+        )
 
 
 def cmd_projects(args: argparse.Namespace) -> int:

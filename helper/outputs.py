@@ -1,12 +1,15 @@
 """Where a project's connection comes from, validated into typed objects.
 
-Three sources, one result (``ProjectConnection``):
+Whatever the source, the connection itself (``ProjectConnection``, with the project's
+password) is the project's connection secret in Secrets Manager, read with the teammate's own
+AWS credentials (helper/aws.py). The sources only say where that secret is:
 
-* ``--outputs FILE``: the JSON of ``pulumi stack output --json --show-secrets``;
-* ``--stack S``: the same object through Pulumi's Automation API (needs the pulumi CLI);
-* ``--from-aws``: the project's connection secret in Secrets Manager (AWS credentials only).
+* ``--outputs FILE``: the JSON of ``pulumi stack output --json`` (no ``--show-secrets``
+  needed: the file carries no password, so sharing it hands out none);
+* ``--stack S``: the same, read with the pulumi CLI (it decrypts nothing);
+* ``--from-aws`` (default): the secret found by its ``mlflow-aws:project`` tag.
 
-Validation errors name the field by its path (``Projects.churn.DatabasePort``) and the fix.
+Validation errors name the field by its path (``Projects.churn.ConnectionSecretArn``) and the fix.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ from typing import Any
 from .errors import HelperError
 from .server_settings import REPO_ROOT
 
-# What ``pulumi stack output --json`` prints for a secret unless --show-secrets is given.
-SECRET_PLACEHOLDER = "[secret]"  # noqa: S105 (a placeholder, not a password)
 PROJECT_TAG_KEY = "mlflow-aws:project"
 
 
@@ -43,55 +44,32 @@ class ProjectConnection:
     region: str
     image_uri: str
     mlflow_version: str
-
-    @property
-    def secret_values(self) -> tuple[str, ...]:
-        """Values that must never appear in argv or output."""
-        return (self.password, self.backend_store_uri)
+    # PEM of the CAs that sign the database's certificate; None in bundles of older stacks.
+    database_ca_bundle: str | None = field(default=None, repr=False)
+    server_role_arn: str | None = None  # the role the project's server runs as
+    stack: str | None = None
 
 
 @dataclass(frozen=True)
 class ProjectOutputs:
     name: str
-    database: str
-    username: str
-    password: str = field(repr=False)
-    backend_store_uri: str = field(repr=False)
     artifact_root: str
     connection_secret_arn: str
-    policy_arn: str
 
 
 @dataclass(frozen=True)
 class StackOutputs:
-    """The stack outputs of DESIGN.md the helper needs, typed. The admin credentials
-    (DatabaseUsername/Password/Url) are deliberately not read: a file shared with teammates
-    should not carry them (see README, "Teammate flow")."""
+    """What the helper reads of the stack outputs: where each project's connection secret is.
+    No password is read (nor needed) from them."""
 
-    artifact_root: str
-    database_endpoint: str
-    database_port: int
-    image_uri: str
     region: str
-    mlflow_version: str
     projects: Mapping[str, ProjectOutputs]
 
-    def connection(self, project: str) -> ProjectConnection:
-        found = self.projects.get(project)
+    def project(self, name: str) -> ProjectOutputs:
+        found = self.projects.get(name)
         if found is None:
-            raise unknown_project(project, sorted(self.projects))
-        return ProjectConnection(
-            project=project,
-            database=found.database,
-            backend_store_uri=found.backend_store_uri,
-            password=found.password,
-            artifact_root=found.artifact_root,
-            database_endpoint=self.database_endpoint,
-            database_port=self.database_port,
-            region=self.region,
-            image_uri=self.image_uri,
-            mlflow_version=self.mlflow_version,
-        )
+            raise unknown_project(name, sorted(self.projects))
+        return found
 
 
 def unknown_project(project: str, known: list[str]) -> OutputsError:
@@ -127,18 +105,17 @@ class _Fields:
 
     def string(self, key: str) -> str:
         value = self.raw(key)
-        if value == SECRET_PLACEHOLDER:
-            raise OutputsError(
-                f"{self.source}: {self._where(key)} is {SECRET_PLACEHOLDER!r}: the outputs were "
-                "saved without --show-secrets. Save them again with "
-                "`pulumi stack output --json --show-secrets > FILE` (keep FILE private), "
-                "or use --stack or --from-aws"
-            )
         if not isinstance(value, str) or not value:
             raise OutputsError(
                 f"{self.source}: {self._where(key)} must be a non-empty string, got {_kind(value)}"
             )
         return value
+
+    def optional_string(self, key: str) -> str | None:
+        """A string field that older stacks do not have (absent or null: None)."""
+        if self.obj.get(key) is None:
+            return None
+        return self.string(key)
 
     def port(self, key: str) -> int:
         value = self.raw(key)
@@ -184,23 +161,10 @@ def parse_stack_outputs(data: object, source: str) -> StackOutputs:
         one = projects_field.nested(name)
         projects[name] = ProjectOutputs(
             name=name,
-            database=one.string("Database"),
-            username=one.string("Username"),
-            password=one.string("Password"),
-            backend_store_uri=one.string("BackendStoreUri"),
             artifact_root=one.string("ArtifactRoot"),
             connection_secret_arn=one.string("ConnectionSecretArn"),
-            policy_arn=one.string("PolicyArn"),
         )
-    return StackOutputs(
-        artifact_root=top.string("ArtifactRoot"),
-        database_endpoint=top.string("DatabaseEndpoint"),
-        database_port=top.port("DatabasePort"),
-        image_uri=top.string("ImageUri"),
-        region=top.string("Region"),
-        mlflow_version=top.string("MlflowVersion"),
-        projects=projects,
-    )
+    return StackOutputs(region=top.string("Region"), projects=projects)
 
 
 def parse_connection_bundle(data: object, source: str) -> ProjectConnection:
@@ -217,6 +181,9 @@ def parse_connection_bundle(data: object, source: str) -> ProjectConnection:
         region=bundle.string("Region"),
         image_uri=bundle.string("ImageUri"),
         mlflow_version=bundle.string("MlflowVersion"),
+        database_ca_bundle=bundle.optional_string("DatabaseCaBundle"),
+        server_role_arn=bundle.optional_string("ServerRoleArn"),
+        stack=bundle.optional_string("Stack"),
     )
 
 
@@ -229,8 +196,7 @@ def load_outputs_file(path: Path) -> StackOutputs:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise OutputsError(
-            f"{source} does not exist; create it with "
-            f"`pulumi stack output --json --show-secrets > {path}`"
+            f"{source} does not exist; create it with `pulumi stack output --json > {path}`"
         ) from None
     except OSError as exc:
         raise OutputsError(f"cannot read {source}: {exc.strerror}") from None
@@ -239,7 +205,7 @@ def load_outputs_file(path: Path) -> StackOutputs:
     except json.JSONDecodeError as exc:
         raise OutputsError(
             f"{source} is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-            "it must be the output of `pulumi stack output --json --show-secrets`"
+            "it must be the output of `pulumi stack output --json`"
         ) from None
     return parse_stack_outputs(data, source)
 
@@ -250,34 +216,41 @@ def pulumi_project_dir() -> Path:
 
 
 def load_stack_outputs(stack: str, work_dir: Path | None = None) -> StackOutputs:
-    """The outputs of stack ``stack`` through Pulumi's Automation API (runs the pulumi CLI)."""
-    import shutil
+    """The outputs of stack ``stack``, read with the pulumi CLI.
 
-    if shutil.which("pulumi") is None:
+    ``pulumi stack output --json --stack S``: it does not switch the user's current stack, and
+    without ``--show-secrets`` it decrypts nothing (the admin outputs stay ``[secret]``; the
+    helper needs none of them)."""
+    import shutil
+    import subprocess
+
+    pulumi = shutil.which("pulumi")
+    if pulumi is None:
         raise OutputsError(
             "the pulumi CLI is not installed (needed by --stack). Install it "
             "(https://www.pulumi.com/docs/install/), or use --outputs FILE with a file saved by "
             "someone who has it, or --from-aws with your AWS credentials"
         )
-    try:
-        from pulumi import automation
-    except ImportError:
-        raise OutputsError(
-            "--stack needs the pulumi Python package (the repository's .venv has it); "
-            "here use --outputs FILE or --from-aws"
-        ) from None
-
     source = f"stack {stack!r}"
     try:
-        # `stack output --stack S`: unlike select_stack, this does not change the user's
-        # current stack (a later plain `pulumi up` must not land on the stack read here).
-        workspace = automation.LocalWorkspace(work_dir=str(work_dir or pulumi_project_dir()))
-        outputs = workspace.stack_outputs(stack)
-    except automation.CommandError as exc:
-        # str(exc) is "code: … stdout: … stderr: …"; only stderr explains (stdout may hold values).
-        stderr = str(exc).rpartition("stderr:")[2].strip().splitlines()
+        result = subprocess.run(
+            [pulumi, "stack", "output", "--json", "--stack", stack, "--non-interactive"],
+            cwd=work_dir or pulumi_project_dir(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise OutputsError(f"pulumi did not answer within 120 s reading {source}") from None
+    if result.returncode != 0:
+        stderr = result.stderr.strip().splitlines()
         raise OutputsError(
             f"cannot read the outputs of {source}: {stderr[-1] if stderr else 'pulumi failed'}. "
             "Check `pulumi login` and the stack name (`pulumi stack ls`)"
-        ) from None
-    return parse_stack_outputs({key: out.value for key, out in outputs.items()}, source)
+        )
+    try:
+        data = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise OutputsError(f"pulumi printed no JSON for the outputs of {source}") from None
+    return parse_stack_outputs(data, source)

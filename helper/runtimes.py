@@ -1,8 +1,13 @@
 """How each runtime starts the same tuned server: pure builders, then the side effects.
 
-* process: ``python -m mlflow server`` of this interpreter, every setting in its environment;
-* docker: the stack's image, secrets in a 0600 env file that is removed afterwards;
+* process: ``python -m mlflow server`` of this interpreter, every setting in its environment,
+  the project's server role's credentials served to it on loopback (helper/credentials.py);
+* docker: the stack's image, hardened, with every value in the docker client's environment
+  (``-e NAME``: no env file, nothing in argv);
 * local: the process runtime on SQLite and a local artifact directory (no AWS, no Docker).
+
+Every runtime verifies the database's TLS certificate (helper/tls.py) and serves on
+127.0.0.1 only, with Host headers and CORS origins pinned to that address and port.
 """
 
 from __future__ import annotations
@@ -15,23 +20,20 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
-from . import checks
+from . import checks, supervise, tls
 from .errors import HelperError
 from .outputs import ProjectConnection
-from .server_settings import (
-    container_port,
-    server_env_defaults,
-    server_environment,
-    with_query_parameter,
-)
+from .server_settings import container_port, server_env_defaults, server_environment
 from .supervise import ServerLaunch, run_server
 
-# The image bakes Amazon's RDS CA bundle here (docker/Dockerfile); Aurora requires TLS.
-CONTAINER_CA_BUNDLE = "/etc/ssl/certs/rds-global-bundle.pem"
-ENV_FILE_PLACEHOLDER = "<env-file>"
 DEFAULT_LOCAL_PROJECT = "default"
+# The image's entrypoint writes this PEM to a private file and verifies the database with it.
+CA_BUNDLE_VARIABLE = "MLFLOW_AWS_DB_CA_BUNDLE"
+# Writable places of the read-only container: a disk-backed anonymous volume for uploads
+# (MLflow spools proxied artifacts there; removed with the container) and a small home.
+CONTAINER_TMP = "/tmp"  # noqa: S108 (inside the container)
+CONTAINER_HOME = "/home/mlflow"
 
 
 def mlflow_server_argv() -> list[str]:
@@ -39,35 +41,60 @@ def mlflow_server_argv() -> list[str]:
     return [sys.executable, "-m", "mlflow", "server"]
 
 
+def server_role_arn(connection: ProjectConnection) -> str:
+    if not connection.server_role_arn:
+        raise HelperError(
+            f"the connection bundle of project {connection.project} names no server role "
+            "(ServerRoleArn), so its server would run with your own AWS rights: the stack "
+            "predates server roles. Ask the platform engineer to run `pulumi up`"
+        )
+    return connection.server_role_arn
+
+
 # -- process runtime --------------------------------------------------------------------------
 
 
 def process_environment(
-    connection: ProjectConnection, port: int, inherited: Mapping[str, str]
+    connection: ProjectConnection,
+    port: int,
+    inherited: Mapping[str, str],
+    backend_store_uri: str,
+    credentials_env: Mapping[str, str],
 ) -> dict[str, str]:
-    """The child's environment: the caller's (so boto3 in the server uses the same AWS
-    credential chain) plus the tuned settings and the project's store and artifact root."""
+    """The child's environment: the caller's, without any of the caller's AWS credentials,
+    plus the tuned settings, the project's store (TLS verified) and artifact root, and the
+    server role's credentials endpoint."""
+    from .credentials import without_user_credentials
+
     return {
         **server_environment(
-            backend_store_uri=connection.backend_store_uri,
+            backend_store_uri=backend_store_uri,
             artifacts_destination=connection.artifact_root,
             host=checks.LOOPBACK,
             port=port,
-            inherited=inherited,
+            inherited=without_user_credentials(dict(inherited)),
         ),
         # The bucket's region, whatever the caller's default is.
         "AWS_REGION": connection.region,
         "AWS_DEFAULT_REGION": connection.region,
+        **credentials_env,
     }
 
 
-def process_launch(connection: ProjectConnection, port: int, upgrade_hint: str) -> ServerLaunch:
+def process_launch(
+    connection: ProjectConnection,
+    port: int,
+    upgrade_hint: str,
+    backend_store_uri: str,
+    credentials_env: Mapping[str, str],
+) -> ServerLaunch:
     return ServerLaunch(
         description=f"MLflow server of project {connection.project} (process)",
         argv=mlflow_server_argv(),
-        env=process_environment(connection, port, os.environ),
+        env=process_environment(connection, port, os.environ, backend_store_uri, credentials_env),
         port=port,
         upgrade_hint=upgrade_hint,
+        project=connection.project,
     )
 
 
@@ -98,7 +125,10 @@ class LocalStore:
 
 
 def local_store(data_dir: Path, project: str) -> LocalStore:
-    return LocalStore(project, data_dir.expanduser().resolve() / project)
+    data_dir = data_dir.expanduser().resolve()
+    if data_dir.exists() and not data_dir.is_dir():
+        raise HelperError(f"--data-dir {data_dir} is a file, not a directory", 2)
+    return LocalStore(project, data_dir / project)
 
 
 def local_environment(store: LocalStore, port: int, inherited: Mapping[str, str]) -> dict[str, str]:
@@ -118,91 +148,65 @@ def local_launch(store: LocalStore, port: int, upgrade_hint: str) -> ServerLaunc
         env=local_environment(store, port, os.environ),
         port=port,
         upgrade_hint=upgrade_hint,
+        project=store.project,
     )
 
 
 # -- docker runtime ---------------------------------------------------------------------------
 
 
-def with_ssl_ca(uri: str, ca_path: str = CONTAINER_CA_BUNDLE) -> str:
-    """The backend URI with PyMySQL verifying the server against ``ca_path``."""
-    return with_query_parameter(uri, "ssl_ca", quote(ca_path))
-
-
 def container_name(project: str, port: int) -> str:
     return f"mlflow-{project}-{port}"
 
 
-def docker_run_argv(connection: ProjectConnection, port: int, env_file: str) -> list[str]:
-    """``docker run`` for the project's server: published on 127.0.0.1 only, secrets in the
-    env file, removed when it stops."""
+def docker_run_argv(connection: ProjectConnection, port: int, env_names: list[str]) -> list[str]:
+    """``docker run`` for the project's server: published on 127.0.0.1 only, no capability,
+    no privilege escalation, a read-only root; values of ``env_names`` come from the docker
+    client's environment (``-e NAME``), so none is in argv or in a file."""
     return [
-        "docker",
-        "run",
-        "--rm",
-        "--name",
-        container_name(connection.project, port),
-        "-p",
-        f"127.0.0.1:{port}:{container_port()}",
-        "--env-file",
-        env_file,
+        "docker", "run", "--rm",
+        "--name", container_name(connection.project, port),
+        "-p", f"127.0.0.1:{port}:{container_port()}",
+        "--cap-drop", "ALL",
+        "--security-opt", "no-new-privileges",
+        "--read-only",
+        "--mount", f"type=volume,destination={CONTAINER_TMP}",
+        "--tmpfs", f"{CONTAINER_HOME}:rw,nosuid,nodev,noexec,size=64m",
+        *[arg for name in env_names for arg in ("-e", name)],
         connection.image_uri,
-    ]
+    ]  # fmt: skip
 
 
 def container_environment(
-    connection: ProjectConnection, aws_env: Mapping[str, str]
+    connection: ProjectConnection, aws_env: Mapping[str, str], ca_pem: str, public_port: int
 ) -> dict[str, str]:
-    """The env file's variables: the tuned settings (host and port as inside the image), the
-    project's store (TLS verified with the image's CA bundle) and the user's AWS credentials."""
+    """The container's variables: the tuned settings (host and port as inside the image, the
+    allowed hosts those of the published port), the project's store (the entrypoint verifies
+    it with ``ca_pem``), and the server role's credentials."""
     image_defaults = server_env_defaults()
     return {
         **server_environment(
-            backend_store_uri=with_ssl_ca(connection.backend_store_uri),
+            backend_store_uri=connection.backend_store_uri,
             artifacts_destination=connection.artifact_root,
             host=image_defaults["MLFLOW_HOST"],
             port=container_port(),
+            public_port=public_port,
         ),
+        CA_BUNDLE_VARIABLE: ca_pem,
         **aws_env,
         "AWS_REGION": connection.region,
         "AWS_DEFAULT_REGION": connection.region,
     }
 
 
-def env_file_text(env: Mapping[str, str]) -> str:
-    """docker's env-file format: KEY=VALUE per line, taken literally (no quoting)."""
-    for key, value in env.items():
-        if "\n" in value or "\r" in value or "=" in key:
-            raise HelperError(f"the value of {key} cannot go into a docker env file")
-    return "".join(f"{key}={value}\n" for key, value in env.items())
-
-
-@contextlib.contextmanager
-def private_env_file(env: Mapping[str, str]) -> Iterator[Path]:
-    """A mode-0600 env file that exists only while the block runs (and not after a crash of
-    the block: it is removed in ``finally``)."""
-    import tempfile
-
-    fd, name = tempfile.mkstemp(prefix="mlflow-aws-", suffix=".env")
-    path = Path(name)
-    try:
-        os.fchmod(fd, 0o600)  # mkstemp's default already; stated because it matters
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(env_file_text(env))
-        yield path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+def container_variable_names(connection: ProjectConnection, port: int) -> list[str]:
+    placeholder = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": ""}
+    return list(container_environment(connection, placeholder, "", port))
 
 
 def docker_command_text(connection: ProjectConnection, port: int) -> str:
-    """What ``command`` prints: the docker run command with the env file as a placeholder."""
-    return shlex.join(docker_run_argv(connection, port, ENV_FILE_PLACEHOLDER))
-
-
-def env_file_keys(connection: ProjectConnection) -> list[str]:
-    keys = list(container_environment(connection, {}))
-    return [*keys, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
+    """What ``command`` prints: the docker run command; values are never in it."""
+    return shlex.join(docker_run_argv(connection, port, container_variable_names(connection, port)))
 
 
 def image_registry(image_uri: str) -> str:
@@ -232,13 +236,17 @@ def docker_pull(docker: str, image_uri: str) -> None:
         )
 
 
+def docker_stop_argv(docker: str, name: str) -> list[str]:
+    return [docker, "stop", "--time", "10", name]
+
+
 def docker_stopper(docker: str, name: str) -> Callable[[subprocess.Popen[str]], None]:
     def stop(process: subprocess.Popen[str]) -> None:
         from .supervise import STOP_TIMEOUT_SECONDS, stop_process_group
 
         if process.poll() is None:
             subprocess.run(
-                [docker, "stop", "--time", "10", name],
+                docker_stop_argv(docker, name),
                 capture_output=True,
                 check=False,
                 timeout=STOP_TIMEOUT_SECONDS + 10,
@@ -248,60 +256,115 @@ def docker_stopper(docker: str, name: str) -> Callable[[subprocess.Popen[str]], 
     return stop
 
 
-def serve_docker(connection: ProjectConnection, port: int, upgrade_hint: str) -> int:
-    from . import aws
+# -- starting ---------------------------------------------------------------------------------
 
-    docker = checks.check_docker()
+
+@dataclass(frozen=True)
+class VerifiedStore:
+    uri: str  # the backend URI, verifying the database against ca_pem (a file it names)
+    ca_pem: str
+
+
+@contextlib.contextmanager
+def verified_store(connection: ProjectConnection, db_ca: Path | None) -> Iterator[VerifiedStore]:
+    """The project's store verified against its CA bundle (in a private file for the block's
+    duration), after one login as the project's user."""
+    pem, source = tls.ca_bundle_text(connection, db_ca)
+    with tls.ca_file(pem) as ca:
+        uri = tls.with_ssl_ca(connection.backend_store_uri, str(ca))
+        checks.check_database_login(uri, source)
+        yield VerifiedStore(uri, pem)
+
+
+def _free_port(port: int) -> None:
+    supervise.reclaim_port(port)
     checks.check_port_free(port)
+
+
+def serve_docker(
+    connection: ProjectConnection,
+    port: int,
+    upgrade_hint: str,
+    db_ca: Path | None = None,
+    docker: str | None = None,
+) -> int:
+    docker = docker or checks.check_docker()
+    _free_port(port)
     checks.check_database_reachable(connection.database_endpoint, connection.database_port)
-    checks.check_database_login(connection.backend_store_uri)
-    credentials = aws.user_credentials(connection.region)
-    if credentials.expires_at is not None:
-        # The container gets a copy of them: it cannot refresh an SSO or assumed-role session.
-        sys.stderr.write(
-            f"note: your AWS credentials expire at {credentials.expires_at:%Y-%m-%d %H:%M %Z}; "
-            "artifact uploads fail after that: restart the helper (or use --runtime process, "
-            "which refreshes them)\n"
-        )
+    with verified_store(connection, db_ca) as store:
+        # The container verifies the database again, with the same CAs (CA_BUNDLE_VARIABLE).
+        return _run_container(docker, connection, port, upgrade_hint, store.ca_pem)
+
+
+def _run_container(
+    docker: str, connection: ProjectConnection, port: int, upgrade_hint: str, ca_pem: str
+) -> int:
+    from . import aws
+    from .credentials import DOCKER_SESSION_SECONDS, assume_server_role
+
+    credentials = assume_server_role(
+        server_role_arn(connection), connection.region, connection.project, DOCKER_SESSION_SECONDS
+    )
+    # A container cannot reach the helper's loopback, so it gets one set of the role's
+    # credentials; the process runtime renews them instead.
+    sys.stderr.write(
+        f"note: the server's AWS credentials (the project's server role) expire at "
+        f"{credentials.expiration:%Y-%m-%d %H:%M %Z}; artifact uploads fail after that: restart "
+        "the helper then (the process runtime, --runtime process, renews them itself)\n"
+    )
     docker_login(
         docker, image_registry(connection.image_uri), aws.ecr_login_password(connection.region)
     )
     docker_pull(docker, connection.image_uri)
     name = container_name(connection.project, port)
-    env = container_environment(connection, credentials.as_env())
-    with private_env_file(env) as env_file:
-        argv = [docker, *docker_run_argv(connection, port, str(env_file))[1:]]
-        launch = ServerLaunch(
-            description=f"MLflow server of project {connection.project} (container {name})",
-            argv=argv,
-            env=dict(os.environ),
-            port=port,
-            stop=docker_stopper(docker, name),
-            upgrade_hint=upgrade_hint,
-            # docker read the file when it created the container: no need to keep it around.
-            on_healthy=lambda: env_file.unlink(missing_ok=True),
-        )
-        return run_server(launch)
+    values = container_environment(connection, credentials.as_env(), ca_pem, port)
+    launch = ServerLaunch(
+        description=f"MLflow server of project {connection.project} (container {name})",
+        argv=[docker, *docker_run_argv(connection, port, list(values))[1:]],
+        env={**os.environ, **values},
+        port=port,
+        stop=docker_stopper(docker, name),
+        upgrade_hint=upgrade_hint,
+        project=connection.project,
+        on_orphan=docker_stop_argv(docker, name),
+    )
+    return run_server(launch)
 
 
-def serve_process(connection: ProjectConnection, port: int, upgrade_hint: str) -> int:
-    from . import aws
+def serve_process(
+    connection: ProjectConnection, port: int, upgrade_hint: str, db_ca: Path | None = None
+) -> int:
+    from .credentials import RoleCredentialSource, credentials_endpoint
 
     checks.check_mlflow_version(connection.mlflow_version)
-    checks.check_port_free(port)
+    _free_port(port)
     checks.check_database_reachable(connection.database_endpoint, connection.database_port)
-    checks.check_database_login(connection.backend_store_uri)
-    aws.check_credentials(connection.region)  # the server's S3 access uses the same chain
-    return run_server(process_launch(connection, port, upgrade_hint))
+    with verified_store(connection, db_ca) as store:
+        role = RoleCredentialSource(
+            server_role_arn(connection), connection.region, connection.project
+        )
+        with credentials_endpoint(role) as credentials_env:
+            launch = process_launch(connection, port, upgrade_hint, store.uri, credentials_env)
+            return run_server(launch)
 
 
 def serve_local(store: LocalStore, port: int, upgrade_hint: str) -> int:
-    checks.check_port_free(port)
+    _free_port(port)
     if checks.installed_mlflow_version() is None:
         raise HelperError(
             f"mlflow is not installed in {sys.executable}; "
             "run `./dev setup` and use .venv/bin/python"
         )
-    store.artifacts_directory.mkdir(parents=True, exist_ok=True)
-    sys.stderr.write(f"local store: {store.directory}\n")
+    if store.database_path.exists():
+        sys.stderr.write(f"local store of project {store.project}: {store.directory}\n")
+    else:
+        sys.stderr.write(
+            f"creating a new, empty local store for project {store.project} at "
+            f"{store.directory} (none there yet; check --project and --data-dir if you "
+            "expected existing runs)\n"
+        )
+    try:
+        store.artifacts_directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HelperError(f"cannot create the local store at {store.directory}: {exc}") from None
     return run_server(local_launch(store, port, upgrade_hint))

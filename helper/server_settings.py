@@ -71,6 +71,17 @@ def with_idle_timeout(backend_store_uri: str, idle_seconds: int) -> str:
     return with_query_parameter(backend_store_uri, "init_command", command)
 
 
+def loopback_only(public_port: int) -> dict[str, str]:
+    """Host headers and CORS origins pinned to the loopback forms of the port the browser
+    uses. MLflow's defaults also accept private IP addresses (other machines' pages could
+    reach a laptop server through them); MLflow always lets localhost origins through."""
+    hosts = [f"127.0.0.1:{public_port}", f"localhost:{public_port}"]
+    return {
+        "MLFLOW_SERVER_ALLOWED_HOSTS": ",".join(hosts),
+        "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": ",".join(f"http://{h}" for h in hosts),
+    }
+
+
 def server_environment(
     *,
     backend_store_uri: str,
@@ -78,11 +89,13 @@ def server_environment(
     host: str,
     port: int,
     inherited: Mapping[str, str] | None = None,
+    public_port: int | None = None,
 ) -> dict[str, str]:
     """Everything ``mlflow server`` needs, as environment variables (no option goes in argv).
 
     server.env gives the defaults, ``inherited`` (the caller's environment) may override them,
-    and the store, artifact destination, host and port are always the ones given here.
+    and the store, artifact destination, host and port are always the ones given here, as are
+    the allowed hosts and origins (``public_port``: the port browsers use, when it differs).
     """
     settings = {**server_env_defaults(), **(inherited or {})}
     try:
@@ -98,4 +111,5 @@ def server_environment(
         "MLFLOW_ARTIFACTS_DESTINATION": artifacts_destination,
         "MLFLOW_HOST": host,
         "MLFLOW_PORT": str(port),
+        **loopback_only(public_port or port),
     }

@@ -1,12 +1,16 @@
 """Run a server child (mlflow or ``docker run``) until the user stops it, and clean up after.
 
 The child runs in its own session (process group) so a terminal's Ctrl-C reaches only the
-helper, which then stops the whole group (or the container) itself, whatever happens.
+helper, which then stops the whole group (or the container) itself, whatever happens. The
+group is led by a watchdog (helper/watchdog.py) that stops the server if the helper dies
+without cleaning up (SIGKILL, a crash); and each running server is recorded in a private run
+directory, so a start that finds an earlier helper's server on its port says so and stops it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -15,8 +19,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import IO
 
@@ -168,15 +174,105 @@ class ServerLaunch:
     upgrade_hint: str | None = None  # the command that fixes an out-of-date schema
     on_healthy: Callable[[], None] | None = None
     health_timeout: float = HEALTH_TIMEOUT_SECONDS
+    project: str = ""
+    # What stops the server when the helper is gone (docker stop NAME); the group is stopped
+    # in any case.
+    on_orphan: list[str] = field(default_factory=list)
+
+
+def watchdog_argv(launch: ServerLaunch) -> list[str]:
+    """The launch's argv under the watchdog (this package's, in either layout)."""
+    package = __name__.rpartition(".")[0]
+    return [
+        sys.executable, "-m", f"{package}.watchdog",
+        "--on-orphan", json.dumps(launch.on_orphan), "--", *launch.argv,
+    ]  # fmt: skip
+
+
+# -- what an earlier helper left running --------------------------------------------------------
+
+
+def run_directory(environ: Mapping[str, str] = os.environ) -> Path:
+    """Private (0700) place for the record of each server this user's helpers run."""
+    base = environ.get("XDG_RUNTIME_DIR") or str(Path.home() / ".cache")
+    path = Path(base) / "mlflow-aws" / "run"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def _record_path(port: int) -> Path:
+    return run_directory() / f"port-{port}.json"
+
+
+def _group_commands(pgid: int) -> list[str]:
+    """Command lines of the live processes of group ``pgid`` (Linux and macOS ``ps``)."""
+    try:
+        listing = subprocess.run(
+            ["ps", "-A", "-o", "pgid=,command="], capture_output=True, text=True, timeout=10,
+            check=False,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    commands = []
+    for line in listing.splitlines():
+        group, _, command = line.strip().partition(" ")
+        if group == str(pgid):
+            commands.append(command)
+    return commands
+
+
+def reclaim_port(port: int, err: IO[str] = sys.stderr) -> None:
+    """Stop the server an earlier helper left on ``port`` (it was killed before it could)."""
+    path = _record_path(port)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    pgid = int(record.get("pgid", 0))
+    ours = [c for c in _group_commands(pgid) if "watchdog" in c or "mlflow" in c] if pgid else []
+    if ours:
+        err.write(
+            f"found the MLflow server of project {record.get('project')} that an earlier helper "
+            f"started on port {port} (process group {pgid}, since {record.get('started')}) "
+            "still running; stopping it\n"
+        )
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+        _group_gone(pgid, STOP_TIMEOUT_SECONDS)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    if record.get("on_orphan"):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(record["on_orphan"], capture_output=True, timeout=60, check=False)
+    path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def recorded(launch: ServerLaunch, pgid: int) -> Iterator[None]:
+    path = _record_path(launch.port)
+    record = {
+        "pgid": pgid,
+        "project": launch.project,
+        "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
+        "on_orphan": launch.on_orphan,
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(record, handle)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def run_server(launch: ServerLaunch, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
     """Start, wait for /health, print the URL, then supervise until stopped. Exit code."""
     with stop_signals():
         process = subprocess.Popen(
-            launch.argv,
+            watchdog_argv(launch),
             env=launch.env,
-            stdin=subprocess.DEVNULL,
+            # The watchdog's lifeline: only this process holds the write end, and never writes.
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -188,15 +284,22 @@ def run_server(launch: ServerLaunch, out: IO[str] = sys.stdout, err: IO[str] = s
         relay.start()
         became_healthy: list[bool] = []
         try:
-            return _supervise(launch, process, relay, out, err, became_healthy)
-        except (KeyboardInterrupt, StopRequested):
-            err.write(f"\nstopping the {launch.description}...\n")
-            # Stopping a running server is the normal end; interrupting its start is not.
-            return 0 if became_healthy else 130
+            with recorded(launch, process.pid):
+                try:
+                    return _supervise(launch, process, relay, out, err, became_healthy)
+                except (KeyboardInterrupt, StopRequested):
+                    err.write(f"\nstopping the {launch.description}...\n")
+                    # Stopping a running server is the normal end; interrupting its start
+                    # is not.
+                    return 0 if became_healthy else 130
+                finally:
+                    with signals_ignored():
+                        launch.stop(process)  # also when the leader died: its group may live
+                        relay.join(5)
         finally:
-            with signals_ignored():
-                launch.stop(process)  # also when the leader died: its group may live on
-                relay.join(5)
+            if process.stdin is not None:
+                with contextlib.suppress(OSError):
+                    process.stdin.close()
 
 
 def _supervise(

@@ -1,4 +1,4 @@
-"""The helper's pure parts and its error paths, without servers (fast)."""
+"""The helper's pure parts and its error paths, without MLflow servers (fast; a few use moto)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,22 @@ import socket
 import stat
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
-from helper import checks, cli, runtimes, upgrade
+from helper import checks, cli, runtimes, supervise, tls, upgrade
+from helper.credentials import (
+    RoleCredentials,
+    credentials_endpoint,
+    session_name,
+    without_user_credentials,
+)
 from helper.errors import HelperError
 from helper.outputs import (
     OutputsError,
@@ -27,9 +37,10 @@ from helper.outputs import (
 from helper.server_settings import (
     SERVER_ENV_PATH,
     container_port,
+    loopback_only,
     parse_server_env,
 )
-from tests.services import free_port
+from tests.services import MotoServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PASSWORD = "Pr0ject-Pw_x7Q9zK2m"
@@ -39,23 +50,22 @@ AWS_TOKEN = "aws-session-TOKEN-1a2b3c4d5e"
 SECRETS = (PROJECT_PASSWORD, ADMIN_PASSWORD, AWS_SECRET, AWS_TOKEN)
 ENDPOINT = "demo.cluster-abc.eu-west-1.rds.amazonaws.com"
 IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlflow-aws@sha256:" + "a" * 64
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBdemo\n-----END CERTIFICATE-----\n"
+ROLE_ARN = "arn:aws:iam::123456789012:role/mlflow-aws-churn-0001"
 
 
 def sample_outputs() -> dict[str, Any]:
-    """A valid ``pulumi stack output --json --show-secrets`` object (DESIGN.md's shape)."""
+    """``pulumi stack output --json`` of a stack (DESIGN.md's shape; no project password)."""
 
     def project(name: str) -> dict[str, Any]:
         schema = name.replace("-", "_")
         return {
             "Database": schema,
             "Username": f"mlflow_{schema}",
-            "Password": PROJECT_PASSWORD,
-            "BackendStoreUri": (
-                f"mysql+pymysql://mlflow_{schema}:{PROJECT_PASSWORD}@{ENDPOINT}:3306/{schema}"
-            ),
             "ArtifactRoot": f"s3://demo-bucket/{name}",
             "ConnectionSecretArn": f"arn:aws:secretsmanager:eu-west-1:1:secret:dev/{name}",
             "PolicyArn": f"arn:aws:iam::1:policy/mlflow-aws-dev-{name}",
+            "ServerRoleArn": f"arn:aws:iam::1:role/mlflow-aws-{name}",
         }
 
     return {
@@ -63,12 +73,33 @@ def sample_outputs() -> dict[str, Any]:
         "DatabaseEndpoint": ENDPOINT,
         "DatabasePort": 3306,
         "DatabaseUsername": "mlflow_admin",
-        "DatabasePassword": ADMIN_PASSWORD,
-        "DatabaseUrl": f"mysql+pymysql://mlflow_admin:{ADMIN_PASSWORD}@{ENDPOINT}:3306",
+        "DatabasePassword": "[secret]",  # without --show-secrets
+        "DatabaseUrl": "[secret]",
         "ImageUri": IMAGE,
         "Region": "eu-west-1",
         "MlflowVersion": "3.17.2",
         "Projects": {"churn": project("churn"), "fraud-detection": project("fraud-detection")},
+    }
+
+
+def sample_bundle(project: str = "churn") -> dict[str, Any]:
+    schema = project.replace("-", "_")
+    return {
+        "Project": project,
+        "Stack": "dev",
+        "Database": schema,
+        "Username": f"mlflow_{schema}",
+        "Password": PROJECT_PASSWORD,
+        "BackendStoreUri": f"mysql+pymysql://mlflow_{schema}:{PROJECT_PASSWORD}@{ENDPOINT}:3306/"
+        f"{schema}",
+        "ArtifactRoot": f"s3://demo-bucket/{project}",
+        "DatabaseEndpoint": ENDPOINT,
+        "DatabasePort": 3306,
+        "Region": "eu-west-1",
+        "ImageUri": IMAGE,
+        "MlflowVersion": "3.17.2",
+        "DatabaseCaBundle": CA_PEM,
+        "ServerRoleArn": ROLE_ARN,
     }
 
 
@@ -80,7 +111,7 @@ def write_outputs(tmp_path: Path, data: object) -> Path:
 
 @pytest.fixture
 def churn() -> ProjectConnection:
-    return parse_stack_outputs(sample_outputs(), "test").connection("churn")
+    return parse_connection_bundle(sample_bundle(), "test")
 
 
 def assert_no_secret(text: str) -> None:
@@ -88,89 +119,69 @@ def assert_no_secret(text: str) -> None:
         assert secret not in text
 
 
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.out, captured.err
+
+
 # -- docker runtime ---------------------------------------------------------------------------
 
 
-def test_docker_run_argv_publishes_on_loopback_only_and_carries_no_secret(
+def test_docker_run_is_hardened_loopback_only_and_carries_no_value(
     churn: ProjectConnection,
 ) -> None:
-    argv = runtimes.docker_run_argv(churn, 5123, "/tmp/mlflow-aws-x.env")
-    assert argv == [
-        "docker", "run", "--rm", "--name", "mlflow-churn-5123",
-        "-p", "127.0.0.1:5123:5000", "--env-file", "/tmp/mlflow-aws-x.env", IMAGE,
-    ]  # fmt: skip
+    names = runtimes.container_variable_names(churn, 5123)
+    argv = runtimes.docker_run_argv(churn, 5123, names)
+    assert argv[:7] == ["docker", "run", "--rm", "--name", "mlflow-churn-5123", "-p",
+                        "127.0.0.1:5123:5000"]  # fmt: skip
+    for flags in (
+        ["--cap-drop", "ALL"],
+        ["--security-opt", "no-new-privileges"],
+        ["--read-only"],
+        ["--mount", "type=volume,destination=/tmp"],  # disk-backed, gone with the container
+        ["--tmpfs", "/home/mlflow:rw,nosuid,nodev,noexec,size=64m"],
+    ):
+        at = argv.index(flags[0])
+        assert argv[at : at + len(flags)] == flags
+    assert argv[-1] == IMAGE
+    given = [argv[i + 1] for i, a in enumerate(argv) if a == "-e"]
+    assert given == names and all("=" not in name for name in given)  # names, never values
+    assert {"MLFLOW_BACKEND_STORE_URI", "AWS_SECRET_ACCESS_KEY", "MLFLOW_AWS_DB_CA_BUNDLE",
+            "MLFLOW_SERVER_ALLOWED_HOSTS"} <= set(given)  # fmt: skip
     assert container_port() == 5000
     assert_no_secret(" ".join(argv))
 
 
-def test_command_prints_the_docker_run_without_secret_values(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    outputs = write_outputs(tmp_path, sample_outputs())
-    code = cli.main(["command", "--project", "churn", "--outputs", str(outputs), "--port", "5123"])
-    captured = capsys.readouterr()
-    assert code == 0
-    assert captured.out.strip() == (
-        f"docker run --rm --name mlflow-churn-5123 -p 127.0.0.1:5123:5000 "
-        f"--env-file '<env-file>' {IMAGE}"
-    )
-    assert "MLFLOW_BACKEND_STORE_URI" in captured.err and "AWS_SECRET_ACCESS_KEY" in captured.err
-    assert_no_secret(captured.out + captured.err)
-
-
-def test_container_environment_holds_store_with_tls_ca_artifacts_and_credentials(
+def test_container_environment_holds_store_ca_role_credentials_and_pinned_hosts(
     churn: ProjectConnection,
 ) -> None:
-    aws_env = {
-        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
-        "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
-        "AWS_SESSION_TOKEN": AWS_TOKEN,
-    }
-    env = runtimes.container_environment(churn, aws_env)
+    role = {"AWS_ACCESS_KEY_ID": "ASIAROLE", "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
+            "AWS_SESSION_TOKEN": AWS_TOKEN}  # fmt: skip
+    env = runtimes.container_environment(churn, role, CA_PEM, 5123)
+    # The entrypoint adds ssl_ca for the CAs it is given; the helper adds the idle timeout.
     assert env["MLFLOW_BACKEND_STORE_URI"] == (
-        churn.backend_store_uri + "?ssl_ca=/etc/ssl/certs/rds-global-bundle.pem"
-        "&init_command=SET%20SESSION%20wait_timeout%3D30"
+        churn.backend_store_uri + "?init_command=SET%20SESSION%20wait_timeout%3D30"
     )
+    assert env["MLFLOW_AWS_DB_CA_BUNDLE"] == CA_PEM
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://demo-bucket/churn"
     assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert env["AWS_SECRET_ACCESS_KEY"] == AWS_SECRET and env["AWS_SESSION_TOKEN"] == AWS_TOKEN
-    # Inside the container: the image's host and port (published on 127.0.0.1 by docker).
+    # Inside the container: the image's host and port; the browser's: the published one.
     defaults = parse_server_env(SERVER_ENV_PATH.read_text())
     assert env["MLFLOW_HOST"] == defaults["MLFLOW_HOST"]
     assert env["MLFLOW_PORT"] == defaults["MLFLOW_PORT"]
-
-
-def test_env_file_is_private_holds_the_environment_and_is_removed(tmp_path: Path) -> None:
-    env = {"MLFLOW_BACKEND_STORE_URI": f"mysql+pymysql://u:{PROJECT_PASSWORD}@h/db", "A": "b c"}
-    with runtimes.private_env_file(env) as path:
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert parse_server_env(path.read_text()) == env
-    assert not path.exists()
-    with pytest.raises(RuntimeError), runtimes.private_env_file(env) as path:
-        raise RuntimeError("the server failed")
-    assert not path.exists()
-
-
-def test_env_file_refuses_values_docker_would_cut() -> None:
-    with pytest.raises(HelperError, match="BAD"):
-        runtimes.env_file_text({"BAD": "two\nlines"})
-
-
-def test_ssl_ca_is_appended_once() -> None:
-    assert runtimes.with_ssl_ca("mysql+pymysql://u:p@h:3306/db") == (
-        "mysql+pymysql://u:p@h:3306/db?ssl_ca=/etc/ssl/certs/rds-global-bundle.pem"
-    )
-    assert runtimes.with_ssl_ca("mysql+pymysql://h/db?charset=utf8mb4").endswith(
-        "?charset=utf8mb4&ssl_ca=/etc/ssl/certs/rds-global-bundle.pem"
-    )
-    assert (
-        runtimes.with_ssl_ca("mysql+pymysql://h/db?ssl_ca=/x") == "mysql+pymysql://h/db?ssl_ca=/x"
+    assert env["MLFLOW_SERVER_ALLOWED_HOSTS"] == "127.0.0.1:5123,localhost:5123"
+    assert env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] == (
+        "http://127.0.0.1:5123,http://localhost:5123"
     )
 
 
 # -- the tuned settings -----------------------------------------------------------------------
 
 FORCED = {"MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION", "MLFLOW_HOST", "MLFLOW_PORT"}
+PINNED = set(loopback_only(1))
 
 
 def test_server_settings_are_server_env(churn: ProjectConnection, tmp_path: Path) -> None:
@@ -184,25 +195,50 @@ def test_server_settings_are_server_env(churn: ProjectConnection, tmp_path: Path
     assert defaults["MLFLOW_SERVE_ARTIFACTS"] == "true"
     store = runtimes.local_store(tmp_path, "default")
     for env in (
-        runtimes.process_environment(churn, 5123, {}),
+        runtimes.process_environment(churn, 5123, {}, churn.backend_store_uri, {}),
         runtimes.local_environment(store, 5123, {}),
-        runtimes.container_environment(churn, {}),
+        runtimes.container_environment(churn, {}, CA_PEM, 5123),
     ):
-        tuned = {k: v for k, v in env.items() if k not in FORCED and not k.startswith("AWS_")}
+        tuned = {
+            k: v
+            for k, v in env.items()
+            if k not in FORCED | PINNED
+            and not k.startswith("AWS_")
+            and k != "MLFLOW_AWS_DB_CA_BUNDLE"
+        }
         assert tuned == {k: v for k, v in defaults.items() if k not in FORCED}
+        assert {k: env[k] for k in PINNED} == loopback_only(5123)
 
 
-def test_process_environment_serves_on_loopback_with_the_project_store(
+def test_process_environment_has_no_user_credentials_only_the_server_roles(
     churn: ProjectConnection,
 ) -> None:
-    env = runtimes.process_environment(churn, 5123, {"MLFLOW_WORKERS": "3", "HOME": "/h"})
+    user = {
+        "MLFLOW_WORKERS": "3",
+        "HOME": "/h",
+        "AWS_ACCESS_KEY_ID": "AKIAUSER",
+        "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
+        "AWS_SESSION_TOKEN": AWS_TOKEN,
+        "AWS_PROFILE": "admin",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # endpoints are not credentials: kept
+    }
+    served = {"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:1/role-credentials",
+              "AWS_CONTAINER_AUTHORIZATION_TOKEN": "t0ken"}  # fmt: skip
+    verified = tls.with_ssl_ca(churn.backend_store_uri, "/private/db-ca.pem")
+    env = runtimes.process_environment(churn, 5123, user, verified, served)
     assert env["MLFLOW_HOST"] == "127.0.0.1" and env["MLFLOW_PORT"] == "5123"
     assert env["MLFLOW_BACKEND_STORE_URI"] == (
-        churn.backend_store_uri + "?init_command=SET%20SESSION%20wait_timeout%3D30"
+        churn.backend_store_uri + "?ssl_ca=/private/db-ca.pem"
+        "&init_command=SET%20SESSION%20wait_timeout%3D30"
     )
-    assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://demo-bucket/churn"
     assert env["MLFLOW_WORKERS"] == "3"  # an explicit setting overrides server.env's default
-    assert env["HOME"] == "/h"
+    assert env["HOME"] == "/h" and env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        assert key not in env
+    assert env["AWS_SHARED_CREDENTIALS_FILE"] == env["AWS_CONFIG_FILE"] == os.devnull
+    assert env["AWS_EC2_METADATA_DISABLED"] == "true"
+    assert {k: env[k] for k in served} == served
+    assert_no_secret(json.dumps(env).replace(PROJECT_PASSWORD, ""))
     assert runtimes.mlflow_server_argv() == [sys.executable, "-m", "mlflow", "server"]
 
 
@@ -213,6 +249,10 @@ def test_local_store_layout(tmp_path: Path) -> None:
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == f"{tmp_path.resolve()}/default/artifacts"
     assert runtimes.default_data_dir({"XDG_DATA_HOME": "/x"}) == Path("/x/mlflow-aws")
     assert runtimes.default_data_dir({}) == Path.home() / ".local/share/mlflow-aws"
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("")
+    with pytest.raises(HelperError, match="is a file, not a directory"):
+        runtimes.local_store(a_file, "default")
 
 
 def test_server_env_parse_errors_name_the_line() -> None:
@@ -229,14 +269,115 @@ def test_upgrade_takes_the_uri_from_the_environment() -> None:
     }
 
 
-# -- outputs validation -----------------------------------------------------------------------
+def test_idle_timeout_reaches_mysql_uris_only(churn: ProjectConnection, tmp_path: Path) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    uri = runtimes.process_environment(churn, 5123, {}, churn.backend_store_uri, {})[
+        "MLFLOW_BACKEND_STORE_URI"
+    ]
+    assert parse_qs(urlsplit(uri).query) == {"init_command": ["SET SESSION wait_timeout=30"]}
+    faster = runtimes.process_environment(
+        churn, 5123, {"MLFLOW_AWS_DB_IDLE_SECONDS": "5"}, churn.backend_store_uri, {}
+    )
+    assert faster["MLFLOW_BACKEND_STORE_URI"].endswith("wait_timeout%3D5")
+    local = runtimes.local_environment(runtimes.local_store(tmp_path, "default"), 5123, {})
+    assert "init_command" not in local["MLFLOW_BACKEND_STORE_URI"]  # SQLite has no sessions
+    with pytest.raises(HelperError, match="MLFLOW_AWS_DB_IDLE_SECONDS must be a whole number"):
+        runtimes.process_environment(
+            churn, 5123, {"MLFLOW_AWS_DB_IDLE_SECONDS": "soon"}, churn.backend_store_uri, {}
+        )
 
 
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = cli.main(argv)
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return code, captured.out, captured.err
+# -- TLS --------------------------------------------------------------------------------------
+
+
+def test_the_ca_comes_from_the_bundle_or_db_ca_and_never_goes_missing(
+    churn: ProjectConnection, tmp_path: Path
+) -> None:
+    assert tls.ca_bundle_text(churn, None) == (CA_PEM, "the stack's RDS CA bundle")
+    own = tmp_path / "my certs" / "rds bundle.pem"
+    own.parent.mkdir()
+    own.write_text(CA_PEM)
+    assert tls.ca_bundle_text(churn, own) == (CA_PEM, f"--db-ca {own}")
+    with pytest.raises(HelperError, match="cannot read it"):
+        tls.ca_bundle_text(churn, tmp_path / "missing.pem")
+    (tmp_path / "junk.pem").write_text("hello")
+    with pytest.raises(HelperError, match="not a PEM file"):
+        tls.ca_bundle_text(churn, tmp_path / "junk.pem")
+    old = parse_connection_bundle(
+        {k: v for k, v in sample_bundle().items() if k != "DatabaseCaBundle"}, "old"
+    )
+    with pytest.raises(HelperError, match=r"no DatabaseCaBundle.*pulumi up.*--db-ca"):
+        tls.ca_bundle_text(old, None)
+    assert tls.with_ssl_ca("mysql+pymysql://h/db", str(own)) == (
+        "mysql+pymysql://h/db?ssl_ca=" + str(own).replace(" ", "%20")
+    )
+    assert (
+        tls.with_ssl_ca("mysql+pymysql://h/db?ssl_ca=/x", "/y") == "mysql+pymysql://h/db?ssl_ca=/x"
+    )
+
+
+def test_the_ca_file_is_private_and_gone_afterwards() -> None:
+    with tls.ca_file(CA_PEM) as path:
+        assert path.read_text() == CA_PEM
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert not path.exists() and not path.parent.exists()
+
+
+def test_a_login_without_a_ca_is_refused_before_connecting() -> None:
+    with pytest.raises(HelperError, match="refusing an unverified login"):
+        checks.check_database_login("mysql+pymysql://u:p@127.0.0.1:1/db", "test")
+
+
+# -- the server role's credentials ------------------------------------------------------------
+
+
+class FixedSource:
+    def __init__(self, credentials: RoleCredentials) -> None:
+        self.credentials = credentials
+
+    def current(self) -> RoleCredentials:
+        return self.credentials
+
+
+def test_the_credentials_endpoint_answers_only_with_its_token() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    role = RoleCredentials(
+        "ASIAROLE", AWS_SECRET, AWS_TOKEN, datetime.now(UTC) + timedelta(hours=1)
+    )
+    with credentials_endpoint(FixedSource(role)) as env:  # type: ignore[arg-type]
+        url = env["AWS_CONTAINER_CREDENTIALS_FULL_URI"]
+        assert url.startswith("http://127.0.0.1:")
+        for token in (None, "wrong", env["AWS_CONTAINER_AUTHORIZATION_TOKEN"][:-1]):
+            headers = {"Authorization": token} if token else {}
+            request = urllib.request.Request(url, headers=headers)  # noqa: S310 (loopback)
+            with pytest.raises(urllib.error.HTTPError) as denied:
+                urllib.request.urlopen(request, timeout=5)  # noqa: S310 (loopback)
+            assert denied.value.code == 403
+        # What botocore's container provider does with the variables: the role, not the user.
+        from botocore.credentials import ContainerProvider
+
+        provider = ContainerProvider(environ=env)
+        loaded = provider.load().get_frozen_credentials()
+        assert (loaded.access_key, loaded.secret_key, loaded.token) == (
+            "ASIAROLE", AWS_SECRET, AWS_TOKEN)  # fmt: skip
+    with pytest.raises(urllib.error.URLError):  # the endpoint is gone with the block
+        urllib.request.urlopen(url, timeout=2)  # noqa: S310
+
+
+def test_session_names_are_valid_for_sts() -> None:
+    import re
+
+    name = session_name("churn")
+    assert name.startswith("mlflow-churn-") and re.fullmatch(r"[\w+=,.@-]{2,64}", name)
+    env = without_user_credentials({"AWS_PROFILE": "x", "AWS_ROLE_ARN": "y", "PATH": "/bin"})
+    assert env == {"PATH": "/bin", "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                   "AWS_CONFIG_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+
+
+# -- outputs and bundles ----------------------------------------------------------------------
 
 
 def projects_from(data: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple:
@@ -269,26 +410,14 @@ def broken(path: list[str], value: object) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (broken(["ImageUri"], KeyError), "missing field ImageUri"),
+        (broken(["Region"], KeyError), "missing field Region"),
         (
-            broken(["Projects", "churn", "Password"], KeyError),
-            "missing field Projects.churn.Password",
+            broken(["Projects", "churn", "ConnectionSecretArn"], KeyError),
+            "missing field Projects.churn.ConnectionSecretArn",
         ),
-        (broken(["DatabasePort"], "abc"), "DatabasePort must be a TCP port (1-65535), got 'abc'"),
-        (broken(["DatabasePort"], 70000), "DatabasePort must be a TCP port (1-65535), got 70000"),
-        (broken(["DatabasePort"], True), "DatabasePort must be a TCP port"),
         (broken(["Region"], 5), "Region must be a non-empty string, got a number"),
         (broken(["Projects"], []), "Projects must be a JSON object, got a list"),
         (broken(["Projects", "churn"], "x"), "Projects.churn must be a JSON object, got a string"),
-        (
-            broken(["Projects", "churn", "BackendStoreUri"], "[secret]"),
-            "Projects.churn.BackendStoreUri is '[secret]': the outputs were saved without "
-            "--show-secrets",
-        ),
-        (
-            broken(["Projects", "churn", "Password"], "[secret]"),
-            "pulumi stack output --json --show-secrets",
-        ),
         ([1, 2], "the top level must be a JSON object, got a list"),
     ],
 )
@@ -301,19 +430,13 @@ def test_outputs_errors_name_the_field(
     assert message in err
 
 
-def test_outputs_shared_with_teammates_need_no_admin_credentials() -> None:
-    # The README's teammate flow strips the admin fields before sharing a file.
-    shared = sample_outputs()
-    for admin in ("DatabaseUsername", "DatabasePassword", "DatabaseUrl"):
-        del shared[admin]
-    connection = parse_stack_outputs(shared, "t").connection("churn")
-    assert ADMIN_PASSWORD not in repr(connection) + connection.backend_store_uri
-    assert connection.database == "churn"
-
-
-def test_outputs_ports_may_be_floats_or_digit_strings() -> None:
-    assert parse_stack_outputs(broken(["DatabasePort"], 3306.0), "t").database_port == 3306
-    assert parse_stack_outputs(broken(["DatabasePort"], "3306"), "t").database_port == 3306
+def test_outputs_hold_no_password_and_none_is_read() -> None:
+    parsed = parse_stack_outputs(sample_outputs(), "t")
+    assert parsed.project("churn").connection_secret_arn.endswith(":secret:dev/churn")
+    # A file from before (with passwords in it) still parses; the passwords are not kept.
+    old = copy.deepcopy(sample_outputs())
+    old["Projects"]["churn"]["Password"] = PROJECT_PASSWORD
+    assert_no_secret(repr(parse_stack_outputs(old, "t")))
 
 
 def test_outputs_file_missing_or_not_json(tmp_path: Path) -> None:
@@ -342,25 +465,58 @@ def test_invalid_project_name_is_a_usage_error(
 
 
 def test_connection_bundle_from_a_secret() -> None:
-    bundle = {
-        "Project": "churn",
-        "Stack": "dev",
-        "Database": "churn",
-        "Username": "mlflow_churn",
-        "Password": PROJECT_PASSWORD,
-        "BackendStoreUri": f"mysql+pymysql://mlflow_churn:{PROJECT_PASSWORD}@{ENDPOINT}:3306/churn",
-        "ArtifactRoot": "s3://demo-bucket/churn",
-        "DatabaseEndpoint": ENDPOINT,
-        "DatabasePort": 3306,
-        "Region": "eu-west-1",
-        "ImageUri": IMAGE,
-        "MlflowVersion": "3.17.2",
-    }
-    connection = parse_connection_bundle(bundle, "secret s")
+    connection = parse_connection_bundle(sample_bundle(), "secret s")
     assert connection.database_port == 3306 and connection.artifact_root.endswith("/churn")
+    assert connection.database_ca_bundle == CA_PEM and connection.server_role_arn == ROLE_ARN
     assert_no_secret(repr(connection))
     with pytest.raises(OutputsError, match="secret s: missing field ImageUri"):
-        parse_connection_bundle({k: v for k, v in bundle.items() if k != "ImageUri"}, "secret s")
+        parse_connection_bundle(
+            {k: v for k, v in sample_bundle().items() if k != "ImageUri"}, "secret s"
+        )
+    older = {k: v for k, v in sample_bundle().items() if k not in ("ServerRoleArn", "Stack")}
+    assert parse_connection_bundle(older, "s").server_role_arn is None
+    with pytest.raises(HelperError, match=r"names no server role.*pulumi up"):
+        runtimes.server_role_arn(parse_connection_bundle(older, "s"))
+
+
+# -- the outputs point at the secret, which is read with the teammate's credentials --------
+
+
+@pytest.fixture
+def aws_env(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in moto.aws_env().items():
+        monkeypatch.setenv(key, value)
+    return moto.aws_env()
+
+
+def put_secret(aws_env: dict[str, str], name: str, bundle: dict[str, Any]) -> str:
+    client = boto3.client("secretsmanager", endpoint_url=aws_env["AWS_ENDPOINT_URL"],
+                          region_name="eu-west-1")  # fmt: skip
+    try:
+        return str(client.create_secret(Name=name, SecretString=json.dumps(bundle))["ARN"])
+    except client.exceptions.ResourceExistsException:
+        client.put_secret_value(SecretId=name, SecretString=json.dumps(bundle))
+        return str(client.describe_secret(SecretId=name)["ARN"])
+
+
+def test_command_reads_the_secret_the_outputs_name_and_prints_no_value(
+    aws_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arn = put_secret(aws_env, "mlflow-aws/unit/churn", sample_bundle())
+    outputs = sample_outputs()
+    outputs["Projects"]["churn"]["ConnectionSecretArn"] = arn
+    path = write_outputs(tmp_path, outputs)
+    code, out, err = run_cli(
+        ["command", "--project", "churn", "--outputs", str(path), "--port", "5123"], capsys
+    )
+    assert code == 0, err
+    assert out.startswith("docker run --rm --name mlflow-churn-5123 -p 127.0.0.1:5123:5000 ")
+    assert out.strip().endswith(IMAGE) and "-e MLFLOW_BACKEND_STORE_URI" in out
+    assert "no value is shown" in err
+    assert_no_secret(out + err)
+    assert CA_PEM.splitlines()[1] not in out
 
 
 # -- CLI --------------------------------------------------------------------------------------
@@ -394,6 +550,8 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     [
         (["serve", "--local", "--outputs", "f.json"], "--local runs the embedded default"),
         (["serve", "--local", "--runtime", "docker"], "drop --runtime docker"),
+        (["serve", "--local", "--db-ca", "ca.pem"], "drop --db-ca"),
+        (["upgrade", "--local", "--db-ca", "ca.pem"], "drop --db-ca"),
         (["serve", "--outputs", "f.json"], "serve needs --project NAME"),
         (["serve", "--project", "a", "--data-dir", "d", "--outputs", "f"], "--data-dir goes with"),
         (["command", "--project", "a", "--outputs", "f", "--secret-id", "s"], "--secret-id goes"),
@@ -437,11 +595,12 @@ def test_help_is_fast_and_main_module_is_thin() -> None:
 # -- checks -----------------------------------------------------------------------------------
 
 
-def test_docker_missing_suggests_the_process_runtime(
+def test_docker_missing_suggests_the_process_runtime_before_any_aws_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     outputs = write_outputs(tmp_path, sample_outputs())
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # an AWS call would fail here
     code, _, err = run_cli(["serve", "--project", "churn", "--outputs", str(outputs)], capsys)
     assert code == 1
     assert "docker is not installed" in err and "--runtime process" in err
@@ -494,8 +653,13 @@ def test_mlflow_version_mismatch_is_an_error(monkeypatch: pytest.MonkeyPatch) ->
         checks.check_mlflow_version("3.17.2")
 
 
-def test_aws_credential_failures_suggest_sso_login() -> None:
-    from botocore.exceptions import ClientError, NoCredentialsError, UnauthorizedSSOTokenError
+def test_aws_failures_become_one_line_with_the_fix() -> None:
+    from botocore.exceptions import (
+        ClientError,
+        NoCredentialsError,
+        ProfileNotFound,
+        UnauthorizedSSOTokenError,
+    )
 
     from helper.aws import aws_errors
 
@@ -506,9 +670,11 @@ def test_aws_credential_failures_suggest_sso_login() -> None:
     for failure in (expired, NoCredentialsError(), UnauthorizedSSOTokenError()):
         with pytest.raises(HelperError, match="aws sso login"), aws_errors("testing"):
             raise failure
+    with pytest.raises(HelperError, match="list-profiles"), aws_errors("testing"):
+        raise ProfileNotFound(profile="nosuch")
 
 
-def test_upgrade_hint_repeats_the_source(capsys: pytest.CaptureFixture[str]) -> None:
+def test_upgrade_hint_repeats_the_source() -> None:
     args = cli.build_parser().parse_args(["serve", "--project", "churn", "--outputs", "o.json"])
     assert cli._upgrade_hint(args, "churn") == (
         "python -m helper upgrade --project churn --outputs o.json"
@@ -519,19 +685,14 @@ def test_upgrade_hint_repeats_the_source(capsys: pytest.CaptureFixture[str]) -> 
     )
 
 
-# -- --stack, through the Automation API and a stand-in pulumi CLI ----------------------------
+# -- --stack, with a stand-in pulumi CLI --------------------------------------------------------
 
 
 def fake_pulumi(bin_dir: Path, outputs: dict[str, Any], fail: str | None = None) -> Path:
-    """A pulumi CLI that answers what the Automation API's stack_outputs runs (version,
-    stack output --json, masked and --show-secrets) and logs every call it gets."""
-    masked = copy.deepcopy(outputs)
-    masked["DatabasePassword"] = masked["DatabaseUrl"] = "[secret]"
-    for project in masked["Projects"].values():
-        project["Password"] = project["BackendStoreUri"] = "[secret]"
+    """A pulumi CLI that prints the outputs JSON (secrets masked, as without --show-secrets)
+    for ``stack output --json`` and logs every call it gets."""
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "masked.json").write_text(json.dumps(masked))
-    (bin_dir / "plain.json").write_text(json.dumps(outputs))
+    (bin_dir / "masked.json").write_text(json.dumps(outputs))
     calls = bin_dir / "calls.log"
     failure = f'echo "error: {fail}" >&2; exit 255' if fail else ":"
     script = bin_dir / "pulumi"
@@ -539,8 +700,7 @@ def fake_pulumi(bin_dir: Path, outputs: dict[str, Any], fail: str | None = None)
         "#!/bin/sh\n"
         f'echo "$*" >> {calls}\n'
         'case "$*" in\n'
-        "  version*) echo v3.150.0 ;;\n"
-        f"  *--show-secrets*) {failure}; cat {bin_dir}/plain.json ;;\n"
+        "  *--show-secrets*) echo 'the helper must not decrypt secrets' >&2; exit 98 ;;\n"
         f"  *'stack output'*) {failure}; cat {bin_dir}/masked.json ;;\n"
         "  *) echo unexpected >&2; exit 99 ;;\n"
         "esac\n"
@@ -549,21 +709,16 @@ def fake_pulumi(bin_dir: Path, outputs: dict[str, Any], fail: str | None = None)
     return calls
 
 
-def test_stack_source_reads_outputs_through_the_pulumi_cli(
+def test_stack_source_reads_outputs_with_the_pulumi_cli_decrypting_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     calls = fake_pulumi(tmp_path / "bin", sample_outputs())
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}/usr/bin:/bin")
-    code, out, _ = run_cli(["projects", "--stack", "dev"], capsys)
-    assert code == 0 and out.startswith("churn\ts3://demo-bucket/churn\n")
-    # Reading a stack's outputs must not change the user's current stack.
+    code, out, err = run_cli(["projects", "--stack", "dev"], capsys)
+    assert code == 0 and out.startswith("churn\ts3://demo-bucket/churn\n"), err
     logged = calls.read_text()
-    assert (
-        "stack select" not in logged and "stack output --json --show-secrets --stack dev" in logged
-    )
-    code, out, err = run_cli(["command", "--project", "churn", "--stack", "dev"], capsys)
-    assert code == 0 and IMAGE in out
-    assert_no_secret(out + err)
+    # Reading a stack's outputs must not change the user's current stack, nor decrypt.
+    assert logged.splitlines() == ["stack output --json --stack dev --non-interactive"]
 
 
 def test_stack_source_errors(
@@ -579,56 +734,17 @@ def test_stack_source_errors(
     assert "cannot read the outputs of stack 'dev': error: no stack named 'dev' found" in err
 
 
-def test_db_ca_must_exist_and_goes_with_the_process_runtime(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+# -- supervising ------------------------------------------------------------------------------
+
+
+def test_ctrl_c_before_the_server_is_healthy_exits_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(sample_outputs()))
-    missing = tmp_path / "no-such-ca.pem"
-    base = ["serve", "--project", "churn", "--outputs", str(outputs)]
-
-    assert cli.main([*base, "--runtime", "process", "--db-ca", str(missing)]) == 2
-    assert f"--db-ca {missing}: no such file" in capsys.readouterr().err
-    # The image verifies with its own baked bundle; a host path would not exist inside it.
-    assert cli.main([*base, "--db-ca", str(missing)]) == 2
-    assert "--db-ca goes with --runtime process" in capsys.readouterr().err
-
-
-def test_db_ca_is_url_quoted_into_the_backend_uri(tmp_path: Path) -> None:
-    ca = tmp_path / "my certs" / "rds bundle.pem"
-    ca.parent.mkdir()
-    ca.write_text("-----BEGIN CERTIFICATE-----\n")
-    args = cli.build_parser().parse_args(
-        ["serve", "--project", "churn", "--runtime", "process", "--db-ca", str(ca)]
-    )
-    connection = parse_stack_outputs(sample_outputs(), "test").connection("churn")
-    verified = cli._with_db_ca(args, connection)
-    assert verified.backend_store_uri == (
-        connection.backend_store_uri + "?ssl_ca=" + str(ca).replace(" ", "%20")
-    )
-
-
-def test_idle_timeout_reaches_mysql_uris_only(churn: ProjectConnection, tmp_path: Path) -> None:
-    from urllib.parse import parse_qs, urlsplit
-
-    uri = runtimes.process_environment(churn, 5123, {})["MLFLOW_BACKEND_STORE_URI"]
-    assert parse_qs(urlsplit(uri).query) == {"init_command": ["SET SESSION wait_timeout=30"]}
-    # An explicit setting in the caller's environment wins over server.env's default.
-    faster = runtimes.process_environment(churn, 5123, {"MLFLOW_AWS_DB_IDLE_SECONDS": "5"})
-    assert faster["MLFLOW_BACKEND_STORE_URI"].endswith("wait_timeout%3D5")
-    local = runtimes.local_environment(runtimes.local_store(tmp_path, "default"), 5123, {})
-    assert "init_command" not in local["MLFLOW_BACKEND_STORE_URI"]  # SQLite has no sessions
-    with pytest.raises(HelperError, match="MLFLOW_AWS_DB_IDLE_SECONDS must be a whole number"):
-        runtimes.process_environment(churn, 5123, {"MLFLOW_AWS_DB_IDLE_SECONDS": "soon"})
-
-
-def test_ctrl_c_before_the_server_is_healthy_exits_130(tmp_path: Path) -> None:
     import signal
     import threading
 
-    from helper.supervise import ServerLaunch, run_server
-
-    never_healthy = ServerLaunch(
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    never_healthy = supervise.ServerLaunch(
         description="stand-in server",
         argv=[sys.executable, "-c", "import time; time.sleep(60)"],
         env=dict(os.environ),
@@ -637,7 +753,71 @@ def test_ctrl_c_before_the_server_is_healthy_exits_130(tmp_path: Path) -> None:
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
-        code = run_server(never_healthy, out=io.StringIO(), err=io.StringIO())
+        code = supervise.run_server(never_healthy, out=io.StringIO(), err=io.StringIO())
     finally:
         timer.cancel()
     assert code == 130  # an interrupted start is not a success; a stopped running server is 0
+    assert not list((tmp_path / "mlflow-aws" / "run").iterdir())  # its record is gone too
+
+
+def test_a_server_left_by_a_killed_helper_is_reclaimed_with_a_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record whose process group still runs (here: a watchdog-led sleeper whose helper
+    vanished without its lifeline closing) is stopped by the next start on that port."""
+    import signal
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    port = free_port()
+    launch = supervise.ServerLaunch("left", [sys.executable, "-c", "import time; time.sleep(300)"],
+                                    dict(os.environ), port, project="churn")  # fmt: skip
+    left = subprocess.Popen(
+        supervise.watchdog_argv(launch), stdin=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        with supervise.recorded(launch, left.pid):
+            record = tmp_path / "mlflow-aws" / "run" / f"port-{port}.json"
+            assert stat.S_IMODE(record.stat().st_mode) == 0o600
+            err = io.StringIO()
+            supervise.reclaim_port(port, err)
+            assert "found the MLflow server of project churn" in err.getvalue()
+            assert left.wait(20) is not None
+            assert not record.exists()
+            supervise.reclaim_port(port, err)  # nothing left: silent
+    finally:
+        if left.poll() is None:
+            os.killpg(left.pid, signal.SIGKILL)
+
+
+def test_the_watchdog_stops_the_server_when_its_helper_is_killed(tmp_path: Path) -> None:
+    """SIGKILL the helper (a stand-in running run_server): the server does not survive it."""
+
+    pid_file = tmp_path / "server.pid"
+    server = (
+        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
+    )
+    helper = (
+        "import os, sys\n"
+        "sys.path.insert(0, os.environ['ROOT'])\n"
+        "from helper.supervise import ServerLaunch, run_server\n"
+        f"run_server(ServerLaunch('stand-in', [sys.executable, '-c', {server!r}], dict(os.environ),"
+        f" {free_port()}, health_timeout=300))\n"
+    )
+    env = {**os.environ, "ROOT": str(ROOT), "XDG_RUNTIME_DIR": str(tmp_path)}
+    process = subprocess.Popen([sys.executable, "-c", helper], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.1)
+    server_pid = int(pid_file.read_text())
+    process.kill()  # no cleanup code of the helper runs
+    process.wait(10)
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{server_pid}").exists():
+        state = Path(f"/proc/{server_pid}/stat").read_text().rpartition(")")[2].split()[0]
+        if state == "Z":
+            break
+        assert time.monotonic() < deadline, "the server outlived its helper"
+        time.sleep(0.1)
+    assert process.stderr is not None
+    process.stderr.close()
