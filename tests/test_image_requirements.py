@@ -241,7 +241,7 @@ def test_server_from_the_image_venv_end_to_end(
     )
     port = free_port()
     # The helper's docker env file, with the container's host and port made loopback ones.
-    env_file = {**container_environment(connection, bucket)}
+    env_file = {**container_environment(connection, bucket, mariadb.ca_path.read_text(), port)}
     env_file.update(MLFLOW_HOST="127.0.0.1", MLFLOW_PORT=str(port))
     home = tmp_path / "home"
     home.mkdir()
