@@ -20,7 +20,6 @@ Everything listens on and talks to 127.0.0.1 only.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -33,7 +32,6 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +49,51 @@ GIB = 1024**3
 
 
 # -- printing ---------------------------------------------------------------------------------
+
+
+RUN_MARKER = (
+    "BENCH_MLFLOW_AWS_RUN"  # every process a bench starts inherits it (not MLFLOW_*: filtered)
+)
+
+
+def marked_processes(marker: str) -> list[tuple[int, str]]:
+    """(pid, command) of live processes whose environment carries ``RUN_MARKER=marker``."""
+    needle = f"{RUN_MARKER}={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+        except OSError:
+            continue
+        if state != "Z":
+            found.append((int(entry.name), command))
+    return found
+
+
+@contextlib.contextmanager
+def nothing_left_behind() -> Iterator[None]:
+    """Mark every process the bench starts; at the end, report (and kill) any still running.
+
+    A bench that leaves a server or database behind is a bug: it says so, loudly."""
+    marker = secrets.token_hex(8)
+    os.environ[RUN_MARKER] = marker
+    try:
+        yield
+    finally:
+        left = marked_processes(marker)
+        for pid, _ in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if left:
+            shown = "; ".join(f"{pid} {command}" for pid, command in left)
+            print(f"LEFT RUNNING by this bench (killed now): {shown}", file=sys.stderr)
+        else:
+            print("left running afterwards: nothing", file=sys.stderr)
 
 
 def log(message: str) -> None:
@@ -120,10 +163,17 @@ class SqliteFactory:
 
 
 def create_project_schema(db: MariaDB, schema: str, user: str, password: str) -> None:
-    """What the MysqlSchema provider creates: a utf8mb4_bin schema and a user limited to it."""
+    """What the MysqlSchema provider creates: a utf8mb4_bin schema and a user limited to it,
+    with the privileges MLflow needs there and a connection limit."""
+    from tests.stack_on_moto import PRIVILEGES
+
     db.query(f"CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    db.query("CREATE USER %s@'%%' IDENTIFIED BY %s REQUIRE SSL", (user, password))
-    db.query(f"GRANT ALL PRIVILEGES ON `{schema}`.* TO %s@'%%'", (user,))
+    db.query(
+        "CREATE USER %s@'%%' IDENTIFIED BY %s REQUIRE SSL WITH MAX_USER_CONNECTIONS 50",
+        (user, password),
+    )
+    pattern = schema.replace("_", "\\_")
+    db.query(f"GRANT {PRIVILEGES} ON `{pattern}`.* TO %s@'%%'", (user,))
 
 
 class MariaDBFactory:
@@ -377,36 +427,25 @@ def helper_available() -> bool:
 
 
 def write_outputs_file(
-    path: Path, db: MariaDB, projects: dict[str, Database], bucket: str = BUCKET
+    path: Path, db: MariaDB, projects: dict[str, Database], moto: MotoServer, bucket: str = BUCKET
 ) -> Path:
-    """A stack-outputs file (DESIGN.md "Stack outputs") for ``projects`` on ``db``."""
-    outputs = {
-        "ArtifactRoot": f"s3://{bucket}",
-        "DatabaseEndpoint": db.host,
-        "DatabasePort": db.port,
-        "DatabaseUsername": db.admin_user,
-        "DatabasePassword": db.admin_password,
-        "DatabaseUrl": db.admin_url(),
-        "ImageUri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlflow-aws@sha256:" + "0" * 64,
-        "Region": "eu-west-1",
-        "MlflowVersion": metadata.version("mlflow"),  # the helper checks it
-        "Projects": {
-            name: {
-                "Database": d.schema,
-                "Username": d.user,
-                "Password": d.password,
-                "BackendStoreUri": d.uri,
-                "ArtifactRoot": f"s3://{bucket}/{name}",
-                "ConnectionSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:"
-                f"mlflow-aws/{name}-AbCdEf",
-                "PolicyArn": f"arn:aws:iam::123456789012:policy/mlflow-aws-{name}",
-            }
-            for name, d in projects.items()
-        },
-    }
-    path.write_text(json.dumps(outputs, indent=2))
-    path.chmod(0o600)
-    return path
+    """The stack as ``pulumi up`` leaves it for ``projects`` on ``db``: each project's connection
+    secret and the server role in moto, and a stack-outputs file naming the secrets."""
+    from tests.stack_on_moto import (
+        Project,
+        bundle_for,
+        put_connection_secret,
+        server_role,
+        write_outputs,
+    )
+
+    env = moto.aws_env()
+    role = server_role(env)
+    secrets = {}
+    for name, d in projects.items():
+        project = Project(name, d.schema, d.user, d.password, db)
+        secrets[name] = put_connection_secret(env, bundle_for(project, "bench", bucket, role))
+    return write_outputs(path, bucket, secrets)
 
 
 def ensure_bucket(moto: MotoServer, bucket: str = BUCKET) -> None:
@@ -457,9 +496,9 @@ def start_tuned(
     if not helper_available():
         return _spawn_helper_env_server(label, database, workdir, port)
     if database.kind == "mariadb":
-        if db is None:
-            raise ValueError("a MariaDB database needs its server for the outputs file")
-        outputs = write_outputs_file(workdir / f"{label}-outputs.json", db, {label: database})
+        if db is None or moto is None:
+            raise ValueError("a MariaDB database needs its server and moto for the outputs")
+        outputs = write_outputs_file(workdir / f"{label}-outputs.json", db, {label: database}, moto)
         argv = ["--project", label, "--outputs", str(outputs), "--runtime", "process"]
         env = moto.aws_env() if moto else None
     else:

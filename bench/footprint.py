@@ -235,4 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from bench.common import nothing_left_behind
+
+    with nothing_left_behind():
+        raise SystemExit(main())

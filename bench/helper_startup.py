@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import statistics
@@ -22,14 +21,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script; the packages live at the root
     sys.path.insert(0, str(ROOT))
 
-from tests.services import MariaDB, free_port, running_mariadb, running_moto  # noqa: E402
+from tests.services import free_port, running_mariadb, running_moto  # noqa: E402
 
 PROJECT = "bench-startup"
 BUCKET = "mlflow-aws-bench-startup"
@@ -101,16 +99,6 @@ def measure(label: str, options: list[str], env: dict[str, str], starts: int) ->
     return rows
 
 
-def create_project(db: MariaDB) -> str:
-    password = "Bench-Pw.4f9c2a"
-    db.query(f"CREATE DATABASE `{PROJECT.replace('-', '_')}` COLLATE utf8mb4_bin")
-    db.query("CREATE USER 'mlflow_bench'@'%%' IDENTIFIED BY %s", (password,))
-    db.query(f"GRANT ALL ON `{PROJECT.replace('-', '_')}`.* TO 'mlflow_bench'@'%'")
-    return (
-        f"mysql+pymysql://mlflow_bench:{password}@{db.host}:{db.port}/{PROJECT.replace('-', '_')}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--starts", type=int, default=3)
@@ -123,26 +111,20 @@ def main() -> None:
     rows = [f"python -m helper --help  {time.monotonic() - started:6.2f} s"]
 
     with running_mariadb() as db, running_moto() as moto, tempfile.TemporaryDirectory() as tmp:
-        import boto3
+        from tests.stack_on_moto import (
+            bundle_for,
+            create_project,
+            ensure_bucket,
+            put_connection_secret,
+            server_role,
+            write_outputs,
+        )
 
-        boto3.client("s3", **{"endpoint_url": moto.endpoint_url, "region_name": "eu-west-1",
-                              "aws_access_key_id": "k", "aws_secret_access_key": "s"}
-                     ).create_bucket(Bucket=BUCKET, CreateBucketConfiguration={
-                         "LocationConstraint": "eu-west-1"})  # fmt: skip
-        uri = create_project(db)
-        outputs = Path(tmp) / "outputs.json"
-        project = {"Database": PROJECT.replace("-", "_"), "Username": "mlflow_bench",
-                   "Password": uri.split(":")[2].split("@")[0], "BackendStoreUri": uri,
-                   "ArtifactRoot": f"s3://{BUCKET}/{PROJECT}", "ConnectionSecretArn": "arn:s",
-                   "PolicyArn": "arn:p"}  # fmt: skip
-        outputs.write_text(json.dumps({
-            "ArtifactRoot": f"s3://{BUCKET}", "DatabaseEndpoint": db.host,
-            "DatabasePort": db.port, "DatabaseUsername": db.admin_user,
-            "DatabasePassword": db.admin_password, "DatabaseUrl": db.admin_url(),
-            "ImageUri": "1.dkr.ecr.eu-west-1.amazonaws.com/m@sha256:" + "0" * 64,
-            "Region": "eu-west-1", "MlflowVersion": metadata.version("mlflow"),
-            "Projects": {PROJECT: project},
-        }))  # fmt: skip
+        aws = moto.aws_env()
+        ensure_bucket(aws, BUCKET)
+        bundle = bundle_for(create_project(db, PROJECT), "bench", BUCKET, server_role(aws))
+        arn = put_connection_secret(aws, bundle)
+        outputs = write_outputs(Path(tmp) / "outputs.json", BUCKET, {PROJECT: arn})
         remote = ["--project", PROJECT, "--outputs", str(outputs), "--runtime", "process"]
         rows += measure("process runtime, MariaDB", remote, {**clean, **moto.aws_env()}, starts)
         local = ["--local", "--data-dir", str(Path(tmp) / "local")]
@@ -151,4 +133,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bench.common import nothing_left_behind
+
+    with nothing_left_behind():
+        main()

@@ -60,4 +60,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bench.common import nothing_left_behind
+
+    with nothing_left_behind():
+        main()

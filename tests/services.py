@@ -59,12 +59,15 @@ def _wait_until(predicate: Any, timeout: float, what: str) -> None:
     raise TimeoutError(f"{what} not ready after {timeout:g}s (last error: {last!r})")
 
 
-def _make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1/localhost."""
+LOOPBACK_NAMES = "IP:127.0.0.1,DNS:localhost"
+
+
+def _make_tls_files(directory: Path, names: str = LOOPBACK_NAMES) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for ``names`` (subjectAltName entries)."""
     ca_key, ca_pem = directory / "ca.key", directory / "ca.pem"
     key, csr, cert = directory / "server.key", directory / "server.csr", directory / "server.pem"
     ext = directory / "server.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ext.write_text(f"subjectAltName={names}\n")
     run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3", "-subj",
         "/CN=mlflow-aws test CA", "-keyout", str(ca_key), "-out", str(ca_pem))  # fmt: skip
@@ -76,9 +79,16 @@ def _make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
 
 
 class MariaDB:
-    """A MariaDB server of our own on 127.0.0.1 (TLS required), like an Aurora cluster."""
+    """A MariaDB server of our own on 127.0.0.1 (TLS required), like an Aurora cluster.
 
-    def __init__(self, base_dir: Path | None = None) -> None:
+    ``tls=False`` makes one that offers no TLS at all, and ``cert_names`` one whose certificate
+    names other hosts: both exist to prove that clients refuse them.
+    """
+
+    def __init__(
+        self, base_dir: Path | None = None, tls: bool = True, cert_names: str = LOOPBACK_NAMES
+    ) -> None:
+        self.tls = tls
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="mlflow-aws-mariadb-"))
         self.datadir = self.base_dir / "data"
         self.socket = str(self.base_dir / "mysqld.sock")
@@ -88,7 +98,7 @@ class MariaDB:
         self.admin_password = ADMIN_PASSWORD
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.base_dir / "mariadbd.log"
-        self.ca_path, self._cert, self._key = _make_tls_files(self.base_dir)
+        self.ca_path, self._cert, self._key = _make_tls_files(self.base_dir, cert_names)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> MariaDB:
@@ -118,10 +128,16 @@ class MariaDB:
                 f"--port={self.port}",
                 "--bind-address=127.0.0.1",
                 "--skip-name-resolve",
-                f"--ssl-ca={self.ca_path}",
-                f"--ssl-cert={self._cert}",
-                f"--ssl-key={self._key}",
-                "--require-secure-transport=ON",
+                *(
+                    [
+                        f"--ssl-ca={self.ca_path}",
+                        f"--ssl-cert={self._cert}",
+                        f"--ssl-key={self._key}",
+                        "--require-secure-transport=ON",
+                    ]
+                    if self.tls
+                    else ["--skip-ssl"]
+                ),
                 "--character-set-server=utf8mb4",
                 "--max-connections=500",
                 "--innodb-buffer-pool-size=128M",
@@ -212,6 +228,13 @@ class MariaDB:
             f"{self.host}:{self.port}{path}?ssl_ca={quote(str(self.ca_path))}"
         )
 
+    def socket_query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        """As root over the local socket: works whatever the server's TLS looks like."""
+        conn = pymysql.connect(unix_socket=self.socket, user="root", autocommit=True)
+        with contextlib.closing(conn), conn.cursor() as cur:
+            cur.execute(sql, args)
+            return list(cur.fetchall())
+
     def query(
         self, sql: str, args: Any = None, database: str | None = None
     ) -> list[tuple[Any, ...]]:
@@ -273,8 +296,8 @@ class MotoServer:
 
 
 @contextlib.contextmanager
-def running_mariadb() -> Iterator[MariaDB]:
-    server = MariaDB().start()
+def running_mariadb(tls: bool = True, cert_names: str = LOOPBACK_NAMES) -> Iterator[MariaDB]:
+    server = MariaDB(tls=tls, cert_names=cert_names).start()
     try:
         yield server
     finally:

@@ -24,10 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
-from tests.services import MariaDB, MotoServer, free_port
+from tests.services import MariaDB, MotoServer, free_port, running_mariadb
+from tests.stack_on_moto import (
+    IMAGE_URI,
+    Project,
+    aws_client,
+    bundle_for,
+    create_project,
+    ensure_bucket,
+    put_connection_secret,
+    server_role,
+    write_outputs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -45,120 +55,45 @@ def installed_mlflow_version() -> str:
     return metadata.version("mlflow")
 
 
-# -- a project, made by SQL as the schema provider would ----------------------------------------
-
-
-@dataclass
-class Project:
-    name: str
-    schema: str
-    user: str
-    password: str = field(repr=False)
-    mariadb: MariaDB
-
-    @property
-    def backend_store_uri(self) -> str:
-        # Plain pymysql URI: PyMySQL negotiates TLS when the server offers it (Aurora too).
-        return (
-            f"mysql+pymysql://{self.user}:{self.password}@"
-            f"{self.mariadb.host}:{self.mariadb.port}/{self.schema}"
-        )
-
-    def query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
-        return self.mariadb.query(sql, args, database=self.schema)
-
-
-def create_project(mariadb: MariaDB, name: str) -> Project:
-    schema = name.replace("-", "_")
-    user = f"mlflow_{schema}"
-    password = f"Pw-{name}-7Hq2xV9c"
-    mariadb.query(f"DROP DATABASE IF EXISTS `{schema}`")
-    mariadb.query(f"DROP USER IF EXISTS '{user}'@'%'")
-    mariadb.query(f"CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    mariadb.query(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (password,))
-    pattern = schema.replace("_", "\\_")  # "_" is a wildcard in a GRANT's database name
-    mariadb.query(f"GRANT ALL PRIVILEGES ON `{pattern}`.* TO '{user}'@'%'")
-    return Project(name, schema, user, password, mariadb)
-
-
-def project_with_outputs(mariadb: MariaDB, name: str, tmp_path: Path) -> tuple[Project, Path]:
-    """A fresh project schema and user, and an outputs file that points at them."""
-    project = create_project(mariadb, name)
-    outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(outputs_for(mariadb, project)))
-    return project, outputs
-
-
-def outputs_for(mariadb: MariaDB, *projects: Project, port: int | None = None) -> dict[str, Any]:
-    """A stack-outputs object pointing at the test MariaDB and the moto bucket."""
-    db_port = port or mariadb.port
-    return {
-        "ArtifactRoot": f"s3://{BUCKET}",
-        "DatabaseEndpoint": mariadb.host,
-        "DatabasePort": db_port,
-        "DatabaseUsername": mariadb.admin_user,
-        "DatabasePassword": mariadb.admin_password,
-        "DatabaseUrl": mariadb.admin_url(),
-        "ImageUri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlflow-aws@sha256:" + "0" * 64,
-        "Region": REGION,
-        "MlflowVersion": installed_mlflow_version(),
-        "Projects": {
-            p.name: {
-                "Database": p.schema,
-                "Username": p.user,
-                "Password": p.password,
-                "BackendStoreUri": p.backend_store_uri.replace(f":{mariadb.port}/", f":{db_port}/"),
-                "ArtifactRoot": f"s3://{BUCKET}/{p.name}",
-                "ConnectionSecretArn": f"arn:aws:secretsmanager:{REGION}:1:secret:e2e/{p.name}",
-                "PolicyArn": f"arn:aws:iam::1:policy/e2e-{p.name}",
-            }
-            for p in projects
-        },
-    }
-
-
-def bundle_for(project: Project, stack: str) -> dict[str, Any]:
-    return {
-        "Project": project.name,
-        "Stack": stack,
-        "Database": project.schema,
-        "Username": project.user,
-        "Password": project.password,
-        "BackendStoreUri": project.backend_store_uri,
-        "ArtifactRoot": f"s3://{BUCKET}/{project.name}",
-        "DatabaseEndpoint": project.mariadb.host,
-        "DatabasePort": project.mariadb.port,
-        "Region": REGION,
-        "ImageUri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlflow-aws@sha256:" + "1" * 64,
-        "MlflowVersion": installed_mlflow_version(),
-    }
-
-
-# -- running the helper -------------------------------------------------------------------------
+# -- a project as pulumi up leaves it (tests/stack_on_moto.py) ------------------------------------
 
 
 @pytest.fixture(scope="module")
 def aws(moto: MotoServer) -> dict[str, str]:
     env = {**moto.aws_env(), "AWS_SECRET_ACCESS_KEY": AWS_SECRET_KEY}
-    s3 = boto3.client("s3", **boto_args(env))
-    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
-        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    ensure_bucket(env, BUCKET)
     return env
 
 
-def boto_args(env: dict[str, str]) -> dict[str, str]:
-    return {
-        "endpoint_url": env["AWS_ENDPOINT_URL"],
-        "region_name": REGION,
-        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
-    }
+@pytest.fixture(scope="module")
+def role_arn(aws: dict[str, str]) -> str:
+    return server_role(aws)
+
+
+def publish(aws: dict[str, str], project: Project, stack: str = "e2e", **bundle: Any) -> str:
+    """The project's connection secret (ARN), as the program writes it."""
+    return put_connection_secret(
+        aws, bundle_for(project, stack, BUCKET, server_role(aws), **bundle)
+    )
+
+
+def project_with_outputs(
+    mariadb: MariaDB, aws: dict[str, str], name: str, tmp_path: Path, **bundle: Any
+) -> tuple[Project, Path]:
+    """A fresh project schema and user, its connection secret, and an outputs file naming it."""
+    project = create_project(mariadb, name)
+    arn = publish(aws, project, **bundle)
+    return project, write_outputs(tmp_path / f"outputs-{name}.json", BUCKET, {name: arn})
+
+
+# -- running the helper -------------------------------------------------------------------------
 
 
 def helper_env(aws: dict[str, str], tmp_dir: Path) -> dict[str, str]:
     """The user's environment: no AWS or MLflow settings of the machine, moto's instead."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "PULUMI_"))}
-    return {**base, **aws, "TMPDIR": str(tmp_dir), "PYTHONUNBUFFERED": "1"}
+    return {**base, **aws, "TMPDIR": str(tmp_dir), "XDG_RUNTIME_DIR": str(tmp_dir),
+            "PYTHONUNBUFFERED": "1"}  # fmt: skip
 
 
 @dataclass
@@ -322,13 +257,20 @@ def record(figure: str) -> None:
     print(f"\n[helper figures] {figure}", file=sys.__stdout__, flush=True)
 
 
+def environ(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b"\n").decode()
+    except OSError:
+        return ""
+
+
 # -- tests --------------------------------------------------------------------------------------
 
 
 def test_serve_process_runtime_end_to_end(
-    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
+    mariadb: MariaDB, aws: dict[str, str], role_arn: str, tmp_path: Path
 ) -> None:
-    project, outputs = project_with_outputs(mariadb, "e2e-process", tmp_path)
+    project, outputs = project_with_outputs(mariadb, aws, "e2e-process", tmp_path)
     tmp_dir = tmp_path / "tmp"
     tmp_dir.mkdir()
     port = free_port()
@@ -337,26 +279,33 @@ def test_serve_process_runtime_end_to_end(
     with serving(argv, helper_env(aws, tmp_dir), tmp_path, port) as running:
         uri = f"http://127.0.0.1:{port}"
         server = running.server_pids()
+        mlflow = [pid for pid in server if "watchdog" not in cmdline(pid)]
         record(
             f"serve -> healthy, process runtime on MariaDB (first start migrates the schema): "
-            f"{running.healthy_after:.1f}s; server processes: {len(server)}; "
-            f"server RSS: {rss_mib(server):.0f} MiB"
+            f"{running.healthy_after:.1f}s; server processes: {len(mlflow)} (+ the watchdog); "
+            f"server RSS: {rss_mib(mlflow):.0f} MiB"
         )
-        assert len(server) == 2  # mlflow server + one uvicorn worker process; no job runners
+        assert len(mlflow) == 2  # mlflow server + one uvicorn worker process; no job runners
 
         run_tracking_script(uri, tmp_path / "work")
 
-        # No secret in any command line of the helper's process tree.
-        for pid in [running.process.pid, *running.server_pids()]:
+        # No secret in any command line of the helper's process tree; and the server holds
+        # none of the teammate's credentials: only the way to its server role's.
+        for pid in [running.process.pid, *server]:
             line = cmdline(pid)
             for secret in (project.password, mariadb.admin_password, AWS_SECRET_KEY):
                 assert secret not in line, f"secret in argv of {pid}: {line}"
+        for pid in mlflow:
+            env = environ(pid)
+            assert AWS_SECRET_KEY not in env and "AWS_ACCESS_KEY_ID=" not in env
+            assert "AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:" in env
+            assert "ssl_ca=" in env  # the store is verified against the bundle's CAs
 
         helper_pid = running.process.pid
         assert stop_helper(running) == 0
     assert not [pid for pid in server if alive(pid)], "server processes left behind"
     assert not descendants(helper_pid)
-    assert not list(tmp_dir.glob("mlflow-aws-*.env"))
+    assert not list(tmp_dir.glob("mlflow-aws-*"))  # the CA file's private directory is gone
     assert "stopping the MLflow server" in running.stderr()
 
     # The run, its param and its three metric values are in the project's own schema.
@@ -372,7 +321,7 @@ def test_serve_process_runtime_end_to_end(
     assert len(values) == 3
     assert [int(v) for (v,) in values] == [0, 1, 2]  # random(), random() + 1, random() + 2
     # ... and the artifact went through the server to s3://bucket/<project>/.
-    s3 = boto3.client("s3", **boto_args(aws))
+    s3 = aws_client("s3", aws)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
     artifact = [k for k in keys if k.endswith("/artifacts/test.txt")]
     assert len(artifact) == 1 and artifact[0].startswith(f"{project.name}/")
@@ -380,21 +329,9 @@ def test_serve_process_runtime_end_to_end(
     assert s3.get_object(Bucket=BUCKET, Key=artifact[0])["Body"].read() == b"hello world!"
 
 
-def put_bundle_secret(aws: dict[str, str], project: Project, stack: str) -> str:
-    client = boto3.client("secretsmanager", **boto_args(aws))
-    name = f"mlflow-aws/{stack}/{project.name}"
-    with contextlib.suppress(client.exceptions.ResourceExistsException):
-        client.create_secret(
-            Name=name,
-            SecretString=json.dumps(bundle_for(project, stack)),
-            Tags=[{"Key": "mlflow-aws:project", "Value": project.name}],
-        )
-    return name
-
-
 def test_serve_from_aws_end_to_end(mariadb: MariaDB, aws: dict[str, str], tmp_path: Path) -> None:
     project = create_project(mariadb, "e2e-fromaws")
-    put_bundle_secret(aws, project, "e2e")
+    publish(aws, project)
     env = helper_env(aws, tmp_path)
     port = free_port()
     argv = ["serve", "--project", project.name, "--from-aws", "--runtime", "process"]
@@ -407,8 +344,20 @@ def test_serve_from_aws_end_to_end(mariadb: MariaDB, aws: dict[str, str], tmp_pa
         )
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
             assert response.status == 200
+        # A page of another origin (or a rebinding DNS name) cannot use the server.
+        for headers in ({"Host": f"evil.example:{port}"}, {"Host": f"192.168.1.5:{port}"},
+                        {"Origin": "http://evil.example"}):  # fmt: skip
+            forged = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/create",
+                data=json.dumps({"name": "forged"}).encode(),
+                headers={"Content-Type": "application/json", **headers},
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(forged, timeout=30)  # noqa: S310
+            assert refused.value.code in (400, 403), headers
         assert stop_helper(running) == 0
     assert project.query("SELECT name FROM experiments WHERE name = 'from-aws'")
+    assert not project.query("SELECT name FROM experiments WHERE name = 'forged'")
 
     listed = run_helper(["projects", "--from-aws"], env)
     assert (
@@ -420,8 +369,8 @@ def test_from_aws_with_several_stacks_needs_secret_id(
     mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
 ) -> None:
     project = create_project(mariadb, "e2e-twostacks")
-    put_bundle_secret(aws, project, "dev")
-    put_bundle_secret(aws, project, "prod")
+    publish(aws, project, stack="dev")
+    publish(aws, project, stack="prod")
     env = helper_env(aws, tmp_path)
     ambiguous = run_helper(["command", "--project", project.name, "--from-aws"], env)
     assert ambiguous.returncode == 1
@@ -433,15 +382,16 @@ def test_from_aws_with_several_stacks_needs_secret_id(
         env,
     )
     assert chosen.returncode == 0, chosen.stderr
-    assert "sha256:" + "1" * 64 in chosen.stdout
+    assert chosen.stdout.strip().endswith(IMAGE_URI)
     assert project.password not in chosen.stdout + chosen.stderr
     missing = run_helper(["command", "--project", "e2e-nosuch", "--from-aws"], env)
     assert missing.returncode == 1 and "no connection secret tagged" in missing.stderr
 
 
-def test_serve_local_end_to_end(aws: dict[str, str], tmp_path: Path) -> None:
+def test_serve_local_end_to_end(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env["XDG_RUNTIME_DIR"] = str(tmp_path)
     port = free_port()
     argv = ["serve", "--local", "--data-dir", str(data_dir), "--port", str(port)]
     with serving(argv, env, tmp_path, port) as running:
@@ -449,6 +399,9 @@ def test_serve_local_end_to_end(aws: dict[str, str], tmp_path: Path) -> None:
         record(
             f"serve --local -> healthy (new SQLite store): {running.healthy_after:.1f}s; "
             f"server processes: {len(server)}; server RSS: {rss_mib(server):.0f} MiB"
+        )
+        assert f"creating a new, empty local store for project default at {data_dir}" in (
+            running.stderr()
         )
         run_tracking_script(f"http://127.0.0.1:{port}", tmp_path / "work")
         assert stop_helper(running) == 0
@@ -466,11 +419,11 @@ def test_serve_local_end_to_end(aws: dict[str, str], tmp_path: Path) -> None:
 def test_upgrade_fresh_schema_then_out_of_date_schema_is_explained(
     mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
 ) -> None:
-    project, outputs = project_with_outputs(mariadb, "e2e-upgrade", tmp_path)
+    project, outputs = project_with_outputs(mariadb, aws, "e2e-upgrade", tmp_path)
     env = helper_env(aws, tmp_path)
     source = ["--project", project.name, "--outputs", str(outputs)]
 
-    # --db-ca verifies the server's certificate: a CA that did not sign it is refused...
+    # --db-ca replaces the bundle's CAs: one that did not sign the certificate is refused...
     other_ca = tmp_path / "other-ca.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
@@ -480,12 +433,12 @@ def test_upgrade_fresh_schema_then_out_of_date_schema_is_explained(
     )  # fmt: skip
     refused_tls = run_helper(["upgrade", *source, "--db-ca", str(other_ca)], env)
     assert refused_tls.returncode == 1
-    assert f"not signed by the CA bundle {other_ca}" in refused_tls.stderr
+    assert f"not signed by a CA of --db-ca {other_ca}" in refused_tls.stderr
     assert "Traceback" not in refused_tls.stderr
     assert project.query("SHOW TABLES") == []  # nothing was migrated over an unverified link
 
-    # ...and the CA that did sign it is accepted.
-    upgraded = run_helper(["upgrade", *source, "--db-ca", str(mariadb.ca_path)], env)
+    # ...and by default the bundle's own CAs verify it.
+    upgraded = run_helper(["upgrade", *source], env)
     assert upgraded.returncode == 0, upgraded.stderr[-3000:]
     from mlflow.store.db.utils import _get_latest_schema_revision
 
@@ -504,10 +457,57 @@ def test_upgrade_fresh_schema_then_out_of_date_schema_is_explained(
     assert "Traceback (most recent call last)" not in refused.stderr.split("error:")[-1]
 
 
+@pytest.fixture(scope="module")
+def plaintext_mariadb() -> Iterator[MariaDB]:
+    """A server that offers no TLS at all (a downgrade, or the wrong endpoint)."""
+    with running_mariadb(tls=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def misnamed_mariadb() -> Iterator[MariaDB]:
+    """A server whose certificate (signed by its own CA) names another host."""
+    with running_mariadb(cert_names="DNS:db.example.internal") as server:
+        yield server
+
+
+@pytest.mark.parametrize("case", ["no TLS offered", "certificate for another host",
+                                  "certificate from another CA"])  # fmt: skip
+def test_a_database_that_cannot_prove_itself_is_refused_on_every_path(
+    case: str,
+    mariadb: MariaDB,
+    plaintext_mariadb: MariaDB,
+    misnamed_mariadb: MariaDB,
+    aws: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    if case == "no TLS offered":
+        server, ca, expected = plaintext_mariadb, mariadb.ca_path.read_text(), "does not offer TLS"
+    elif case == "certificate for another host":
+        server, ca = misnamed_mariadb, misnamed_mariadb.ca_path.read_text()
+        expected = "not for the host name 127.0.0.1"
+    else:
+        server, ca = mariadb, misnamed_mariadb.ca_path.read_text()  # a real CA, not its one
+        expected = "not signed by a CA of the stack's RDS CA bundle"
+    name = "e2e-tls-" + "".join(w[0] for w in case.lower().split())
+    project, outputs = project_with_outputs(server, aws, name, tmp_path, ca_pem=ca)
+    env = helper_env(aws, tmp_path)
+    source = ["--project", project.name, "--outputs", str(outputs)]
+    serve = ["serve", *source, "--runtime", "process", "--port", str(free_port())]
+    for argv in (["upgrade", *source], serve):
+        result = run_helper(argv, env)
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert f"cannot log in to the database at 127.0.0.1:{server.port}: " in result.stderr
+        assert expected in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and project.password not in result.stderr
+        assert "healthy" not in result.stderr  # no server was started
+    assert server.socket_query(f"SHOW TABLES FROM `{project.schema}`") == []
+
+
 def test_port_in_use_and_unreachable_database(
     mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
 ) -> None:
-    project, outputs = project_with_outputs(mariadb, "e2e-errors", tmp_path)
+    project, outputs = project_with_outputs(mariadb, aws, "e2e-errors", tmp_path)
     env = helper_env(aws, tmp_path)
     source = ["--project", project.name, "--outputs", str(outputs), "--runtime", "process"]
     with socket.socket() as busy:
@@ -519,12 +519,11 @@ def test_port_in_use_and_unreachable_database(
     assert f"port {port} on 127.0.0.1 is in use" in taken.stderr
 
     closed_port = free_port()  # nothing listens there: like a firewalled or paused endpoint
-    unreachable = tmp_path / "unreachable.json"
-    unreachable.write_text(json.dumps(outputs_for(mariadb, project, port=closed_port)))
+    _, unreachable = project_with_outputs(mariadb, aws, "e2e-errors-2", tmp_path, port=closed_port)
     started = time.monotonic()
     down = run_helper(
-        ["serve", "--project", project.name, "--outputs", str(unreachable), "--runtime", "process",
-         "--port", str(free_port())],
+        ["serve", "--project", "e2e-errors-2", "--outputs", str(unreachable), "--runtime",
+         "process", "--port", str(free_port())],
         env,
     )  # fmt: skip
     assert down.returncode == 1
@@ -538,9 +537,9 @@ def test_port_in_use_and_unreachable_database(
 
 # No Docker engine here: this stand-in records what the helper asks of docker and plays the
 # container with a tiny /health server on the published port, so everything around the engine
-# (ECR login via moto, pull, env file, publish address, stop on Ctrl-C) runs for real.
+# (ECR login via moto, pull, the -e values, publish address, stop on Ctrl-C) runs for real.
 FAKE_DOCKER = r"""
-import http.server, json, os, signal, stat, sys
+import http.server, json, os, signal, sys
 state = os.environ["FAKE_DOCKER_STATE"]
 args = sys.argv[1:]
 
@@ -557,12 +556,11 @@ elif args[0] == "pull":
     log()
     print("sha256:0000: Pull complete")
 elif args[0] == "run":
-    env_file = args[args.index("--env-file") + 1]
-    mode = stat.S_IMODE(os.stat(env_file).st_mode)
-    env = dict(line.split("=", 1) for line in open(env_file).read().splitlines())
+    names = [args[i + 1] for i, a in enumerate(args) if a == "-e"]
+    env = {name: os.environ[name] for name in names if name in os.environ}  # as docker does
     name = args[args.index("--name") + 1]
     host, port, _ = args[args.index("-p") + 1].split(":")
-    log(env=env, mode=mode, pid=os.getpid())
+    log(env=env, pid=os.getpid())
     with open(os.path.join(state, name + ".pid"), "w") as f:
         f.write(str(os.getpid()))
 
@@ -583,29 +581,35 @@ elif args[0] == "stop":
 """
 
 
-def test_serve_docker_runtime_with_a_stand_in_docker(
-    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
-) -> None:
-    project, outputs = project_with_outputs(mariadb, "e2e-docker", tmp_path)
-    bin_dir, state, tmp_dir = tmp_path / "bin", tmp_path / "state", tmp_path / "tmp"
-    for directory in (bin_dir, state, tmp_dir):
-        directory.mkdir()
+def fake_docker(tmp_path: Path) -> tuple[Path, Path]:
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    for directory in (bin_dir, state):
+        directory.mkdir(exist_ok=True)
     docker = bin_dir / "docker"
     docker.write_text(f"#!{sys.executable}\n{FAKE_DOCKER}")
     docker.chmod(0o755)
+    return bin_dir, state
+
+
+def test_serve_docker_runtime_with_a_stand_in_docker(
+    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
+) -> None:
+    project, outputs = project_with_outputs(mariadb, aws, "e2e-docker", tmp_path)
+    bin_dir, state = fake_docker(tmp_path)
+    tmp_dir = tmp_path / "tmp"
+    tmp_dir.mkdir()
     env = helper_env(aws, tmp_dir)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     env["FAKE_DOCKER_STATE"] = str(state)
     port = free_port()
     argv = ["serve", "--project", project.name, "--outputs", str(outputs), "--port", str(port)]
     with serving(argv, env, tmp_path, port) as running:
-        calls = [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]
-        run = calls[-1]
-        env_file = Path(run["argv"][run["argv"].index("--env-file") + 1])
-        assert not env_file.exists()  # docker has read it; it is removed once the server is up
         for pid in [running.process.pid, *running.server_pids()]:
             for secret in (project.password, AWS_SECRET_KEY, "auth-token"):
                 assert secret not in cmdline(pid)
+        assert "the server's AWS credentials (the project's server role) expire at" in (
+            running.stderr()
+        )
         assert stop_helper(running) == 0
 
     calls = [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]
@@ -613,30 +617,58 @@ def test_serve_docker_runtime_with_a_stand_in_docker(
     registry = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
     assert login["argv"] == ["login", "--username", "AWS", "--password-stdin", registry]
     assert login["stdin"] == "123456789012-auth-token"  # moto's ECR token, on stdin only
-    assert pull["argv"] == ["pull", outputs_for(mariadb, project)["ImageUri"]]
+    assert pull["argv"] == ["pull", IMAGE_URI]
     name = f"mlflow-{project.name}-{port}"
-    assert run["argv"] == [
-        "run", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:5000",
-        "--env-file", str(env_file), pull["argv"][1],
-    ]  # fmt: skip
-    assert run["mode"] == 0o600
-    assert run["env"]["MLFLOW_BACKEND_STORE_URI"] == (
-        f"{project.backend_store_uri}?ssl_ca=/etc/ssl/certs/rds-global-bundle.pem"
-        "&init_command=SET%20SESSION%20wait_timeout%3D30"
-    )
-    assert run["env"]["MLFLOW_ARTIFACTS_DESTINATION"] == f"s3://{BUCKET}/{project.name}"
-    assert run["env"]["AWS_SECRET_ACCESS_KEY"] == AWS_SECRET_KEY
-    assert run["env"]["AWS_REGION"] == REGION
-    assert run["env"]["MLFLOW_WORKERS"] == "1" and run["env"]["MLFLOW_HOST"] == "0.0.0.0"
+    assert run["argv"][:6] == ["run", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:5000"]
+    for flag in ("--read-only", "no-new-privileges", "ALL"):
+        assert flag in run["argv"]
+    assert run["argv"][-1] == IMAGE_URI
+    assert not [a for a in run["argv"] if "=" in a and a.split("=")[0] in run["env"]]
+    values = run["env"]
+    assert values["MLFLOW_BACKEND_STORE_URI"] == (
+        f"{project.backend_store_uri}?init_command=SET%20SESSION%20wait_timeout%3D30"
+    )  # the image's entrypoint adds ssl_ca for MLFLOW_AWS_DB_CA_BUNDLE
+    assert values["MLFLOW_AWS_DB_CA_BUNDLE"] == mariadb.ca_path.read_text()
+    assert values["MLFLOW_ARTIFACTS_DESTINATION"] == f"s3://{BUCKET}/{project.name}"
+    # The server role's credentials (moto's STS), not the teammate's.
+    assert values["AWS_SECRET_ACCESS_KEY"] != AWS_SECRET_KEY
+    assert values["AWS_SESSION_TOKEN"] and values["AWS_ACCESS_KEY_ID"].startswith("ASIA")
+    assert values["AWS_REGION"] == REGION
+    assert values["MLFLOW_WORKERS"] == "1" and values["MLFLOW_HOST"] == "0.0.0.0"
+    assert values["MLFLOW_SERVER_ALLOWED_HOSTS"] == f"127.0.0.1:{port},localhost:{port}"
     assert stop["argv"] == ["stop", "--time", "10", name]
     assert not alive(run["pid"])
-    assert not list(tmp_dir.glob("mlflow-aws-*.env"))
+    assert not [p for p in tmp_dir.rglob("*") if p.suffix == ".env"]  # no env file, ever
+
+
+def test_a_killed_helpers_container_is_stopped(
+    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGKILL the helper: its watchdog runs docker stop (a container outlives its client)."""
+    project, outputs = project_with_outputs(mariadb, aws, "e2e-orphan", tmp_path)
+    bin_dir, state = fake_docker(tmp_path)
+    env = helper_env(aws, tmp_path)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env["FAKE_DOCKER_STATE"] = str(state)
+    port = free_port()
+    argv = ["serve", "--project", project.name, "--outputs", str(outputs), "--port", str(port)]
+    running = start_helper(argv, env, tmp_path)
+    wait_for_url(running, port)
+    container = [json.loads(x) for x in (state / "calls.jsonl").read_text().splitlines()][-1]
+    running.process.kill()
+    running.process.wait(10)
+    deadline = time.monotonic() + 30
+    while alive(container["pid"]):
+        assert time.monotonic() < deadline, "the container outlived its helper"
+        time.sleep(0.2)
+    calls = [json.loads(x) for x in (state / "calls.jsonl").read_text().splitlines()]
+    assert calls[-1]["argv"] == ["stop", "--time", "10", f"mlflow-{project.name}-{port}"]
 
 
 def test_missing_aws_credentials_are_named_with_the_fix(
     mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
 ) -> None:
-    project, outputs = project_with_outputs(mariadb, "e2e-nocreds", tmp_path)
+    project, outputs = project_with_outputs(mariadb, aws, "e2e-nocreds", tmp_path)
     env = helper_env(aws, tmp_path)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         del env[key]
@@ -646,23 +678,19 @@ def test_missing_aws_credentials_are_named_with_the_fix(
     argv = ["serve", "--project", project.name, "--outputs", str(outputs), "--runtime", "process"]
     result = run_helper([*argv, "--port", str(free_port())], env)
     assert result.returncode == 1
-    assert "no AWS credentials found" in result.stderr and "aws sso login" in result.stderr
+    assert "no usable AWS credentials" in result.stderr and "aws sso login" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_wrong_project_password_fails_fast_without_echoing_it(
     mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
 ) -> None:
-    # A rotated password (stale outputs) is caught by one login before MLflow starts, which
-    # would otherwise retry its engine silently for ~100 s.
-    project = create_project(mariadb, "e2e-stale-pw")
-    stale = outputs_for(mariadb, project)
-    entry = stale["Projects"][project.name]
+    # A password that does not match the database (rotated meanwhile) is caught by one login
+    # before MLflow starts, which would otherwise retry its engine silently for ~100 s.
     wrong = "Stale-password-0123456789"
-    entry["Password"] = wrong
-    entry["BackendStoreUri"] = entry["BackendStoreUri"].replace(project.password, wrong)
-    outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(stale))
+    project = create_project(mariadb, "e2e-stale-pw")
+    arn = publish(aws, project, password=wrong)
+    outputs = write_outputs(tmp_path / "outputs.json", BUCKET, {project.name: arn})
     source = ["--project", project.name, "--outputs", str(outputs)]
     env = helper_env(aws, tmp_path)
 
@@ -675,7 +703,7 @@ def test_wrong_project_password_fails_fast_without_echoing_it(
         assert result.returncode == 1, result.stderr[-2000:]
         assert time.monotonic() - started < 30
         assert f"user {project.user} was refused" in result.stderr
-        assert "fetch the stack's outputs again" in result.stderr
+        assert "start the helper again" in result.stderr
         assert wrong not in result.stderr + result.stdout
         assert "Traceback" not in result.stderr
 
@@ -688,7 +716,7 @@ def test_server_pools_while_busy_and_holds_no_connection_when_idle(
     # (30 by default; 2 here to keep the test short).
     from mlflow import MlflowClient
 
-    project, outputs = project_with_outputs(mariadb, "e2e-idle", tmp_path)
+    project, outputs = project_with_outputs(mariadb, aws, "e2e-idle", tmp_path)
     port = free_port()
     env = {**helper_env(aws, tmp_path), "MLFLOW_AWS_DB_IDLE_SECONDS": "2"}
     argv = ["serve", "--project", project.name, "--outputs", str(outputs)]

@@ -33,7 +33,8 @@ import pytest
 from helper.outputs import ProjectConnection
 from helper.runtimes import container_environment
 from tests.services import MariaDB, MotoServer, free_port
-from tests.test_helper_e2e import cmdline, create_project, descendants, run_tracking_script
+from tests.stack_on_moto import create_project
+from tests.test_helper_e2e import cmdline, descendants, run_tracking_script
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"

@@ -60,7 +60,9 @@ def helper_server(
     def start(db: MariaDB, project: str) -> tuple[Server, Database]:
         database = project_database(db, project)
         ensure_bucket(moto)
-        outputs = write_outputs_file(tmp_path / f"{project}-outputs.json", db, {project: database})
+        outputs = write_outputs_file(
+            tmp_path / f"{project}-outputs.json", db, {project: database}, moto
+        )
         options = ["--project", project, "--outputs", str(outputs), "--runtime", "process"]
         server = start_helper(project, options, tmp_path, moto.aws_env(), free_port())
         started.append(server)
