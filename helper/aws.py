@@ -63,7 +63,7 @@ def aws_errors(doing: str) -> Iterator[None]:
         ) from None
     except bx.ProfileNotFound as exc:
         raise HelperError(
-            f"{exc} while {doing}: AWS_PROFILE (or --profile) names a profile that is not in "
+            f"{exc} while {doing}: AWS_PROFILE names a profile that is not in "
             "your AWS config; `aws configure list-profiles` lists them"
         ) from None
     except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError) as exc:

@@ -196,7 +196,13 @@ def run_directory(environ: Mapping[str, str] = os.environ) -> Path:
     """Private (0700) place for the record of each server this user's helpers run."""
     base = environ.get("XDG_RUNTIME_DIR") or str(Path.home() / ".cache")
     path = Path(base) / "mlflow-aws" / "run"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise HelperError(
+            f"cannot create {path}, where the helper records the servers it runs ({exc.strerror});"
+            " point XDG_RUNTIME_DIR at a directory of yours"
+        ) from None
     return path
 
 
