@@ -119,13 +119,17 @@ def _add_db_ca(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="verify the database's TLS certificate against this CA bundle (for Aurora: AWS's "
-        "global-bundle.pem); without it the connection is encrypted but not verified. "
-        "The docker runtime always verifies, with the bundle baked into the image",
+        "global-bundle.pem); without it the process runtime's connection is encrypted but not "
+        "verified. The docker runtime always verifies: with this file, else with the "
+        "connection bundle's DatabaseCaBundle",
     )
 
 
-def _with_db_ca(args: argparse.Namespace, connection: ProjectConnection) -> ProjectConnection:
-    """The connection with TLS verification against ``--db-ca``, when given."""
+def _with_db_ca(
+    args: argparse.Namespace, connection: ProjectConnection, runtime: str = "process"
+) -> ProjectConnection:
+    """The connection with TLS verification against ``--db-ca``, when given: a path in the
+    URI for a local process, the PEM itself for the container (the path is not in it)."""
     if not args.db_ca:
         return connection
     from dataclasses import replace
@@ -135,6 +139,11 @@ def _with_db_ca(args: argparse.Namespace, connection: ProjectConnection) -> Proj
     ca = args.db_ca.expanduser().resolve()
     if not ca.is_file():
         raise HelperError(f"--db-ca {args.db_ca}: no such file (a PEM CA bundle)", 2)
+    if runtime == "docker":
+        try:
+            return replace(connection, database_ca_bundle=ca.read_text(encoding="ascii"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise HelperError(f"--db-ca {args.db_ca}: not a readable PEM file ({exc})", 2) from None
     return replace(connection, backend_store_uri=with_ssl_ca(connection.backend_store_uri, str(ca)))
 
 
@@ -244,9 +253,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.data_dir:
         raise HelperError("--data-dir goes with --local", 2)
     _require_project(args)
-    if args.db_ca and args.runtime != "process":
-        raise HelperError("--db-ca goes with --runtime process (the image has its own bundle)", 2)
-    connection = _with_db_ca(args, load_connection(args))
+    connection = _with_db_ca(args, load_connection(args), args.runtime or "docker")
     hint = _upgrade_hint(args, connection.project)
     if args.runtime == "process":
         return runtimes.serve_process(connection, args.port, hint)

@@ -43,6 +43,11 @@ class ProjectConnection:
     region: str
     image_uri: str
     mlflow_version: str
+    # PEM of the CAs that sign the database's certificate (the bundle's DatabaseCaBundle, or
+    # the file of --db-ca): the server image verifies TLS with it.
+    database_ca_bundle: str | None = field(default=None, repr=False)
+    # https://<domain>/<project> when the stack runs the central server, else None.
+    tracking_uri: str | None = None
 
     @property
     def secret_values(self) -> tuple[str, ...]:
@@ -140,6 +145,12 @@ class _Fields:
             )
         return value
 
+    def optional_string(self, key: str) -> str | None:
+        """A non-empty string, or None when the field is absent or null."""
+        if self.obj.get(key) is None:
+            return None
+        return self.string(key)
+
     def port(self, key: str) -> int:
         value = self.raw(key)
         # Pulumi numbers may arrive as floats (3306.0) or strings; anything else is a mistake.
@@ -217,6 +228,8 @@ def parse_connection_bundle(data: object, source: str) -> ProjectConnection:
         region=bundle.string("Region"),
         image_uri=bundle.string("ImageUri"),
         mlflow_version=bundle.string("MlflowVersion"),
+        database_ca_bundle=bundle.optional_string("DatabaseCaBundle"),
+        tracking_uri=bundle.optional_string("TrackingUri"),
     )
 
 

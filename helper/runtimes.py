@@ -28,8 +28,10 @@ from .server_settings import (
 )
 from .supervise import ServerLaunch, run_server
 
-# The image bakes Amazon's RDS CA bundle here (docker/Dockerfile); Aurora requires TLS.
-CONTAINER_CA_BUNDLE = "/etc/ssl/certs/rds-global-bundle.pem"
+# Aurora requires TLS; the image's entrypoint verifies it with the CA bundle (PEM) in this
+# variable. A PEM has newlines, which docker's env file cannot carry: `docker run -e NAME`
+# (no value) copies it from the docker client's environment instead.
+CA_BUNDLE_VARIABLE = "MLFLOW_AWS_DB_CA_BUNDLE"
 ENV_FILE_PLACEHOLDER = "<env-file>"
 DEFAULT_LOCAL_PROJECT = "default"
 
@@ -124,7 +126,7 @@ def local_launch(store: LocalStore, port: int, upgrade_hint: str) -> ServerLaunc
 # -- docker runtime ---------------------------------------------------------------------------
 
 
-def with_ssl_ca(uri: str, ca_path: str = CONTAINER_CA_BUNDLE) -> str:
+def with_ssl_ca(uri: str, ca_path: str) -> str:
     """The backend URI with PyMySQL verifying the server against ``ca_path``."""
     return with_query_parameter(uri, "ssl_ca", quote(ca_path))
 
@@ -135,7 +137,8 @@ def container_name(project: str, port: int) -> str:
 
 def docker_run_argv(connection: ProjectConnection, port: int, env_file: str) -> list[str]:
     """``docker run`` for the project's server: published on 127.0.0.1 only, secrets in the
-    env file, removed when it stops."""
+    env file, the database's CA bundle from the docker client's environment, removed when it
+    stops."""
     return [
         "docker",
         "run",
@@ -146,6 +149,8 @@ def docker_run_argv(connection: ProjectConnection, port: int, env_file: str) -> 
         f"127.0.0.1:{port}:{container_port()}",
         "--env-file",
         env_file,
+        "-e",
+        CA_BUNDLE_VARIABLE,
         connection.image_uri,
     ]
 
@@ -154,11 +159,12 @@ def container_environment(
     connection: ProjectConnection, aws_env: Mapping[str, str]
 ) -> dict[str, str]:
     """The env file's variables: the tuned settings (host and port as inside the image), the
-    project's store (TLS verified with the image's CA bundle) and the user's AWS credentials."""
+    project's store and the user's AWS credentials. (The entrypoint verifies TLS to the
+    store with the CA bundle of ``CA_BUNDLE_VARIABLE``, which is not in the file.)"""
     image_defaults = server_env_defaults()
     return {
         **server_environment(
-            backend_store_uri=with_ssl_ca(connection.backend_store_uri),
+            backend_store_uri=connection.backend_store_uri,
             artifacts_destination=connection.artifact_root,
             host=image_defaults["MLFLOW_HOST"],
             port=container_port(),
@@ -248,10 +254,26 @@ def docker_stopper(docker: str, name: str) -> Callable[[subprocess.Popen[str]], 
     return stop
 
 
+def docker_client_environment(
+    connection: ProjectConnection, inherited: Mapping[str, str]
+) -> dict[str, str]:
+    """The docker client's environment: the caller's plus the database's CA bundle, which
+    ``docker run -e MLFLOW_AWS_DB_CA_BUNDLE`` hands to the container."""
+    if not connection.database_ca_bundle:
+        raise HelperError(
+            "the server image verifies the database's TLS certificate and needs its CA bundle: "
+            "pass --db-ca FILE (AWS's RDS bundle of the region, e.g. global-bundle.pem), or use "
+            "--from-aws with a stack whose connection bundle carries DatabaseCaBundle",
+            2,
+        )
+    return {**inherited, CA_BUNDLE_VARIABLE: connection.database_ca_bundle}
+
+
 def serve_docker(connection: ProjectConnection, port: int, upgrade_hint: str) -> int:
     from . import aws
 
     docker = checks.check_docker()
+    client_env = docker_client_environment(connection, os.environ)
     checks.check_port_free(port)
     checks.check_database_reachable(connection.database_endpoint, connection.database_port)
     checks.check_database_login(connection.backend_store_uri)
@@ -274,7 +296,7 @@ def serve_docker(connection: ProjectConnection, port: int, upgrade_hint: str) ->
         launch = ServerLaunch(
             description=f"MLflow server of project {connection.project} (container {name})",
             argv=argv,
-            env=dict(os.environ),
+            env=client_env,
             port=port,
             stop=docker_stopper(docker, name),
             upgrade_hint=upgrade_hint,

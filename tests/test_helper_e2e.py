@@ -560,9 +560,11 @@ elif args[0] == "run":
     env_file = args[args.index("--env-file") + 1]
     mode = stat.S_IMODE(os.stat(env_file).st_mode)
     env = dict(line.split("=", 1) for line in open(env_file).read().splitlines())
+    # `-e NAME` without a value: docker copies NAME from its own environment.
+    passed = {args[i + 1]: os.environ.get(args[i + 1]) for i, a in enumerate(args) if a == "-e"}
     name = args[args.index("--name") + 1]
     host, port, _ = args[args.index("-p") + 1].split(":")
-    log(env=env, mode=mode, pid=os.getpid())
+    log(env=env, passed=passed, mode=mode, pid=os.getpid())
     with open(os.path.join(state, name + ".pid"), "w") as f:
         f.write(str(os.getpid()))
 
@@ -598,6 +600,7 @@ def test_serve_docker_runtime_with_a_stand_in_docker(
     env["FAKE_DOCKER_STATE"] = str(state)
     port = free_port()
     argv = ["serve", "--project", project.name, "--outputs", str(outputs), "--port", str(port)]
+    argv += ["--db-ca", str(mariadb.ca_path)]
     with serving(argv, env, tmp_path, port) as running:
         calls = [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]
         run = calls[-1]
@@ -617,13 +620,14 @@ def test_serve_docker_runtime_with_a_stand_in_docker(
     name = f"mlflow-{project.name}-{port}"
     assert run["argv"] == [
         "run", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:5000",
-        "--env-file", str(env_file), pull["argv"][1],
+        "--env-file", str(env_file), "-e", "MLFLOW_AWS_DB_CA_BUNDLE", pull["argv"][1],
     ]  # fmt: skip
     assert run["mode"] == 0o600
+    # The image's entrypoint turns the CA bundle into ssl_ca (tests/test_dockerfile.py).
     assert run["env"]["MLFLOW_BACKEND_STORE_URI"] == (
-        f"{project.backend_store_uri}?ssl_ca=/etc/ssl/certs/rds-global-bundle.pem"
-        "&init_command=SET%20SESSION%20wait_timeout%3D30"
+        f"{project.backend_store_uri}?init_command=SET%20SESSION%20wait_timeout%3D30"
     )
+    assert run["passed"] == {"MLFLOW_AWS_DB_CA_BUNDLE": mariadb.ca_path.read_text()}
     assert run["env"]["MLFLOW_ARTIFACTS_DESTINATION"] == f"s3://{BUCKET}/{project.name}"
     assert run["env"]["AWS_SECRET_ACCESS_KEY"] == AWS_SECRET_KEY
     assert run["env"]["AWS_REGION"] == REGION

@@ -97,7 +97,8 @@ def test_docker_run_argv_publishes_on_loopback_only_and_carries_no_secret(
     argv = runtimes.docker_run_argv(churn, 5123, "/tmp/mlflow-aws-x.env")
     assert argv == [
         "docker", "run", "--rm", "--name", "mlflow-churn-5123",
-        "-p", "127.0.0.1:5123:5000", "--env-file", "/tmp/mlflow-aws-x.env", IMAGE,
+        "-p", "127.0.0.1:5123:5000", "--env-file", "/tmp/mlflow-aws-x.env",
+        "-e", "MLFLOW_AWS_DB_CA_BUNDLE", IMAGE,  # the name only: the value is the client's
     ]  # fmt: skip
     assert container_port() == 5000
     assert_no_secret(" ".join(argv))
@@ -112,13 +113,13 @@ def test_command_prints_the_docker_run_without_secret_values(
     assert code == 0
     assert captured.out.strip() == (
         f"docker run --rm --name mlflow-churn-5123 -p 127.0.0.1:5123:5000 "
-        f"--env-file '<env-file>' {IMAGE}"
+        f"--env-file '<env-file>' -e MLFLOW_AWS_DB_CA_BUNDLE {IMAGE}"
     )
     assert "MLFLOW_BACKEND_STORE_URI" in captured.err and "AWS_SECRET_ACCESS_KEY" in captured.err
     assert_no_secret(captured.out + captured.err)
 
 
-def test_container_environment_holds_store_with_tls_ca_artifacts_and_credentials(
+def test_container_environment_holds_store_artifacts_and_credentials(
     churn: ProjectConnection,
 ) -> None:
     aws_env = {
@@ -127,10 +128,11 @@ def test_container_environment_holds_store_with_tls_ca_artifacts_and_credentials
         "AWS_SESSION_TOKEN": AWS_TOKEN,
     }
     env = runtimes.container_environment(churn, aws_env)
+    # No ssl_ca: the image's entrypoint adds its own, from MLFLOW_AWS_DB_CA_BUNDLE.
     assert env["MLFLOW_BACKEND_STORE_URI"] == (
-        churn.backend_store_uri + "?ssl_ca=/etc/ssl/certs/rds-global-bundle.pem"
-        "&init_command=SET%20SESSION%20wait_timeout%3D30"
+        churn.backend_store_uri + "?init_command=SET%20SESSION%20wait_timeout%3D30"
     )
+    assert "MLFLOW_AWS_DB_CA_BUNDLE" not in env  # a PEM has newlines: not for the env file
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://demo-bucket/churn"
     assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert env["AWS_SECRET_ACCESS_KEY"] == AWS_SECRET and env["AWS_SESSION_TOKEN"] == AWS_TOKEN
@@ -157,15 +159,49 @@ def test_env_file_refuses_values_docker_would_cut() -> None:
 
 
 def test_ssl_ca_is_appended_once() -> None:
-    assert runtimes.with_ssl_ca("mysql+pymysql://u:p@h:3306/db") == (
-        "mysql+pymysql://u:p@h:3306/db?ssl_ca=/etc/ssl/certs/rds-global-bundle.pem"
+    ca = "/etc/ssl/rds bundle.pem"
+    assert runtimes.with_ssl_ca("mysql+pymysql://u:p@h:3306/db", ca) == (
+        "mysql+pymysql://u:p@h:3306/db?ssl_ca=/etc/ssl/rds%20bundle.pem"
     )
-    assert runtimes.with_ssl_ca("mysql+pymysql://h/db?charset=utf8mb4").endswith(
-        "?charset=utf8mb4&ssl_ca=/etc/ssl/certs/rds-global-bundle.pem"
+    assert runtimes.with_ssl_ca("mysql+pymysql://h/db?charset=utf8mb4", ca).endswith(
+        "?charset=utf8mb4&ssl_ca=/etc/ssl/rds%20bundle.pem"
     )
     assert (
-        runtimes.with_ssl_ca("mysql+pymysql://h/db?ssl_ca=/x") == "mysql+pymysql://h/db?ssl_ca=/x"
+        runtimes.with_ssl_ca("mysql+pymysql://h/db?ssl_ca=/x", ca)
+        == "mysql+pymysql://h/db?ssl_ca=/x"
     )
+
+
+def test_docker_client_gets_the_ca_bundle_and_refuses_without_one(
+    churn: ProjectConnection,
+) -> None:
+    from dataclasses import replace
+
+    with pytest.raises(HelperError, match="needs its CA bundle: pass --db-ca FILE"):
+        runtimes.docker_client_environment(churn, {"PATH": "/usr/bin"})
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    env = runtimes.docker_client_environment(
+        replace(churn, database_ca_bundle=pem), {"PATH": "/usr/bin"}
+    )
+    assert env == {"PATH": "/usr/bin", "MLFLOW_AWS_DB_CA_BUNDLE": pem}
+
+
+def test_connection_bundle_carries_ca_and_tracking_uri_when_present() -> None:
+    bundle = {
+        "Project": "churn", "Database": "churn", "BackendStoreUri": "mysql+pymysql://u:p@h/churn",
+        "Password": "p", "ArtifactRoot": "s3://b/churn", "DatabaseEndpoint": "h",
+        "DatabasePort": 3306, "Region": "eu-west-1", "ImageUri": IMAGE, "MlflowVersion": "3.17.2",
+    }  # fmt: skip
+    plain = parse_connection_bundle(bundle, "secret")
+    assert (plain.database_ca_bundle, plain.tracking_uri) == (None, None)
+    nulls = parse_connection_bundle({**bundle, "DatabaseCaBundle": None, "TrackingUri": None}, "s")
+    assert (nulls.database_ca_bundle, nulls.tracking_uri) == (None, None)
+    full = parse_connection_bundle(
+        {**bundle, "DatabaseCaBundle": "PEM", "TrackingUri": "https://m.example.com/churn"}, "s"
+    )
+    assert (full.database_ca_bundle, full.tracking_uri) == ("PEM", "https://m.example.com/churn")
+    with pytest.raises(OutputsError, match="TrackingUri must be a non-empty string"):
+        parse_connection_bundle({**bundle, "TrackingUri": 5}, "s")
 
 
 # -- the tuned settings -----------------------------------------------------------------------
@@ -589,9 +625,19 @@ def test_db_ca_must_exist_and_goes_with_the_process_runtime(
 
     assert cli.main([*base, "--runtime", "process", "--db-ca", str(missing)]) == 2
     assert f"--db-ca {missing}: no such file" in capsys.readouterr().err
-    # The image verifies with its own baked bundle; a host path would not exist inside it.
     assert cli.main([*base, "--db-ca", str(missing)]) == 2
-    assert "--db-ca goes with --runtime process" in capsys.readouterr().err
+    assert f"--db-ca {missing}: no such file" in capsys.readouterr().err
+
+
+def test_db_ca_reaches_the_container_as_its_content(tmp_path: Path) -> None:
+    # A host path means nothing inside the container: the docker runtime hands over the PEM.
+    ca = tmp_path / "global-bundle.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    args = cli.build_parser().parse_args(["serve", "--project", "churn", "--db-ca", str(ca)])
+    connection = parse_stack_outputs(sample_outputs(), "test").connection("churn")
+    verified = cli._with_db_ca(args, connection, "docker")
+    assert verified.database_ca_bundle == ca.read_text()
+    assert verified.backend_store_uri == connection.backend_store_uri
 
 
 def test_db_ca_is_url_quoted_into_the_backend_uri(tmp_path: Path) -> None:
