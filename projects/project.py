@@ -50,6 +50,7 @@ BUNDLE_KEYS = (
     "MlflowVersion",
     "DatabaseCaBundle",
     "ServerRoleArn",
+    "TrackingUri",  # https://<domain>/<project>, or null without the central server
 )
 OUTPUT_KEYS = (
     "Database",
@@ -81,6 +82,9 @@ class MlflowProjectArgs:
     # PEM of the CAs that sign the database's TLS certificate (AWS's RDS bundle of the region),
     # so every client of the bundle verifies the server; None only in tests of other parts.
     database_ca_bundle: pulumi.Input[str] | None = None
+    # https://<domain>/<project> when the stack runs the central server (server.enabled): in
+    # the bundle (null otherwise) and in the Projects entry (only then).
+    tracking_uri: str | None = None
 
 
 # -- the IAM policy document, typed -----------------------------------------------------------
@@ -355,6 +359,7 @@ class MlflowProject(pulumi.ComponentResource):
         ]
 
         artifact_root = pulumi.Output.concat("s3://", args.bucket_name, "/", ids.s3_prefix)
+        self.artifact_root: pulumi.Output[str] = artifact_root
         uri = pulumi.Output.all(
             self.schema.username, password, args.db_endpoint, self.schema.schema
         ).apply(lambda v: backend_store_uri(v[0], v[1], v[2], args.db_port, v[3]))
@@ -382,6 +387,7 @@ class MlflowProject(pulumi.ComponentResource):
                     "MlflowVersion": mlflow_version,
                     "DatabaseCaBundle": v[8],
                     "ServerRoleArn": v[9],
+                    "TrackingUri": args.tracking_uri,
                 },
                 sort_keys=True,
             )
@@ -416,5 +422,10 @@ class MlflowProject(pulumi.ComponentResource):
             self.secret.arn,
             self.policy.arn,
             self.server_role.arn,
-        ).apply(lambda v: dict(zip(OUTPUT_KEYS, v, strict=True)))
+        ).apply(
+            lambda v: {
+                **dict(zip(OUTPUT_KEYS, v, strict=True)),
+                **({"TrackingUri": args.tracking_uri} if args.tracking_uri else {}),
+            }
+        )
         self.register_outputs({"outputs": self.outputs})
