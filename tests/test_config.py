@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -416,3 +417,14 @@ def test_valid_config_does_register_resources() -> None:
     recording = RecordingMocks()
     run_program({"mlflow-aws:db": {"allowedCidrs": ["203.0.113.0/24"]}}, recording=recording)
     assert len(recording.resources) > 10
+
+
+def test_every_key_is_documented_in_pulumi_yaml() -> None:
+    from infra.config import DB_KEYS, SERVER_KEYS, TOP_LEVEL_KEYS
+
+    documented = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    assert set(documented) == {f"mlflow-aws:{key}" for key in TOP_LEVEL_KEYS}
+    for top, keys in (("db", DB_KEYS), ("server", SERVER_KEYS)):
+        text = documented[f"mlflow-aws:{top}"]["description"]
+        missing = [key for key in keys if not re.search(rf"\b{key}\b", text)]
+        assert not missing, f"mlflow-aws:{top} does not document {missing}"
