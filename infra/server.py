@@ -575,7 +575,7 @@ class TrackingService(pulumi.ComponentResource):
             ),
             child,
         )
-        aws.iam.RolePolicy(
+        execution_policy = aws.iam.RolePolicy(
             f"{prefix}-execution-policy",
             aws.iam.RolePolicyArgs(
                 role=execution_role.id,
@@ -656,8 +656,9 @@ class TrackingService(pulumi.ComponentResource):
             ),
             pulumi.ResourceOptions(
                 parent=self,
-                # The target group must be attached to the load balancer first.
-                depends_on=[rule],
+                # The target group must be attached to the load balancer first, and the first
+                # tasks must be able to pull the image and read the secret.
+                depends_on=[rule, execution_policy],
                 # Autoscaling owns the task count between minTasks and maxTasks.
                 ignore_changes=["desiredCount"],
             ),

@@ -357,6 +357,7 @@ def test_rollouts_use_a_circuit_breaker_with_rollback() -> None:
             "containerPort": 5000,
         }
         assert named(r, f"tracking-{project}-rule").urn in service.dependencies
+        assert named(r, f"tracking-{project}-execution-policy").urn in service.dependencies
         assert service.ignore_changes == ("desiredCount",)  # autoscaling owns the count
     settings = cluster.inputs["settings"]
     assert settings == [{"name": "containerInsights", "value": "disabled"}]
