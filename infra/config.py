@@ -132,7 +132,7 @@ class ServerConfig:
     min_tasks: int = 1  # per project
     max_tasks: int = 3  # per project
     subnet_ids: tuple[str, ...] = ()  # empty: the database's subnets
-    assign_public_ip: bool = True  # tasks need a route to ECR/S3/Secrets Manager/Logs
+    assign_public_ip: bool = True  # default VPC only: tasks need a route to ECR/S3/Secrets/Logs
 
     @property
     def url(self) -> str | None:
@@ -353,7 +353,9 @@ def _as_domain(value: Any, key: str, problems: _Problems) -> str | None:
     return str(value)
 
 
-def _parse_server(raw: str | None, region: str | None, problems: _Problems) -> ServerConfig:
+def _parse_server(
+    raw: str | None, region: str | None, db: DatabaseConfig, problems: _Problems
+) -> ServerConfig:
     server: Any = {} if raw is None else _parse_json_or_text(raw)
     if not isinstance(server, dict):
         problems.add(
@@ -428,8 +430,11 @@ def _parse_server(raw: str | None, region: str | None, problems: _Problems) -> S
             list(subnet_ids),
             "a load balancer needs subnets in at least 2 availability zones",
         )
+    # The account's default VPC has public subnets and no NAT: tasks there need a public IP to
+    # reach ECR, S3, Secrets Manager and CloudWatch. Your own VPC: your NAT or VPC endpoints.
+    default_vpc = not (subnet_ids or db.subnet_ids or db.vpc_id)
     assign_public_ip = _as_bool(
-        server.get("assignPublicIp"), "server.assignPublicIp", problems, not subnet_ids
+        server.get("assignPublicIp"), "server.assignPublicIp", problems, default_vpc
     )
     allowed_cidrs = _parse_cidrs(
         server.get("allowedCidrs"), problems, "server.allowedCidrs", "the load balancer"
@@ -537,13 +542,14 @@ def parse_stack_config(values: Mapping[str, str], stack: str) -> StackConfig:
     version = ours.get("mlflowVersion") or pinned_mlflow_version()
     if not re.fullmatch(r"\d+\.\d+\.\d+", version):
         problems.add("mlflowVersion", version, "must be a release version such as 3.17.2")
+    db = _parse_db(ours.get("db"), protect, problems)
     config = StackConfig(
         stack=stack,
         mlflow_version=version,
         protect=protect,
-        db=_parse_db(ours.get("db"), protect, problems),
+        db=db,
         projects=_parse_projects(ours.get("projects"), problems),
-        server=_parse_server(ours.get("server"), values.get("aws:region"), problems),
+        server=_parse_server(ours.get("server"), values.get("aws:region"), db, problems),
     )
     if problems.items:
         raise ConfigError(problems.items)

@@ -296,6 +296,10 @@ def test_server_with_certificate_and_own_network() -> None:
     assert (server.cpu, server.memory, server.min_tasks, server.max_tasks) == (1024, 3072, 2, 6)
     assert server.subnet_ids == ("subnet-0aaa1111", "subnet-0bbb2222")
     assert server.assign_public_ip is False  # your subnets: your NAT or VPC endpoints
+    own_vpc = parse({"server": SERVER, "db": {"vpcId": "vpc-0abc1234"}}).server
+    assert own_vpc.assign_public_ip is False  # the database's own VPC, not the default one
+    assert parse({"server": {**SERVER, "assignPublicIp": True}, "db": {"vpcId": "vpc-0abc1234"}}
+                 ).server.assign_public_ip is True  # fmt: skip
 
 
 def test_public_load_balancer_without_https_is_refused() -> None:
