@@ -14,6 +14,7 @@ import pulumi_aws as aws
 from infra.artifact_store import ArtifactStore, ArtifactStoreArgs
 from infra.config import load_stack_config
 from infra.database import MetadataDatabase, MetadataDatabaseArgs
+from infra.server import ServiceProject, TrackingService, TrackingServiceArgs
 from infra.server_image import ServerImage, ServerImageArgs
 from projects.project import MlflowProject, MlflowProjectArgs
 
@@ -27,7 +28,13 @@ store = ArtifactStore(
 )
 database = MetadataDatabase(
     "metadata",
-    MetadataDatabaseArgs(stack=config.stack, db=config.db, protect=config.protect, tags=tags),
+    MetadataDatabaseArgs(
+        stack=config.stack,
+        db=config.db,
+        protect=config.protect,
+        tags=tags,
+        client_group=config.server.enabled,  # the central server's tasks reach MySQL
+    ),
 )
 image = ServerImage(
     "server",
@@ -45,6 +52,7 @@ account_id = aws.get_caller_identity_output().account_id
 
 # One MlflowProject per configured project; its outputs are the DESIGN.md Projects entry.
 project_outputs: dict[str, pulumi.Output[dict]] = {}
+service_projects: list[ServiceProject] = []
 for p in config.projects:
     project = MlflowProject(
         f"project-{p.name}",
@@ -65,12 +73,47 @@ for p in config.projects:
             mlflow_version=config.mlflow_version,
             aws_profile=config.aws_profile,
             database_ca_bundle=database.ca_bundle,
+            tracking_uri=config.server.tracking_uri(p.name),
+            max_user_connections=config.max_user_connections,
         ),
         # Schemas are made through the Data API once the writer runs and the admin secret holds
         # the credentials it logs in with.
         pulumi.ResourceOptions(depends_on=[database.instance, database.admin_secret_value]),
     )
     project_outputs[p.name] = project.outputs
+    service_projects.append(
+        ServiceProject(
+            name=p.name,
+            connection_secret_arn=project.secret.arn,
+            server_role_arn=project.server_role_arn,
+            artifact_root=project.artifact_root,
+            iam_roles=p.iam_roles,
+            iam_groups=p.iam_groups,
+        )
+    )
+
+# The central server (optional): one HTTPS URL per project on ECS Fargate.
+if config.server.enabled:
+    assert database.client_security_group_id is not None
+    service = TrackingService(
+        "tracking",
+        TrackingServiceArgs(
+            stack=config.stack,
+            server=config.server,
+            projects=service_projects,
+            image_uri=image.image_uri,
+            repository_arn=image.repository_arn,
+            region=region,
+            account_id=account_id,
+            vpc_id=database.vpc_id,
+            vpc_cidr=database.vpc_cidr,
+            subnet_ids=database.subnet_ids,
+            database_client_security_group_id=database.client_security_group_id,
+            protect=config.protect,
+            tags=tags,
+        ),
+    )
+    pulumi.export("ServerUrl", service.url)
 
 pulumi.export("ArtifactRoot", store.artifact_root)
 pulumi.export("DatabaseEndpoint", database.endpoint)

@@ -48,6 +48,8 @@ class ProjectConnection:
     database_ca_bundle: str | None = field(default=None, repr=False)
     server_role_arn: str | None = None  # the role the project's server runs as
     stack: str | None = None
+    # https://<domain>/<project> when the stack runs the central server, else None.
+    tracking_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ def parse_connection_bundle(data: object, source: str) -> ProjectConnection:
         database_ca_bundle=bundle.optional_string("DatabaseCaBundle"),
         server_role_arn=bundle.optional_string("ServerRoleArn"),
         stack=bundle.optional_string("Stack"),
+        tracking_uri=bundle.optional_string("TrackingUri"),
     )
 
 

@@ -24,7 +24,7 @@ from mlflow_aws.names import collisions, name_problem
 NAMESPACE = "mlflow-aws"
 DOCKER_REQUIREMENTS = Path(__file__).resolve().parent.parent / "docker" / "requirements.txt"
 
-TOP_LEVEL_KEYS = ("projects", "mlflowVersion", "db", "protect")
+TOP_LEVEL_KEYS = ("projects", "mlflowVersion", "db", "server", "protect")
 DB_KEYS = (
     "minCapacity",
     "maxCapacity",
@@ -44,6 +44,20 @@ PROJECT_KEYS = (
     "passwordVersion",
     "adoptExistingSchema",
 )
+SERVER_KEYS = (
+    "enabled",
+    "domainName",
+    "hostedZoneId",
+    "certificateArn",
+    "internal",
+    "allowedCidrs",
+    "cpu",
+    "memory",
+    "minTasks",
+    "maxTasks",
+    "subnetIds",
+    "assignPublicIp",
+)
 
 # Surrounding ASCII whitespace is forgiven ("churn, fraud"); any other (a no-break space, say)
 # stays part of the name and is refused as non-ASCII rather than silently removed.
@@ -52,9 +66,32 @@ ASCII_SPACE = " \t\r\n"
 # A public range broader than this is a slice of the internet (two /1s are the internet).
 MIN_ALLOWED_PREFIX = 8
 
+# The most MySQL connections one server holds: server.env's pool size (2) + overflow (8).
+CONNECTIONS_PER_SERVER = 10
+
 # Aurora Serverless v2 limits (ACU) and auto-pause window (seconds).
 MIN_ACU, MAX_ACU = 0.0, 256.0
 AUTO_PAUSE_MIN_S, AUTO_PAUSE_MAX_S = 300, 86400
+
+# Fargate (Linux) task sizes: CPU units -> the memory sizes (MiB) allowed with it.
+FARGATE_SIZES: dict[int, tuple[int, ...]] = {
+    256: (512, 1024, 2048),
+    512: tuple(range(1024, 4096 + 1, 1024)),
+    1024: tuple(range(2048, 8192 + 1, 1024)),
+    2048: tuple(range(4096, 16384 + 1, 1024)),
+    4096: tuple(range(8192, 30720 + 1, 1024)),
+    8192: tuple(range(16384, 61440 + 1, 4096)),
+    16384: tuple(range(32768, 122880 + 1, 8192)),
+}
+# One task holds at most MLFLOW_SQLALCHEMYSTORE_POOL_SIZE + MAX_OVERFLOW (10) MySQL connections;
+# 20 tasks of one project are 200, beyond what a small Aurora Serverless v2 cluster admits.
+MAX_TASKS = 20
+_HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_HOSTED_ZONE_ID = re.compile(r"Z[A-Z0-9]{1,32}")
+_CERTIFICATE_ARN = re.compile(
+    r"arn:aws(?:-[a-z]+)*:acm:([a-z0-9-]+):\d{12}:certificate/[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}"
+)
+_SUBNET_ID = re.compile(r"subnet-[0-9a-f]+")
 
 
 class ConfigError(pulumi.RunError):
@@ -96,6 +133,32 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """The central tracking server (ECS Fargate behind an HTTPS load balancer), optional."""
+
+    enabled: bool = False
+    domain_name: str | None = None  # https://<domain_name>/<project>
+    hosted_zone_id: str | None = None  # set: the program issues the certificate and the alias
+    certificate_arn: str | None = None  # set: an existing ACM certificate; DNS is yours
+    internal: bool = True  # reachable only inside the VPC (until the aws-iam auth app is on)
+    allowed_cidrs: tuple[str, ...] = ()  # who may reach the load balancer; empty: the VPC
+    cpu: int = 512  # Fargate CPU units per task
+    memory: int = 1024  # MiB per task
+    min_tasks: int = 1  # per project
+    max_tasks: int = 3  # per project
+    subnet_ids: tuple[str, ...] = ()  # empty: the database's subnets
+    assign_public_ip: bool = True  # default VPC only: tasks need a route to ECR/S3/Secrets/Logs
+
+    @property
+    def url(self) -> str | None:
+        return f"https://{self.domain_name}" if self.enabled and self.domain_name else None
+
+    def tracking_uri(self, project: str) -> str | None:
+        """``https://<domain>/<project>`` when the server is enabled, else None."""
+        return f"{self.url}/{project}" if self.url else None
+
+
+@dataclass(frozen=True)
 class StackConfig:
     stack: str
     mlflow_version: str
@@ -103,6 +166,16 @@ class StackConfig:
     db: DatabaseConfig
     projects: tuple[ProjectConfig, ...] = field(default_factory=tuple)
     aws_profile: str | None = None  # aws:profile, for the schema provider's own AWS calls
+
+    @property
+    def max_user_connections(self) -> int:
+        """Each project user's MySQL connection limit: the laptop servers' share, plus every
+        central task's pool at its largest (server.env: pool size + overflow)."""
+        from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS
+
+        tasks = self.server.max_tasks if self.server.enabled else 0
+        return DEFAULT_MAX_USER_CONNECTIONS + tasks * CONNECTIONS_PER_SERVER
+    server: ServerConfig = field(default_factory=ServerConfig)
 
 
 def pinned_mlflow_version(requirements: Path = DOCKER_REQUIREMENTS) -> str:
@@ -198,35 +271,35 @@ def _parse_capacity(db: Mapping[str, Any], problems: _Problems) -> tuple[float, 
     return lo, hi
 
 
-def _parse_cidrs(value: Any, problems: _Problems) -> tuple[str, ...]:
-    cidrs = _as_str_list(value, "db.allowedCidrs", problems)
+def _parse_cidrs(
+    value: Any, problems: _Problems, key: str = "db.allowedCidrs", what: str = "MySQL"
+) -> tuple[str, ...]:
+    cidrs = _as_str_list(value, key, problems)
     normalised = []
     for cidr in cidrs:
         try:
             network = ipaddress.ip_network(cidr.strip(), strict=True)
         except ValueError as exc:
-            problems.add(
-                "db.allowedCidrs", cidr, f"is not a valid CIDR such as 203.0.113.7/32 ({exc})"
-            )
+            problems.add(key, cidr, f"is not a valid CIDR such as 203.0.113.7/32 ({exc})")
             continue
         if network.prefixlen == 0:
             problems.add(
-                "db.allowedCidrs",
+                key,
                 cidr,
-                "opens MySQL to the whole internet and is refused; list your office or VPN "
+                f"opens {what} to the whole internet and is refused; list your office or VPN "
                 "ranges instead",
             )
             continue
         if network.version == 6:
             problems.add(
-                "db.allowedCidrs",
+                key,
                 cidr,
-                "is IPv6, but the cluster is reached over IPv4 only; list the IPv4 ranges",
+                f"is IPv6, but {what} is reached over IPv4 only; list the IPv4 ranges",
             )
             continue
         if network.prefixlen < MIN_ALLOWED_PREFIX:
             problems.add(
-                "db.allowedCidrs",
+                key,
                 cidr,
                 f"is broader than /{MIN_ALLOWED_PREFIX} ({network.num_addresses:,} addresses: "
                 "a slice of the internet, not an office or VPN) and is refused",
@@ -295,6 +368,154 @@ def _parse_db(raw: str | None, protect: bool, problems: _Problems) -> DatabaseCo
     )
 
 
+def _as_domain(value: Any, key: str, problems: _Problems) -> str | None:
+    if value is None:
+        return None
+    labels = value.split(".") if isinstance(value, str) else []
+    if not (
+        isinstance(value, str)
+        and len(value) <= 253
+        and len(labels) >= 2
+        and all(_HOST_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()
+    ):
+        problems.add(
+            key,
+            value,
+            "must be a lowercase DNS name such as mlflow.example.com (no scheme, port, path, "
+            "wildcard or trailing dot)",
+        )
+        return None
+    return str(value)
+
+
+def _parse_server(
+    raw: str | None, region: str | None, db: DatabaseConfig, problems: _Problems
+) -> ServerConfig:
+    server: Any = {} if raw is None else _parse_json_or_text(raw)
+    if not isinstance(server, dict):
+        problems.add(
+            "server", server, "must be an object, e.g. pulumi config set --path server.enabled true"
+        )
+        return ServerConfig()
+    for unknown in sorted(set(server) - set(SERVER_KEYS)):
+        problems.add(
+            f"server.{unknown}", server[unknown], f"unknown key; known: {', '.join(SERVER_KEYS)}"
+        )
+    enabled = _as_bool(server.get("enabled"), "server.enabled", problems, False)
+    internal = _as_bool(server.get("internal"), "server.internal", problems, True)
+    domain = _as_domain(server.get("domainName"), "server.domainName", problems)
+
+    zone = server.get("hostedZoneId")
+    if zone is not None and not (isinstance(zone, str) and _HOSTED_ZONE_ID.fullmatch(zone)):
+        problems.add("server.hostedZoneId", zone, "must be a Route 53 hosted zone id like Z0123ABC")
+        zone = None
+    certificate = server.get("certificateArn")
+    if certificate is not None:
+        match = _CERTIFICATE_ARN.fullmatch(certificate) if isinstance(certificate, str) else None
+        if match is None:
+            problems.add(
+                "server.certificateArn",
+                certificate,
+                "must be an ACM certificate ARN like "
+                "arn:aws:acm:eu-west-1:123456789012:certificate/<uuid>",
+            )
+            certificate = None
+        elif region and match.group(1) != region:
+            problems.add(
+                "server.certificateArn",
+                certificate,
+                f"is in {match.group(1)}, but a load balancer only uses certificates of its own "
+                f"region ({region})",
+            )
+            certificate = None
+    if zone is not None and certificate is not None:
+        problems.add(
+            "server.certificateArn",
+            certificate,
+            "set either hostedZoneId (the program issues the certificate) or certificateArn "
+            "(your certificate, your DNS), not both",
+        )
+
+    cpu = _as_int(server.get("cpu"), "server.cpu", problems, 512, 256, 16384)
+    memory = _as_int(server.get("memory"), "server.memory", problems, 1024, 512, 122880)
+    if cpu not in FARGATE_SIZES:
+        problems.add("server.cpu", cpu, f"must be a Fargate CPU size: {sorted(FARGATE_SIZES)}")
+    elif memory not in FARGATE_SIZES[cpu]:
+        allowed = FARGATE_SIZES[cpu]
+        problems.add(
+            "server.memory",
+            memory,
+            f"is not a Fargate size for cpu {cpu}: {allowed[0]}-{allowed[-1]} MiB in steps of "
+            f"{allowed[1] - allowed[0] if len(allowed) > 1 else allowed[0]}",
+        )
+    min_tasks = _as_int(server.get("minTasks"), "server.minTasks", problems, 1, 1, MAX_TASKS)
+    max_tasks = _as_int(server.get("maxTasks"), "server.maxTasks", problems, 3, 1, MAX_TASKS)
+    if min_tasks > max_tasks:
+        problems.add("server.minTasks", min_tasks, f"must not exceed server.maxTasks ({max_tasks})")
+
+    subnet_ids = _as_str_list(server.get("subnetIds"), "server.subnetIds", problems)
+    for subnet in subnet_ids:
+        if not _SUBNET_ID.fullmatch(subnet):
+            problems.add("server.subnetIds", subnet, "must be subnet ids like subnet-0123abcd")
+    if len(set(subnet_ids)) != len(subnet_ids):
+        problems.add("server.subnetIds", list(subnet_ids), "lists a subnet twice")
+    if subnet_ids and len(set(subnet_ids)) < 2:
+        problems.add(
+            "server.subnetIds",
+            list(subnet_ids),
+            "a load balancer needs subnets in at least 2 availability zones",
+        )
+    # The account's default VPC has public subnets and no NAT: tasks there need a public IP to
+    # reach ECR, S3, Secrets Manager and CloudWatch. Your own VPC: your NAT or VPC endpoints.
+    default_vpc = not (subnet_ids or db.subnet_ids or db.vpc_id)
+    assign_public_ip = _as_bool(
+        server.get("assignPublicIp"), "server.assignPublicIp", problems, default_vpc
+    )
+    allowed_cidrs = _parse_cidrs(
+        server.get("allowedCidrs"), problems, "server.allowedCidrs", "the load balancer"
+    )
+
+    if enabled:
+        if domain is None and "domainName" not in server:
+            problems.add(
+                "server.domainName",
+                None,
+                "is required when server.enabled: the tracking URIs are https://<domainName>/<project>",
+            )
+        has_certificate = zone is not None or certificate is not None
+        if not has_certificate and "hostedZoneId" not in server and "certificateArn" not in server:
+            if not internal:
+                problems.add(
+                    "server.internal",
+                    False,
+                    "a public load balancer without HTTPS is refused (passwords, tokens and "
+                    "artifacts would cross the internet in clear text): set server.hostedZoneId "
+                    "or server.certificateArn",
+                )
+            else:
+                problems.add(
+                    "server.hostedZoneId",
+                    None,
+                    "the load balancer serves HTTPS only and needs a certificate: set "
+                    "server.hostedZoneId (the program issues one) or server.certificateArn",
+                )
+    return ServerConfig(
+        enabled=enabled,
+        domain_name=domain,
+        hosted_zone_id=zone,
+        certificate_arn=certificate,
+        internal=internal,
+        allowed_cidrs=allowed_cidrs,
+        cpu=cpu,
+        memory=memory,
+        min_tasks=min_tasks,
+        max_tasks=max_tasks,
+        subnet_ids=subnet_ids,
+        assign_public_ip=assign_public_ip,
+    )
+
+
 def _parse_project(item: Any, index: int, problems: _Problems) -> ProjectConfig | None:
     key = f"projects[{index}]"
     if isinstance(item, str):
@@ -360,13 +581,15 @@ def parse_stack_config(values: Mapping[str, str], stack: str) -> StackConfig:
     version = ours.get("mlflowVersion") or pinned_mlflow_version()
     if not re.fullmatch(r"\d+\.\d+\.\d+", version):
         problems.add("mlflowVersion", version, "must be a release version such as 3.17.2")
+    db = _parse_db(ours.get("db"), protect, problems)
     config = StackConfig(
         stack=stack,
         mlflow_version=version,
         protect=protect,
-        db=_parse_db(ours.get("db"), protect, problems),
+        db=db,
         projects=_parse_projects(ours.get("projects"), problems),
         aws_profile=values.get("aws:profile") or None,
+        server=_parse_server(ours.get("server"), values.get("aws:region"), db, problems),
     )
     if problems.items:
         raise ConfigError(problems.items)

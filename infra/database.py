@@ -47,6 +47,8 @@ class MetadataDatabaseArgs:
     db: DatabaseConfig
     protect: bool  # final snapshot and Pulumi protect on the cluster
     tags: Mapping[str, str] = field(default_factory=dict)
+    # A security group whose members (the central server's tasks) may reach MySQL.
+    client_group: bool = False
 
 
 class MetadataDatabase(pulumi.ComponentResource):
@@ -64,6 +66,10 @@ class MetadataDatabase(pulumi.ComponentResource):
     # admin secret holds the credentials the Data API logs in with.
     instance: aws.rds.ClusterInstance
     admin_secret_value: aws.secretsmanager.SecretVersion
+    client_security_group_id: pulumi.Output[str] | None  # members may reach MySQL
+    vpc_id: pulumi.Output[str]
+    vpc_cidr: pulumi.Output[str]
+    subnet_ids: pulumi.Input[list[str]]
 
     def __init__(
         self, name: str, args: MetadataDatabaseArgs, opts: pulumi.ResourceOptions | None = None
@@ -84,12 +90,26 @@ class MetadataDatabase(pulumi.ComponentResource):
             ),
             child,
         )
+        client_group = (
+            aws.ec2.SecurityGroup(
+                f"{name}-clients-sg",
+                aws.ec2.SecurityGroupArgs(
+                    vpc_id=vpc_id,
+                    # No rules of its own: membership is what the database's group admits.
+                    description="Members may reach the mlflow-aws metadata database (MySQL)",
+                    tags=tags,
+                ),
+                child,
+            )
+            if args.client_group
+            else None
+        )
         security_group = aws.ec2.SecurityGroup(
             f"{name}-sg",
             aws.ec2.SecurityGroupArgs(
                 vpc_id=vpc_id,
                 description="MySQL access to the mlflow-aws metadata database",
-                ingress=self._ingress(db, vpc_cidr),
+                ingress=self._ingress(db, vpc_cidr, client_group.id if client_group else None),
                 # No egress rules: the database never initiates connections.
                 tags=tags,
             ),
@@ -250,6 +270,8 @@ class MetadataDatabase(pulumi.ComponentResource):
             region = aws.get_region_output(opts=pulumi.InvokeOutputOptions(parent=self)).region
             self.ca_bundle = region.apply(fetch_rds_ca_bundle)
         self.security_group_id = security_group.id
+        self.client_security_group_id = client_group.id if client_group else None
+        self.vpc_id, self.vpc_cidr, self.subnet_ids = vpc_id, vpc_cidr, subnet_ids
         self.register_outputs(
             {
                 "endpoint": self.endpoint,
@@ -262,6 +284,8 @@ class MetadataDatabase(pulumi.ComponentResource):
                 "cluster_identifier": self.cluster_identifier,
                 "security_group_id": self.security_group_id,
                 "ca_bundle": self.ca_bundle,
+                "client_security_group_id": self.client_security_group_id,
+                "vpc_id": self.vpc_id,
             }
         )
 
@@ -291,9 +315,12 @@ class MetadataDatabase(pulumi.ComponentResource):
 
     @staticmethod
     def _ingress(
-        db: DatabaseConfig, vpc_cidr: pulumi.Output[str]
+        db: DatabaseConfig,
+        vpc_cidr: pulumi.Output[str],
+        client_group_id: pulumi.Output[str] | None = None,
     ) -> list[aws.ec2.SecurityGroupIngressArgs]:
-        """MySQL from inside the VPC (always: VPN, EC2, ECS), plus exactly db.allowedCidrs."""
+        """MySQL from inside the VPC (always: VPN, EC2, ECS), from the members of the client
+        group (the central server's tasks), plus exactly db.allowedCidrs."""
         rules = [
             aws.ec2.SecurityGroupIngressArgs(
                 description="MySQL from inside the VPC",
@@ -303,6 +330,16 @@ class MetadataDatabase(pulumi.ComponentResource):
                 cidr_blocks=[vpc_cidr],
             )
         ]
+        if client_group_id is not None:
+            rules.append(
+                aws.ec2.SecurityGroupIngressArgs(
+                    description="MySQL from the central server's tasks (the client group)",
+                    protocol="tcp",
+                    from_port=PORT,
+                    to_port=PORT,
+                    security_groups=[client_group_id],
+                )
+            )
         if db.allowed_cidrs:  # IPv4 only: config refuses IPv6 (the cluster is IPv4)
             rules.append(
                 aws.ec2.SecurityGroupIngressArgs(

@@ -32,6 +32,7 @@ import pulumi_random as random
 from infra.config import ProjectConfig
 from mlflow_aws.names import validate_name
 from projects.schema_provider import MysqlSchema, MysqlSchemaArgs
+from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS
 
 COMPONENT_TYPE = "mlflow-aws:projects:MlflowProject"
 PASSWORD_SPECIALS = "-_."  # noqa: S105 (a character set) safe unquoted in MySQL, URLs, env files and shells
@@ -50,6 +51,7 @@ BUNDLE_KEYS = (
     "MlflowVersion",
     "DatabaseCaBundle",
     "ServerRoleArn",
+    "TrackingUri",  # https://<domain>/<project>, or null without the central server
 )
 OUTPUT_KEYS = (
     "Database",
@@ -82,6 +84,11 @@ class MlflowProjectArgs:
     # so every client of the bundle verifies the server; None only in tests of other parts.
     database_ca_bundle: pulumi.Input[str] | None = None
     aws_profile: str | None = None  # the stack's aws:profile: the provider's Data API calls use it
+    # The project user's connection limit: room for the laptop servers and the central tasks.
+    max_user_connections: int = DEFAULT_MAX_USER_CONNECTIONS
+    # https://<domain>/<project> when the stack runs the central server (server.enabled): in
+    # the bundle (null otherwise) and in the Projects entry (only then).
+    tracking_uri: str | None = None
 
 
 # -- the IAM policy document, typed -----------------------------------------------------------
@@ -272,6 +279,7 @@ class MlflowProject(pulumi.ComponentResource):
                 drop_data_on_remove=p.drop_data_on_remove,
                 adopt_existing_schema=p.adopt_existing_schema,
                 aws_profile=args.aws_profile,
+                max_user_connections=args.max_user_connections,
             ),
             opts=pulumi.ResourceOptions(
                 parent=self,
@@ -356,6 +364,7 @@ class MlflowProject(pulumi.ComponentResource):
         ]
 
         artifact_root = pulumi.Output.concat("s3://", args.bucket_name, "/", ids.s3_prefix)
+        self.artifact_root: pulumi.Output[str] = artifact_root
         uri = pulumi.Output.all(
             self.schema.username, password, args.db_endpoint, self.schema.schema
         ).apply(lambda v: backend_store_uri(v[0], v[1], v[2], args.db_port, v[3]))
@@ -383,6 +392,7 @@ class MlflowProject(pulumi.ComponentResource):
                     "MlflowVersion": mlflow_version,
                     "DatabaseCaBundle": v[8],
                     "ServerRoleArn": v[9],
+                    "TrackingUri": args.tracking_uri,
                 },
                 sort_keys=True,
             )
@@ -417,5 +427,10 @@ class MlflowProject(pulumi.ComponentResource):
             self.secret.arn,
             self.policy.arn,
             self.server_role.arn,
-        ).apply(lambda v: dict(zip(OUTPUT_KEYS, v, strict=True)))
+        ).apply(
+            lambda v: {
+                **dict(zip(OUTPUT_KEYS, v, strict=True)),
+                **({"TrackingUri": args.tracking_uri} if args.tracking_uri else {}),
+            }
+        )
         self.register_outputs({"outputs": self.outputs})

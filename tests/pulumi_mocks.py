@@ -35,7 +35,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import pulumi_aws
 
-    for _module in ("ec2", "ecr", "iam", "rds", "s3", "secretsmanager"):
+    for _module in (
+        "acm", "appautoscaling", "cloudwatch", "ec2", "ecr", "ecs", "iam", "lb", "rds",
+        "route53", "s3", "secretsmanager",
+    ):  # fmt: skip
         getattr(getattr(pulumi_aws, _module), "_utilities", None)  # forces the lazy load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,6 +187,52 @@ class RecordingMocks(pulumi_mocks.Mocks):
             state.update(arn=rid)
         elif typ.startswith("aws:iam/policy:"):
             state.update(arn=f"arn:aws:iam::{ACCOUNT}:policy/{name}")
+        elif typ == "aws:iam/role:Role":
+            state.update(arn=f"arn:aws:iam::{ACCOUNT}:role/{name}")
+        elif typ == "aws:acm/certificate:Certificate":
+            rid = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+            state.update(
+                arn=rid,
+                domainValidationOptions=[
+                    {
+                        "domainName": inputs["domainName"],
+                        "resourceRecordName": f"_x1.{inputs['domainName']}.",
+                        "resourceRecordType": "CNAME",
+                        "resourceRecordValue": "_x2.acm-validations.aws.",
+                    }
+                ],
+            )
+        elif typ == "aws:acm/certificateValidation:CertificateValidation":
+            state.update(certificateArn=inputs["certificateArn"])
+        elif typ == "aws:route53/record:Record":
+            state.update(fqdn=str(inputs["name"]).rstrip("."))
+        elif typ == "aws:lb/loadBalancer:LoadBalancer":
+            suffix = "app/mlflow1/50dc6c495c0c9188"
+            rid = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:loadbalancer/{suffix}"
+            state.update(
+                arn=rid,
+                arnSuffix=suffix,
+                dnsName=f"internal-mlflow1-1234567890.{REGION}.elb.amazonaws.com",
+                zoneId="Z32O12XQLNTSW2",
+            )
+        elif typ == "aws:lb/targetGroup:TargetGroup":
+            suffix = f"targetgroup/{name[-20:]}/73e2d6bc24d8a067"
+            rid = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:{suffix}"
+            state.update(arn=rid, arnSuffix=suffix)
+        elif typ == "aws:lb/listener:Listener":
+            rid = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:listener/app/mlflow1/{name}"
+            state.update(arn=rid)
+        elif typ == "aws:ecs/cluster:Cluster":
+            state.update(
+                name=f"{name}-4a5b6c7", arn=f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{name}"
+            )
+        elif typ == "aws:ecs/service:Service":
+            state.update(name=f"{name}-8d9e0f1")
+        elif typ == "aws:ecs/taskDefinition:TaskDefinition":
+            family = inputs["family"]
+            state.update(arn=f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/{family}:1")
+        elif typ == "aws:cloudwatch/logGroup:LogGroup":
+            state.update(arn=f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{inputs['name']}")
         elif typ.startswith("aws:"):
             state.setdefault("arn", f"arn:aws:mock:{REGION}:{ACCOUNT}:{typ}/{name}")
         if "name" not in state and typ.startswith("aws:"):

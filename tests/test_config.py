@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -283,6 +284,150 @@ def test_every_problem_is_reported_at_once() -> None:
     )
 
 
+# --------------------------------------------------------------------------------- server
+
+ZONE = "Z0123456789ABCDEFGHIJ"
+CERT = "arn:aws:acm:eu-west-1:123456789012:certificate/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+SERVER = {"enabled": True, "domainName": "mlflow.example.com", "hostedZoneId": ZONE}
+
+
+def test_server_is_off_by_default_and_internal() -> None:
+    server = parse({}).server
+    assert server.enabled is False
+    assert server.internal is True
+    assert server.url is None and server.tracking_uri("churn") is None
+    assert (server.cpu, server.memory, server.min_tasks, server.max_tasks) == (512, 1024, 1, 3)
+
+
+def test_server_with_hosted_zone() -> None:
+    server = parse({"server": SERVER}).server
+    assert (server.enabled, server.internal, server.hosted_zone_id) == (True, True, ZONE)
+    assert server.certificate_arn is None
+    assert server.url == "https://mlflow.example.com"
+    assert server.tracking_uri("churn") == "https://mlflow.example.com/churn"
+    assert server.allowed_cidrs == ()
+    assert server.assign_public_ip is True  # default VPC subnets: public, no NAT
+
+
+def test_server_with_certificate_and_own_network() -> None:
+    server = parse(
+        {
+            "server": {
+                "enabled": "true",
+                "domainName": "mlflow.internal.example.com",
+                "certificateArn": CERT,
+                "allowedCidrs": "10.20.0.0/16, 203.0.113.0/24",
+                "cpu": 1024,
+                "memory": 3072,
+                "minTasks": 2,
+                "maxTasks": 6,
+                "subnetIds": ["subnet-0aaa1111", "subnet-0bbb2222"],
+            }
+        },
+        stack="prod",
+    ).server
+    assert server.certificate_arn == CERT and server.hosted_zone_id is None
+    assert server.allowed_cidrs == ("10.20.0.0/16", "203.0.113.0/24")
+    assert (server.cpu, server.memory, server.min_tasks, server.max_tasks) == (1024, 3072, 2, 6)
+    assert server.subnet_ids == ("subnet-0aaa1111", "subnet-0bbb2222")
+    assert server.assign_public_ip is False  # your subnets: your NAT or VPC endpoints
+    own_vpc = parse({"server": SERVER, "db": {"vpcId": "vpc-0abc1234"}}).server
+    assert own_vpc.assign_public_ip is False  # the database's own VPC, not the default one
+    assert parse({"server": {**SERVER, "assignPublicIp": True}, "db": {"vpcId": "vpc-0abc1234"}}
+                 ).server.assign_public_ip is True  # fmt: skip
+
+
+def test_public_load_balancer_without_https_is_refused() -> None:
+    problem = only_problem(
+        {"server": {"enabled": True, "internal": False, "domainName": "mlflow.example.com"}}
+    )
+    assert problem.startswith("mlflow-aws:server.internal = false")
+    assert "public load balancer without HTTPS is refused" in problem
+    assert "server.hostedZoneId" in problem and "server.certificateArn" in problem
+
+
+def test_internal_load_balancer_needs_a_certificate_too() -> None:
+    problem = only_problem({"server": {"enabled": True, "domainName": "mlflow.example.com"}})
+    assert problem.startswith("mlflow-aws:server.hostedZoneId = null")
+    assert "HTTPS only" in problem
+
+
+def test_enabled_server_needs_a_domain_name() -> None:
+    problem = only_problem({"server": {"enabled": True, "hostedZoneId": ZONE}})
+    assert problem.startswith("mlflow-aws:server.domainName = null")
+    assert "https://<domainName>/<project>" in problem
+
+
+def test_min_tasks_above_max_is_refused() -> None:
+    problem = only_problem({"server": {**SERVER, "minTasks": 4, "maxTasks": 2}})
+    assert problem == ("mlflow-aws:server.minTasks = 4: must not exceed server.maxTasks (2)")
+
+
+@pytest.mark.parametrize(
+    ("subnets", "rule"),
+    [
+        (["subnet-0aaa1111"], "at least 2 availability zones"),
+        (["subnet-0aaa1111", "subnet-0aaa1111"], "lists a subnet twice"),
+        (["subnet-0aaa1111", "sub-0bbb2222"], "must be subnet ids"),
+        ("subnet-0aaa1111,subnet-XYZ", "must be subnet ids"),
+    ],
+)
+def test_bad_server_subnets_are_refused(subnets: Any, rule: str) -> None:
+    found = problems({"server": {**SERVER, "subnetIds": subnets}})
+    assert any(p.startswith("mlflow-aws:server.subnetIds = ") and rule in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [
+        ("domainName", "https://mlflow.example.com", "lowercase DNS name"),
+        ("domainName", "MLflow.example.com", "lowercase DNS name"),
+        ("domainName", "*.example.com", "lowercase DNS name"),
+        ("domainName", "mlflow", "lowercase DNS name"),
+        ("hostedZoneId", "example.com", "hosted zone id"),
+        ("certificateArn", "arn:aws:acm:eu-west-1:123:certificate/x", "ACM certificate ARN"),
+        ("cpu", 300, "Fargate CPU size"),
+        ("memory", 8192, "not a Fargate size for cpu 512"),
+        ("minTasks", 0, "must be from 1 to 20"),
+        ("maxTasks", 21, "must be from 1 to 20"),
+        ("allowedCidrs", ["0.0.0.0/0"], "whole internet"),
+        ("allowedCidrs", ["10.0.0.0/7"], "broader than /8"),
+        ("internal", "maybe", "true or false"),
+        ("enabld", True, "unknown key"),
+    ],
+)
+def test_server_values_are_checked(key: str, value: Any, rule: str) -> None:
+    found = problems({"server": {**SERVER, key: value}})
+    assert any(p.startswith(f"mlflow-aws:server.{key} = ") and rule in p for p in found), found
+
+
+def test_certificate_from_another_region_is_refused() -> None:
+    other = CERT.replace("eu-west-1", "us-east-1")
+    raw = {
+        "aws:region": "eu-west-1",
+        "mlflow-aws:server": json.dumps(
+            {"enabled": True, "domainName": "mlflow.example.com", "certificateArn": other}
+        ),
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_stack_config(raw, "dev")
+    [problem] = caught.value.problems
+    assert problem.startswith(f'mlflow-aws:server.certificateArn = "{other}"')
+    assert "us-east-1" in problem and "(eu-west-1)" in problem
+
+
+def test_zone_and_certificate_together_are_refused() -> None:
+    problem = only_problem({"server": {**SERVER, "certificateArn": CERT}})
+    assert problem.startswith("mlflow-aws:server.certificateArn")
+    assert "not both" in problem
+
+
+def test_disabled_server_settings_are_still_checked() -> None:
+    """Preparing the config before switching it on fails early, not on the day it is enabled."""
+    problem = only_problem({"server": {"enabled": False, "minTasks": 3, "maxTasks": 1}})
+    assert problem.startswith("mlflow-aws:server.minTasks = 3")
+
+
 # -------------------------------------------------------------------------- the program
 
 
@@ -292,8 +437,10 @@ def test_every_problem_is_reported_at_once() -> None:
         {"mlflow-aws:db": {"allowedCidrs": ["0.0.0.0/0"]}},
         {"mlflow-aws:projects": "churn,Mysql"},
         {"mlflow-aws:dbb": {}},
+        {"mlflow-aws:server": {"enabled": True, "internal": False, "domainName": "a.example.com"}},
+        {"mlflow-aws:server": {**SERVER, "minTasks": 3, "maxTasks": 2}},
     ],
-    ids=["open-cidr", "bad-project", "unknown-key"],
+    ids=["open-cidr", "bad-project", "unknown-key", "public-without-https", "min-above-max"],
 )
 def test_invalid_config_registers_no_resource(config: dict[str, Any]) -> None:
     recording = RecordingMocks()
@@ -309,3 +456,26 @@ def test_valid_config_does_register_resources() -> None:
     recording = RecordingMocks()
     run_program({"mlflow-aws:db": {"allowedCidrs": ["203.0.113.0/24"]}}, recording=recording)
     assert len(recording.resources) > 10
+
+
+def test_every_key_is_documented_in_pulumi_yaml() -> None:
+    from infra.config import DB_KEYS, SERVER_KEYS, TOP_LEVEL_KEYS
+
+    documented = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    assert set(documented) == {f"mlflow-aws:{key}" for key in TOP_LEVEL_KEYS}
+    for top, keys in (("db", DB_KEYS), ("server", SERVER_KEYS)):
+        text = documented[f"mlflow-aws:{top}"]["description"]
+        missing = [key for key in keys if not re.search(rf"\b{key}\b", text)]
+        assert not missing, f"mlflow-aws:{top} does not document {missing}"
+
+
+def test_each_project_user_has_room_for_the_laptops_and_every_central_task() -> None:
+    from helper.server_settings import server_env_defaults
+    from infra.config import CONNECTIONS_PER_SERVER
+
+    defaults = server_env_defaults()
+    assert CONNECTIONS_PER_SERVER == int(defaults["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]) + int(
+        defaults["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"]
+    )
+    assert parse({}).max_user_connections == 50
+    assert parse({"server": {**SERVER, "maxTasks": 6}}).max_user_connections == 50 + 6 * 10

@@ -192,7 +192,7 @@ def test_another_mlflow_version_gets_a_resolving_install(tmp_path: Path, version
     ]
 
 
-def test_dockerfile_runs_as_non_root_with_healthcheck_and_ca_bundle() -> None:
+def test_dockerfile_runs_as_non_root_with_healthcheck_and_fetches_nothing_unpinned() -> None:
     instructions = dockerfile_instructions()
     words = [word for word, _ in instructions]
     [base] = [rest for word, rest in instructions if word == "FROM"]
@@ -207,13 +207,10 @@ def test_dockerfile_runs_as_non_root_with_healthcheck_and_ca_bundle() -> None:
     copies = [rest for word, rest in instructions if word == "COPY"]
     assert any(c.endswith("server.env /app/server.env") for c in copies)
     assert any(c.endswith("entrypoint.sh /app/entrypoint.sh") for c in copies)
-    adds = [rest for word, rest in instructions if word == "ADD"]
-    assert any(
-        "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem" in a
-        and a.endswith(" /etc/ssl/certs/rds-global-bundle.pem")
-        and "--chmod=644" in a  # remote ADDs are 0600: unreadable by the non-root user
-        for a in adds
-    )
+    # The database's CA bundle arrives at run time (MLFLOW_AWS_DB_CA_BUNDLE); the build fetches
+    # nothing from a URL, whose content could change under the same Dockerfile.
+    assert "ADD" not in words
+    assert not [rest for _, rest in instructions if "https://" in rest or "http://" in rest]
     installs = [rest for word, rest in instructions if word == "RUN" and "pip install" in rest]
     assert installs and all("--no-cache-dir" in r for r in installs)
 
@@ -266,7 +263,11 @@ def test_explicit_environment_wins_over_server_env(fake_bin: Path) -> None:
     explicit = {
         "MLFLOW_WORKERS": "4",
         "MLFLOW_HOST": "",  # set-but-empty counts as set, like docker run --env-file
-        "MLFLOW_BACKEND_STORE_URI": "mysql+pymysql://u:p%40ss@db:3306/churn",
+        # A URI that names its CA and session settings itself is left exactly as given.
+        "MLFLOW_BACKEND_STORE_URI": (
+            "mysql+pymysql://u:p%40ss@db:3306/churn?ssl_ca=/ca.pem&init_command=SET%20x%3D1"
+        ),
+        "MLFLOW_AWS_DB_MIGRATE_ON_START": "false",
     }
     result = run_entrypoint(fake_bin, explicit, "--allowed-hosts", "localhost:*")
     assert result.returncode == 0, result.stderr
@@ -291,11 +292,17 @@ def test_entrypoint_refuses_a_malformed_server_env(fake_bin: Path, tmp_path: Pat
     assert "ARGV" not in result.stdout  # mlflow never started
 
 
+HEALTH_PATHS: list[str] = []  # what the stand-in server was asked, in order
+
+
 @pytest.fixture
 def health_server() -> Iterator[int]:
+    HEALTH_PATHS.clear()
+
     class Health(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(200 if self.path == "/health" else 404)
+            HEALTH_PATHS.append(self.path)
+            self.send_response(200 if self.path.endswith("/health") else 404)
             self.end_headers()
             self.wfile.write(b"OK")
 
@@ -321,6 +328,99 @@ def _closed_port() -> int:
 def test_healthcheck_mode(fake_bin: Path, health_server: int) -> None:
     ok = run_entrypoint(fake_bin, {"MLFLOW_PORT": str(health_server)}, "healthcheck")
     assert ok.returncode == 0, ok.stderr
+    assert HEALTH_PATHS == ["/health"]
     assert "ARGV" not in ok.stdout  # the healthcheck never starts a server
     down = run_entrypoint(fake_bin, {"MLFLOW_PORT": str(_closed_port())}, "healthcheck")
     assert down.returncode != 0
+
+
+def test_healthcheck_follows_the_static_prefix(fake_bin: Path, health_server: int) -> None:
+    # Under MLFLOW_STATIC_PREFIX MLflow serves /health only as <prefix>/health.
+    env = {"MLFLOW_PORT": str(health_server), "MLFLOW_STATIC_PREFIX": "/churn"}
+    assert run_entrypoint(fake_bin, env, "healthcheck").returncode == 0
+    assert HEALTH_PATHS == ["/churn/health"]
+
+
+# --------------------------------------------------------------- entrypoint.sh: TLS to MySQL
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----"
+MYSQL_URI = "mysql+pymysql://mlflow_churn:S3cret-Pw_x@db.example:3306/churn"
+NO_MIGRATION = {"MLFLOW_AWS_DB_MIGRATE_ON_START": "false"}
+
+
+def test_database_ca_bundle_becomes_a_private_ssl_ca_file(fake_bin: Path, tmp_path: Path) -> None:
+    env = {
+        **NO_MIGRATION,
+        "MLFLOW_BACKEND_STORE_URI": MYSQL_URI + "?charset=utf8mb4",
+        "MLFLOW_AWS_DB_CA_BUNDLE": PEM,
+        "TMPDIR": str(tmp_path),
+    }
+    result = run_entrypoint(fake_bin, env)
+    assert result.returncode == 0, result.stderr
+    argv, seen = parse_fake_output(result.stdout)
+    uri = seen["MLFLOW_BACKEND_STORE_URI"]
+    match = re.fullmatch(
+        re.escape(MYSQL_URI + "?charset=utf8mb4&ssl_ca=")
+        + r"(\S+)"
+        + re.escape("&init_command=SET%20SESSION%20wait_timeout%3D30"),
+        uri,
+    )
+    assert match, uri
+    ca = Path(match.group(1))
+    assert ca.parent.parent == tmp_path
+    assert ca.read_text() == PEM + "\n"
+    assert ca.stat().st_mode & 0o777 == 0o600
+    assert ca.parent.stat().st_mode & 0o777 == 0o700
+    assert "S3cret" not in argv + result.stderr
+
+
+@pytest.mark.parametrize("ca", [None, "", "null", "not a certificate"])
+def test_mysql_without_a_verifiable_certificate_is_refused(fake_bin: Path, ca: str | None) -> None:
+    env = {**NO_MIGRATION, "MLFLOW_BACKEND_STORE_URI": MYSQL_URI}
+    if ca is not None:
+        env["MLFLOW_AWS_DB_CA_BUNDLE"] = ca
+    result = run_entrypoint(fake_bin, env)
+    assert result.returncode == 2
+    assert "ARGV" not in result.stdout  # mlflow never started
+    assert "MLFLOW_AWS_DB_CA_BUNDLE" in result.stderr
+    assert "S3cret" not in result.stderr + result.stdout
+
+
+def test_insecure_opt_out_is_loud(fake_bin: Path) -> None:
+    env = {
+        **NO_MIGRATION,
+        "MLFLOW_BACKEND_STORE_URI": MYSQL_URI,
+        "MLFLOW_AWS_DB_TLS_INSECURE": "1",
+    }
+    result = run_entrypoint(fake_bin, env)
+    assert result.returncode == 0, result.stderr
+    assert "NOT verified" in result.stderr and "tests only" in result.stderr
+    _, seen = parse_fake_output(result.stdout)
+    assert "ssl_ca" not in seen["MLFLOW_BACKEND_STORE_URI"]
+    # Any other value is no opt-out.
+    env["MLFLOW_AWS_DB_TLS_INSECURE"] = "true"
+    assert run_entrypoint(fake_bin, env).returncode == 2
+
+
+def test_uri_with_its_own_ca_keeps_it_and_other_stores_are_untouched(fake_bin: Path) -> None:
+    own = MYSQL_URI + "?ssl_ca=/etc/ca%20dir/rds.pem"
+    result = run_entrypoint(fake_bin, {**NO_MIGRATION, "MLFLOW_BACKEND_STORE_URI": own})
+    assert result.returncode == 0, result.stderr
+    uri = parse_fake_output(result.stdout)[1]["MLFLOW_BACKEND_STORE_URI"]
+    assert uri == own + "&init_command=SET%20SESSION%20wait_timeout%3D30"
+
+    sqlite = "sqlite:////data/mlflow.db"
+    result = run_entrypoint(fake_bin, {"MLFLOW_BACKEND_STORE_URI": sqlite})
+    assert result.returncode == 0, result.stderr
+    assert parse_fake_output(result.stdout)[1]["MLFLOW_BACKEND_STORE_URI"] == sqlite
+
+
+def test_idle_seconds_must_be_a_number(fake_bin: Path) -> None:
+    env = {
+        **NO_MIGRATION,
+        "MLFLOW_BACKEND_STORE_URI": MYSQL_URI + "?ssl_ca=/ca.pem",
+        "MLFLOW_AWS_DB_IDLE_SECONDS": "30; DROP",
+    }
+    result = run_entrypoint(fake_bin, env)
+    assert result.returncode == 2
+    assert "MLFLOW_AWS_DB_IDLE_SECONDS must be a whole number" in result.stderr

@@ -603,6 +603,7 @@ def test_serve_docker_runtime_with_a_stand_in_docker(
     env["FAKE_DOCKER_STATE"] = str(state)
     port = free_port()
     argv = ["serve", "--project", project.name, "--outputs", str(outputs), "--port", str(port)]
+    argv += ["--db-ca", str(mariadb.ca_path)]
     with serving(argv, env, tmp_path, port) as running:
         for pid in [running.process.pid, *running.server_pids()]:
             for secret in (project.password, AWS_SECRET_KEY, "auth-token"):

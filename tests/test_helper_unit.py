@@ -178,6 +178,24 @@ def test_container_environment_holds_store_ca_role_credentials_and_pinned_hosts(
     )
 
 
+def test_connection_bundle_carries_ca_and_tracking_uri_when_present() -> None:
+    bundle = {
+        "Project": "churn", "Database": "churn", "BackendStoreUri": "mysql+pymysql://u:p@h/churn",
+        "Password": "p", "ArtifactRoot": "s3://b/churn", "DatabaseEndpoint": "h",
+        "DatabasePort": 3306, "Region": "eu-west-1", "ImageUri": IMAGE, "MlflowVersion": "3.17.2",
+    }  # fmt: skip
+    plain = parse_connection_bundle(bundle, "secret")
+    assert (plain.database_ca_bundle, plain.tracking_uri) == (None, None)
+    nulls = parse_connection_bundle({**bundle, "DatabaseCaBundle": None, "TrackingUri": None}, "s")
+    assert (nulls.database_ca_bundle, nulls.tracking_uri) == (None, None)
+    full = parse_connection_bundle(
+        {**bundle, "DatabaseCaBundle": "PEM", "TrackingUri": "https://m.example.com/churn"}, "s"
+    )
+    assert (full.database_ca_bundle, full.tracking_uri) == ("PEM", "https://m.example.com/churn")
+    with pytest.raises(OutputsError, match="TrackingUri must be a non-empty string"):
+        parse_connection_bundle({**bundle, "TrackingUri": 5}, "s")
+
+
 # -- the tuned settings -----------------------------------------------------------------------
 
 FORCED = {"MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION", "MLFLOW_HOST", "MLFLOW_PORT"}

@@ -45,6 +45,7 @@ def test_the_wheel_holds_only_the_mlflow_aws_package(wheel: Path) -> None:
     assert "mlflow_aws/helper/cli.py" in names
     assert "mlflow_aws/helper/__main__.py" in names
     assert "mlflow_aws/server.env" in names
+    assert "mlflow_aws/server/prepare.py" in names  # the image entrypoint runs it
     assert not any(n.startswith(("mlflow_aws/infra", "mlflow_aws/projects")) for n in names)
 
 

@@ -418,9 +418,19 @@ def test_connection_bundle_has_what_the_helper_reads_and_is_secret() -> None:
         "MlflowVersion": "3.17.2",
         "DatabaseCaBundle": CA_PEM,
         "ServerRoleArn": b.one("aws:iam/role:Role").state["arn"],
+        "TrackingUri": None,  # JSON null: no central server on this stack
     }
     schema = b.one(SCHEMA_TYPE)
     assert schema.urn in version.dependencies  # published once the user exists
+
+
+def test_central_server_url_reaches_bundle_and_outputs() -> None:
+    uri = "https://mlflow.example.com/churn"
+    b = build(tracking_uri=uri)
+    version = b.one("aws:secretsmanager/secretVersion:SecretVersion")
+    assert json.loads(version.inputs["secretString"]["value"])["TrackingUri"] == uri
+    assert b.outputs["TrackingUri"] == uri
+    assert tuple(b.outputs) == (*OUTPUT_KEYS, "TrackingUri")
 
 
 def test_bundle_region_defaults_to_the_secrets_region() -> None:

@@ -1,0 +1,705 @@
+"""The central tracking server (optional): one HTTPS URL per project, for the team and CI.
+
+``TrackingService`` runs each project's MLflow server on ECS Fargate behind one Application
+Load Balancer, as ``https://<server.domainName>/<project>``:
+
+* an ECS cluster; per project a Fargate service running the stack's image (``ImageUri``, the
+  digest the helper runs) with one uvicorn worker per task, scaled by task count (target
+  tracking on requests per target and on CPU), a deployment circuit breaker with rollback, and
+  its logs in a CloudWatch log group with a retention period;
+* the load balancer: HTTPS on 443 with the certificate and a TLS 1.3/1.2 policy, HTTP on 80
+  only to redirect to HTTPS, per project a target group and the path rule ``/<project>`` and
+  ``/<project>/*`` (MLflow serves the UI, the REST API and proxied artifacts under that prefix,
+  ``MLFLOW_STATIC_PREFIX``), a 404 for every other path, health checks on
+  ``/<project>/health`` (which never touches the database, so Aurora still pauses);
+* security groups: the load balancer admits 443 and 80 from ``server.allowedCidrs`` (default:
+  the VPC); the tasks admit only the load balancer; the database admits the tasks through its
+  client group (``MetadataDatabase.client_security_group_id``);
+* per project the task role is the project's own server role (``MlflowProject.server_role``:
+  its S3 prefix, nothing else) and an execution role that can pull the image, read the
+  project's connection secret and write the project's logs. The backend store URI and the
+  database's CA bundle reach the container through ECS ``secrets`` (references to keys of the
+  connection secret), never as values in the task definition.
+
+The certificate: with ``server.hostedZoneId`` the program requests one from ACM, validates it
+with a DNS record and points an alias record at the load balancer; with
+``server.certificateArn`` it uses that certificate and DNS is the operator's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.config import ServerConfig
+
+# The MLflow server app the tasks run: None is MLflow's own. The AWS-IAM auth app (DESIGN.md
+# "Auth for the central server") is switched on here, once, by setting "aws-iam"; the tasks
+# already get its settings (MLFLOW_AWS_IAM_*).
+AUTH_APP: str | None = None
+
+CONTAINER_NAME = "mlflow"
+TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-Res-2021-06"  # TLS 1.3 and 1.2 with forward secrecy
+HSTS = "max-age=31536000"
+LOG_RETENTION_DAYS = 30
+# Proxied artifacts: the server reads a whole upload before it writes S3 (and downloads from
+# S3 before it sends), so a connection can carry no bytes for a while. 10 minutes covers a few
+# GB each way; the client's own MLFLOW_HTTP_REQUEST_TIMEOUT (120 s by default) may need raising.
+IDLE_TIMEOUT_SECONDS = 600
+# Tasks may wait up to MLFLOW_AWS_DB_MIGRATION_LOCK_SECONDS (540) for another task's migration.
+HEALTH_CHECK_GRACE_SECONDS = 600
+DEREGISTRATION_DELAY_SECONDS = 60
+REQUESTS_PER_TASK_PER_MINUTE = 1200.0  # ~20 requests/s: a 0.5 vCPU task serves ~2x that
+CPU_TARGET_PERCENT = 60.0
+SCALE_OUT_COOLDOWN_SECONDS = 60
+SCALE_IN_COOLDOWN_SECONDS = 300
+MAX_RULE_PRIORITY = 50_000
+HTTPS_PORT, HTTP_PORT = 443, 80
+MYSQL_PORT = 3306
+
+
+def _server_env_defaults() -> dict[str, str]:
+    """mlflow_aws/server.env, the one definition of the tuned settings (the image bakes it)."""
+    text = resources.files("mlflow_aws").joinpath("server.env").read_text()
+    pairs = (line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return {key: value for key, value in pairs}
+
+
+CONTAINER_PORT = int(_server_env_defaults()["MLFLOW_PORT"])
+
+
+def rule_priorities(projects: Sequence[str]) -> dict[str, int]:
+    """A listener rule priority per project, stable when other projects come and go: from a
+    hash of the name, probing past collisions in name order."""
+    import zlib
+
+    taken: set[int] = set()
+    priorities = {}
+    for name in sorted(projects):
+        priority = zlib.crc32(name.encode()) % (MAX_RULE_PRIORITY - 1) + 1
+        while priority in taken:
+            priority = priority % (MAX_RULE_PRIORITY - 1) + 1
+        taken.add(priority)
+        priorities[name] = priority
+    return priorities
+
+
+def path_patterns(project: str) -> list[str]:
+    """The project's paths: its prefix alone and everything under it (``/churn2`` is not
+    under ``/churn``)."""
+    return [f"/{project}", f"/{project}/*"]
+
+
+def container_environment(
+    project: ServiceProject, domain: str, region: str, artifact_root: str
+) -> dict[str, str]:
+    """The task's plain environment: nothing secret (the URI and the CA come as secrets)."""
+    return {
+        "MLFLOW_ARTIFACTS_DESTINATION": artifact_root,
+        "MLFLOW_STATIC_PREFIX": f"/{project.name}",
+        # Only the name the load balancer serves (browsers send it without :443). MLflow
+        # exempts <prefix>/health from the check, so the load balancer's health checks, whose
+        # Host is the task's IP, still pass.
+        "MLFLOW_SERVER_ALLOWED_HOSTS": f"{domain},{domain}:{HTTPS_PORT}",
+        "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": f"https://{domain}",
+        "MLFLOW_AWS_IAM_SERVER_ID": domain,
+        "MLFLOW_AWS_IAM_ALLOWED_ROLES": ",".join(project.iam_roles),
+        "MLFLOW_AWS_IAM_ALLOWED_GROUPS": ",".join(project.iam_groups),
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+    }
+
+
+def container_secrets(secret_arn: str) -> list[dict[str, str]]:
+    """Keys of the project's connection secret, by reference: ECS reads them at task start."""
+    return [
+        {"name": "MLFLOW_BACKEND_STORE_URI", "valueFrom": f"{secret_arn}:BackendStoreUri::"},
+        {"name": "MLFLOW_AWS_DB_CA_BUNDLE", "valueFrom": f"{secret_arn}:DatabaseCaBundle::"},
+    ]
+
+
+def container_definitions(
+    project: ServiceProject,
+    *,
+    image_uri: str,
+    secret_arn: str,
+    log_group: str,
+    domain: str,
+    region: str,
+    artifact_root: str,
+) -> str:
+    environment = container_environment(project, domain, region, artifact_root)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": image_uri,
+        "essential": True,
+        "portMappings": [
+            {"containerPort": CONTAINER_PORT, "hostPort": CONTAINER_PORT, "protocol": "tcp"}
+        ],
+        # ECS drops variables with an empty value, which would make every update a diff.
+        "environment": [{"name": k, "value": v} for k, v in sorted(environment.items()) if v],
+        "secrets": container_secrets(secret_arn),
+        "logConfiguration": {
+            "logDriver": "awslogs",
+            "options": {
+                "awslogs-group": log_group,
+                "awslogs-region": region,
+                "awslogs-stream-prefix": CONTAINER_NAME,
+            },
+        },
+        "linuxParameters": {"capabilities": {"drop": ["ALL"]}, "initProcessEnabled": True},
+        "stopTimeout": 30,
+    }
+    if AUTH_APP is not None:
+        container["command"] = ["--app-name", AUTH_APP]
+    return json.dumps([container], sort_keys=True)
+
+
+def execution_role_policy(repository_arn: str, secret_arn: str, log_group_arn: str) -> str:
+    """Pull the image, read the project's connection secret, write the project's logs."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "EcrLogin",  # no resource-level permissions exist for it
+                    "Effect": "Allow",
+                    "Action": ["ecr:GetAuthorizationToken"],
+                    "Resource": ["*"],
+                },
+                {
+                    "Sid": "PullServerImage",
+                    "Effect": "Allow",
+                    "Action": [
+                        "ecr:BatchGetImage",
+                        "ecr:GetDownloadUrlForLayer",
+                        "ecr:BatchCheckLayerAvailability",
+                    ],
+                    "Resource": [repository_arn],
+                },
+                {
+                    "Sid": "ReadConnectionSecret",
+                    "Effect": "Allow",
+                    "Action": ["secretsmanager:GetSecretValue"],
+                    "Resource": [secret_arn],
+                },
+                {
+                    "Sid": "WriteLogs",
+                    "Effect": "Allow",
+                    "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                    "Resource": [log_group_arn, f"{log_group_arn}:*"],
+                },
+            ],
+        },
+        sort_keys=True,
+    )
+
+
+def execution_trust_policy(account_id: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                    "Condition": {"StringEquals": {"aws:SourceAccount": account_id}},
+                }
+            ],
+        },
+        sort_keys=True,
+    )
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "stack"
+
+
+@dataclass
+class ServiceProject:
+    """What the service of one project needs from its ``MlflowProject``."""
+
+    name: str
+    connection_secret_arn: pulumi.Input[str]
+    server_role_arn: pulumi.Input[str]  # the task role: the project's S3 prefix only
+    artifact_root: pulumi.Input[str]  # s3://<bucket>/<project>
+    iam_roles: tuple[str, ...] = ()
+    iam_groups: tuple[str, ...] = ()
+
+
+@dataclass
+class TrackingServiceArgs:
+    stack: str
+    server: ServerConfig
+    projects: Sequence[ServiceProject]
+    image_uri: pulumi.Input[str]
+    repository_arn: pulumi.Input[str]
+    region: pulumi.Input[str]
+    account_id: pulumi.Input[str]
+    vpc_id: pulumi.Input[str]
+    vpc_cidr: pulumi.Input[str]
+    subnet_ids: pulumi.Input[Sequence[str]]  # the database's; server.subnetIds wins
+    database_client_security_group_id: pulumi.Input[str]
+    protect: bool = False
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+class TrackingService(pulumi.ComponentResource):
+    url: pulumi.Output[str]  # https://<domain>
+    tracking_uris: dict[str, str]  # project -> https://<domain>/<project>
+    load_balancer_dns_name: pulumi.Output[str]
+    certificate_arn: pulumi.Output[str]
+    cluster_name: pulumi.Output[str]
+    service_names: dict[str, pulumi.Output[str]]
+    load_balancer_security_group_id: pulumi.Output[str]
+    task_security_group_id: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: TrackingServiceArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("mlflow-aws:infra:TrackingService", name, None, opts)
+        server = args.server
+        if not server.domain_name:
+            raise ValueError("TrackingService needs server.domainName (infra/config.py checks it)")
+        domain = server.domain_name
+        child = pulumi.ResourceOptions(parent=self)
+        tags = {**args.tags, "mlflow-aws:component": "tracking-service"}
+        subnets: pulumi.Input[Sequence[str]] = (
+            list(server.subnet_ids) if server.subnet_ids else args.subnet_ids
+        )
+        allowed = list(server.allowed_cidrs) or None
+
+        # -- network ------------------------------------------------------------------------
+        lb_sg = aws.ec2.SecurityGroup(
+            f"{name}-lb-sg",
+            aws.ec2.SecurityGroupArgs(
+                vpc_id=args.vpc_id,
+                description="mlflow-aws central server load balancer: HTTPS (and the redirect)",
+                ingress=[
+                    aws.ec2.SecurityGroupIngressArgs(
+                        description=f"{what} from server.allowedCidrs (default: the VPC)",
+                        protocol="tcp",
+                        from_port=port,
+                        to_port=port,
+                        cidr_blocks=allowed or [args.vpc_cidr],
+                    )
+                    for what, port in (("HTTPS", HTTPS_PORT), ("HTTP (redirected)", HTTP_PORT))
+                ],
+                egress=[
+                    aws.ec2.SecurityGroupEgressArgs(
+                        description="MLflow tasks and their health checks",
+                        protocol="tcp",
+                        from_port=CONTAINER_PORT,
+                        to_port=CONTAINER_PORT,
+                        cidr_blocks=[args.vpc_cidr],
+                    )
+                ],
+                tags=tags,
+            ),
+            child,
+        )
+        task_sg = aws.ec2.SecurityGroup(
+            f"{name}-task-sg",
+            aws.ec2.SecurityGroupArgs(
+                vpc_id=args.vpc_id,
+                description="mlflow-aws central server tasks: reached only by the load balancer",
+                ingress=[
+                    aws.ec2.SecurityGroupIngressArgs(
+                        description="MLflow from the load balancer only",
+                        protocol="tcp",
+                        from_port=CONTAINER_PORT,
+                        to_port=CONTAINER_PORT,
+                        security_groups=[lb_sg.id],
+                    )
+                ],
+                egress=[
+                    aws.ec2.SecurityGroupEgressArgs(
+                        description="AWS APIs: ECR, S3, Secrets Manager, CloudWatch Logs, STS",
+                        protocol="tcp",
+                        from_port=HTTPS_PORT,
+                        to_port=HTTPS_PORT,
+                        cidr_blocks=["0.0.0.0/0"],
+                    ),
+                    aws.ec2.SecurityGroupEgressArgs(
+                        description="MySQL (Aurora, in the VPC)",
+                        protocol="tcp",
+                        from_port=MYSQL_PORT,
+                        to_port=MYSQL_PORT,
+                        cidr_blocks=[args.vpc_cidr],
+                    ),
+                ],
+                tags=tags,
+            ),
+            child,
+        )
+
+        # -- certificate --------------------------------------------------------------------
+        certificate_arn: pulumi.Output[str]
+        if server.hosted_zone_id:
+            certificate = aws.acm.Certificate(
+                f"{name}-certificate",
+                aws.acm.CertificateArgs(domain_name=domain, validation_method="DNS", tags=tags),
+                child,
+            )
+            option = certificate.domain_validation_options.apply(lambda options: options[0])
+            validation_record = aws.route53.Record(
+                f"{name}-certificate-validation-record",
+                aws.route53.RecordArgs(
+                    zone_id=server.hosted_zone_id,
+                    name=option.apply(lambda o: str(o.resource_record_name)),
+                    type=option.apply(lambda o: str(o.resource_record_type)),
+                    records=[option.apply(lambda o: str(o.resource_record_value))],
+                    ttl=300,
+                    allow_overwrite=True,
+                ),
+                child,
+            )
+            validation = aws.acm.CertificateValidation(
+                f"{name}-certificate-validation",
+                aws.acm.CertificateValidationArgs(
+                    certificate_arn=certificate.arn,
+                    validation_record_fqdns=[validation_record.fqdn],
+                ),
+                child,
+            )
+            certificate_arn = validation.certificate_arn
+        else:
+            assert server.certificate_arn, "infra/config.py requires a certificate source"
+            certificate_arn = pulumi.Output.from_input(server.certificate_arn)
+
+        # -- load balancer ------------------------------------------------------------------
+        lb = aws.lb.LoadBalancer(
+            f"{name}-lb",
+            aws.lb.LoadBalancerArgs(
+                name_prefix="mlflow",
+                load_balancer_type="application",
+                internal=server.internal,
+                security_groups=[lb_sg.id],
+                subnets=subnets,
+                idle_timeout=IDLE_TIMEOUT_SECONDS,
+                drop_invalid_header_fields=True,
+                enable_deletion_protection=args.protect,
+                tags=tags,
+            ),
+            pulumi.ResourceOptions(parent=self, protect=args.protect),
+        )
+        https = aws.lb.Listener(
+            f"{name}-https",
+            aws.lb.ListenerArgs(
+                load_balancer_arn=lb.arn,
+                port=HTTPS_PORT,
+                protocol="HTTPS",
+                certificate_arn=certificate_arn,
+                ssl_policy=TLS_POLICY,
+                routing_http_response_strict_transport_security_header_value=HSTS,
+                default_actions=[
+                    aws.lb.ListenerDefaultActionArgs(
+                        type="fixed-response",
+                        fixed_response=aws.lb.ListenerDefaultActionFixedResponseArgs(
+                            content_type="text/plain",
+                            status_code="404",
+                            message_body="no MLflow project here: use https://"
+                            f"{domain}/<project>/\n",
+                        ),
+                    )
+                ],
+                tags=tags,
+            ),
+            child,
+        )
+        aws.lb.Listener(
+            f"{name}-http-redirect",
+            aws.lb.ListenerArgs(
+                load_balancer_arn=lb.arn,
+                port=HTTP_PORT,
+                protocol="HTTP",
+                default_actions=[
+                    aws.lb.ListenerDefaultActionArgs(
+                        type="redirect",
+                        redirect=aws.lb.ListenerDefaultActionRedirectArgs(
+                            protocol="HTTPS", port=str(HTTPS_PORT), status_code="HTTP_301"
+                        ),
+                    )
+                ],
+                tags=tags,
+            ),
+            child,
+        )
+        if server.hosted_zone_id:
+            aws.route53.Record(
+                f"{name}-alias",
+                aws.route53.RecordArgs(
+                    zone_id=server.hosted_zone_id,
+                    name=domain,
+                    type="A",
+                    aliases=[
+                        aws.route53.RecordAliasArgs(
+                            name=lb.dns_name, zone_id=lb.zone_id, evaluate_target_health=True
+                        )
+                    ],
+                ),
+                child,
+            )
+
+        # -- ECS ----------------------------------------------------------------------------
+        cluster = aws.ecs.Cluster(
+            f"{name}-cluster",
+            aws.ecs.ClusterArgs(
+                # Container Insights bills metrics per task; the load balancer's and the
+                # service's own CloudWatch metrics are enough to scale and to watch.
+                settings=[aws.ecs.ClusterSettingArgs(name="containerInsights", value="disabled")],
+                tags=tags,
+            ),
+            child,
+        )
+
+        priorities = rule_priorities([p.name for p in args.projects])
+        self.service_names = {}
+        for project in args.projects:
+            self.service_names[project.name] = self._project_service(
+                name, project, args, cluster, lb, https, task_sg, subnets, priorities, domain, tags
+            )
+
+        self.url = pulumi.Output.from_input(f"https://{domain}")
+        self.tracking_uris = {p.name: f"https://{domain}/{p.name}" for p in args.projects}
+        self.load_balancer_dns_name = lb.dns_name
+        self.certificate_arn = certificate_arn
+        self.cluster_name = cluster.name
+        self.load_balancer_security_group_id = lb_sg.id
+        self.task_security_group_id = task_sg.id
+        self.register_outputs(
+            {
+                "url": self.url,
+                "tracking_uris": self.tracking_uris,
+                "load_balancer_dns_name": self.load_balancer_dns_name,
+                "certificate_arn": self.certificate_arn,
+                "cluster_name": self.cluster_name,
+                "service_names": self.service_names,
+                "load_balancer_security_group_id": self.load_balancer_security_group_id,
+                "task_security_group_id": self.task_security_group_id,
+            }
+        )
+
+    def _project_service(
+        self,
+        name: str,
+        project: ServiceProject,
+        args: TrackingServiceArgs,
+        cluster: aws.ecs.Cluster,
+        lb: aws.lb.LoadBalancer,
+        https: aws.lb.Listener,
+        task_sg: aws.ec2.SecurityGroup,
+        subnets: pulumi.Input[Sequence[str]],
+        priorities: Mapping[str, int],
+        domain: str,
+        tags: Mapping[str, str],
+    ) -> pulumi.Output[str]:
+        """One project's target group, path rule, roles, logs, task definition, service and
+        scaling; returns the service's name."""
+        server = args.server
+        p = project.name
+        child = pulumi.ResourceOptions(parent=self)
+        tags = {**tags, "mlflow-aws:project": p}
+        prefix = f"{name}-{p}"
+
+        target_group = aws.lb.TargetGroup(
+            f"{prefix}-tg",
+            aws.lb.TargetGroupArgs(
+                name_prefix="mlflow",
+                port=CONTAINER_PORT,
+                protocol="HTTP",
+                target_type="ip",  # awsvpc tasks
+                vpc_id=args.vpc_id,
+                deregistration_delay=DEREGISTRATION_DELAY_SECONDS,
+                health_check=aws.lb.TargetGroupHealthCheckArgs(
+                    enabled=True,
+                    path=f"/{p}/health",  # MLflow's health: no database query
+                    protocol="HTTP",
+                    port="traffic-port",
+                    matcher="200",
+                    interval=30,
+                    timeout=5,
+                    healthy_threshold=2,
+                    unhealthy_threshold=3,
+                ),
+                tags=tags,
+            ),
+            child,
+        )
+        rule = aws.lb.ListenerRule(
+            f"{prefix}-rule",
+            aws.lb.ListenerRuleArgs(
+                listener_arn=https.arn,
+                priority=priorities[p],
+                actions=[
+                    aws.lb.ListenerRuleActionArgs(type="forward", target_group_arn=target_group.arn)
+                ],
+                conditions=[
+                    aws.lb.ListenerRuleConditionArgs(
+                        path_pattern=aws.lb.ListenerRuleConditionPathPatternArgs(
+                            values=path_patterns(p)
+                        )
+                    )
+                ],
+                tags=tags,
+            ),
+            child,
+        )
+
+        log_group = aws.cloudwatch.LogGroup(
+            f"{prefix}-logs",
+            aws.cloudwatch.LogGroupArgs(
+                name=f"/mlflow-aws/{_slug(args.stack)}/{p}",
+                retention_in_days=LOG_RETENTION_DAYS,
+                tags=tags,
+            ),
+            child,
+        )
+        execution_role = aws.iam.Role(
+            f"{prefix}-execution-role",
+            aws.iam.RoleArgs(
+                name_prefix=f"mlflow-aws-{p}-exec-"[:38],
+                description=f"ECS: start project {p}'s MLflow tasks (stack {args.stack})",
+                assume_role_policy=pulumi.Output.from_input(args.account_id).apply(
+                    execution_trust_policy
+                ),
+                tags=tags,
+            ),
+            child,
+        )
+        execution_policy = aws.iam.RolePolicy(
+            f"{prefix}-execution-policy",
+            aws.iam.RolePolicyArgs(
+                role=execution_role.id,
+                policy=pulumi.Output.all(
+                    args.repository_arn, project.connection_secret_arn, log_group.arn
+                ).apply(lambda v: execution_role_policy(v[0], v[1], v[2])),
+            ),
+            child,
+        )
+
+        definitions = pulumi.Output.all(
+            args.image_uri,
+            project.connection_secret_arn,
+            log_group.name,
+            args.region,
+            project.artifact_root,
+        ).apply(
+            lambda v: container_definitions(
+                project,
+                image_uri=v[0],
+                secret_arn=v[1],
+                log_group=v[2],
+                domain=domain,
+                region=v[3],
+                artifact_root=v[4],
+            )
+        )
+        task_definition = aws.ecs.TaskDefinition(
+            f"{prefix}-task",
+            aws.ecs.TaskDefinitionArgs(
+                family=f"mlflow-aws-{_slug(args.stack)}-{p}",
+                requires_compatibilities=["FARGATE"],
+                network_mode="awsvpc",
+                cpu=str(server.cpu),
+                memory=str(server.memory),
+                runtime_platform=aws.ecs.TaskDefinitionRuntimePlatformArgs(
+                    operating_system_family="LINUX", cpu_architecture="X86_64"
+                ),
+                execution_role_arn=execution_role.arn,
+                task_role_arn=project.server_role_arn,
+                container_definitions=definitions,
+                tags=tags,
+            ),
+            child,
+        )
+        service = aws.ecs.Service(
+            f"{prefix}-service",
+            aws.ecs.ServiceArgs(
+                cluster=cluster.arn,
+                task_definition=task_definition.arn,
+                desired_count=server.min_tasks,
+                launch_type="FARGATE",
+                platform_version="LATEST",
+                network_configuration=aws.ecs.ServiceNetworkConfigurationArgs(
+                    subnets=subnets,
+                    security_groups=[task_sg.id, args.database_client_security_group_id],
+                    assign_public_ip=server.assign_public_ip,
+                ),
+                load_balancers=[
+                    aws.ecs.ServiceLoadBalancerArgs(
+                        target_group_arn=target_group.arn,
+                        container_name=CONTAINER_NAME,
+                        container_port=CONTAINER_PORT,
+                    )
+                ],
+                # New tasks must become healthy before old ones stop; a rollout whose tasks
+                # keep failing (a failed migration exits the container) is rolled back.
+                deployment_circuit_breaker=aws.ecs.ServiceDeploymentCircuitBreakerArgs(
+                    enable=True, rollback=True
+                ),
+                deployment_minimum_healthy_percent=100,
+                deployment_maximum_percent=200,
+                health_check_grace_period_seconds=HEALTH_CHECK_GRACE_SECONDS,
+                enable_ecs_managed_tags=True,
+                propagate_tags="SERVICE",
+                enable_execute_command=False,
+                tags=tags,
+            ),
+            pulumi.ResourceOptions(
+                parent=self,
+                # The target group must be attached to the load balancer first, and the first
+                # tasks must be able to pull the image and read the secret.
+                depends_on=[rule, execution_policy],
+                # Autoscaling owns the task count between minTasks and maxTasks.
+                ignore_changes=["desiredCount"],
+            ),
+        )
+
+        scaling = aws.appautoscaling.Target(
+            f"{prefix}-scaling",
+            aws.appautoscaling.TargetArgs(
+                service_namespace="ecs",
+                scalable_dimension="ecs:service:DesiredCount",
+                resource_id=pulumi.Output.concat("service/", cluster.name, "/", service.name),
+                min_capacity=server.min_tasks,
+                max_capacity=server.max_tasks,
+                tags=tags,
+            ),
+            child,
+        )
+        for metric, target, label in (
+            (
+                "ALBRequestCountPerTarget",
+                REQUESTS_PER_TASK_PER_MINUTE,
+                pulumi.Output.concat(lb.arn_suffix, "/", target_group.arn_suffix),
+            ),
+            ("ECSServiceAverageCPUUtilization", CPU_TARGET_PERCENT, None),
+        ):
+            aws.appautoscaling.Policy(
+                f"{prefix}-scale-{'requests' if label is not None else 'cpu'}",
+                aws.appautoscaling.PolicyArgs(
+                    policy_type="TargetTrackingScaling",
+                    service_namespace=scaling.service_namespace,
+                    scalable_dimension=scaling.scalable_dimension,
+                    resource_id=scaling.resource_id,
+                    target_tracking_scaling_policy_configuration=aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationArgs(
+                        target_value=target,
+                        predefined_metric_specification=aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationPredefinedMetricSpecificationArgs(
+                            predefined_metric_type=metric, resource_label=label
+                        ),
+                        scale_out_cooldown=SCALE_OUT_COOLDOWN_SECONDS,
+                        scale_in_cooldown=SCALE_IN_COOLDOWN_SECONDS,
+                    ),
+                ),
+                child,
+            )
+        return service.name

@@ -1,0 +1,1 @@
+"""What runs inside the server image around ``mlflow server`` (``docker/entrypoint.sh``)."""

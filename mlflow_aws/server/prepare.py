@@ -1,0 +1,187 @@
+"""Before the server serves: its MySQL schema created or upgraded, exactly once per rollout.
+
+``docker/entrypoint.sh`` runs ``python -m mlflow_aws.server.prepare`` with the backend store URI
+in ``MLFLOW_BACKEND_STORE_URI`` (never in argv). Several servers starting together (the tasks of
+a Fargate rollout, or two teammates' containers) each take the MySQL named lock
+``mlflow-aws:migrate:<schema>`` (``GET_LOCK``): the first creates or upgrades the schema the way
+``mlflow db upgrade`` does, the others wait for it and then find the schema at this MLflow's
+head revision. A failure exits 1, so the server never starts on a half-migrated schema (on ECS
+the task fails and the deployment circuit breaker keeps the old tasks).
+
+Only the schema name and revisions are printed: never the URI, the user's password or the
+driver's connection arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+URI_VARIABLE = "MLFLOW_BACKEND_STORE_URI"
+LOCK_SECONDS_VARIABLE = "MLFLOW_AWS_DB_MIGRATION_LOCK_SECONDS"
+DEFAULT_LOCK_SECONDS = 540
+# A paused Aurora Serverless v2 takes ~15 s to resume; connecting is retried this long.
+CONNECT_BUDGET_SECONDS = 120.0
+# The migration's sessions must outlive the server's short idle wait_timeout (init_command):
+# a lock held on a connection the database closed would be released mid-migration.
+MIGRATION_SESSION_SECONDS = 8 * 3600
+LOCK_NAME_MAX = 64  # MySQL's limit for GET_LOCK names
+
+Outcome = str  # "initialised" | "upgraded" | "current"
+
+
+class PrepareError(Exception):
+    """A failure explained in one line (no URI in it)."""
+
+
+def say(message: str) -> None:
+    print(f"mlflow-aws: {message}", file=sys.stderr, flush=True)
+
+
+def lock_name(schema: str) -> str:
+    return f"mlflow-aws:migrate:{schema}"[:LOCK_NAME_MAX]
+
+
+def _engine(uri: str) -> Any:
+    """A pool-less engine for the migration, without the server's short session timeout."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    url = sqlalchemy.engine.make_url(uri)
+    query = {k: v for k, v in url.query.items() if k != "init_command"}
+    return sqlalchemy.create_engine(
+        url.set(query=query),
+        poolclass=NullPool,
+        connect_args={
+            "init_command": f"SET SESSION wait_timeout={MIGRATION_SESSION_SECONDS}",
+            "connect_timeout": 10,
+        },
+    )
+
+
+def _connect(engine: Any, schema: str) -> Any:
+    import sqlalchemy
+
+    deadline = time.monotonic() + CONNECT_BUDGET_SECONDS
+    while True:
+        try:
+            return engine.connect()
+        except sqlalchemy.exc.OperationalError as exc:
+            # 1045 (access denied), 1044/1049 (no such schema or no right to it) and a TLS
+            # failure (an unverifiable certificate) do not heal by waiting.
+            code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+            tls = "SSL" in str(exc.orig) or "certificate" in str(exc.orig).lower()
+            if code in (1044, 1045, 1049) or tls or time.monotonic() > deadline:
+                raise
+            reason = type(exc.orig).__name__
+            say(f"schema {schema}: database not reachable yet ({reason}); retrying")
+            time.sleep(5)
+
+
+def _migrate(engine: Any, schema: str) -> Outcome:
+    """What ``mlflow db upgrade`` does, plus refusing a schema newer than this MLflow."""
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db import utils as db_utils
+
+    head = db_utils._get_latest_schema_revision()
+    if db_utils._is_empty_database(engine):
+        say(f"schema {schema} is empty: creating MLflow's tables (revision {head})")
+        db_utils._initialize_tables(engine)
+        return "initialised"
+    current = db_utils._get_schema_version(engine)
+    if current == head:
+        say(f"schema {schema} is up to date (revision {head})")
+        return "current"
+    script = ScriptDirectory.from_config(db_utils._get_alembic_config(""))
+    try:
+        known = current is None or script.get_revision(current) is not None
+    except Exception:
+        known = False
+    if not known:
+        raise PrepareError(
+            f"schema {schema} is at revision {current}, which this MLflow does not know (its "
+            f"head is {head}): a newer MLflow has migrated it; run that version's image"
+        )
+    say(f"upgrading schema {schema} from revision {current} to {head}")
+    db_utils._upgrade_db(engine)
+    return "upgraded"
+
+
+def prepare(uri: str, lock_seconds: int) -> Outcome:
+    """Create or upgrade the schema of ``uri`` under the schema's named lock."""
+    import sqlalchemy
+
+    engine = _engine(uri)
+    schema = engine.url.database or "?"
+    name = lock_name(schema)
+    try:
+        with _connect(engine, schema) as lock_connection:
+            got = lock_connection.execute(
+                sqlalchemy.text("SELECT GET_LOCK(:name, 0)"), {"name": name}
+            ).scalar()
+            if got != 1:
+                say(
+                    f"schema {schema}: another server holds the migration lock; waiting up to "
+                    f"{lock_seconds} s"
+                )
+                got = lock_connection.execute(
+                    sqlalchemy.text("SELECT GET_LOCK(:name, :seconds)"),
+                    {"name": name, "seconds": lock_seconds},
+                ).scalar()
+            if got != 1:
+                raise PrepareError(
+                    f"schema {schema}: gave up after {lock_seconds} s waiting for another "
+                    "server's migration (MLFLOW_AWS_DB_MIGRATION_LOCK_SECONDS)"
+                )
+            try:
+                started = time.monotonic()
+                outcome = _migrate(engine, schema)
+                if outcome != "current":
+                    say(f"schema {schema} {outcome} in {time.monotonic() - started:.1f} s")
+                return outcome
+            finally:
+                release = sqlalchemy.text("SELECT RELEASE_LOCK(:name)")
+                lock_connection.execute(release, {"name": name})
+    finally:
+        engine.dispose()
+
+
+def _scrub(text: str, uri: str) -> str:
+    """``text`` without the URI's password (driver errors rarely hold it; never print it)."""
+    import sqlalchemy
+
+    try:
+        password = sqlalchemy.engine.make_url(uri).password
+    except Exception:
+        password = None
+    for secret in filter(None, (uri, password)):
+        text = text.replace(str(secret), "***")
+    return text
+
+
+def main(environ: Mapping[str, str] = os.environ) -> int:
+    uri = environ.get(URI_VARIABLE, "")
+    if not uri.startswith("mysql"):
+        return 0  # SQLite and the rest: the server initialises its own store
+    try:
+        lock_seconds = int(environ.get(LOCK_SECONDS_VARIABLE, DEFAULT_LOCK_SECONDS))
+    except ValueError:
+        say(f"{LOCK_SECONDS_VARIABLE} must be a whole number of seconds")
+        return 2
+    try:
+        prepare(uri, lock_seconds)
+    except PrepareError as exc:
+        say(f"not starting: {_scrub(str(exc), uri)}")
+        return 1
+    except Exception as exc:
+        detail = _scrub(f"{type(exc).__name__}: {exc}", uri)
+        say(f"not starting: preparing the schema failed: {detail}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The server as the image runs it, for tests and benchmarks: ``docker/entrypoint.sh`` with the
+image's own packages (the lock, installed as the Dockerfile installs it, see
+tests/test_image_requirements.py) and the environment an ECS task gets.
+
+``task_environment`` mirrors ``infra/server.py``'s container definition: the backend store URI
+and the database's CA bundle as the task's ``secrets`` deliver them (plain environment variables
+inside the container), the static prefix, allowed hosts and CORS origins, the artifact
+destination. Everything listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
+SERVE_TIMEOUT = 180.0
+
+
+def task_environment(
+    *,
+    backend_store_uri: str,
+    ca_pem: str,
+    artifacts_destination: str,
+    port: int,
+    prefix: str | None,
+    allowed_hosts: str | None = None,
+    cors_origins: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    env = {
+        "MLFLOW_BACKEND_STORE_URI": backend_store_uri,
+        "MLFLOW_AWS_DB_CA_BUNDLE": ca_pem,
+        "MLFLOW_ARTIFACTS_DESTINATION": artifacts_destination,
+        "MLFLOW_HOST": "127.0.0.1",
+        "MLFLOW_PORT": str(port),
+    }
+    if prefix:
+        env["MLFLOW_STATIC_PREFIX"] = prefix
+    if allowed_hosts:
+        env["MLFLOW_SERVER_ALLOWED_HOSTS"] = allowed_hosts
+    if cors_origins:
+        env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] = cors_origins
+    return {**env, **(extra or {})}
+
+
+@dataclass
+class ImageServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    prefix: str
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.prefix}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start(venv: Path, env: Mapping[str, str], home: Path, log_path: Path) -> ImageServer:
+    """``entrypoint.sh`` in its own process group, with only the image's Python on PATH."""
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = home / "tmp"
+    tmp.mkdir(exist_ok=True)
+    full_env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(tmp)}
+    full_env.update(env)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(ENTRYPOINT)],
+            cwd=home,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    prefix = env.get("MLFLOW_STATIC_PREFIX", "").rstrip("/")
+    return ImageServer(process, int(env["MLFLOW_PORT"]), prefix, log_path)
+
+
+def wait_healthy(server: ImageServer, timeout: float = SERVE_TIMEOUT) -> float:
+    """Seconds until ``<prefix>/health`` answers 200; fails when the server exits first."""
+    started = time.monotonic()
+    deadline = started + timeout
+    while True:
+        if server.process.poll() is not None:
+            raise AssertionError(
+                f"server exited {server.process.returncode}:\n{server.log()[-4000:]}"
+            )
+        health = f"{server.url}/health"
+        with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=5) as response:  # noqa: S310
+            if response.status == 200:
+                return time.monotonic() - started
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not healthy after {timeout:g}s:\n{server.log()[-4000:]}")
+        time.sleep(0.2)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text().rpartition(")")[2].split()
+                parents[int(entry.name)] = int(stat[1])
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        if Path(f"/proc/{current}").exists():
+            found.append(current)
+        todo += [p for p, parent in parents.items() if parent == current]
+    return sorted(found)
+
+
+def stop(server: ImageServer) -> None:
+    """SIGTERM the server's process group (SIGKILL after 30 s); asserts nothing is left."""
+    tree = process_tree(server.process.pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.process.pid, signal.SIGTERM)
+    try:
+        server.process.wait(30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(10)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in tree if Path(f"/proc/{pid}").exists()]
+    assert not left, f"server processes left: {left}"
+
+
+@contextlib.contextmanager
+def running(
+    venv: Path, env: Mapping[str, str], home: Path, log_path: Path
+) -> Iterator[ImageServer]:
+    server = start(venv, env, home, log_path)
+    try:
+        wait_healthy(server)
+        yield server
+    finally:
+        stop(server)

@@ -1,0 +1,428 @@
+"""The central server (server.enabled) under Pulumi mocks: every property of the load balancer,
+the services, their roles, network and scaling, and what stays as it was when it is off.
+
+What these prove is the program's intent as AWS would receive it; that AWS accepts it and the
+tasks really serve is outside what can run here (see tests/test_server_prefix.py and
+tests/test_server_rollout.py for the server itself, for real).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from helper.outputs import parse_connection_bundle
+from infra.server import AUTH_APP, LOG_RETENTION_DAYS, TLS_POLICY
+from projects.project import PULL_ACTIONS, server_policy_document
+from tests.pulumi_mocks import ACCOUNT, DEFAULT_SUBNETS, DEFAULT_VPC_CIDR, REGION, Registered
+from tests.test_program import (
+    OUTPUT_NAMES,
+    ProgramRun,
+    assert_inputs_keep_secrets,
+    assert_no_plain_secrets,
+    plain,
+    run,
+)
+
+ZONE = "Z0123456789ABCDEFGHIJ"
+DOMAIN = "mlflow.example.com"
+CERT = "arn:aws:acm:eu-west-1:123456789012:certificate/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+PROJECTS = [{"name": "churn", "iamRoles": ["ci-runner", "ds-team"], "iamGroups": ["ds"]}, "fraud"]
+ON = {
+    "mlflow-aws:projects": PROJECTS,
+    "mlflow-aws:server": {"enabled": True, "domainName": DOMAIN, "hostedZoneId": ZONE},
+}
+OWN = {
+    "mlflow-aws:projects": ["churn"],
+    "mlflow-aws:server": {
+        "enabled": True,
+        "domainName": DOMAIN,
+        "certificateArn": CERT,
+        "internal": False,
+        "allowedCidrs": ["203.0.113.0/24"],
+        "subnetIds": ["subnet-0123abcd", "subnet-0456ef01"],
+        "cpu": 1024,
+        "memory": 2048,
+        "minTasks": 2,
+        "maxTasks": 5,
+    },
+}
+
+SG = "aws:ec2/securityGroup:SecurityGroup"
+LB = "aws:lb/loadBalancer:LoadBalancer"
+LISTENER = "aws:lb/listener:Listener"
+RULE = "aws:lb/listenerRule:ListenerRule"
+TG = "aws:lb/targetGroup:TargetGroup"
+SERVICE = "aws:ecs/service:Service"
+TASK = "aws:ecs/taskDefinition:TaskDefinition"
+SERVER_TYPES = {
+    LB, LISTENER, RULE, TG, SERVICE, TASK, "aws:ecs/cluster:Cluster",
+    "aws:acm/certificate:Certificate", "aws:route53/record:Record",
+    "aws:appautoscaling/target:Target", "aws:cloudwatch/logGroup:LogGroup",
+}  # fmt: skip
+
+
+def on() -> ProgramRun:
+    return run(ON)
+
+
+def named(r: ProgramRun, name: str) -> Registered:
+    return r.by_name(name)
+
+
+def container(r: ProgramRun, project: str) -> dict[str, Any]:
+    [definition] = json.loads(named(r, f"tracking-{project}-task").inputs["containerDefinitions"])
+    return dict(definition)
+
+
+def environment(r: ProgramRun, project: str) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container(r, project)["environment"]}
+
+
+def bundle(r: ProgramRun, project: str) -> dict[str, Any]:
+    version = named(r, f"project-{project}-connection-version")
+    return dict(json.loads(plain(version.inputs["secretString"])))
+
+
+def ingress_cidrs(sg: Registered) -> list[str]:
+    return [c for rule in sg.inputs.get("ingress", []) for c in rule.get("cidrBlocks", [])]
+
+
+# -------------------------------------------------------------------------- server disabled
+
+
+def test_disabled_server_builds_nothing_and_the_helper_reads_the_bundle() -> None:
+    r = run({"mlflow-aws:projects": "churn"})
+    assert not SERVER_TYPES & {res.typ for res in r.resources}
+    assert [res.name for res in r.of_type(SG)] == ["metadata-sg"]  # no client group either
+    assert set(r.outputs) == OUTPUT_NAMES  # no ServerUrl
+    assert "TrackingUri" not in r.outputs["Projects"]["churn"]
+    written = bundle(r, "churn")
+    assert written["TrackingUri"] is None  # JSON null: --from-aws knows there is none
+    # What the helper's --from-aws makes of that bundle: a laptop server as before.
+    connection = parse_connection_bundle(written, "connection secret")
+    assert connection.project == "churn" and connection.tracking_uri is None
+    assert connection.backend_store_uri == written["BackendStoreUri"]
+
+
+# -------------------------------------------------------------------------- outputs, bundle
+
+
+def test_outputs_and_bundles_carry_the_tracking_uris() -> None:
+    r = on()
+    assert set(r.outputs) == OUTPUT_NAMES | {"ServerUrl"}
+    assert r.outputs["ServerUrl"] == f"https://{DOMAIN}"
+    assert not r.secret_outputs["ServerUrl"]
+    for project in ("churn", "fraud"):
+        uri = f"https://{DOMAIN}/{project}"
+        assert r.outputs["Projects"][project]["TrackingUri"] == uri
+        written = bundle(r, project)
+        assert written["TrackingUri"] == uri
+        assert parse_connection_bundle(written, "secret").tracking_uri == uri
+    assert_no_plain_secrets(r)
+    assert_inputs_keep_secrets(r)
+
+
+def test_one_component_holds_every_server_resource() -> None:
+    r = on()
+    component = r.one("mlflow-aws:infra:TrackingService")
+    children = r.children_of(component)
+    assert {c.typ for c in children} >= SERVER_TYPES
+    assert all(c.name.startswith("tracking-") for c in children)
+    assert not [res for res in r.resources if res.typ in SERVER_TYPES and res not in children]
+
+
+# -------------------------------------------------------------------------- load balancer
+
+
+def test_https_listener_with_the_issued_certificate_and_a_modern_policy() -> None:
+    r = on()
+    certificate = r.one("aws:acm/certificate:Certificate")
+    assert certificate.inputs["domainName"] == DOMAIN
+    assert certificate.inputs["validationMethod"] == "DNS"
+    validation = r.one("aws:acm/certificateValidation:CertificateValidation")
+    assert validation.inputs["certificateArn"] == certificate.state["arn"]
+    record = named(r, "tracking-certificate-validation-record")
+    option = certificate.state["domainValidationOptions"][0]
+    assert record.inputs["zoneId"] == ZONE
+    assert (record.inputs["name"], record.inputs["type"], record.inputs["records"]) == (
+        option["resourceRecordName"], option["resourceRecordType"],
+        [option["resourceRecordValue"]],
+    )  # fmt: skip
+    assert validation.inputs["validationRecordFqdns"] == [record.state["fqdn"]]
+
+    https = named(r, "tracking-https")
+    lb = r.one(LB)
+    assert (https.inputs["port"], https.inputs["protocol"]) == (443, "HTTPS")
+    assert https.inputs["loadBalancerArn"] == lb.state["arn"]
+    assert https.inputs["certificateArn"] == certificate.state["arn"]
+    assert validation.urn in https.dependencies  # only once the certificate is issued
+    assert https.inputs["sslPolicy"] == TLS_POLICY == "ELBSecurityPolicy-TLS13-1-2-Res-2021-06"
+    assert https.inputs["routingHttpResponseStrictTransportSecurityHeaderValue"].startswith(
+        "max-age="
+    )
+    [default] = https.inputs["defaultActions"]
+    assert default["type"] == "fixed-response"
+    assert default["fixedResponse"]["statusCode"] == "404"
+
+    redirect = named(r, "tracking-http-redirect")
+    assert (redirect.inputs["port"], redirect.inputs["protocol"]) == (80, "HTTP")
+    [action] = redirect.inputs["defaultActions"]
+    assert action["type"] == "redirect"
+    assert action["redirect"] == {"protocol": "HTTPS", "port": "443", "statusCode": "HTTP_301"}
+    assert len(r.of_type(LISTENER)) == 2  # nothing else listens
+
+    alias = named(r, "tracking-alias")
+    assert (alias.inputs["zoneId"], alias.inputs["name"], alias.inputs["type"]) == (
+        ZONE, DOMAIN, "A"
+    )  # fmt: skip
+    [target] = alias.inputs["aliases"]
+    assert (target["name"], target["zoneId"]) == (lb.state["dnsName"], lb.state["zoneId"])
+
+
+def test_load_balancer_is_internal_by_default_with_a_long_idle_timeout() -> None:
+    lb = on().one(LB).inputs
+    assert lb["loadBalancerType"] == "application"
+    assert lb["internal"] is True
+    assert lb["subnets"] == DEFAULT_SUBNETS  # the database's (the default VPC's)
+    assert lb["idleTimeout"] >= 300  # large artifacts go through the server
+    assert lb["dropInvalidHeaderFields"] is True
+    assert lb["enableDeletionProtection"] is False
+    assert run({**ON, "mlflow-aws:projects": "churn"}, stack="prod").one(LB).protect
+
+
+def test_one_rule_and_target_group_per_project_on_its_path() -> None:
+    r = on()
+    https = named(r, "tracking-https")
+    rules = r.of_type(RULE)
+    assert len(rules) == 2
+    assert len({rule.inputs["priority"] for rule in rules}) == 2
+    for project in ("churn", "fraud"):
+        rule = named(r, f"tracking-{project}-rule").inputs
+        tg = named(r, f"tracking-{project}-tg")
+        assert rule["listenerArn"] == https.state["arn"]
+        [condition] = rule["conditions"]
+        assert condition["pathPattern"]["values"] == [f"/{project}", f"/{project}/*"]
+        assert rule["actions"] == [{"type": "forward", "targetGroupArn": tg.state["arn"]}]
+        assert (tg.inputs["port"], tg.inputs["protocol"], tg.inputs["targetType"]) == (
+            5000, "HTTP", "ip"
+        )  # fmt: skip
+        check = tg.inputs["healthCheck"]
+        assert check["path"] == f"/{project}/health"  # MLflow's health: no database query
+        assert check["matcher"] == "200"
+        assert tg.inputs["vpcId"] == "vpc-0def4017"
+
+
+# ------------------------------------------------------------------------- security groups
+
+
+def test_security_groups_admit_exactly_the_chain() -> None:
+    r = on()
+    lb_sg, task_sg = named(r, "tracking-lb-sg"), named(r, "tracking-task-sg")
+    db_sg, clients = named(r, "metadata-sg"), named(r, "metadata-clients-sg")
+
+    assert r.one(LB).inputs["securityGroups"] == [lb_sg.id]
+    ports = sorted((rule["fromPort"], rule["toPort"]) for rule in lb_sg.inputs["ingress"])
+    assert ports == [(80, 80), (443, 443)]
+    assert set(ingress_cidrs(lb_sg)) == {DEFAULT_VPC_CIDR}  # internal: the VPC by default
+
+    [from_lb] = task_sg.inputs["ingress"]
+    assert (from_lb["fromPort"], from_lb["toPort"]) == (5000, 5000)
+    assert from_lb["securityGroups"] == [lb_sg.id]
+    assert not from_lb.get("cidrBlocks")
+
+    assert "ingress" not in clients.inputs or not clients.inputs["ingress"]
+    db_rules = db_sg.inputs["ingress"]
+    assert [rule["securityGroups"] for rule in db_rules if rule.get("securityGroups")] == [
+        [clients.id]
+    ]
+    for rule in db_rules:
+        assert (rule["fromPort"], rule["toPort"]) == (3306, 3306)
+
+    for service in r.of_type(SERVICE):
+        network = service.inputs["networkConfiguration"]
+        assert network["securityGroups"] == [task_sg.id, clients.id]
+        assert network["subnets"] == DEFAULT_SUBNETS
+        assert network["assignPublicIp"] is True  # default VPC: public subnets, no NAT
+
+    # No path from the internet to the tasks or the database.
+    for sg in (task_sg, db_sg, clients):
+        assert "0.0.0.0/0" not in ingress_cidrs(sg), sg.name
+        assert not [r for r in sg.inputs.get("ingress", []) if r.get("ipv6CidrBlocks")]
+
+
+# -------------------------------------------------------------------------------- services
+
+
+def test_secrets_reach_the_task_by_reference_only() -> None:
+    r = on()
+    for project in ("churn", "fraud"):
+        secret_arn = named(r, f"project-{project}-connection").state["arn"]
+        c = container(r, project)
+        assert c["secrets"] == [
+            {"name": "MLFLOW_BACKEND_STORE_URI", "valueFrom": f"{secret_arn}:BackendStoreUri::"},
+            {"name": "MLFLOW_AWS_DB_CA_BUNDLE", "valueFrom": f"{secret_arn}:DatabaseCaBundle::"},
+        ]
+        env = environment(r, project)
+        assert "MLFLOW_BACKEND_STORE_URI" not in env
+        task = named(r, f"tracking-{project}-task")
+        text = json.dumps(task.inputs)
+        for password in r.passwords:
+            assert password not in text
+        assert "mysql+pymysql" not in text
+
+
+def test_task_runs_the_stack_image_under_its_prefix_with_pinned_hosts() -> None:
+    r = on()
+    c = container(r, "churn")
+    assert c["image"] == r.outputs["ImageUri"]  # the digest the helper runs
+    assert c["portMappings"] == [{"containerPort": 5000, "hostPort": 5000, "protocol": "tcp"}]
+    assert c["linuxParameters"]["capabilities"] == {"drop": ["ALL"]}
+    assert ("command" in c) is (AUTH_APP is not None)  # MLflow's own app until auth lands
+    env = environment(r, "churn")
+    assert env["MLFLOW_STATIC_PREFIX"] == "/churn"
+    assert env["MLFLOW_ARTIFACTS_DESTINATION"] == f"{r.outputs['ArtifactRoot']}/churn"
+    assert env["MLFLOW_SERVER_ALLOWED_HOSTS"] == f"{DOMAIN},{DOMAIN}:443"
+    assert env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] == f"https://{DOMAIN}"
+    assert env["MLFLOW_AWS_IAM_SERVER_ID"] == DOMAIN
+    assert env["MLFLOW_AWS_IAM_ALLOWED_ROLES"] == "ci-runner,ds-team"
+    assert env["MLFLOW_AWS_IAM_ALLOWED_GROUPS"] == "ds"
+    assert env["AWS_REGION"] == REGION
+    # A project without roles or groups gets no empty variable (ECS would drop it: a diff).
+    assert "MLFLOW_AWS_IAM_ALLOWED_ROLES" not in environment(r, "fraud")
+
+    task = named(r, "tracking-churn-task").inputs
+    assert task["requiresCompatibilities"] == ["FARGATE"]
+    assert task["networkMode"] == "awsvpc"
+    assert (task["cpu"], task["memory"]) == ("512", "1024")
+    assert task["runtimePlatform"] == {
+        "operatingSystemFamily": "LINUX",
+        "cpuArchitecture": "X86_64",
+    }
+
+
+def test_task_role_is_the_projects_server_role_and_nothing_more() -> None:
+    r = on()
+    bucket_arn = r.one("aws:s3/bucket:Bucket").state["arn"]
+    for project in ("churn", "fraud"):
+        role = named(r, f"project-{project}-server-role")
+        task = named(r, f"tracking-{project}-task").inputs
+        assert task["taskRoleArn"] == role.state["arn"]
+        policy = named(r, f"project-{project}-server-role-policy").inputs["policy"]
+        assert json.loads(policy) == server_policy_document(bucket_arn, project)
+        trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
+        [ecs] = [s for s in trust if s.get("Principal", {}).get("Service")]
+        assert ecs["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+        assert ecs["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
+
+
+def test_execution_role_pulls_reads_its_secret_and_logs_only() -> None:
+    r = on()
+    repository_arn = r.one("aws:ecr/repository:Repository").state["arn"]
+    for project in ("churn", "fraud"):
+        role = named(r, f"tracking-{project}-execution-role")
+        assert named(r, f"tracking-{project}-task").inputs["executionRoleArn"] == role.state["arn"]
+        [trust] = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
+        assert trust["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+        assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
+        policy = json.loads(named(r, f"tracking-{project}-execution-policy").inputs["policy"])
+        grants = {s["Sid"]: (sorted(s["Action"]), s["Resource"]) for s in policy["Statement"]}
+        secret_arn = named(r, f"project-{project}-connection").state["arn"]
+        log_arn = named(r, f"tracking-{project}-logs").state["arn"]
+        assert grants == {
+            "EcrLogin": (["ecr:GetAuthorizationToken"], ["*"]),
+            "PullServerImage": (sorted(PULL_ACTIONS), [repository_arn]),
+            "ReadConnectionSecret": (["secretsmanager:GetSecretValue"], [secret_arn]),
+            "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], [log_arn, f"{log_arn}:*"]),
+        }
+        assert all(s["Effect"] == "Allow" for s in policy["Statement"])
+
+
+def test_rollouts_use_a_circuit_breaker_with_rollback() -> None:
+    r = on()
+    cluster = r.one("aws:ecs/cluster:Cluster")
+    for project in ("churn", "fraud"):
+        service = named(r, f"tracking-{project}-service")
+        inputs = service.inputs
+        assert inputs["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
+        assert inputs["deploymentMinimumHealthyPercent"] == 100  # old tasks stay until new ones
+        assert inputs["launchType"] == "FARGATE"
+        assert inputs["cluster"] == cluster.state["arn"]
+        assert inputs["taskDefinition"] == named(r, f"tracking-{project}-task").state["arn"]
+        assert inputs["healthCheckGracePeriodSeconds"] >= 540  # a waiting task's migration lock
+        [attachment] = inputs["loadBalancers"]
+        assert attachment == {
+            "targetGroupArn": named(r, f"tracking-{project}-tg").state["arn"],
+            "containerName": "mlflow",
+            "containerPort": 5000,
+        }
+        assert named(r, f"tracking-{project}-rule").urn in service.dependencies
+        assert named(r, f"tracking-{project}-execution-policy").urn in service.dependencies
+        assert service.ignore_changes == ("desiredCount",)  # autoscaling owns the count
+    settings = cluster.inputs["settings"]
+    assert settings == [{"name": "containerInsights", "value": "disabled"}]
+
+
+def test_autoscaling_between_min_and_max_on_requests_and_cpu() -> None:
+    for config, bounds in ((ON, (1, 3)), (OWN, (2, 5))):
+        r = run(config)
+        lb = r.one(LB)
+        for target in r.of_type("aws:appautoscaling/target:Target"):
+            project = target.name.split("-")[1]
+            service = named(r, f"tracking-{project}-service")
+            cluster = r.one("aws:ecs/cluster:Cluster")
+            assert (target.inputs["minCapacity"], target.inputs["maxCapacity"]) == bounds
+            assert target.inputs["resourceId"] == (
+                f"service/{cluster.state['name']}/{service.state['name']}"
+            )
+            assert target.inputs["scalableDimension"] == "ecs:service:DesiredCount"
+            assert service.inputs["desiredCount"] == bounds[0]
+            policies = {
+                p.inputs["targetTrackingScalingPolicyConfiguration"][
+                    "predefinedMetricSpecification"
+                ]["predefinedMetricType"]: p.inputs
+                for p in r.of_type("aws:appautoscaling/policy:Policy")
+                if p.name.startswith(f"tracking-{project}-")
+            }
+            assert set(policies) == {"ALBRequestCountPerTarget", "ECSServiceAverageCPUUtilization"}
+            requests = policies["ALBRequestCountPerTarget"]
+            assert requests["policyType"] == "TargetTrackingScaling"
+            assert requests["resourceId"] == target.inputs["resourceId"]
+            tg = named(r, f"tracking-{project}-tg")
+            spec = requests["targetTrackingScalingPolicyConfiguration"]
+            assert spec["predefinedMetricSpecification"]["resourceLabel"] == (
+                f"{lb.state['arnSuffix']}/{tg.state['arnSuffix']}"
+            )
+            assert spec["targetValue"] > 0
+
+
+def test_logs_go_to_a_log_group_with_retention() -> None:
+    r = on()
+    for project in ("churn", "fraud"):
+        group = named(r, f"tracking-{project}-logs").inputs
+        assert group["name"] == f"/mlflow-aws/dev/{project}"
+        assert group["retentionInDays"] == LOG_RETENTION_DAYS == 30
+        options = container(r, project)["logConfiguration"]
+        assert options["logDriver"] == "awslogs"
+        assert options["options"]["awslogs-group"] == group["name"]
+        assert options["options"]["awslogs-region"] == REGION
+
+
+# ----------------------------------------------------------------- certificate, own network
+
+
+def test_own_certificate_network_and_size() -> None:
+    r = run(OWN)
+    assert not r.of_type("aws:acm/certificate:Certificate")
+    assert not r.of_type("aws:route53/record:Record")  # DNS is the operator's
+    assert named(r, "tracking-https").inputs["certificateArn"] == CERT
+    lb = r.one(LB).inputs
+    assert lb["internal"] is False
+    assert lb["subnets"] == ["subnet-0123abcd", "subnet-0456ef01"]
+    assert set(ingress_cidrs(named(r, "tracking-lb-sg"))) == {"203.0.113.0/24"}
+    service = named(r, "tracking-churn-service").inputs
+    assert service["networkConfiguration"]["subnets"] == ["subnet-0123abcd", "subnet-0456ef01"]
+    assert service["networkConfiguration"]["assignPublicIp"] is False
+    task = named(r, "tracking-churn-task").inputs
+    assert (task["cpu"], task["memory"]) == ("1024", "2048")
+    assert r.outputs["Projects"]["churn"]["TrackingUri"] == f"https://{DOMAIN}/churn"
