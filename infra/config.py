@@ -166,6 +166,7 @@ class StackConfig:
     db: DatabaseConfig
     projects: tuple[ProjectConfig, ...] = field(default_factory=tuple)
     aws_profile: str | None = None  # aws:profile, for the schema provider's own AWS calls
+    server: ServerConfig = field(default_factory=ServerConfig)
 
     @property
     def max_user_connections(self) -> int:
@@ -175,7 +176,6 @@ class StackConfig:
 
         tasks = self.server.max_tasks if self.server.enabled else 0
         return DEFAULT_MAX_USER_CONNECTIONS + tasks * CONNECTIONS_PER_SERVER
-    server: ServerConfig = field(default_factory=ServerConfig)
 
 
 def pinned_mlflow_version(requirements: Path = DOCKER_REQUIREMENTS) -> str:

@@ -474,8 +474,10 @@ def test_each_project_user_has_room_for_the_laptops_and_every_central_task() -> 
     from infra.config import CONNECTIONS_PER_SERVER
 
     defaults = server_env_defaults()
-    assert CONNECTIONS_PER_SERVER == int(defaults["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]) + int(
-        defaults["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"]
+    assert (
+        int(defaults["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"])
+        + int(defaults["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"])
+        == CONNECTIONS_PER_SERVER
     )
     assert parse({}).max_user_connections == 50
     assert parse({"server": {**SERVER, "maxTasks": 6}}).max_user_connections == 50 + 6 * 10
