@@ -43,6 +43,8 @@ class ProjectConnection:
     region: str
     image_uri: str
     mlflow_version: str
+    # The project on the stack's central server (https://<domain>/<project>); None without one.
+    tracking_uri: str | None = None
 
     @property
     def secret_values(self) -> tuple[str, ...]:
@@ -60,6 +62,7 @@ class ProjectOutputs:
     artifact_root: str
     connection_secret_arn: str
     policy_arn: str
+    tracking_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class StackOutputs:
             region=self.region,
             image_uri=self.image_uri,
             mlflow_version=self.mlflow_version,
+            tracking_uri=found.tracking_uri,
         )
 
 
@@ -158,6 +162,18 @@ class _Fields:
             )
         return number
 
+    def optional_url(self, key: str) -> str | None:
+        """An http(s) URL, or None when the field is absent or null."""
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.startswith(("https://", "http://")):
+            raise OutputsError(
+                f"{self.source}: {self._where(key)} must be an http(s) URL or null, got "
+                f"{_kind(value)}"
+            )
+        return value
+
     def nested(self, key: str) -> _Fields:
         return _Fields(self.raw(key), self._where(key), self.source)
 
@@ -191,6 +207,7 @@ def parse_stack_outputs(data: object, source: str) -> StackOutputs:
             artifact_root=one.string("ArtifactRoot"),
             connection_secret_arn=one.string("ConnectionSecretArn"),
             policy_arn=one.string("PolicyArn"),
+            tracking_uri=one.optional_url("TrackingUri"),
         )
     return StackOutputs(
         artifact_root=top.string("ArtifactRoot"),
@@ -217,6 +234,7 @@ def parse_connection_bundle(data: object, source: str) -> ProjectConnection:
         region=bundle.string("Region"),
         image_uri=bundle.string("ImageUri"),
         mlflow_version=bundle.string("MlflowVersion"),
+        tracking_uri=bundle.optional_url("TrackingUri"),
     )
 
 
