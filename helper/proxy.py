@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
+import select
 import socket
 import ssl
 import sys
@@ -138,6 +139,14 @@ def _sized_body(stream: io.BufferedIOBase, length: int) -> Iterator[bytes]:
         yield block
 
 
+def _peer_closed(connection: http.client.HTTPConnection) -> bool:
+    """An idle kept-alive connection is readable only when the server has closed it."""
+    if connection.sock is None:
+        return True
+    readable, _, _ = select.select([connection.sock], [], [], 0)
+    return bool(readable)
+
+
 class SigningProxy(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -193,10 +202,15 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.drop_upstream()
             self.reply_error(502, f"cannot reach {self.server.upstream.origin}: {exc}")
             return
+        relayed = False
         try:
             self.relay_response(response)
+            relayed = True
         finally:
-            if response.will_close:
+            # read1 leaves a fully read sized response open (CPython), which blocks the next
+            # request on this connection; one not fully read leaves bytes behind: drop it then.
+            response.close()
+            if response.will_close or not relayed:
                 self.drop_upstream()
 
     def request_body_and_headers(self) -> tuple[bytes | Iterator[bytes] | None, dict[str, str]]:
@@ -235,6 +249,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def _send(
         self, path: str, headers: dict[str, str], body: bytes | Iterator[bytes] | None
     ) -> http.client.HTTPResponse:
+        if self.upstream_connection is not None and _peer_closed(self.upstream_connection):
+            self.drop_upstream()  # the server closed it while idle (uvicorn: after 5 s)
         if self.upstream_connection is None:
             self.upstream_connection = self.server.upstream.connect()
         connection = self.upstream_connection

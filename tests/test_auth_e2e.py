@@ -53,6 +53,7 @@ from tests.test_helper_e2e import (
     BUCKET,
     TRACKING_SCRIPT,
     Project,
+    RunningHelper,
     boto_args,
     create_project,
     outputs_for,
@@ -154,7 +155,7 @@ def check_tutorial_run(project: Project, run_id: str, moto: MotoServer) -> None:
 def remote_helper(
     mariadb: MariaDB, project: Project, central: CentralServer, moto: MotoServer,
     credentials: Credentials, tmp_path: Path,
-) -> Iterator[tuple[str, object]]:  # fmt: skip
+) -> Iterator[tuple[str, RunningHelper]]:  # fmt: skip
     """``python -m helper serve --project P --outputs F --remote`` as the given identity."""
     outputs = tmp_path / "outputs.json"
     outputs.write_text(
@@ -188,7 +189,8 @@ def test_tutorial_script_through_the_helper_proxy(
         client = MlflowClient(tracking_uri=uri)
         downloaded = client.download_artifacts(run_id, "test.txt", str(tmp_path))
         assert Path(downloaded).read_text() == "hello world!"
-        assert stop_helper(running) == 0  # type: ignore[arg-type]
+        assert "proxy:" not in running.stderr()  # no refusal, no failure, no retry by the client
+        assert stop_helper(running) == 0
     check_tutorial_run(project, run_id, moto)
     log = central.log()
     assert f"arn:aws:sts::{ACCOUNT}:assumed-role/ml-team/someone@example.com" in log
@@ -335,7 +337,10 @@ def test_refuses_a_token_whose_url_points_at_another_host(
 
 
 def signed_request_token(
-    moto: MotoServer, credentials: Credentials, body: str, extra_headers: dict[str, str] | None = None
+    moto: MotoServer,
+    credentials: Credentials,
+    body: str,
+    extra_headers: dict[str, str] | None = None,
 ) -> str:
     """A token signing an arbitrary request (what a hostile client could make)."""
     from botocore.auth import SigV4Auth
