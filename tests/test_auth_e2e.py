@@ -14,13 +14,16 @@ import base64
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import boto3
@@ -427,3 +430,141 @@ def test_every_route_family_needs_a_token(central: CentralServer) -> None:
     }, refused
     # Health only: the load balancer's checks carry no identity.
     assert get(f"{central.tracking_uri}/health") == (200, b"OK")
+
+
+# -- big artifacts and the browser UI through the proxy --------------------------------------------
+
+GIB = 1 << 30
+PROXY_RSS_GROWTH_LIMIT_MIB = 64.0
+
+
+def vm_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def write_pattern_file(path: Path, size: int, block: bytes) -> None:
+    with path.open("wb") as out:
+        for _ in range(size // len(block)):
+            out.write(block)
+
+
+def same_pattern(path: Path, size: int, block: bytes) -> bool:
+    if path.stat().st_size != size:
+        return False
+    with path.open("rb") as data:
+        return all(data.read(len(block)) == block for _ in range(size // len(block)))
+
+
+def test_a_1_gib_artifact_through_the_proxy_with_bounded_rss(
+    mariadb: MariaDB, project: Project, central: CentralServer, moto: MotoServer,
+    identities: Identities, tmp_path: Path,
+) -> None:  # fmt: skip
+    from mlflow import MlflowClient
+
+    from tests.test_helper_e2e import record
+
+    block = os.urandom(1 << 20)
+    source = tmp_path / "up" / "big.bin"
+    source.parent.mkdir()
+    write_pattern_file(source, GIB, block)
+    with remote_helper(mariadb, project, central, moto, identities.allowed_role, tmp_path) as (
+        uri,
+        running,
+    ):
+        proxy_pid = running.process.pid
+        client = MlflowClient(tracking_uri=uri)
+        run_id = client.create_run(client.create_experiment("big-artifact")).info.run_id
+        before_kib = vm_kib(proxy_pid, "VmRSS")
+        started = time.monotonic()
+        client.log_artifact(run_id, str(source))
+        upload_s = time.monotonic() - started
+        source.unlink()
+        started = time.monotonic()
+        downloaded = Path(client.download_artifacts(run_id, "big.bin", str(tmp_path)))
+        download_s = time.monotonic() - started
+        peak_kib = vm_kib(proxy_pid, "VmHWM")  # the proxy's peak RSS over its whole life
+        # The server streams too: prefixed artifact paths go to MLflow's streaming routes.
+        server_peak_mib = max(vm_kib(pid, "VmHWM") for pid in central.pids()) / 1024
+        assert "proxy:" not in running.stderr()
+    assert same_pattern(downloaded, GIB, block)
+    growth_mib = (peak_kib - before_kib) / 1024
+    record(
+        f"1 GiB artifact through the proxy: up {upload_s:.1f}s, down {download_s:.1f}s; proxy RSS "
+        f"{before_kib / 1024:.0f} MiB before, peak {peak_kib / 1024:.0f} MiB "
+        f"(+{growth_mib:.0f} MiB; limit +{PROXY_RSS_GROWTH_LIMIT_MIB:.0f}); server worker peak "
+        f"{server_peak_mib:.0f} MiB"
+    )
+    assert server_peak_mib < 1024  # a buffered 1 GiB body would be in there at least once
+    assert growth_mib <= PROXY_RSS_GROWTH_LIMIT_MIB
+
+
+def chromium_driver(tmp_path: Path) -> Any:
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.fail("chromium and chromedriver are needed (Debian chromium, chromium-driver; "
+                    "./dev test installs them)")  # fmt: skip
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)  # fmt: skip
+    return webdriver.Chrome(options=options, service=Service(executable_path=driver))
+
+
+def test_the_ui_through_the_proxy_in_a_headless_browser(
+    mariadb: MariaDB, project: Project, central: CentralServer, moto: MotoServer,
+    identities: Identities, tmp_path: Path,
+) -> None:  # fmt: skip
+    from mlflow import MlflowClient
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with remote_helper(mariadb, project, central, moto, identities.allowed_role, tmp_path) as (
+        uri,
+        running,
+    ):
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = client.create_experiment("seen-in-the-browser")
+        run = client.create_run(experiment_id, run_name="browser-run")
+        client.log_metric(run.info.run_id, "accuracy", 0.93)
+        driver = chromium_driver(tmp_path)
+        try:
+            driver.set_page_load_timeout(60)
+            driver.get(f"{uri}/#/experiments")
+            # The list comes from the ajax-api through the proxy: the experiment's name shows up.
+            WebDriverWait(driver, 60).until(
+                lambda d: "seen-in-the-browser" in d.find_element(By.TAG_NAME, "body").text
+            )
+            driver.get(f"{uri}/#/experiments/{experiment_id}/runs/{run.info.run_id}")
+            WebDriverWait(driver, 60).until(
+                lambda d: "browser-run" in d.find_element(By.TAG_NAME, "body").text
+            )
+            driver.save_screenshot(str(tmp_path / "run-page.png"))
+            refused = [
+                entry["message"]
+                for entry in driver.get_log("browser")
+                if " 401 " in entry["message"] or " 403 " in entry["message"]
+            ]
+        finally:
+            driver.quit()
+        assert refused == []
+        # (The UI asks /users/current, a basic-auth route, and takes its 404 as "no users".)
+        assert not re.search(r"-> (401|403|5\d\d)", running.stderr()), running.stderr()
