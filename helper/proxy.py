@@ -269,38 +269,42 @@ class ProxyHandler(BaseHTTPRequestHandler):
         return connection.getresponse()
 
     def relay_response(self, response: http.client.HTTPResponse) -> None:
-        self.send_response_only(response.status, response.reason)
+        head = [f"HTTP/1.1 {response.status} {response.reason}"]
         for name, value in response.getheaders():
             lower = name.lower()
             if lower in DROPPED_RESPONSE_HEADERS:
                 continue
             if lower == "location":
                 value = self.server.upstream.local_location(value)
-            self.send_header(name, value)
+            head.append(f"{name}: {value}")
         if response.status >= 400:
             self.server.log.write(f"proxy: {self.command} {self.path} -> {response.status}\n")
+        sized = response.length is not None and not response.chunked
         if self.command == "HEAD" or response.status in NO_BODY_STATUSES:
             length = response.getheader("Content-Length")
-            if length is not None:
-                self.send_header("Content-Length", length)
-            self.end_headers()
+            self.write_head(head + ([f"Content-Length: {length}"] if length is not None else []))
             response.read()
             return
-        if response.length is not None and not response.chunked:
-            self.send_header("Content-Length", str(response.length))
-            self.end_headers()
+        if sized and (response.length or 0) <= SMALL_BODY_BYTES:
+            # Most API answers: head and body in one write, one wake-up of the client.
+            body = response.read()
+            self.write_head([*head, f"Content-Length: {len(body)}"], body)
+            return
+        if sized:
+            self.write_head([*head, f"Content-Length: {response.length}"])
         elif response.chunked:
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
+            self.write_head([*head, "Transfer-Encoding: chunked"])
         else:  # delimited by the server closing: so is ours
-            self.send_header("Connection", "close")
-            self.end_headers()
+            self.write_head([*head, "Connection: close"])
             self.close_connection = True
         while block := response.read1(BLOCK_BYTES):
             self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block) if response.chunked else block)
         if response.chunked:
             self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+    def write_head(self, lines: list[str], body: bytes = b"") -> None:
+        self.wfile.write("\r\n".join([*lines, "", ""]).encode("latin-1") + body)
 
     # -- small parts ---------------------------------------------------------------------------
 
