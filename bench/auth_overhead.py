@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
     PYTHON,
     ROOT,
+    cpu_seconds,
+    load_average,
     log,
     log_batches,
     log_one_by_one,
@@ -73,6 +75,8 @@ class Target:
     batch: list[float] = field(default_factory=list)
     client: Any = None
     run_id: str = ""
+    proxy_pid: int | None = None
+    proxy_cpu_ms: list[float] = field(default_factory=list)  # per one-by-one call
 
 
 @contextlib.contextmanager
@@ -159,9 +163,13 @@ def measure(targets: list[Target], n: int, batches: int, reps: int, warmup: int)
             others = [s for key, s in servers.items() if key != id(target.server)]
             with frozen(others), plugin_enabled(target.plugin):
                 log(f"  rep {rep + 1}/{reps}: {target.label}")
+                proxy = [target.proxy_pid] if target.proxy_pid else []
+                proxy_cpu = cpu_seconds(proxy)
                 target.single.append(
                     log_one_by_one(target.client, target.run_id, n, first_step=rep * n)
                 )
+                if proxy:
+                    target.proxy_cpu_ms.append((cpu_seconds(proxy) - proxy_cpu) / n * 1000)
                 target.batch.append(
                     log_batches(target.client, target.run_id, batches,
                                 first_step=rep * batches * 1000)
@@ -221,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             targets = [
                 Target("a", "(a) no auth", plain.tracking_uri, plain),
                 Target("b", "(b) aws-iam, client plugin", guarded.tracking_uri, guarded, True),
-                Target("c", "(c) aws-iam, helper proxy", proxy_uri, guarded),
+                Target("c", "(c) aws-iam, helper proxy", proxy_uri, guarded, proxy_pid=proxy.pid),
             ]
             measure(targets, args.n, args.batches, args.reps, warmup)
             log("1 GiB artifact through the proxy")
@@ -245,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["figure", "(a) no auth", "(b) plugin", "(c) proxy", "target", ""], rows))
     print(
         f"\n{args.reps} repetitions of {args.n} log_metric and {args.batches} log_batch; medians."
+    )
+    print(
+        f"Per one-by-one call: (a) {1000 / median(a.single):.2f} ms, (b) "
+        f"{1000 / median(b.single):.2f} ms, (c) {1000 / median(c.single):.2f} ms, of which "
+        f"{median(c.proxy_cpu_ms):.2f} ms of proxy CPU; load average {load_average()}."
     )
     return 0
 
