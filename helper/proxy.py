@@ -35,6 +35,7 @@ BLOCK_BYTES = 1 << 20
 SMALL_BODY_BYTES = 1 << 20  # read whole (one send, replayable on a stale connection) below this
 UPSTREAM_TIMEOUT = 300.0  # per socket operation; a large artifact's transfer may take long overall
 CLIENT_IDLE_TIMEOUT = 300.0
+CHECK_TIMEOUT = 30.0  # the sign-in check before serving (Aurora resuming can take ~15 s)
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
      "te", "trailer", "transfer-encoding", "upgrade"}
@@ -82,16 +83,14 @@ class Upstream:
                 return location[len(prefix) :]
         return location
 
-    def connect(self) -> http.client.HTTPConnection:
+    def connect(self, timeout: float = UPSTREAM_TIMEOUT) -> http.client.HTTPConnection:
         if self.scheme == "https":
             connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-                self.hostname, self.port, timeout=UPSTREAM_TIMEOUT,
+                self.hostname, self.port, timeout=timeout,
                 context=ssl.create_default_context(),  # certificate and host name verified
             )  # fmt: skip
         else:
-            connection = http.client.HTTPConnection(
-                self.hostname, self.port, timeout=UPSTREAM_TIMEOUT
-            )
+            connection = http.client.HTTPConnection(self.hostname, self.port, timeout=timeout)
         connection.connect()
         assert connection.sock is not None
         # Headers and a small body go out in separate writes: without this, Nagle and delayed
@@ -341,7 +340,7 @@ def check_signed_in(upstream: Upstream, tokens: Any) -> None:
     except Exception as exc:
         raise HelperError(f"cannot sign in to {upstream.origin}: {exc}") from None
     try:
-        connection = upstream.connect()
+        connection = upstream.connect(timeout=CHECK_TIMEOUT)
         try:
             connection.request(
                 "GET",
