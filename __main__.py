@@ -92,8 +92,14 @@ for p in config.projects:
         )
     )
 
-# The central server (optional): one HTTPS URL per project on ECS Fargate.
+# The central server (optional): one HTTPS URL per project on ECS Fargate, sign-in required.
 if config.server.enabled:
+    for p in config.projects:
+        if not (p.iam_roles or p.iam_groups):
+            pulumi.log.warn(
+                f"project {p.name}: nobody may sign in to its central server (deny by default): "
+                "list who may in its iamRoles or iamGroups"
+            )
     assert database.client_security_group_id is not None
     service = TrackingService(
         "tracking",

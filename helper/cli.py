@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_db_ca(serve)
     _add_local(serve, "serve the embedded default: SQLite and local artifacts, no AWS, no Docker")
+    _add_remote(
+        serve,
+        "use the stack's central server: a local proxy that signs each request with your AWS "
+        "identity (no Docker, no database access, no MLflow server here)",
+    )
 
     command = commands.add_parser(
         "command", help="print the docker run command serve would use (no secret values)"
@@ -99,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     env = commands.add_parser("env", help="print `export MLFLOW_TRACKING_URI=…` for a server")
     _add_port(env)
+    _add_remote(
+        env,
+        "print the lines for the central server with the aws-iam client plugin "
+        "(training jobs, CI); needs --project and a source",
+    )
+    env.add_argument("--project", metavar="NAME", help="with --remote: the project")
+    _add_sources(env)
 
     upgrade = commands.add_parser(
         "upgrade", help="migrate the project's schema to this MLflow version (mlflow db upgrade)"
@@ -122,6 +134,32 @@ def _add_db_ca(parser: argparse.ArgumentParser) -> None:
         "in the project's connection bundle (the stack's RDS bundle, used by default: the "
         "certificate and host name are always verified)",
     )
+
+
+def _add_remote(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--remote", action="store_true", help=help_text)
+
+
+def _remote_tracking_uri(connection: ProjectConnection) -> str:
+    if connection.tracking_uri is None:
+        raise HelperError(
+            f"project {connection.project} has no central server (its TrackingUri is empty): "
+            "the stack needs `server.enabled`; until then serve it here without --remote",
+            2,
+        )
+    return connection.tracking_uri
+
+
+def _serve_remote(args: argparse.Namespace) -> int:
+    given = [flag for flag, value in (("--local", args.local), ("--runtime", args.runtime),
+             ("--db-ca", args.db_ca), ("--data-dir", args.data_dir)) if value]  # fmt: skip
+    if given:
+        raise HelperError(f"--remote uses the central server; drop {', '.join(given)}", 2)
+    _require_project(args)
+    from .proxy import serve_remote
+
+    connection = load_connection(args)
+    return serve_remote(_remote_tracking_uri(connection), args.port, connection.region)
 
 
 def _add_local(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -227,6 +265,8 @@ def _require_project(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from . import runtimes
 
+    if args.remote:
+        return _serve_remote(args)
     if args.local:
         store = _local(args)
         return runtimes.serve_local(store, args.port, _upgrade_hint(args, store.project))
@@ -259,7 +299,22 @@ def cmd_command(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    print(export_line(args.port))
+    if not args.remote:
+        if args.project or args.stack or args.outputs or args.from_aws or args.secret_id:
+            raise HelperError("--project and the source options go with --remote", 2)
+        print(export_line(args.port))
+        return 0
+    _require_project(args)
+    connection = load_connection(args)
+    from mlflow_aws.auth.signer import STS_REGION_ENV
+
+    # The central server's region: tokens are signed for its STS endpoint.
+    for key, value in (
+        ("MLFLOW_TRACKING_URI", _remote_tracking_uri(connection)),
+        ("MLFLOW_TRACKING_AUTH", "aws-iam"),
+        (STS_REGION_ENV, connection.region),
+    ):
+        print(f"export {key}={shlex.quote(value)}")
     return 0
 
 

@@ -137,6 +137,18 @@ class _Fields:
             )
         return number
 
+    def optional_url(self, key: str) -> str | None:
+        """An http(s) URL, or None when the field is absent or null."""
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.startswith(("https://", "http://")):
+            raise OutputsError(
+                f"{self.source}: {self._where(key)} must be an http(s) URL or null, got "
+                f"{_kind(value)}"
+            )
+        return value
+
     def nested(self, key: str) -> _Fields:
         return _Fields(self.raw(key), self._where(key), self.source)
 
@@ -186,7 +198,7 @@ def parse_connection_bundle(data: object, source: str) -> ProjectConnection:
         database_ca_bundle=bundle.optional_string("DatabaseCaBundle"),
         server_role_arn=bundle.optional_string("ServerRoleArn"),
         stack=bundle.optional_string("Stack"),
-        tracking_uri=bundle.optional_string("TrackingUri"),
+        tracking_uri=bundle.optional_url("TrackingUri"),
     )
 
 

@@ -140,7 +140,7 @@ class ServerConfig:
     domain_name: str | None = None  # https://<domain_name>/<project>
     hosted_zone_id: str | None = None  # set: the program issues the certificate and the alias
     certificate_arn: str | None = None  # set: an existing ACM certificate; DNS is yours
-    internal: bool = True  # reachable only inside the VPC (until the aws-iam auth app is on)
+    internal: bool = False  # public (every request signs in), or only inside the VPC
     allowed_cidrs: tuple[str, ...] = ()  # who may reach the load balancer; empty: the VPC
     cpu: int = 512  # Fargate CPU units per task
     memory: int = 1024  # MiB per task
@@ -272,7 +272,11 @@ def _parse_capacity(db: Mapping[str, Any], problems: _Problems) -> tuple[float, 
 
 
 def _parse_cidrs(
-    value: Any, problems: _Problems, key: str = "db.allowedCidrs", what: str = "MySQL"
+    value: Any,
+    problems: _Problems,
+    key: str = "db.allowedCidrs",
+    what: str = "MySQL",
+    internet: bool = False,
 ) -> tuple[str, ...]:
     cidrs = _as_str_list(value, key, problems)
     normalised = []
@@ -282,7 +286,7 @@ def _parse_cidrs(
         except ValueError as exc:
             problems.add(key, cidr, f"is not a valid CIDR such as 203.0.113.7/32 ({exc})")
             continue
-        if network.prefixlen == 0:
+        if network.prefixlen == 0 and not internet:
             problems.add(
                 key,
                 cidr,
@@ -296,6 +300,9 @@ def _parse_cidrs(
                 cidr,
                 f"is IPv6, but {what} is reached over IPv4 only; list the IPv4 ranges",
             )
+            continue
+        if internet:  # up to the whole internet: every request must sign in
+            normalised.append(str(network))
             continue
         if network.prefixlen < MIN_ALLOWED_PREFIX:
             problems.add(
@@ -403,7 +410,7 @@ def _parse_server(
             f"server.{unknown}", server[unknown], f"unknown key; known: {', '.join(SERVER_KEYS)}"
         )
     enabled = _as_bool(server.get("enabled"), "server.enabled", problems, False)
-    internal = _as_bool(server.get("internal"), "server.internal", problems, True)
+    internal = _as_bool(server.get("internal"), "server.internal", problems, False)
     domain = _as_domain(server.get("domainName"), "server.domainName", problems)
 
     zone = server.get("hostedZoneId")
@@ -472,8 +479,13 @@ def _parse_server(
     assign_public_ip = _as_bool(
         server.get("assignPublicIp"), "server.assignPublicIp", problems, default_vpc
     )
+    # Everyone may reach the load balancer (0.0.0.0/0) only because every request must sign in.
     allowed_cidrs = _parse_cidrs(
-        server.get("allowedCidrs"), problems, "server.allowedCidrs", "the load balancer"
+        server.get("allowedCidrs"),
+        problems,
+        "server.allowedCidrs",
+        "the load balancer",
+        internet=True,
     )
 
     if enabled:

@@ -40,10 +40,10 @@ import pulumi_aws as aws
 
 from infra.config import ServerConfig
 
-# The MLflow server app the tasks run: None is MLflow's own. The AWS-IAM auth app (DESIGN.md
-# "Auth for the central server") is switched on here, once, by setting "aws-iam"; the tasks
-# already get its settings (MLFLOW_AWS_IAM_*).
-AUTH_APP: str | None = None
+# The MLflow server app the tasks run: the AWS-IAM sign-in (DESIGN.md "Auth for the central
+# server", mlflow_aws/auth/server.py). Always: there is no central server without sign-in, so a
+# public load balancer is safe to have (every route but health needs a valid AWS identity).
+AUTH_APP = "aws-iam"
 
 CONTAINER_NAME = "mlflow"
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-Res-2021-06"  # TLS 1.3 and 1.2 with forward secrecy
@@ -156,10 +156,27 @@ def container_definitions(
         },
         "linuxParameters": {"capabilities": {"drop": ["ALL"]}, "initProcessEnabled": True},
         "stopTimeout": 30,
+        # The entrypoint passes its arguments to `mlflow server`.
+        "command": ["--app-name", AUTH_APP],
     }
-    if AUTH_APP is not None:
-        container["command"] = ["--app-name", AUTH_APP]
     return json.dumps([container], sort_keys=True)
+
+
+def group_lookup_policy(account_id: str) -> str:
+    """The sign-in app asks IAM which groups an IAM user is in (iamGroups): that, nothing more."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "AllowedGroupsOfCallers",
+                    "Effect": "Allow",
+                    "Action": ["iam:ListGroupsForUser"],
+                    "Resource": [f"arn:aws:iam::{account_id}:user/*"],
+                }
+            ],
+        }
+    )
 
 
 def execution_role_policy(repository_arn: str, secret_arn: str, log_group_arn: str) -> str:
@@ -275,7 +292,9 @@ class TrackingService(pulumi.ComponentResource):
         subnets: pulumi.Input[Sequence[str]] = (
             list(server.subnet_ids) if server.subnet_ids else args.subnet_ids
         )
-        allowed = list(server.allowed_cidrs) or None
+        # Default: the VPC for an internal load balancer, the internet for a public one (every
+        # request but health must sign in with an allowed AWS identity).
+        allowed = list(server.allowed_cidrs) or (None if server.internal else ["0.0.0.0/0"])
 
         # -- network ------------------------------------------------------------------------
         lb_sg = aws.ec2.SecurityGroup(
@@ -285,7 +304,7 @@ class TrackingService(pulumi.ComponentResource):
                 description="mlflow-aws central server load balancer: HTTPS (and the redirect)",
                 ingress=[
                     aws.ec2.SecurityGroupIngressArgs(
-                        description=f"{what} from server.allowedCidrs (default: the VPC)",
+                        description=f"{what} from server.allowedCidrs",
                         protocol="tcp",
                         from_port=port,
                         to_port=port,
@@ -585,6 +604,20 @@ class TrackingService(pulumi.ComponentResource):
             ),
             child,
         )
+
+        if project.iam_groups:
+            # The task role is the project's server role (its prefix); the sign-in app also
+            # reads group membership for the allowed groups.
+            aws.iam.RolePolicy(
+                f"{prefix}-group-lookup",
+                aws.iam.RolePolicyArgs(
+                    role=pulumi.Output.from_input(project.server_role_arn).apply(
+                        lambda arn: arn.rsplit("/", 1)[-1]
+                    ),
+                    policy=pulumi.Output.from_input(args.account_id).apply(group_lookup_policy),
+                ),
+                child,
+            )
 
         definitions = pulumi.Output.all(
             args.image_uri,

@@ -291,17 +291,17 @@ CERT = "arn:aws:acm:eu-west-1:123456789012:certificate/0b1c2d3e-4f50-6172-8394-a
 SERVER = {"enabled": True, "domainName": "mlflow.example.com", "hostedZoneId": ZONE}
 
 
-def test_server_is_off_by_default_and_internal() -> None:
+def test_server_is_off_by_default_and_public_when_on() -> None:
     server = parse({}).server
     assert server.enabled is False
-    assert server.internal is True
+    assert server.internal is False  # every request signs in (aws-iam): safe to be public
     assert server.url is None and server.tracking_uri("churn") is None
     assert (server.cpu, server.memory, server.min_tasks, server.max_tasks) == (512, 1024, 1, 3)
 
 
 def test_server_with_hosted_zone() -> None:
     server = parse({"server": SERVER}).server
-    assert (server.enabled, server.internal, server.hosted_zone_id) == (True, True, ZONE)
+    assert (server.enabled, server.internal, server.hosted_zone_id) == (True, False, ZONE)
     assert server.certificate_arn is None
     assert server.url == "https://mlflow.example.com"
     assert server.tracking_uri("churn") == "https://mlflow.example.com/churn"
@@ -347,7 +347,9 @@ def test_public_load_balancer_without_https_is_refused() -> None:
 
 
 def test_internal_load_balancer_needs_a_certificate_too() -> None:
-    problem = only_problem({"server": {"enabled": True, "domainName": "mlflow.example.com"}})
+    problem = only_problem(
+        {"server": {"enabled": True, "domainName": "mlflow.example.com", "internal": True}}
+    )
     assert problem.startswith("mlflow-aws:server.hostedZoneId = null")
     assert "HTTPS only" in problem
 
@@ -390,8 +392,7 @@ def test_bad_server_subnets_are_refused(subnets: Any, rule: str) -> None:
         ("memory", 8192, "not a Fargate size for cpu 512"),
         ("minTasks", 0, "must be from 1 to 20"),
         ("maxTasks", 21, "must be from 1 to 20"),
-        ("allowedCidrs", ["0.0.0.0/0"], "whole internet"),
-        ("allowedCidrs", ["10.0.0.0/7"], "broader than /8"),
+        ("allowedCidrs", ["::/0"], "IPv4 only"),
         ("internal", "maybe", "true or false"),
         ("enabld", True, "unknown key"),
     ],
@@ -481,3 +482,11 @@ def test_each_project_user_has_room_for_the_laptops_and_every_central_task() -> 
     )
     assert parse({}).max_user_connections == 50
     assert parse({"server": {**SERVER, "maxTasks": 6}}).max_user_connections == 50 + 6 * 10
+
+
+def test_the_load_balancer_may_be_open_to_the_internet_the_database_never() -> None:
+    server = parse({"server": {**SERVER, "allowedCidrs": ["0.0.0.0/0"]}}).server
+    assert server.allowed_cidrs == ("0.0.0.0/0",)
+    problem = only_problem({"db": {"allowedCidrs": ["0.0.0.0/0"]}})
+    assert "opens MySQL to the whole internet and is refused" in problem
+    assert "IPv4 only" in only_problem({"server": {**SERVER, "allowedCidrs": ["::/0"]}})

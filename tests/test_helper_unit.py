@@ -192,7 +192,7 @@ def test_connection_bundle_carries_ca_and_tracking_uri_when_present() -> None:
         {**bundle, "DatabaseCaBundle": "PEM", "TrackingUri": "https://m.example.com/churn"}, "s"
     )
     assert (full.database_ca_bundle, full.tracking_uri) == ("PEM", "https://m.example.com/churn")
-    with pytest.raises(OutputsError, match="TrackingUri must be a non-empty string"):
+    with pytest.raises(OutputsError, match=r"TrackingUri must be an http\(s\) URL or null"):
         parse_connection_bundle({**bundle, "TrackingUri": 5}, "s")
 
 

@@ -31,7 +31,7 @@ from infra.config import ASCII_SPACE, ConfigError, parse_stack_config
 from mlflow_aws.names import RULE, name_problem
 from tests.data_api_emulator import CLUSTER_ARN, DataApiEmulator, provider_environment
 from tests.hostile_names import COLLIDING_LISTS, HOSTILE_NAMES, NON_STRINGS
-from tests.services import MariaDB, free_port
+from tests.services import MariaDB, MotoServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECTS_KEY = "mlflow-aws:projects"
@@ -276,30 +276,37 @@ def test_provider_sends_nothing_for_hostile_names(
 # -- python -m helper ------------------------------------------------------------------------
 
 PASSWORD = "Outputs-Pw-do-not-echo-7f3a"
+SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:x"
 
 
-def _valid_outputs(db_port: int) -> dict[str, Any]:
+def _valid_outputs(secret_arn: str = SECRET_ARN) -> dict[str, Any]:
+    """``pulumi stack output --json``: where the project's connection secret is, no password."""
     return {
         "ArtifactRoot": "s3://bucket",
-        "DatabaseEndpoint": "127.0.0.1",
-        "DatabasePort": db_port,
-        "DatabaseUsername": "mlflow_admin",
-        "DatabasePassword": PASSWORD,
-        "DatabaseUrl": f"mysql+pymysql://mlflow_admin:{PASSWORD}@127.0.0.1:{db_port}",
+        "DatabasePassword": "[secret]",
         "ImageUri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlflow@sha256:" + "0" * 64,
         "Region": "eu-west-1",
-        "MlflowVersion": "3.17.2",
         "Projects": {
-            "churn": {
-                "Database": "churn",
-                "Username": "mlflow_churn",
-                "Password": PASSWORD,
-                "BackendStoreUri": f"mysql+pymysql://mlflow_churn:{PASSWORD}@127.0.0.1:{db_port}/churn",
-                "ArtifactRoot": "s3://bucket/churn",
-                "ConnectionSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:x",
-                "PolicyArn": "arn:aws:iam::123456789012:policy/x",
-            }
+            "churn": {"ArtifactRoot": "s3://bucket/churn", "ConnectionSecretArn": secret_arn}
         },
+    }
+
+
+def _valid_bundle(db_port: int) -> dict[str, Any]:
+    """The connection bundle of the project's secret (what the helper reads with AWS)."""
+    return {
+        "Project": "churn",
+        "Stack": "hostile",
+        "Database": "churn",
+        "Username": "mlflow_churn",
+        "Password": PASSWORD,
+        "BackendStoreUri": f"mysql+pymysql://mlflow_churn:{PASSWORD}@127.0.0.1:{db_port}/churn",
+        "ArtifactRoot": "s3://bucket/churn",
+        "DatabaseEndpoint": "127.0.0.1",
+        "DatabasePort": db_port,
+        "Region": "eu-west-1",
+        "ImageUri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlflow@sha256:" + "0" * 64,
+        "MlflowVersion": "3.17.2",
     }
 
 
@@ -325,7 +332,7 @@ def _with(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 def _outputs_cases() -> list[tuple[str, Any, str]]:
     """(case id, file content (str: raw text), text the message must contain)."""
-    valid = _valid_outputs(free_port())
+    valid = _valid_outputs()
     cases: list[tuple[str, Any, str]] = [
         ("not-json", "{not json", "is not JSON"),
         ("empty-file", "", "is not JSON"),
@@ -334,25 +341,42 @@ def _outputs_cases() -> list[tuple[str, Any, str]]:
         ("projects-not-object", _with(valid, "Projects", ["churn"]), "Projects"),
         ("project-not-object", _with(valid, "Projects.churn", "x"), "Projects.churn"),
         ("unknown-project", _with(valid, "Projects", {}), "unknown project 'churn'"),
-        ("unsaved-secret", _with(valid, "Projects.churn.Password", "[secret]"),
-         "--show-secrets"),
         ("empty-artifact-root", _with(valid, "Projects.churn.ArtifactRoot", ""),
          "Projects.churn.ArtifactRoot"),
-        ("null-endpoint", _with(valid, "DatabaseEndpoint", None), "DatabaseEndpoint"),
+        ("null-secret", _with(valid, "Projects.churn.ConnectionSecretArn", None),
+         "Projects.churn.ConnectionSecretArn"),
+        ("numeric-region", _with(valid, "Region", 5), "Region"),
     ]  # fmt: skip
-    for field in ("Projects", "DatabaseEndpoint", "DatabasePort", "Region", "MlflowVersion",
-                  "Projects.churn.BackendStoreUri", "Projects.churn.Database",
-                  "Projects.churn.ArtifactRoot"):  # fmt: skip
+    for field in ("Projects", "Region", "Projects.churn.ArtifactRoot",
+                  "Projects.churn.ConnectionSecretArn"):  # fmt: skip
+        cases.append((f"missing-{field}", _without(valid, field), field))
+    return cases
+
+
+def _bundle_cases() -> list[tuple[str, Any, str]]:
+    """(case id, secret value (str: raw text), text the message must contain)."""
+    valid = _valid_bundle(free_port())
+    cases: list[tuple[str, Any, str]] = [
+        ("not-json", "{not json", "does not hold a JSON object"),
+        ("null-endpoint", _with(valid, "DatabaseEndpoint", None), "DatabaseEndpoint"),
+        ("another-project", _with(valid, "Project", "fraud"), "belongs to project 'fraud'"),
+        ("tracking-uri-not-a-url", _with(valid, "TrackingUri", "ftp://x"), "TrackingUri"),
+    ]
+    for field in ("DatabaseEndpoint", "DatabasePort", "MlflowVersion", "BackendStoreUri",
+                  "Database", "Password"):  # fmt: skip
         cases.append((f"missing-{field}", _without(valid, field), field))
     for bad in ("abc", 0, 70000, -1, True, 3306.5, None, [3306]):
         cases.append((f"port-{bad!r}", _with(valid, "DatabasePort", bad), "DatabasePort"))
     return cases
 
 
-def _run_helper(args: list[str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def _run_helper(
+    args: list[str], timeout: float = 90, aws: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``python -m helper ARGS`` in its own session; killed (whole group) if it overruns."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
     env["PYTHONPATH"] = str(ROOT)
+    env.update(aws or {})
     process = subprocess.Popen(
         [sys.executable, "-m", "helper", *args],
         cwd=ROOT,
@@ -394,6 +418,34 @@ def test_helper_refuses_malformed_outputs(tmp_path: Path, content: Any, must_nam
     _assert_clear_error(result, must_name)
 
 
+@pytest.mark.parametrize(
+    ("content", "must_name"),
+    [(c, n) for _, c, n in _bundle_cases()],
+    ids=[i for i, _, _ in _bundle_cases()],
+)
+def test_helper_refuses_a_malformed_connection_secret(
+    tmp_path: Path, moto: MotoServer, content: Any, must_name: str
+) -> None:
+    """The project's secret is read with the teammate's credentials and validated field by
+    field before anything starts; no value of it is echoed."""
+    from tests.stack_on_moto import aws_client
+
+    aws = moto.aws_env()
+    secrets = aws_client("secretsmanager", aws)
+    value = content if isinstance(content, str) else json.dumps(content)
+    name = f"mlflow-aws/hostile/{len(value)}-{abs(hash(value))}"
+    try:
+        arn = secrets.create_secret(Name=name, SecretString=value)["ARN"]
+    except secrets.exceptions.ResourceExistsException:
+        arn = secrets.describe_secret(SecretId=name)["ARN"]
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps(_valid_outputs(arn)))
+    result = _run_helper(["serve", "--project", "churn", "--outputs", str(path),
+                          "--runtime", "process", "--port", str(free_port())], aws=aws)  # fmt: skip
+    _assert_clear_error(result, must_name)
+    assert "connection secret" in result.stderr
+
+
 def test_helper_refuses_missing_outputs_file(tmp_path: Path) -> None:
     path = tmp_path / "nowhere.json"
     result = _run_helper(["serve", "--project", "churn", "--outputs", str(path),
@@ -405,7 +457,7 @@ def test_helper_refuses_missing_outputs_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("port", ["abc", "0", "70000", "-1", "", "5000.5", "0x50"])
 def test_helper_refuses_wrong_port(tmp_path: Path, port: str) -> None:
     path = tmp_path / "outputs.json"
-    path.write_text(json.dumps(_valid_outputs(free_port())))
+    path.write_text(json.dumps(_valid_outputs()))
     result = _run_helper(["serve", "--project", "churn", "--outputs", str(path),
                           "--runtime", "process", f"--port={port}"])  # fmt: skip
     _assert_clear_error(result, "--port")
@@ -425,7 +477,7 @@ def test_helper_refuses_wrong_port(tmp_path: Path, port: str) -> None:
 )
 def test_helper_refuses_hostile_project_name(tmp_path: Path, name: str, must_name: str) -> None:
     path = tmp_path / "outputs.json"
-    path.write_text(json.dumps(_valid_outputs(free_port())))
+    path.write_text(json.dumps(_valid_outputs()))
     result = _run_helper(["serve", "--project", name, "--outputs", str(path),
                           "--runtime", "process", "--port", str(free_port())])  # fmt: skip
     _assert_clear_error(result, must_name)
@@ -433,7 +485,7 @@ def test_helper_refuses_hostile_project_name(tmp_path: Path, name: str, must_nam
 
 def test_helper_requires_project(tmp_path: Path) -> None:
     path = tmp_path / "outputs.json"
-    path.write_text(json.dumps(_valid_outputs(free_port())))
+    path.write_text(json.dumps(_valid_outputs()))
     result = _run_helper(["serve", "--outputs", str(path), "--runtime", "process"])
     _assert_clear_error(result, "--project")
 

@@ -46,6 +46,9 @@ def test_the_wheel_holds_only_the_mlflow_aws_package(wheel: Path) -> None:
     assert "mlflow_aws/helper/__main__.py" in names
     assert "mlflow_aws/server.env" in names
     assert "mlflow_aws/server/prepare.py" in names  # the image entrypoint runs it
+    for module in ("token", "server", "client", "signer"):
+        assert f"mlflow_aws/auth/{module}.py" in names
+    assert "mlflow_aws/helper/proxy.py" in names
     assert not any(n.startswith(("mlflow_aws/infra", "mlflow_aws/projects")) for n in names)
 
 
@@ -85,3 +88,34 @@ def test_installed_helper_runs_without_pulumi(installed: Path, tmp_path: Path) -
 def test_python_m_helper_still_works_in_the_repository() -> None:
     result = run(sys.executable, "-m", "helper", "env", "--port", "5124", cwd=ROOT)
     assert result.stdout.strip() == "export MLFLOW_TRACKING_URI=http://127.0.0.1:5124"
+
+
+def test_installed_entry_points_are_registered(installed: Path, tmp_path: Path) -> None:
+    """mlflow finds the server app and the client plugin through importlib.metadata."""
+    python = installed / "bin" / "python"
+    listed = run(
+        python,
+        "-c",
+        "from importlib.metadata import entry_points as e; "
+        "print([(p.group, p.name, p.value) for g in ('mlflow.app', "
+        "'mlflow.request_auth_provider') for p in e(group=g)])",
+        cwd=tmp_path,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert eval(listed.stdout) == [  # noqa: S307 (our own repr)
+        ("mlflow.app", "aws-iam", "mlflow_aws.auth.server:create_app"),
+        (
+            "mlflow.request_auth_provider",
+            "aws-iam",
+            "mlflow_aws.auth.client:AwsIamRequestAuthProvider",
+        ),
+    ]
+    # The signing proxy and the token code need only boto3 (no mlflow in this venv).
+    signing = run(
+        python,
+        "-c",
+        "import mlflow_aws.helper.proxy, mlflow_aws.auth.signer, mlflow_aws.auth.token as t; "
+        "print(t.sts_endpoint_url('eu-west-1'))",
+        cwd=tmp_path,
+    )
+    assert signing.stdout.strip() == "https://sts.eu-west-1.amazonaws.com/", signing.stderr

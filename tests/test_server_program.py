@@ -28,10 +28,8 @@ ZONE = "Z0123456789ABCDEFGHIJ"
 DOMAIN = "mlflow.example.com"
 CERT = "arn:aws:acm:eu-west-1:123456789012:certificate/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
 PROJECTS = [{"name": "churn", "iamRoles": ["ci-runner", "ds-team"], "iamGroups": ["ds"]}, "fraud"]
-ON = {
-    "mlflow-aws:projects": PROJECTS,
-    "mlflow-aws:server": {"enabled": True, "domainName": DOMAIN, "hostedZoneId": ZONE},
-}
+SERVER_ON = {"enabled": True, "domainName": DOMAIN, "hostedZoneId": ZONE}
+ON = {"mlflow-aws:projects": PROJECTS, "mlflow-aws:server": SERVER_ON}
 OWN = {
     "mlflow-aws:projects": ["churn"],
     "mlflow-aws:server": {
@@ -180,10 +178,10 @@ def test_https_listener_with_the_issued_certificate_and_a_modern_policy() -> Non
     assert (target["name"], target["zoneId"]) == (lb.state["dnsName"], lb.state["zoneId"])
 
 
-def test_load_balancer_is_internal_by_default_with_a_long_idle_timeout() -> None:
+def test_load_balancer_is_public_by_default_with_a_long_idle_timeout() -> None:
     lb = on().one(LB).inputs
     assert lb["loadBalancerType"] == "application"
-    assert lb["internal"] is True
+    assert lb["internal"] is False  # safe: every request must sign in (aws-iam)
     assert lb["subnets"] == DEFAULT_SUBNETS  # the database's (the default VPC's)
     assert lb["idleTimeout"] >= 300  # large artifacts go through the server
     assert lb["dropInvalidHeaderFields"] is True
@@ -224,7 +222,11 @@ def test_security_groups_admit_exactly_the_chain() -> None:
     assert r.one(LB).inputs["securityGroups"] == [lb_sg.id]
     ports = sorted((rule["fromPort"], rule["toPort"]) for rule in lb_sg.inputs["ingress"])
     assert ports == [(80, 80), (443, 443)]
-    assert set(ingress_cidrs(lb_sg)) == {DEFAULT_VPC_CIDR}  # internal: the VPC by default
+    # Public by default, so the internet may reach the load balancer (and sign in there)...
+    assert set(ingress_cidrs(lb_sg)) == {"0.0.0.0/0"}
+    # ...an internal one is the VPC's unless told otherwise.
+    internal = run({**ON, "mlflow-aws:server": {**SERVER_ON, "internal": True}})
+    assert set(ingress_cidrs(named(internal, "tracking-lb-sg"))) == {DEFAULT_VPC_CIDR}
 
     [from_lb] = task_sg.inputs["ingress"]
     assert (from_lb["fromPort"], from_lb["toPort"]) == (5000, 5000)
@@ -278,7 +280,7 @@ def test_task_runs_the_stack_image_under_its_prefix_with_pinned_hosts() -> None:
     assert c["image"] == r.outputs["ImageUri"]  # the digest the helper runs
     assert c["portMappings"] == [{"containerPort": 5000, "hostPort": 5000, "protocol": "tcp"}]
     assert c["linuxParameters"]["capabilities"] == {"drop": ["ALL"]}
-    assert ("command" in c) is (AUTH_APP is not None)  # MLflow's own app until auth lands
+    assert AUTH_APP == "aws-iam" and c["command"] == ["--app-name", "aws-iam"]  # always
     env = environment(r, "churn")
     assert env["MLFLOW_STATIC_PREFIX"] == "/churn"
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == f"{r.outputs['ArtifactRoot']}/churn"
@@ -301,8 +303,20 @@ def test_task_runs_the_stack_image_under_its_prefix_with_pinned_hosts() -> None:
     }
 
 
-def test_task_role_is_the_projects_server_role_and_nothing_more() -> None:
+def test_task_role_is_the_projects_server_role_and_the_group_lookup() -> None:
     r = on()
+    # churn allows a group: its role may list an IAM user's groups (and nothing else more);
+    # fraud allows none: nothing is added.
+    lookup = json.loads(named(r, "tracking-churn-group-lookup").inputs["policy"])["Statement"]
+    assert lookup == [{"Sid": "AllowedGroupsOfCallers", "Effect": "Allow",
+                       "Action": ["iam:ListGroupsForUser"],
+                       "Resource": [f"arn:aws:iam::{ACCOUNT}:user/*"]}]  # fmt: skip
+    churn_role = named(r, "project-churn-server-role")
+    assert (
+        named(r, "tracking-churn-group-lookup").inputs["role"]
+        == churn_role.state["arn"].rsplit("/", 1)[-1]
+    )
+    assert not [x for x in r.resources if x.name == "tracking-fraud-group-lookup"]
     bucket_arn = r.one("aws:s3/bucket:Bucket").state["arn"]
     for project in ("churn", "fraud"):
         role = named(r, f"project-{project}-server-role")

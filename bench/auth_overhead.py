@@ -1,0 +1,262 @@
+"""What signing in with AWS identities costs: the same tuned MLflow server (a) without auth,
+(b) with the aws-iam app and the client plugin, (c) with the aws-iam app behind the helper's
+signing proxy (``python -m helper serve --remote``), measured side by side in one run on
+MariaDB (TLS) and moto (S3, STS, IAM); then the proxy's RSS while a 1 GiB artifact goes up.
+
+    .venv/bin/python bench/auth_overhead.py            # full figures (~5 min)
+    .venv/bin/python bench/auth_overhead.py --quick    # small counts, to check it works
+
+Workload per target: one run, a warm-up (the identity cache is then warm: tokens are reused
+for 5 min and the server caches a verified one until it expires), then per repetition ``--n``
+one-by-one ``log_metric`` calls and ``--batches`` ``log_batch`` calls of 1,000 metrics.
+Repetitions are interleaved (a, b, c, a, b, c, ...), the server not being measured is frozen,
+and the median is reported.
+
+Targets: c/a >= 90% one by one and in batches (auth + proxy cost <= 10%); proxy RSS grows by
+<= 64 MiB during a 1 GiB upload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    PYTHON,
+    ROOT,
+    cpu_seconds,
+    load_average,
+    log,
+    log_batches,
+    log_one_by_one,
+    median,
+    new_run,
+    table,
+    verdict,
+    workdir,
+)
+from tests.central import (
+    CentralServer,
+    clean_env,
+    client_aws_env,
+    make_identities,
+    moto_clients,
+    outputs_with_tracking_uri,
+    running_central_server,
+)
+from tests.services import MariaDB, MotoServer, free_port, running_mariadb, running_moto
+
+TARGET_RATIO = 0.90
+PROXY_RSS_GROWTH_LIMIT_MIB = 64.0
+BUCKET = "mlflow-aws-bench-auth"
+PROJECT = "bench-auth"
+REGION = "eu-west-1"
+
+
+@dataclass
+class Target:
+    key: str
+    label: str
+    tracking_uri: str
+    server: CentralServer
+    plugin: bool = False
+    single: list[float] = field(default_factory=list)
+    batch: list[float] = field(default_factory=list)
+    client: Any = None
+    run_id: str = ""
+    proxy_pid: int | None = None
+    proxy_cpu_ms: list[float] = field(default_factory=list)  # per one-by-one call
+
+
+@contextlib.contextmanager
+def plugin_enabled(on: bool) -> Iterator[None]:
+    """MLFLOW_TRACKING_AUTH is read per request: set only while the plugin target runs."""
+    if on:
+        os.environ["MLFLOW_TRACKING_AUTH"] = "aws-iam"
+    try:
+        yield
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_AUTH", None)
+
+
+@contextlib.contextmanager
+def frozen(servers: list[CentralServer]) -> Iterator[None]:
+    pids = [pid for server in servers for pid in server.pids()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def signing_proxy(
+    db: MariaDB, project: Any, moto: MotoServer, central: CentralServer, credentials: Any,
+    directory: Path,
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:  # fmt: skip
+    """``python -m helper serve --remote`` as ``credentials``; stopped with Ctrl-C after."""
+    outputs = directory / "outputs.json"
+    outputs.write_text(outputs_with_tracking_uri(moto, project, BUCKET, central.tracking_uri))
+    port = free_port()
+    env = clean_env(**client_aws_env(moto, credentials), PYTHONUNBUFFERED="1")
+    argv = [PYTHON, "-m", "helper", "serve", "--project", PROJECT, "--outputs", str(outputs),
+            "--remote", "--port", str(port)]  # fmt: skip
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        want = f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        for line in process.stdout:
+            if line.strip() == want:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("the signing proxy did not start")
+        else:
+            raise RuntimeError(f"the signing proxy exited with {process.wait()}")
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def vm_kib(pid: int, field_name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field_name}:"):
+            return int(line.split()[1])
+    raise KeyError(field_name)
+
+
+def measure(targets: list[Target], n: int, batches: int, reps: int, warmup: int) -> None:
+    for target in targets:
+        with plugin_enabled(target.plugin):
+            target.client, target.run_id = new_run(target.tracking_uri, f"bench-{target.key}")
+            log(f"  warm-up {target.label}")
+            log_one_by_one(target.client, target.run_id, warmup, key="warmup")
+            log_batches(target.client, target.run_id, 1, first_step=10_000_000)
+    servers = {id(t.server): t.server for t in targets}
+    for rep in range(reps):
+        for target in targets:
+            others = [s for key, s in servers.items() if key != id(target.server)]
+            with frozen(others), plugin_enabled(target.plugin):
+                log(f"  rep {rep + 1}/{reps}: {target.label}")
+                proxy = [target.proxy_pid] if target.proxy_pid else []
+                proxy_cpu = cpu_seconds(proxy)
+                target.single.append(
+                    log_one_by_one(target.client, target.run_id, n, first_step=rep * n)
+                )
+                if proxy:
+                    target.proxy_cpu_ms.append((cpu_seconds(proxy) - proxy_cpu) / n * 1000)
+                target.batch.append(
+                    log_batches(target.client, target.run_id, batches,
+                                first_step=rep * batches * 1000)
+                )  # fmt: skip
+
+
+def upload_through_proxy(proxy_uri: str, proxy_pid: int, directory: Path) -> tuple[float, float]:
+    """(seconds, proxy RSS growth in MiB) for one 1 GiB artifact up through the proxy."""
+    client, run_id = new_run(proxy_uri, "bench-1gib")
+    big = directory / "big.bin"
+    block = os.urandom(1 << 20)
+    with big.open("wb") as out:
+        for _ in range(1024):
+            out.write(block)
+    before = vm_kib(proxy_pid, "VmRSS")
+    started = time.monotonic()
+    client.log_artifact(run_id, str(big))
+    seconds = time.monotonic() - started
+    big.unlink()
+    return seconds, (vm_kib(proxy_pid, "VmHWM") - before) / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=300, help="one-by-one log_metric per repetition")
+    parser.add_argument("--batches", type=int, default=10, help="log_batch calls per repetition")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="small counts, to check it works")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.batches, args.reps = 30, 2, 2
+    warmup = min(50, args.n)
+
+    with running_moto() as moto, running_mariadb() as db, workdir() as directory:
+        log("moto identities, bucket, project schema")
+        identities = make_identities(moto)
+        s3 = moto_clients(moto, "s3")
+        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+            s3.create_bucket(Bucket=BUCKET,
+                             CreateBucketConfiguration={"LocationConstraint": REGION})  # fmt: skip
+        from tests.stack_on_moto import create_project
+
+        project = create_project(db, PROJECT)
+        uri = db.url(project.user, project.password, project.schema)
+        artifacts = f"s3://{BUCKET}/{PROJECT}"
+        # The client's own AWS identity (the plugin signs with it; the proxy has its own env).
+        os.environ.update(client_aws_env(moto, identities.allowed_role))
+        log("starting the server without auth and the server with aws-iam")
+        with (
+            running_central_server(moto, uri, artifacts, PROJECT, directory, auth=False) as plain,
+            running_central_server(moto, uri, artifacts, PROJECT, directory) as guarded,
+            signing_proxy(db, project, moto, guarded, identities.allowed_role, directory) as (
+                proxy_uri,
+                proxy,
+            ),
+        ):
+            targets = [
+                Target("a", "(a) no auth", plain.tracking_uri, plain),
+                Target("b", "(b) aws-iam, client plugin", guarded.tracking_uri, guarded, True),
+                Target("c", "(c) aws-iam, helper proxy", proxy_uri, guarded, proxy_pid=proxy.pid),
+            ]
+            measure(targets, args.n, args.batches, args.reps, warmup)
+            log("1 GiB artifact through the proxy")
+            upload_s, growth_mib = upload_through_proxy(proxy_uri, proxy.pid, directory)
+    log("everything stopped")
+
+    a, b, c = (targets[0], targets[1], targets[2])
+    rows = []
+    for name, attr in (("one-by-one `log_metric`", "single"), ("`log_batch` of 1,000", "batch")):
+        base, plugin, proxied = (median(getattr(t, attr)) for t in (a, b, c))
+        rows.append([
+            name, f"{base:,.0f}/s", f"{plugin:,.0f}/s", f"{proxied:,.0f}/s",
+            f"c/a ≥ {TARGET_RATIO:.0%} ({proxied / base:.0%}; b/a {plugin / base:.0%})",
+            verdict(proxied / base >= TARGET_RATIO),
+        ])  # fmt: skip
+    limit = PROXY_RSS_GROWTH_LIMIT_MIB
+    rows.append([
+        "proxy RSS growth, 1 GiB upload", "", "", f"+{growth_mib:.0f} MiB ({upload_s:.0f} s)",
+        f"≤ {limit:.0f} MiB", verdict(growth_mib <= limit),
+    ])  # fmt: skip
+    print(table(["figure", "(a) no auth", "(b) plugin", "(c) proxy", "target", ""], rows))
+    print(
+        f"\n{args.reps} repetitions of {args.n} log_metric and {args.batches} log_batch; medians."
+    )
+    print(
+        f"Per one-by-one call: (a) {1000 / median(a.single):.2f} ms, (b) "
+        f"{1000 / median(b.single):.2f} ms, (c) {1000 / median(c.single):.2f} ms, of which "
+        f"{median(c.proxy_cpu_ms):.2f} ms of proxy CPU; load average {load_average()}."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,410 @@
+"""``python -m helper serve --remote``: a local reverse proxy to the project's central server that
+signs every request with the teammate's AWS identity (``mlflow_aws.auth``), so the stock client,
+unmodified scripts and the browser UI use ``http://127.0.0.1:<port>`` as with a local server.
+
+Standard library only (plus boto3 for signing), so it runs wherever the helper is pip-installed:
+no Docker, no database access, no MLflow server on the laptop. One thread per client connection,
+each with its own kept-alive upstream connection; bodies stream both ways in blocks of
+``BLOCK_BYTES``, so a multi-GB artifact never sits in memory.
+
+The proxy holds the teammate's identity, so it is the trust boundary: it answers only requests
+whose Host is itself (no DNS rebinding) and whose Origin, if any, is itself (no cross-site
+requests from other web pages), then drops Origin, Referer and any Authorization before adding
+its own token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import select
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from .errors import HelperError
+
+BLOCK_BYTES = 1 << 20
+SMALL_BODY_BYTES = 1 << 20  # read whole (one send, replayable on a stale connection) below this
+UPSTREAM_TIMEOUT = 300.0  # per socket operation; a large artifact's transfer may take long overall
+CLIENT_IDLE_TIMEOUT = 300.0
+CHECK_TIMEOUT = 30.0  # the sign-in check before serving (Aurora resuming can take ~15 s)
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+     "te", "trailer", "transfer-encoding", "upgrade"}
+)  # fmt: skip
+# Replaced by the proxy (host, authorization), or not for the server (origin and referer name
+# 127.0.0.1, which MLflow's CORS check would treat as another site; expect is the proxy's business).
+DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {"host", "authorization", "origin", "referer", "expect"}
+DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {"content-length"}
+NO_BODY_STATUSES = frozenset({204, 304})
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The central server of one project: ``https://<domain>/<project>``."""
+
+    scheme: str
+    hostname: str
+    port: int
+    base_path: str  # "/<project>", no trailing slash ("" for a server at the root)
+
+    @classmethod
+    def from_uri(cls, uri: str) -> Upstream:
+        parts = urlsplit(uri)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.query:
+            raise HelperError(f"the project's TrackingUri {uri!r} is not an http(s) URL")
+        default = 443 if parts.scheme == "https" else 80
+        return cls(parts.scheme, parts.hostname, parts.port or default, parts.path.rstrip("/"))
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        return self.hostname if self.port == default else f"{self.hostname}:{self.port}"
+
+    @property
+    def origin(self) -> str:
+        return f"{self.scheme}://{self.host_header}"
+
+    def path_for(self, local_path: str) -> str:
+        return self.base_path + (local_path if local_path.startswith("/") else "/" + local_path)
+
+    def local_location(self, location: str) -> str:
+        """A redirect's Location as seen through the proxy."""
+        for prefix in (self.origin + self.base_path, self.base_path):
+            if prefix and location.startswith(prefix + "/"):
+                return location[len(prefix) :]
+        return location
+
+    def connect(self, timeout: float = UPSTREAM_TIMEOUT) -> http.client.HTTPConnection:
+        if self.scheme == "https":
+            connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+                self.hostname, self.port, timeout=timeout,
+                context=ssl.create_default_context(),  # certificate and host name verified
+            )  # fmt: skip
+        else:
+            connection = http.client.HTTPConnection(self.hostname, self.port, timeout=timeout)
+        connection.connect()
+        assert connection.sock is not None
+        # Headers and a small body go out in separate writes: without this, Nagle and delayed
+        # ACKs add ~40 ms to every call.
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection
+
+
+def local_request_problem(host: str | None, origin: str | None, port: int) -> str | None:
+    """Why a request reaching the proxy must not be signed, or None."""
+    ours = {f"127.0.0.1:{port}", f"localhost:{port}"}
+    if (host or "").lower() not in ours:
+        return f"Host {host!r} is not this proxy (use http://127.0.0.1:{port})"
+    if origin is not None and origin.lower() not in {f"http://{h}" for h in ours}:
+        return f"cross-origin request from {origin!r} refused: the proxy signs as you"
+    return None
+
+
+def _chunked_body(stream: io.BufferedIOBase) -> Iterator[bytes]:
+    """Decode a chunked request body from the client, block by block."""
+    while True:
+        size_line = stream.readline(1024)
+        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            while stream.readline(1024) not in (b"\r\n", b"\n", b""):
+                pass  # trailers: dropped
+            return
+        remaining = size
+        while remaining:
+            block = stream.read(min(remaining, BLOCK_BYTES))
+            if not block:
+                raise ConnectionError("client closed the connection mid-body")
+            remaining -= len(block)
+            yield block
+        stream.readline(1024)  # the CRLF after the chunk
+
+
+def _sized_body(stream: io.BufferedIOBase, length: int) -> Iterator[bytes]:
+    remaining = length
+    while remaining:
+        block = stream.read(min(remaining, BLOCK_BYTES))
+        if not block:
+            raise ConnectionError("client closed the connection mid-body")
+        remaining -= len(block)
+        yield block
+
+
+def _peer_closed(connection: http.client.HTTPConnection) -> bool:
+    """An idle kept-alive connection is readable only when the server has closed it."""
+    if connection.sock is None:
+        return True
+    readable, _, _ = select.select([connection.sock], [], [], 0)
+    return bool(readable)
+
+
+class SigningProxy(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, port: int, upstream: Upstream, tokens: Any, log: IO[str]) -> None:
+        self.upstream = upstream
+        self.tokens = tokens  # mlflow_aws.auth.signer.TokenSource
+        self.log = log
+        self.local_port = port
+        super().__init__(("127.0.0.1", port), ProxyHandler)
+
+
+class ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    timeout = CLIENT_IDLE_TIMEOUT
+    server: SigningProxy
+    upstream_connection: http.client.HTTPConnection | None = None
+
+    def do_GET(self) -> None:
+        self.forward()
+
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # refusals and failures are reported below; nothing else is worth a line
+
+    def finish(self) -> None:
+        super().finish()
+        if self.upstream_connection is not None:
+            self.upstream_connection.close()
+
+    # -- one request ---------------------------------------------------------------------------
+
+    def forward(self) -> None:
+        problem = local_request_problem(
+            self.headers.get("Host"), self.headers.get("Origin"), self.server.local_port
+        )
+        if problem is not None:
+            self.reply_error(403, problem)
+            return
+        body, headers = self.request_body_and_headers()
+        try:
+            headers["Authorization"] = f"Bearer {self.server.tokens.token()}"
+        except Exception as exc:  # no credentials, expired SSO session: say so, sign nothing
+            self.drain(body)
+            self.reply_error(503, f"cannot sign the request with your AWS identity: {exc}")
+            return
+        path = self.server.upstream.path_for(self.path)
+        try:
+            response = self.send_upstream(path, headers, body)
+        except (OSError, http.client.HTTPException) as exc:
+            self.drop_upstream()
+            self.reply_error(502, f"cannot reach {self.server.upstream.origin}: {exc}")
+            return
+        relayed = False
+        try:
+            self.relay_response(response)
+            relayed = True
+        finally:
+            # read1 leaves a fully read sized response open (CPython), which blocks the next
+            # request on this connection; one not fully read leaves bytes behind: drop it then.
+            response.close()
+            if response.will_close or not relayed:
+                self.drop_upstream()
+
+    def request_body_and_headers(self) -> tuple[bytes | Iterator[bytes] | None, dict[str, str]]:
+        headers = {
+            name: value
+            for name, value in self.headers.items()
+            if name.lower() not in DROPPED_REQUEST_HEADERS
+        }
+        headers["Host"] = self.server.upstream.host_header
+        body: bytes | Iterator[bytes] | None = None
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            headers.pop("Content-Length", None)
+            headers["Transfer-Encoding"] = "chunked"
+            body = _chunked_body(self.rfile)
+        elif self.headers.get("Content-Length"):
+            length = int(self.headers["Content-Length"])  # http.server refused a bad one
+            body = self.rfile.read(length) if length <= SMALL_BODY_BYTES else _sized_body(
+                self.rfile, length
+            )  # fmt: skip
+        return body, headers
+
+    def send_upstream(
+        self, path: str, headers: dict[str, str], body: bytes | Iterator[bytes] | None
+    ) -> http.client.HTTPResponse:
+        reused = self.upstream_connection is not None
+        try:
+            return self._send(path, headers, body)
+        except (ConnectionError, http.client.RemoteDisconnected, http.client.CannotSendRequest):
+            # A kept-alive connection the server closed meanwhile: retry once on a new one,
+            # unless part of a streamed body is already gone.
+            self.drop_upstream()
+            if not reused or not (body is None or isinstance(body, bytes)):
+                raise
+            return self._send(path, headers, body)
+
+    def _send(
+        self, path: str, headers: dict[str, str], body: bytes | Iterator[bytes] | None
+    ) -> http.client.HTTPResponse:
+        if self.upstream_connection is not None and _peer_closed(self.upstream_connection):
+            self.drop_upstream()  # the server closed it while idle (uvicorn: after 5 s)
+        if self.upstream_connection is None:
+            self.upstream_connection = self.server.upstream.connect()
+        connection = self.upstream_connection
+        connection.putrequest(self.command, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        if isinstance(body, bytes):
+            connection.endheaders(body)  # headers and body in one write
+        else:
+            connection.endheaders()
+            chunked = headers.get("Transfer-Encoding") == "chunked"
+            for block in body or ():
+                connection.send(b"%x\r\n%s\r\n" % (len(block), block) if chunked else block)
+            if chunked:
+                connection.send(b"0\r\n\r\n")
+        return connection.getresponse()
+
+    def relay_response(self, response: http.client.HTTPResponse) -> None:
+        head = [f"HTTP/1.1 {response.status} {response.reason}"]
+        for name, value in response.getheaders():
+            lower = name.lower()
+            if lower in DROPPED_RESPONSE_HEADERS:
+                continue
+            if lower == "location":
+                value = self.server.upstream.local_location(value)
+            head.append(f"{name}: {value}")
+        if response.status >= 400:
+            self.server.log.write(f"proxy: {self.command} {self.path} -> {response.status}\n")
+        sized = response.length is not None and not response.chunked
+        if self.command == "HEAD" or response.status in NO_BODY_STATUSES:
+            length = response.getheader("Content-Length")
+            self.write_head(head + ([f"Content-Length: {length}"] if length is not None else []))
+            response.read()
+            return
+        if sized and (response.length or 0) <= SMALL_BODY_BYTES:
+            # Most API answers: head and body in one write, one wake-up of the client.
+            body = response.read()
+            self.write_head([*head, f"Content-Length: {len(body)}"], body)
+            return
+        if sized:
+            self.write_head([*head, f"Content-Length: {response.length}"])
+        elif response.chunked:
+            self.write_head([*head, "Transfer-Encoding: chunked"])
+        else:  # delimited by the server closing: so is ours
+            self.write_head([*head, "Connection: close"])
+            self.close_connection = True
+        while block := response.read1(BLOCK_BYTES):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block) if response.chunked else block)
+        if response.chunked:
+            self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def write_head(self, lines: list[str], body: bytes = b"") -> None:
+        self.wfile.write("\r\n".join([*lines, "", ""]).encode("latin-1") + body)
+
+    # -- small parts ---------------------------------------------------------------------------
+
+    def drain(self, body: bytes | Iterator[bytes] | None) -> None:
+        if body is not None and not isinstance(body, bytes):
+            for _ in body:
+                pass
+
+    def drop_upstream(self) -> None:
+        if self.upstream_connection is not None:
+            self.upstream_connection.close()
+            self.upstream_connection = None
+
+    def reply_error(self, status: int, message: str) -> None:
+        self.server.log.write(f"proxy: {self.command} {self.path} -> {status}: {message}\n")
+        data = (message + "\n").encode()
+        self.send_response_only(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def check_signed_in(upstream: Upstream, tokens: Any) -> None:
+    """One signed request before serving, so a closed network, an expired session or an identity
+    the server does not allow fails now, with the server's reason, not in the user's script."""
+    path = upstream.path_for("/api/2.0/mlflow/experiments/search?max_results=1")
+    try:
+        token = tokens.token()
+    except Exception as exc:
+        raise HelperError(f"cannot sign in to {upstream.origin}: {exc}") from None
+    try:
+        connection = upstream.connect(timeout=CHECK_TIMEOUT)
+        try:
+            connection.request(
+                "GET",
+                path,
+                headers={"Authorization": f"Bearer {token}", "Host": upstream.host_header},
+            )
+            response = connection.getresponse()
+            reason = response.read(2000).decode("utf-8", "replace").strip().splitlines()
+        finally:
+            connection.close()
+    except (OSError, http.client.HTTPException) as exc:
+        raise HelperError(
+            f"cannot reach the central server {upstream.origin} ({exc}); check your network "
+            "(VPN) and the project's TrackingUri"
+        ) from None
+    if response.status in (401, 403):
+        why = reason[0] if reason else response.reason
+        raise HelperError(
+            f"the central server refused your AWS identity ({response.status}: {why}). "
+            "Ask the platform engineer to allow your role or group for this project"
+        )
+    if response.status >= 400:
+        raise HelperError(f"the central server answered {response.status} {response.reason}")
+
+
+def serve_remote(
+    tracking_uri: str, port: int, region: str, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr
+) -> int:
+    import os
+
+    from mlflow_aws.auth.signer import SERVER_ID_ENV, STS_REGION_ENV, SigningError, TokenSource
+
+    from . import checks
+    from .supervise import StopRequested, export_line, stop_signals
+    from .supervise import tracking_uri as local_uri
+
+    checks.check_port_free(port)
+    upstream = Upstream.from_uri(tracking_uri)
+    try:
+        tokens = TokenSource(
+            os.environ.get(SERVER_ID_ENV) or upstream.hostname,
+            region=os.environ.get(STS_REGION_ENV) or region,
+        )
+    except SigningError as exc:
+        raise HelperError(str(exc)) from None
+    check_signed_in(upstream, tokens)
+    proxy = SigningProxy(port, upstream, tokens, err)
+    thread = threading.Thread(target=proxy.serve_forever, name="signing-proxy", daemon=True)
+    with stop_signals():
+        thread.start()
+        try:
+            err.write(
+                f"signing proxy to {tracking_uri} is up, signing with your AWS identity; "
+                "Ctrl-C stops it\n"
+            )
+            out.write(f"MLflow UI and tracking URI: {local_uri(port)}\n{export_line(port)}\n")
+            out.flush()
+            while thread.is_alive():
+                thread.join(0.5)
+            raise HelperError("the signing proxy stopped unexpectedly")
+        except (KeyboardInterrupt, StopRequested):
+            err.write("\nstopping the signing proxy...\n")
+            return 0
+        finally:
+            with contextlib.suppress(Exception):
+                proxy.shutdown()
+            proxy.server_close()

@@ -1,0 +1,52 @@
+"""``MLFLOW_TRACKING_AUTH=aws-iam``: the MLflow client signs in to the central server with the
+caller's AWS identity (entry point group ``mlflow.request_auth_provider``, name ``aws-iam``).
+
+mlflow loads this module when it is imported (every registered provider is), so it stays light:
+boto3 loads on the first request. The server id is ``MLFLOW_AWS_IAM_SERVER_ID`` if set, else the
+host of the request's URL, which for MLflow's requests is the host of MLFLOW_TRACKING_URI.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from urllib.parse import urlsplit
+
+from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestAuthProvider
+from requests import PreparedRequest
+from requests.auth import AuthBase
+
+from .signer import SERVER_ID_ENV, TokenSource
+
+PROVIDER_NAME = "aws-iam"
+
+
+class AwsIamAuth(AuthBase):
+    """Adds ``Authorization: Bearer aws-iam-v1.…`` to each request, one token source per server."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, TokenSource] = {}
+        self._lock = threading.Lock()
+
+    def _source(self, server_id: str) -> TokenSource:
+        with self._lock:
+            source = self._sources.get(server_id)
+            if source is None:
+                source = self._sources[server_id] = TokenSource(server_id)
+            return source
+
+    def __call__(self, request: PreparedRequest) -> PreparedRequest:
+        server_id = os.environ.get(SERVER_ID_ENV) or urlsplit(request.url or "").hostname or ""
+        request.headers["Authorization"] = f"Bearer {self._source(server_id).token()}"
+        return request
+
+
+_AUTH = AwsIamAuth()
+
+
+class AwsIamRequestAuthProvider(RequestAuthProvider):
+    def get_name(self) -> str:
+        return PROVIDER_NAME
+
+    def get_auth(self) -> AwsIamAuth:
+        return _AUTH

@@ -1,0 +1,452 @@
+"""``mlflow server --app-name aws-iam``: MLflow's whole ASGI app behind AWS identity auth.
+
+MLflow starts this app with uvicorn through the ``mlflow.app`` entry point ``aws-iam``, which
+names ``create_app`` (a factory: mlflow passes ``--factory``, so the settings are read in the
+worker and ``mlflow server`` itself imports only this light module).
+
+Every request but ``<static-prefix>/health`` needs ``Authorization: Bearer aws-iam-v1.…``
+(``token.py``): the Flask routes, the native FastAPI ones (artifact streaming, OTel, gateway,
+jobs), the UI and its assets alike, since the middleware wraps the ASGI app from outside.
+Decisions: 401 with a one-line reason for a missing or invalid token, 403 for a verified
+identity that is not allowed, 503 when AWS cannot be asked; allowed otherwise. One log line per
+request names the caller's ARN; tokens and Authorization headers are never logged.
+
+Settings (environment):
+  MLFLOW_AWS_IAM_SERVER_ID        required; tokens must be made for it (the public host name)
+  MLFLOW_AWS_IAM_ALLOWED_ROLES    role names (SSO: the AWSReservedSSO_… name or the permission
+                                  set's name) of this account, or role ARNs; comma separated
+  MLFLOW_AWS_IAM_ALLOWED_GROUPS   IAM group names of this account whose users are allowed
+  AWS_REGION                      the STS endpoint's region (sts.<region>.amazonaws.com)
+  AWS_ENDPOINT_URL_STS / _IAM     other endpoints (tests: moto)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .token import (
+    CallerIdentity,
+    SignedRequest,
+    TokenError,
+    check_token,
+    parse_caller_identity,
+    sts_endpoint_url,
+    sts_error,
+)
+
+SERVER_ID_ENV = "MLFLOW_AWS_IAM_SERVER_ID"
+ALLOWED_ROLES_ENV = "MLFLOW_AWS_IAM_ALLOWED_ROLES"
+ALLOWED_GROUPS_ENV = "MLFLOW_AWS_IAM_ALLOWED_GROUPS"
+# What `mlflow server --static-prefix` (or MLFLOW_STATIC_PREFIX) hands its worker; routes use it.
+STATIC_PREFIX_ENV = "_MLFLOW_STATIC_PREFIX"
+BEARER = "bearer "
+GROUPS_TTL_SECONDS = 300.0  # a group membership change is seen within 5 min (plus token life)
+IDENTITY_CACHE_MAX = 10_000
+STS_CONNECT_TIMEOUT = 3.0
+STS_READ_TIMEOUT = 10.0
+# MLflow's streaming artifact routes are registered without the static prefix (3.17); Flask has
+# prefixed copies that buffer the whole body in memory. Prefixed artifact paths go to the former.
+ARTIFACT_PATHS = (
+    "/api/2.0/mlflow-artifacts/artifacts/",
+    "/ajax-api/2.0/mlflow-artifacts/artifacts/",
+)
+
+_SSO_ROLE = re.compile(r"AWSReservedSSO_(?P<permission_set>.+)_[0-9a-f]{16}")
+_ASSUMED_ROLE = re.compile(
+    r"arn:(?P<partition>aws[a-z-]*):sts::(?P<account>\d{12}):assumed-role/(?P<role>[\w+=,.@-]+)/.+"
+)
+_IAM_USER = re.compile(
+    r"arn:(?P<partition>aws[a-z-]*):iam::(?P<account>\d{12}):user/(?:[\w+=,.@/-]*/)?(?P<user>[\w+=,.@-]+)"
+)
+_ROLE_ARN = re.compile(
+    r"arn:(?P<partition>aws[a-z-]*):iam::(?P<account>\d{12}):role/(?:[\w+=,.@/-]*/)?(?P<role>[\w+=,.@-]+)"
+)
+
+logger = logging.getLogger("mlflow_aws.auth")
+
+
+class SettingsError(ValueError):
+    """The server's auth settings are missing or wrong: it refuses to start."""
+
+
+class AwsUnavailable(Exception):
+    """STS or IAM could not be asked (network, throttling, 5xx): answer 503, decide nothing."""
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+def split_list(text: str | None) -> frozenset[str]:
+    return frozenset(item for item in re.split(r"[,\s]+", text or "") if item)
+
+
+@dataclass(frozen=True)
+class Settings:
+    server_id: str
+    allowed_roles: frozenset[str]
+    allowed_groups: frozenset[str]
+    region: str
+    sts_url: str
+    static_prefix: str
+
+    @property
+    def health_path(self) -> str:
+        return f"{self.static_prefix}/health"
+
+
+def settings_from_environ(
+    environ: Mapping[str, str], endpoint_for: Callable[[str], str] = sts_endpoint_url
+) -> Settings:
+    server_id = environ.get(SERVER_ID_ENV, "").strip()
+    if not server_id:
+        raise SettingsError(
+            f"{SERVER_ID_ENV} is not set: set it to the host name clients use "
+            "(the host of https://<domain>/<project>); tokens are bound to it"
+        )
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        raise SettingsError("AWS_REGION is not set: it selects the STS endpoint tokens go to")
+    for name in split_list(environ.get(ALLOWED_ROLES_ENV)):
+        if name.startswith("arn:") and not _ROLE_ARN.fullmatch(name):
+            raise SettingsError(f"{ALLOWED_ROLES_ENV}: {name!r} is not an IAM role ARN")
+    return Settings(
+        server_id=server_id,
+        allowed_roles=split_list(environ.get(ALLOWED_ROLES_ENV)),
+        allowed_groups=split_list(environ.get(ALLOWED_GROUPS_ENV)),
+        region=region,
+        sts_url=endpoint_for(region),
+        static_prefix=environ.get(STATIC_PREFIX_ENV, "").rstrip("/"),
+    )
+
+
+# -- who may: pure rules ------------------------------------------------------------------------
+
+
+def sso_permission_set(role_name: str) -> str | None:
+    """``DataScientist`` of the IAM Identity Center role ``AWSReservedSSO_DataScientist_<hash>``."""
+    match = _SSO_ROLE.fullmatch(role_name)
+    return match["permission_set"] if match else None
+
+
+def role_allowed(account: str, role: str, allowed: frozenset[str], own_account: str) -> bool:
+    """An assumed role of ``account`` named ``role``, against names (this account only) and ARNs."""
+    for entry in allowed:
+        arn = _ROLE_ARN.fullmatch(entry)
+        if arn is not None:
+            if arn["account"] == account and arn["role"] == role:
+                return True
+        elif account == own_account and entry in (role, sso_permission_set(role)):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: int  # 200 allowed, 401, 403, 503
+    reason: str
+    arn: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == 200
+
+
+def authorize(
+    identity: CallerIdentity,
+    settings: Settings,
+    own_account: Callable[[], str],
+    groups_of: Callable[[str], frozenset[str]],
+) -> Decision:
+    """Deny by default: an allowed assumed role, or an IAM user in an allowed group, of this
+    account (a role or user of the same name in another account is someone else)."""
+    arn = identity.arn
+    role = _ASSUMED_ROLE.fullmatch(arn)
+    if role is not None:
+        if role_allowed(role["account"], role["role"], settings.allowed_roles, own_account()):
+            return Decision(200, "allowed role", arn)
+        return Decision(403, f"{arn}: role {role['role']} is not allowed on this server", arn)
+    user = _IAM_USER.fullmatch(arn)
+    if user is not None:
+        if user["account"] != own_account() or not settings.allowed_groups:
+            return Decision(403, f"{arn}: this user is not allowed on this server", arn)
+        if groups_of(user["user"]) & settings.allowed_groups:
+            return Decision(200, "allowed group", arn)
+        return Decision(403, f"{arn}: user is in none of the allowed groups", arn)
+    return Decision(403, f"{arn}: only IAM roles and IAM users in allowed groups may sign in", arn)
+
+
+# -- the side effects: STS, IAM, caches ---------------------------------------------------------
+
+
+class StsReplay:
+    """Send a checked token's request to the configured STS endpoint, TLS verified, and read
+    the caller's identity from the answer."""
+
+    def __init__(self) -> None:
+        import urllib3
+
+        self.pool = urllib3.PoolManager(num_pools=2, maxsize=8, retries=False)
+        self.timeout = urllib3.Timeout(connect=STS_CONNECT_TIMEOUT, read=STS_READ_TIMEOUT)
+
+    def __call__(self, request: SignedRequest) -> CallerIdentity:
+        import urllib3
+
+        try:
+            # The URL is the server's own endpoint (check_token refused any other one).
+            response = self.pool.request(
+                "POST",
+                request.url,
+                body=request.body.encode(),
+                headers=dict(request.headers),
+                timeout=self.timeout,
+                redirect=False,
+                preload_content=True,
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise AwsUnavailable(f"cannot reach STS: {type(exc).__name__}") from None
+        if response.status == 200:
+            return parse_caller_identity(response.data)
+        if response.status >= 500 or response.status == 429:
+            raise AwsUnavailable(f"STS answered {response.status}")
+        raise TokenError(f"STS refused the token ({sts_error(response.data)})")
+
+
+class AwsLookups:
+    """This server's own account (for names without an account) and IAM group membership."""
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self._account: str | None = None
+        self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, service: str) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2})
+        return boto3.session.Session(region_name=self.region).client(service, config=config)
+
+    def own_account(self) -> str:
+        if self._account is None:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            try:
+                self._account = str(self._client("sts").get_caller_identity()["Account"])
+            except (BotoCoreError, ClientError) as exc:
+                raise AwsUnavailable(f"cannot learn this server's own account: {exc}") from None
+        return self._account
+
+    def groups_of(self, user_name: str) -> frozenset[str]:
+        with self._lock:
+            cached = self._groups.get(user_name)
+        if cached is not None and time.monotonic() - cached[0] < GROUPS_TTL_SECONDS:
+            return cached[1]
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            pages = self._client("iam").get_paginator("list_groups_for_user")
+            groups = frozenset(
+                group["GroupName"]
+                for page in pages.paginate(UserName=user_name)
+                for group in page["Groups"]
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise AwsUnavailable(f"cannot list the groups of user {user_name}: {exc}") from None
+        with self._lock:
+            self._groups[user_name] = (time.monotonic(), groups)
+        return groups
+
+
+def token_key(header: str) -> str:
+    return hashlib.sha256(header.encode()).hexdigest()
+
+
+class Authenticator:
+    """Authorization header -> Decision; a verified token's decision is cached by its hash
+    until the token expires, so a warm request costs one hash and one dict lookup."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        replay: Callable[[SignedRequest], CallerIdentity],
+        own_account: Callable[[], str],
+        groups_of: Callable[[str], frozenset[str]],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.replay = replay
+        self.own_account = own_account
+        self.groups_of = groups_of
+        self.clock = clock
+        self._cache: dict[str, tuple[datetime, Decision]] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, header: str | None) -> Decision | None:
+        if not header:
+            return None
+        key = token_key(header)
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is None:
+            return None
+        expires_at, decision = hit
+        if self.clock() >= expires_at:
+            with self._lock:
+                self._cache.pop(key, None)
+            return None
+        return decision
+
+    def decide(self, header: str | None) -> Decision:
+        """The full path: check, replay to STS, authorize; blocking (run it in a thread)."""
+        hit = self.cached(header)
+        if hit is not None:
+            return hit
+        if not header:
+            return Decision(401, "missing Authorization: Bearer token (use MLFLOW_TRACKING_AUTH="
+                            "aws-iam or `python -m helper serve --remote`)")  # fmt: skip
+        if header[: len(BEARER)].lower() != BEARER:
+            return Decision(401, "Authorization must be 'Bearer <aws-iam token>'")
+        try:
+            request = check_token(
+                header[len(BEARER) :].strip(),
+                sts_url=self.settings.sts_url,
+                server_id=self.settings.server_id,
+                now=self.clock(),
+            )
+            identity = self.replay(request)
+            decision = authorize(identity, self.settings, self.own_account, self.groups_of)
+        except TokenError as exc:
+            return Decision(401, str(exc))  # not cached: nothing was learnt
+        except AwsUnavailable as exc:
+            return Decision(503, str(exc))
+        self._remember(token_key(header), request.expires_at, decision)
+        return decision
+
+    def _remember(self, key: str, expires_at: datetime, decision: Decision) -> None:
+        with self._lock:
+            if len(self._cache) >= IDENTITY_CACHE_MAX:
+                now = self.clock()
+                for stale in [k for k, (exp, _) in self._cache.items() if exp <= now]:
+                    del self._cache[stale]
+                while len(self._cache) >= IDENTITY_CACHE_MAX:  # still full: drop the oldest
+                    del self._cache[next(iter(self._cache))]
+            self._cache[key] = (expires_at, decision)
+
+
+# -- the ASGI middleware ------------------------------------------------------------------------
+
+
+def _authorization(scope: Mapping[str, Any]) -> str | None:
+    values = [v for k, v in scope.get("headers", []) if k.lower() == b"authorization"]
+    if len(values) != 1:
+        return None if not values else "<several>"  # several: refused as not a bearer token
+    try:
+        return bytes(values[0]).decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover (latin-1 decodes any byte)
+        return None
+
+
+class AwsIamAuthMiddleware:
+    """Wraps an ASGI app; lets a request through only with an allowed identity."""
+
+    def __init__(self, app: Any, authenticator: Authenticator, settings: Settings) -> None:
+        self.app = app
+        self.authenticator = authenticator
+        self.settings = settings
+        prefix = settings.static_prefix
+        self.prefixed_artifact_paths = (
+            tuple(prefix + path for path in ARTIFACT_PATHS) if prefix else ()
+        )
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):  # lifespan
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path == self.settings.health_path:
+            await self.app(scope, receive, send)  # load balancer health checks: no identity
+            return
+        header = _authorization(scope)
+        decision = self.authenticator.cached(header)
+        if decision is None:
+            import anyio.to_thread
+
+            decision = await anyio.to_thread.run_sync(self.authenticator.decide, header)
+        method = scope.get("method", "WS")
+        if not decision.allowed:
+            logger.warning(
+                "aws-iam: %s %s %s -> %d %s",
+                decision.arn or "-", method, path, decision.status, decision.reason,
+            )  # fmt: skip
+            await _refuse(scope, send, decision)
+            return
+        if self.prefixed_artifact_paths and path.startswith(self.prefixed_artifact_paths):
+            scope = _without_prefix(scope, self.settings.static_prefix)
+        logger.info("aws-iam: %s %s %s", decision.arn, method, path)
+        await self.app(scope, receive, send)
+
+
+def _without_prefix(scope: dict[str, Any], prefix: str) -> dict[str, Any]:
+    path = scope["path"][len(prefix) :]
+    raw = scope.get("raw_path")
+    raw_path = (
+        raw[len(prefix) :] if isinstance(raw, bytes) and raw.startswith(prefix.encode()) else None
+    )
+    return {**scope, "path": path, "raw_path": raw_path or path.encode()}
+
+
+async def _refuse(scope: Mapping[str, Any], send: Any, decision: Decision) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008, "reason": decision.reason[:120]})
+        return
+    body = (decision.reason.replace("\n", " ") + "\n").encode()
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", b"%d" % len(body)),
+    ]
+    if decision.status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="mlflow-aws", error="invalid_token"'))
+    await send({"type": "http.response.start", "status": decision.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _configure_logging() -> None:
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(os.environ.get("MLFLOW_AWS_IAM_LOG_LEVEL", "INFO"))
+        logger.propagate = False
+
+
+def create_app() -> AwsIamAuthMiddleware:
+    """The uvicorn factory: MLflow's FastAPI app (Flask mounted inside) wrapped whole."""
+    _configure_logging()
+    try:
+        settings = settings_from_environ(os.environ)
+    except SettingsError as exc:
+        logger.error("aws-iam: %s", exc)
+        raise SystemExit(f"aws-iam: {exc}") from None
+    if not settings.allowed_roles and not settings.allowed_groups:
+        logger.warning("aws-iam: no allowed roles or groups: every request will be refused (403)")
+    from mlflow.server.fastapi_app import app as mlflow_app
+
+    lookups = AwsLookups(settings.region)
+    authenticator = Authenticator(settings, StsReplay(), lookups.own_account, lookups.groups_of)
+    logger.info(
+        "aws-iam: server id %s, STS %s, roles %s, groups %s",
+        settings.server_id, settings.sts_url, sorted(settings.allowed_roles) or "none",
+        sorted(settings.allowed_groups) or "none",
+    )  # fmt: skip
+    return AwsIamAuthMiddleware(mlflow_app, authenticator, settings)

@@ -1,0 +1,236 @@
+"""A central MLflow server with the ``aws-iam`` app, for tests and benchmarks, and the AWS
+identities (moto IAM + STS) that sign in to it.
+
+The server is ``mlflow server --app-name aws-iam`` of this interpreter, with the tuned settings of
+``mlflow_aws/server.env``, serving one project under ``/<project>`` (``--static-prefix``, as the
+central server's load balancer path) on MariaDB and a moto S3, its STS and IAM calls going to
+moto through ``AWS_ENDPOINT_URL_STS`` / ``AWS_ENDPOINT_URL_IAM``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from helper.server_settings import server_environment
+from tests.services import MotoServer, free_port
+
+REGION = "eu-west-1"
+ACCOUNT = "123456789012"  # moto's default account
+SERVER_ID = "127.0.0.1"  # the host of the tracking URI http://127.0.0.1:<port>/<project>
+ALLOWED_ROLE = "ml-team"
+OUTSIDER_ROLE = "outsider"
+SSO_PERMISSION_SET = "DataScientist"
+SSO_ROLE = f"AWSReservedSSO_{SSO_PERMISSION_SET}_0123456789abcdef"
+ALLOWED_GROUP = "ml-users"
+GROUP_USER = "carol"  # in ALLOWED_GROUP
+LONE_USER = "dave"  # in no group
+START_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+    def env(self) -> dict[str, str]:
+        env = {
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+        }
+        if self.session_token:
+            env["AWS_SESSION_TOKEN"] = self.session_token
+        return env
+
+
+@dataclass(frozen=True)
+class Identities:
+    """Credentials of callers, made in moto: roles assumed, users' access keys."""
+
+    allowed_role: Credentials
+    sso_role: Credentials
+    outsider_role: Credentials
+    group_user: Credentials
+    lone_user: Credentials
+
+
+def moto_clients(moto: MotoServer, service: str) -> Any:
+    return boto3.client(
+        service,
+        endpoint_url=moto.endpoint_url,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def make_identities(moto: MotoServer) -> Identities:
+    iam, sts = moto_clients(moto, "iam"), moto_clients(moto, "sts")
+
+    def role(name: str) -> Credentials:
+        with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+            iam.create_role(RoleName=name, AssumeRolePolicyDocument="{}")
+        found = sts.assume_role(
+            RoleArn=f"arn:aws:iam::{ACCOUNT}:role/{name}", RoleSessionName="someone@example.com"
+        )["Credentials"]
+        return Credentials(found["AccessKeyId"], found["SecretAccessKey"], found["SessionToken"])
+
+    def user(name: str, group: str | None) -> Credentials:
+        with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+            iam.create_user(UserName=name)
+        if group is not None:
+            with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+                iam.create_group(GroupName=group)
+            iam.add_user_to_group(GroupName=group, UserName=name)
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return Credentials(key["AccessKeyId"], key["SecretAccessKey"])
+
+    return Identities(
+        allowed_role=role(ALLOWED_ROLE),
+        sso_role=role(SSO_ROLE),
+        outsider_role=role(OUTSIDER_ROLE),
+        group_user=user(GROUP_USER, ALLOWED_GROUP),
+        lone_user=user(LONE_USER, None),
+    )
+
+
+def client_aws_env(moto: MotoServer, credentials: Credentials) -> dict[str, str]:
+    """A caller's AWS environment: its own credentials, STS at moto, nothing else of moto's."""
+    return {
+        **credentials.env(),
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ENDPOINT_URL_STS": moto.endpoint_url,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This machine's environment without its AWS, MLflow and Pulumi settings."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "PULUMI_"))}
+    return {**base, **extra}
+
+
+def get(url: str, headers: Mapping[str, str] | None = None, method: str = "GET",
+        data: bytes | None = None) -> tuple[int, bytes]:  # fmt: skip
+    request = urllib.request.Request(url, data=data, headers=dict(headers or {}), method=method)  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 (loopback)
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@dataclass
+class CentralServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    project: str
+    log_path: Path
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"{self.root}/{self.project}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def pids(self) -> list[int]:
+        from tests.test_helper_e2e import descendants
+
+        return [self.process.pid, *descendants(self.process.pid)]
+
+
+def server_env(
+    moto: MotoServer, backend_store_uri: str, artifact_root: str, project: str, port: int,
+    auth: bool = True,
+) -> dict[str, str]:  # fmt: skip
+    env = clean_env(
+        **server_environment(
+            backend_store_uri=backend_store_uri,
+            artifacts_destination=artifact_root,
+            host="127.0.0.1",
+            port=port,
+        ),
+        **moto.aws_env(),  # the server's own identity (moto's default user) and its S3
+        MLFLOW_STATIC_PREFIX=f"/{project}",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("AWS_ENDPOINT_URL")  # only the endpoints a central server would be given
+    env["AWS_ENDPOINT_URL_STS"] = env["AWS_ENDPOINT_URL_IAM"] = moto.endpoint_url
+    if auth:
+        env.update(
+            MLFLOW_AWS_IAM_SERVER_ID=SERVER_ID,
+            MLFLOW_AWS_IAM_ALLOWED_ROLES=f"{ALLOWED_ROLE},{SSO_PERMISSION_SET}",
+            MLFLOW_AWS_IAM_ALLOWED_GROUPS=ALLOWED_GROUP,
+        )
+    return env
+
+
+@contextlib.contextmanager
+def running_central_server(
+    moto: MotoServer, backend_store_uri: str, artifact_root: str, project: str, log_dir: Path,
+    auth: bool = True,
+) -> Iterator[CentralServer]:  # fmt: skip
+    """``mlflow server --app-name aws-iam`` (or the plain server, ``auth=False``), stopped after."""
+    port = free_port()
+    env = server_env(moto, backend_store_uri, artifact_root, project, port, auth)
+    argv = [sys.executable, "-m", "mlflow", "server", *(["--app-name", "aws-iam"] if auth else [])]
+    log_path = log_dir / f"central-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = CentralServer(process, port, project, log_path)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"central server exited:\n{server.log()[-4000:]}")
+            with contextlib.suppress(OSError):
+                if get(f"{server.tracking_uri}/health")[0] == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"central server not healthy:\n{server.log()[-4000:]}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+def outputs_with_tracking_uri(moto: MotoServer, project: Any, bucket: str, uri: str | None) -> str:
+    """The project published as pulumi up publishes it, its bundle naming ``uri`` as its
+    TrackingUri (None: no central server), and the outputs JSON (no password) naming that."""
+    from tests.stack_on_moto import bundle_for, outputs_document, put_connection_secret, server_role
+
+    env = {**moto.aws_env(), "AWS_ACCESS_KEY_ID": "setup", "AWS_SECRET_ACCESS_KEY": "setup"}
+    bundle = bundle_for(project, "central", bucket, server_role(env))
+    bundle["TrackingUri"] = uri
+    arn = put_connection_secret(env, bundle)
+    return json.dumps(outputs_document(bucket, {project.name: arn}))
