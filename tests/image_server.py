@@ -67,8 +67,11 @@ class ImageServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start(venv: Path, env: Mapping[str, str], home: Path, log_path: Path) -> ImageServer:
-    """``entrypoint.sh`` in its own process group, with only the image's Python on PATH."""
+def start(
+    venv: Path, env: Mapping[str, str], home: Path, log_path: Path, args: tuple[str, ...] = ()
+) -> ImageServer:
+    """``entrypoint.sh ARGS`` (a task's ``command``) in its own process group, with only the
+    image's Python on PATH."""
     home.mkdir(parents=True, exist_ok=True)
     tmp = home / "tmp"
     tmp.mkdir(exist_ok=True)
@@ -76,7 +79,7 @@ def start(venv: Path, env: Mapping[str, str], home: Path, log_path: Path) -> Ima
     full_env.update(env)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(ENTRYPOINT)],
+            [str(ENTRYPOINT), *args],
             cwd=home,
             env=full_env,
             stdout=log,
@@ -142,9 +145,9 @@ def stop(server: ImageServer) -> None:
 
 @contextlib.contextmanager
 def running(
-    venv: Path, env: Mapping[str, str], home: Path, log_path: Path
+    venv: Path, env: Mapping[str, str], home: Path, log_path: Path, args: tuple[str, ...] = ()
 ) -> Iterator[ImageServer]:
-    server = start(venv, env, home, log_path)
+    server = start(venv, env, home, log_path, args)
     try:
         wait_healthy(server)
         yield server

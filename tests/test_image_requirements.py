@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -154,8 +155,31 @@ def cached_venv(prefix: str, python: str, pip_install_args: list[str]) -> Path:
 
 
 def image_venv_path(python: str) -> Path:
-    """The lock installed as the Dockerfile installs it (its pip flags, ``-r`` the lock)."""
-    return cached_venv("image-venv", python, [*dockerfile_pip_flags(), "-r", str(LOCK)])
+    """The image's packages, installed as the Dockerfile installs them: the lock (its pip flags,
+    ``-r`` the lock), then mlflow-aws itself from the repository (``--no-deps
+    --no-build-isolation``: the aws-iam app and the migration step). The lock's venv is cached;
+    mlflow-aws is reinstalled whenever its sources change."""
+    from infra.server_image import context_digest
+
+    venv = cached_venv("image-venv", python, [*dockerfile_pip_flags(), "-r", str(LOCK)])
+    stamp = venv / ".mlflow-aws-sources"
+    digest = context_digest(ROOT)
+    with (CACHE_DIR / "image-venv-package.lock").open("w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not stamp.exists() or stamp.read_text() != digest:
+            with tempfile.TemporaryDirectory() as source:  # setuptools builds in the tree
+                shutil.copy(ROOT / "pyproject.toml", source)
+                for package in ("mlflow_aws", "helper"):
+                    shutil.copytree(ROOT / package, Path(source) / package,
+                                    ignore=shutil.ignore_patterns("__py*"))  # fmt: skip
+                subprocess.run(
+                    [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                     "--disable-pip-version-check", "--no-cache-dir", "--no-deps",
+                     "--no-build-isolation", "--force-reinstall", source],
+                    check=True, timeout=INSTALL_TIMEOUT,
+                )  # fmt: skip
+            stamp.write_text(digest)
+    return venv
 
 
 @pytest.fixture(scope="module")
@@ -177,14 +201,23 @@ def venv_pip(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_image_venv_holds_exactly_the_lock(image_venv: Path) -> None:
-    frozen = venv_pip(image_venv, "freeze")  # all but pip and setuptools, which the base has
+def test_image_venv_holds_exactly_the_lock_and_mlflow_aws(image_venv: Path) -> None:
+    frozen = venv_pip(image_venv, "freeze", "--all")
     assert frozen.returncode == 0, frozen.stderr
     installed = {}
     for line in frozen.stdout.splitlines():
         name, _, version = line.partition("==")
-        installed[normalize(name)] = version
+        installed[normalize(name.split(" @ ")[0])] = version
+    assert installed.pop("mlflow-aws") is not None  # the app, installed from the repository
+    installed.pop("pip")  # the base image's installer
     assert installed == lock()  # nothing unlisted got in, nothing listed is missing
+    entry_points = subprocess.run(
+        [str(image_venv / "bin" / "python"), "-c",
+         "from importlib.metadata import entry_points as e; "
+         "print(sorted(x.name for x in e(group='mlflow.app')))"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert "'aws-iam'" in entry_points  # `mlflow server --app-name aws-iam` finds it
 
 
 @pytest.mark.slow
