@@ -293,8 +293,10 @@ def process_started_at(pid: int) -> float:
 
 
 def is_mlflow_server(pid: int) -> bool:
+    """``mlflow server`` itself (not the helper's watchdog, whose argv names it too)."""
     args = cmdline(pid)
-    return any(a.endswith("mlflow") for a in args) and "server" in args
+    watchdog = any(a.endswith(".watchdog") for a in args)
+    return any(a.endswith("mlflow") for a in args) and "server" in args and not watchdog
 
 
 @dataclass
