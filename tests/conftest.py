@@ -34,3 +34,15 @@ def data_api(mariadb: MariaDB, moto: MotoServer) -> Iterator[DataApiEmulator]:
     """The RDS Data API of the test "cluster" (MariaDB), reading secrets from moto."""
     with running_data_api(mariadb, moto) as emulator:
         yield emulator
+
+
+@pytest.fixture(scope="session")
+def image_venv() -> Path:
+    """The server image's packages in a venv, installed as the Dockerfile installs them
+    (tests/test_image_requirements.py); skipped without the image's Python."""
+    from tests.test_image_requirements import dockerfile_python, image_venv_path, python_for_image
+
+    python = python_for_image()
+    if python is None:
+        pytest.skip(f"the image runs Python {dockerfile_python()}; no such python on PATH")
+    return image_venv_path(python)

@@ -21,20 +21,11 @@ from tests import image_server
 from tests.central import ALLOWED_ROLE, Identities, get, make_identities
 from tests.services import MariaDB, MotoServer, free_port
 from tests.stack_on_moto import REGION, create_project, ensure_bucket
-from tests.test_image_requirements import dockerfile_python, image_venv_path, python_for_image
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "mlflow-aws-image-auth"
 SERVER_ID = "mlflow.example.com"  # the load balancer's name, as MLFLOW_AWS_IAM_SERVER_ID
-
-
-@pytest.fixture(scope="module")
-def image_venv() -> Path:
-    python = python_for_image()
-    if python is None:
-        pytest.skip(f"the image runs Python {dockerfile_python()}; no such python on PATH")
-    return image_venv_path(python)
 
 
 @pytest.fixture(scope="module")

@@ -182,14 +182,6 @@ def image_venv_path(python: str) -> Path:
     return venv
 
 
-@pytest.fixture(scope="module")
-def image_venv() -> Path:
-    python = python_for_image()
-    if python is None:
-        pytest.skip(f"the image runs Python {dockerfile_python()}; no such python on PATH")
-    return image_venv_path(python)
-
-
 def venv_pip(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", *args],

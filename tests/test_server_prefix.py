@@ -30,7 +30,6 @@ import pytest
 from tests import image_server
 from tests.services import MariaDB, MotoServer, free_port
 from tests.test_helper_e2e import Project, create_project, run_tracking_script
-from tests.test_image_requirements import dockerfile_python, image_venv_path, python_for_image
 
 BUCKET = "mlflow-aws-prefix"
 REGION = "eu-west-1"
@@ -46,14 +45,6 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
 )
-
-
-@pytest.fixture(scope="module")
-def image_venv() -> Path:
-    python = python_for_image()
-    if python is None:
-        pytest.skip(f"the image runs Python {dockerfile_python()}; no such python on PATH")
-    return image_venv_path(python)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ import pytest
 from tests import image_server
 from tests.services import MariaDB, _make_tls_files, free_port
 from tests.test_helper_e2e import Project, create_project
-from tests.test_image_requirements import dockerfile_python, image_venv_path, python_for_image
 
 # Puts a fresh schema at the MLflow revision N steps before head (with this environment's
 # mlflow, the same version as the image's), the way an older MLflow would have left it.
@@ -46,14 +45,6 @@ engine.dispose()
 print(old, revisions[0])
 """
 STEPS_BACK = 8
-
-
-@pytest.fixture(scope="module")
-def image_venv() -> Path:
-    python = python_for_image()
-    if python is None:
-        pytest.skip(f"the image runs Python {dockerfile_python()}; no such python on PATH")
-    return image_venv_path(python)
 
 
 def schema_at_old_revision(project: Project) -> tuple[str, str]:
