@@ -109,12 +109,14 @@ def make_identities(moto: MotoServer) -> Identities:
 
 
 def client_aws_env(moto: MotoServer, credentials: Credentials) -> dict[str, str]:
-    """A caller's AWS environment: its own credentials, STS at moto, nothing else of moto's."""
+    """A caller's AWS environment: its own credentials, STS (to sign for) and Secrets Manager
+    (the helper reads the project's connection secret) at moto, nothing else of moto's."""
     return {
         **credentials.env(),
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,
         "AWS_ENDPOINT_URL_STS": moto.endpoint_url,
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto.endpoint_url,
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         "AWS_EC2_METADATA_DISABLED": "true",
