@@ -145,12 +145,16 @@ class _Target:
                 f"schema/username in the properties do not match project {ids.name!r} "
                 f"(expected {ids.schema!r} and {ids.username!r})"
             )
-        if not props.get("cluster_arn") and any(k in props for k in LEGACY_KEYS):
+        if not props.get("cluster_arn") or not props.get("admin_secret_arn"):
+            if any(k in props for k in LEGACY_KEYS):
+                raise SchemaProviderError(
+                    f"the state of project {ids.name!r} was written by an older mlflow-aws that "
+                    "connected to MySQL directly. Run `pulumi up` once with the project still "
+                    "configured (it moves the state to the RDS Data API and changes nothing in "
+                    "the database), then refresh or remove it"
+                )
             raise SchemaProviderError(
-                f"the state of project {ids.name!r} was written by an older mlflow-aws that "
-                "connected to MySQL directly. Run `pulumi up` once with the project still "
-                "configured (it moves the state to the RDS Data API and changes nothing in "
-                "the database), then refresh or remove it"
+                f"the properties of project {ids.name!r} name no cluster_arn/admin_secret_arn"
             )
         profile = _plain(props.get("aws_profile"))
         return _Target(
