@@ -203,6 +203,7 @@ class Observed:
     object_privileges: int  # table or column grants anywhere
     recorded_schema: bool
     recorded_user: bool
+    registry: bool = False  # the registry table exists (else it is made first)
 
     @property
     def schema_exists(self) -> bool:
@@ -248,6 +249,7 @@ def observed_from(
         object_privileges=int(object_privileges or 0),
         recorded_schema="schema" in kinds,
         recorded_user="user" in kinds,
+        registry=registry_exists(rows),
     )
 
 
@@ -326,7 +328,7 @@ def _converge(want: Desired, seen: Observed, new: bool) -> list[Step]:
     ids = want.ids
     schema_q = quote_identifier(ids.schema)
     acct = account(ids.username)
-    steps = list(ensure_registry())
+    steps = [] if seen.registry else list(ensure_registry())
     if not seen.schema_exists:
         steps.append(
             Step(
