@@ -42,6 +42,7 @@ from bench.common import (
     log_one_by_one,
     median,
     new_run,
+    paused,
     table,
     verdict,
     workdir,
@@ -90,18 +91,8 @@ def plugin_enabled(on: bool) -> Iterator[None]:
         os.environ.pop("MLFLOW_TRACKING_AUTH", None)
 
 
-@contextlib.contextmanager
-def frozen(servers: list[CentralServer]) -> Iterator[None]:
-    pids = [pid for server in servers for pid in server.pids()]
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+def frozen(servers: list[CentralServer]) -> contextlib.AbstractContextManager[None]:
+    return paused([pid for server in servers for pid in server.pids()])
 
 
 @contextlib.contextmanager

@@ -525,6 +525,21 @@ def start_helper(
 
 
 @contextlib.contextmanager
+def paused(pids: list[int]) -> Iterator[None]:
+    """SIGSTOP ``pids`` for the block (servers not being measured: their background work must
+    not take CPU from the one that is), SIGCONT them after."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
 def workdir(prefix: str = "mlflow-aws-bench-") -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     try:

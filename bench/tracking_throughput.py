@@ -19,10 +19,8 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from bench.common import (
     log_one_by_one,
     median,
     new_run,
+    paused,
     start_stock,
     start_tuned,
     stopping,
@@ -92,20 +91,10 @@ def measure(targets: list[Target], n: int, batches: int, reps: int, warmup: int)
                 measure_one(target, rep, reps, n, batches)
 
 
-@contextlib.contextmanager
-def frozen(servers: list[Server]) -> Iterator[None]:
-    """SIGSTOP the servers not being measured, so their background work (the stock server's
-    job runners poll on several cores' worth of processes) does not slow the one that is."""
-    pids = [pid for server in servers for pid in server.tree()]
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+def frozen(servers: list[Server]) -> contextlib.AbstractContextManager[None]:
+    """Pause the servers not being measured (the stock server's job runners poll on several
+    cores' worth of processes and would slow the one that is)."""
+    return paused([pid for server in servers for pid in server.tree()])
 
 
 def measure_one(target: Target, rep: int, reps: int, n: int, batches: int) -> None:
