@@ -16,6 +16,7 @@ its own token.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import io
 import select
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
 from urllib.parse import urlsplit
+
+from mlflow_aws.auth.token import host_header
 
 from .errors import HelperError
 
@@ -66,8 +69,7 @@ class Upstream:
 
     @property
     def host_header(self) -> str:
-        default = 443 if self.scheme == "https" else 80
-        return self.hostname if self.port == default else f"{self.hostname}:{self.port}"
+        return host_header(f"{self.scheme}://{self.hostname}:{self.port}")
 
     @property
     def origin(self) -> str:
@@ -87,7 +89,7 @@ class Upstream:
         if self.scheme == "https":
             connection: http.client.HTTPConnection = http.client.HTTPSConnection(
                 self.hostname, self.port, timeout=timeout,
-                context=ssl.create_default_context(),  # certificate and host name verified
+                context=_tls_context(),  # certificate and host name verified
             )  # fmt: skip
         else:
             connection = http.client.HTTPConnection(self.hostname, self.port, timeout=timeout)
@@ -97,6 +99,12 @@ class Upstream:
         # ACKs add ~40 ms to every call.
         connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return connection
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One context for every upstream connection: building one loads the system's CAs."""
+    return ssl.create_default_context()
 
 
 def local_request_problem(host: str | None, origin: str | None, port: int) -> str | None:
@@ -118,13 +126,7 @@ def _chunked_body(stream: io.BufferedIOBase) -> Iterator[bytes]:
             while stream.readline(1024) not in (b"\r\n", b"\n", b""):
                 pass  # trailers: dropped
             return
-        remaining = size
-        while remaining:
-            block = stream.read(min(remaining, BLOCK_BYTES))
-            if not block:
-                raise ConnectionError("client closed the connection mid-body")
-            remaining -= len(block)
-            yield block
+        yield from _sized_body(stream, size)
         stream.readline(1024)  # the CRLF after the chunk
 
 
@@ -369,9 +371,7 @@ def check_signed_in(upstream: Upstream, tokens: Any) -> None:
 def serve_remote(
     tracking_uri: str, port: int, region: str, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr
 ) -> int:
-    import os
-
-    from mlflow_aws.auth.signer import SERVER_ID_ENV, STS_REGION_ENV, SigningError, TokenSource
+    from mlflow_aws.auth.signer import SigningError, TokenSource, server_id_for
 
     from . import checks
     from .supervise import StopRequested, export_line, stop_signals
@@ -380,10 +380,7 @@ def serve_remote(
     checks.check_port_free(port)
     upstream = Upstream.from_uri(tracking_uri)
     try:
-        tokens = TokenSource(
-            os.environ.get(SERVER_ID_ENV) or upstream.hostname,
-            region=os.environ.get(STS_REGION_ENV) or region,
-        )
+        tokens = TokenSource(server_id_for(upstream.hostname), region=region)
     except SigningError as exc:
         raise HelperError(str(exc)) from None
     check_signed_in(upstream, tokens)

@@ -8,7 +8,6 @@ host of the request's URL, which for MLflow's requests is the host of MLFLOW_TRA
 
 from __future__ import annotations
 
-import os
 import threading
 from urllib.parse import urlsplit
 
@@ -16,7 +15,7 @@ from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestA
 from requests import PreparedRequest
 from requests.auth import AuthBase
 
-from .signer import SERVER_ID_ENV, TokenSource
+from .signer import TokenSource, server_id_for
 
 PROVIDER_NAME = "aws-iam"
 
@@ -36,7 +35,7 @@ class AwsIamAuth(AuthBase):
             return source
 
     def __call__(self, request: PreparedRequest) -> PreparedRequest:
-        server_id = os.environ.get(SERVER_ID_ENV) or urlsplit(request.url or "").hostname or ""
+        server_id = server_id_for(urlsplit(request.url or "").hostname or "")
         request.headers["Authorization"] = f"Bearer {self._source(server_id).token()}"
         return request
 

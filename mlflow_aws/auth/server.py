@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .token import (
+    SERVER_ID_ENV,
     CallerIdentity,
     SignedRequest,
     TokenError,
@@ -44,7 +45,6 @@ from .token import (
     sts_error,
 )
 
-SERVER_ID_ENV = "MLFLOW_AWS_IAM_SERVER_ID"
 ALLOWED_ROLES_ENV = "MLFLOW_AWS_IAM_ALLOWED_ROLES"
 ALLOWED_GROUPS_ENV = "MLFLOW_AWS_IAM_ALLOWED_GROUPS"
 # What `mlflow server --static-prefix` (or MLFLOW_STATIC_PREFIX) hands its worker; routes use it.
@@ -228,14 +228,19 @@ class AwsLookups:
         self.region = region
         self._account: str | None = None
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self._clients: dict[str, Any] = {}  # boto3 clients are thread-safe: made once each
         self._lock = threading.Lock()
 
     def _client(self, service: str) -> Any:
-        import boto3
-        from botocore.config import Config
+        with self._lock:
+            if service not in self._clients:
+                import boto3
+                from botocore.config import Config
 
-        config = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2})
-        return boto3.session.Session(region_name=self.region).client(service, config=config)
+                config = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2})
+                session = boto3.session.Session(region_name=self.region)
+                self._clients[service] = session.client(service, config=config)
+            return self._clients[service]
 
     def own_account(self) -> str:
         if self._account is None:

@@ -9,13 +9,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .token import make_token, sts_endpoint_url
+from .token import SERVER_ID_ENV, make_token, sts_endpoint_url
 
-SERVER_ID_ENV = "MLFLOW_AWS_IAM_SERVER_ID"
 STS_REGION_ENV = "MLFLOW_AWS_IAM_STS_REGION"
 # Tokens last 15 min on the server; reusing one for 5 lets the server's identity cache answer
 # most requests, and leaves 10 min of margin for clock skew and long uploads.
 REUSE_SECONDS = 300.0
+
+
+def server_id_for(host: str) -> str:
+    """The server id tokens are bound to: the tracking URI's host unless overridden."""
+    return os.environ.get(SERVER_ID_ENV) or host
 
 
 class SigningError(RuntimeError):
@@ -36,7 +40,8 @@ class TokenSource:
 
         self.server_id = server_id
         self.session = session or boto3.session.Session()
-        self.region = region or os.environ.get(STS_REGION_ENV) or self.session.region_name
+        # The variable wins: it is how a user points signing at the stack's region.
+        self.region = os.environ.get(STS_REGION_ENV) or region or self.session.region_name
         if not self.region:
             raise SigningError(
                 "no AWS region to sign with: set AWS_REGION (the central server's region) "

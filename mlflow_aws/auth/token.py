@@ -28,6 +28,8 @@ CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 # Signed into every token: a token made for one server is refused by any other (no replay of a
 # teammate's token, captured by one service, against another).
 SERVER_ID_HEADER = "x-mlflow-aws-iam-server-id"
+# Both sides read the server id from it (default on the client: the tracking URI's host).
+SERVER_ID_ENV = "MLFLOW_AWS_IAM_SERVER_ID"
 # STS itself refuses a SigV4 signature older than 15 minutes; the server holds tokens to that too.
 TOKEN_LIFETIME = timedelta(minutes=15)
 MAX_TOKEN_CHARS = 8192  # a real token is ~2-3 KB (a session token is most of it)
@@ -38,7 +40,7 @@ REQUIRED_HEADERS = frozenset(
 OPTIONAL_HEADERS = frozenset({"x-amz-security-token"})  # temporary credentials (roles, SSO)
 AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 _AUTHORIZATION = re.compile(
-    r"AWS4-HMAC-SHA256 Credential=(?P<key>[A-Z0-9]{16,128})/(?P<date>\d{8})/(?P<region>[a-z0-9-]+)"
+    r"AWS4-HMAC-SHA256 Credential=[A-Z0-9]{16,128}/(?P<date>\d{8})/(?P<region>[a-z0-9-]+)"
     r"/sts/aws4_request, ?SignedHeaders=(?P<signed>[a-z0-9;-]+), ?Signature=(?P<sig>[0-9a-f]{64})"
 )
 _STS_NS = {"sts": "https://sts.amazonaws.com/doc/2011-06-15/"}
@@ -56,7 +58,6 @@ class SignedRequest:
     headers: Mapping[str, str] = field(repr=False)
     body: str
     signed_at: datetime
-    access_key_id: str
 
     @property
     def expires_at(self) -> datetime:
@@ -231,7 +232,7 @@ def check_token(token: str, *, sts_url: str, server_id: str, now: datetime) -> S
         raise TokenError(f"token expired: signed {minutes} min ago, tokens last 15 min")
     if -age > TOKEN_LIFETIME:
         raise TokenError("token is signed more than 15 min in the future (check the clock)")
-    return SignedRequest(url, headers, STS_BODY, signed_at, authorization["key"])
+    return SignedRequest(url, headers, STS_BODY, signed_at)
 
 
 # -- server: STS's answer -----------------------------------------------------------------------
