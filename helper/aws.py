@@ -101,7 +101,7 @@ def resolve_region(preferred: str | None = None) -> str:
     return region
 
 
-def _client(service: str, region: str) -> Any:
+def client(service: str, region: str) -> Any:
     import boto3
 
     with aws_errors(f"setting up the {service} client"):
@@ -112,7 +112,7 @@ def ecr_login_password(region: str) -> str:
     """The password for ``docker login --username AWS --password-stdin <registry>``; one ECR
     token is good for every registry the caller may pull from."""
     with aws_errors("getting an ECR login token"):
-        data = _client("ecr", region).get_authorization_token()["authorizationData"][0]
+        data = client("ecr", region).get_authorization_token()["authorizationData"][0]
     user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
     if user != "AWS" or not password:
         raise HelperError("ECR returned an authorization token in an unexpected form")
@@ -140,7 +140,7 @@ def list_project_secrets(region: str, project: str | None = None) -> list[Projec
         filters.append({"Key": "tag-value", "Values": [project]})
     found = []
     with aws_errors("listing the projects' connection secrets"):
-        pages = _client("secretsmanager", region).get_paginator("list_secrets")
+        pages = client("secretsmanager", region).get_paginator("list_secrets")
         for page in pages.paginate(Filters=filters):
             for secret in page["SecretList"]:
                 tagged = _project_of(secret)
@@ -171,7 +171,7 @@ def load_connection_from_aws(
             )
         secret_id = candidates[0].name
     with aws_errors(f"reading the connection secret {secret_id}"):
-        value = _client("secretsmanager", region).get_secret_value(SecretId=secret_id)
+        value = client("secretsmanager", region).get_secret_value(SecretId=secret_id)
     source = f"connection secret {secret_id}"
     try:
         data = json.loads(value.get("SecretString") or "")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import HelperError
-from .outputs import ProjectConnection
+from .outputs import ProjectConnection, StackOutputs
 from .supervise import export_line
 
 if TYPE_CHECKING:
@@ -199,6 +199,17 @@ def _validated_project(name: str) -> str:
     return name
 
 
+def _stack_outputs(args: argparse.Namespace) -> StackOutputs | None:
+    """The stack outputs from --outputs or --stack; None for --from-aws (the default)."""
+    from .outputs import load_outputs_file, load_stack_outputs
+
+    if args.outputs:
+        return load_outputs_file(args.outputs)
+    if args.stack:
+        return load_stack_outputs(args.stack)
+    return None
+
+
 def load_connection(args: argparse.Namespace) -> ProjectConnection:
     """The project's connection bundle, read from its secret with the user's AWS credentials;
     the stack outputs (file or CLI), when given, only say which secret and region."""
@@ -206,12 +217,8 @@ def load_connection(args: argparse.Namespace) -> ProjectConnection:
 
     _check_source_options(args)
     project = _validated_project(args.project)
-    if args.outputs or args.stack:
-        from .outputs import load_outputs_file, load_stack_outputs
-
-        outputs = (
-            load_outputs_file(args.outputs) if args.outputs else load_stack_outputs(args.stack)
-        )
+    outputs = _stack_outputs(args)
+    if outputs is not None:
         secret_arn = outputs.project(project).connection_secret_arn
         return load_connection_from_aws(project, outputs.region, secret_arn)
     return load_connection_from_aws(project, None, args.secret_id)
@@ -333,7 +340,6 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     _require_project(args)
     connection = load_connection(args)
     checks.check_mlflow_version(connection.mlflow_version)
-    checks.check_database_reachable(connection.database_endpoint, connection.database_port)
     with verified_store(connection, args.db_ca) as verified:
         return run_upgrade(
             verified.uri, f"project {connection.project} (schema {connection.database})"
@@ -342,12 +348,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
 def cmd_projects(args: argparse.Namespace) -> int:
     _check_source_options(args)
-    if args.outputs or args.stack:
-        from .outputs import load_outputs_file, load_stack_outputs
-
-        outputs = (
-            load_outputs_file(args.outputs) if args.outputs else load_stack_outputs(args.stack)
-        )
+    outputs = _stack_outputs(args)
+    if outputs is not None:
         for name in sorted(outputs.projects):
             print(f"{name}\t{outputs.projects[name].artifact_root}")
         return 0

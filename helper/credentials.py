@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .aws import aws_errors
+from .aws import aws_errors, client
 from .errors import HelperError
 
 RENEW_BEFORE = timedelta(minutes=20)  # botocore itself refreshes 15 min before expiry
@@ -96,11 +96,10 @@ def assume_server_role(
     durations: tuple[int, ...] = (PROCESS_SESSION_SECONDS,),
 ) -> RoleCredentials:
     """The server role's credentials, obtained with the teammate's own (tries each duration)."""
-    import boto3
     from botocore.exceptions import ClientError
 
+    sts = client("sts", region)
     with aws_errors(f"becoming the server role of project {project} ({role_arn})"):
-        sts = boto3.Session(region_name=region).client("sts")
         for seconds in durations:
             try:
                 answer = sts.assume_role(

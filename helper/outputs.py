@@ -230,7 +230,7 @@ def pulumi_project_dir() -> Path:
     return REPO_ROOT if (REPO_ROOT / "Pulumi.yaml").is_file() else Path.cwd()
 
 
-def load_stack_outputs(stack: str, work_dir: Path | None = None) -> StackOutputs:
+def load_stack_outputs(stack: str) -> StackOutputs:
     """The outputs of stack ``stack``, read with the pulumi CLI.
 
     ``pulumi stack output --json --stack S``: it does not switch the user's current stack, and
@@ -250,7 +250,7 @@ def load_stack_outputs(stack: str, work_dir: Path | None = None) -> StackOutputs
     try:
         result = subprocess.run(
             [pulumi, "stack", "output", "--json", "--stack", stack, "--non-interactive"],
-            cwd=work_dir or pulumi_project_dir(),
+            cwd=pulumi_project_dir(),
             capture_output=True,
             text=True,
             timeout=120,

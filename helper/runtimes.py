@@ -268,7 +268,8 @@ class VerifiedStore:
 @contextlib.contextmanager
 def verified_store(connection: ProjectConnection, db_ca: Path | None) -> Iterator[VerifiedStore]:
     """The project's store verified against its CA bundle (in a private file for the block's
-    duration), after one login as the project's user."""
+    duration), after reaching the database and one login as the project's user."""
+    checks.check_database_reachable(connection.database_endpoint, connection.database_port)
     pem, source = tls.ca_bundle_text(connection, db_ca)
     with tls.ca_file(pem) as ca:
         uri = tls.with_ssl_ca(connection.backend_store_uri, str(ca))
@@ -285,15 +286,15 @@ def serve_docker(
     connection: ProjectConnection,
     port: int,
     upgrade_hint: str,
-    db_ca: Path | None = None,
-    docker: str | None = None,
+    db_ca: Path | None,
+    docker: str,
 ) -> int:
-    docker = docker or checks.check_docker()
     _free_port(port)
-    checks.check_database_reachable(connection.database_endpoint, connection.database_port)
     with verified_store(connection, db_ca) as store:
-        # The container verifies the database again, with the same CAs (CA_BUNDLE_VARIABLE).
-        return _run_container(docker, connection, port, upgrade_hint, store.ca_pem)
+        ca_pem = store.ca_pem
+    # The container verifies the database again, with the same CAs (CA_BUNDLE_VARIABLE): the
+    # helper's CA file is not needed while it runs.
+    return _run_container(docker, connection, port, upgrade_hint, ca_pem)
 
 
 def _run_container(
@@ -338,7 +339,6 @@ def serve_process(
 
     checks.check_mlflow_version(connection.mlflow_version)
     _free_port(port)
-    checks.check_database_reachable(connection.database_endpoint, connection.database_port)
     with verified_store(connection, db_ca) as store:
         role = RoleCredentialSource(
             server_role_arn(connection), connection.region, connection.project

@@ -49,6 +49,14 @@ def container_port() -> int:
     return int(server_env_defaults()["MLFLOW_PORT"])
 
 
+def connections_per_server() -> int:
+    """The most MySQL connections one server holds: its pool plus the pool's overflow."""
+    defaults = server_env_defaults()
+    return int(defaults["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]) + int(
+        defaults["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"]
+    )
+
+
 IDLE_SECONDS_KEY = "MLFLOW_AWS_DB_IDLE_SECONDS"
 
 

@@ -172,7 +172,6 @@ class ServerLaunch:
     port: int
     stop: Callable[[subprocess.Popen[str]], None] = stop_process_group
     upgrade_hint: str | None = None  # the command that fixes an out-of-date schema
-    on_healthy: Callable[[], None] | None = None
     health_timeout: float = HEALTH_TIMEOUT_SECONDS
     project: str = ""
     # What stops the server when the helper is gone (docker stop NAME); the group is stopped
@@ -333,8 +332,6 @@ def _supervise(
         time.sleep(0.25)
     seconds = progress.done()
     became_healthy.append(True)
-    if launch.on_healthy is not None:
-        launch.on_healthy()
     err.write(f"{launch.description} is healthy after {seconds:.1f}s; Ctrl-C stops it\n")
     out.write(f"MLflow UI and tracking URI: {tracking_uri(launch.port)}\n")
     out.write(f"{export_line(launch.port)}\n")
