@@ -19,6 +19,7 @@ from typing import Any
 
 import pulumi
 
+from helper.server_settings import connections_per_server
 from mlflow_aws.names import collisions, name_problem
 
 NAMESPACE = "mlflow-aws"
@@ -66,8 +67,8 @@ ASCII_SPACE = " \t\r\n"
 # A public range broader than this is a slice of the internet (two /1s are the internet).
 MIN_ALLOWED_PREFIX = 8
 
-# The most MySQL connections one server holds: server.env's pool size (2) + overflow (8).
-CONNECTIONS_PER_SERVER = 10
+# The most MySQL connections one server holds (server.env's pool size + overflow: 10).
+CONNECTIONS_PER_SERVER = connections_per_server()
 
 # Aurora Serverless v2 limits (ACU) and auto-pause window (seconds).
 MIN_ACU, MAX_ACU = 0.0, 256.0
@@ -176,6 +177,11 @@ class StackConfig:
 
         tasks = self.server.max_tasks if self.server.enabled else 0
         return DEFAULT_MAX_USER_CONNECTIONS + tasks * CONNECTIONS_PER_SERVER
+
+
+def stack_slug(stack: str) -> str:
+    """The stack's name in AWS names: lowercase letters and digits, single hyphens."""
+    return re.sub(r"[^a-z0-9]+", "-", stack.lower()).strip("-") or "stack"
 
 
 def pinned_mlflow_version(requirements: Path = DOCKER_REQUIREMENTS) -> str:
@@ -316,13 +322,34 @@ def _parse_cidrs(
     return tuple(dict.fromkeys(normalised))
 
 
+def _as_section(
+    raw: str | None, key: str, known: tuple[str, ...], example: str, problems: _Problems
+) -> dict[str, Any] | None:
+    """The object under ``key`` (empty when unset), its unknown keys reported; None if it is
+    not an object."""
+    section: Any = {} if raw is None else _parse_json_or_text(raw)
+    if not isinstance(section, dict):
+        problems.add(key, section, f"must be an object, e.g. pulumi config set --path {example}")
+        return None
+    for unknown in sorted(set(section) - set(known)):
+        problems.add(
+            f"{key}.{unknown}", section[unknown], f"unknown key; known: {', '.join(known)}"
+        )
+    return section
+
+
+def _as_subnet_ids(value: Any, key: str, problems: _Problems) -> tuple[str, ...]:
+    subnet_ids = _as_str_list(value, key, problems)
+    for subnet in subnet_ids:
+        if not _SUBNET_ID.fullmatch(subnet):
+            problems.add(key, subnet, "must be subnet ids like subnet-0123abcd")
+    return subnet_ids
+
+
 def _parse_db(raw: str | None, protect: bool, problems: _Problems) -> DatabaseConfig:
-    db: Any = {} if raw is None else _parse_json_or_text(raw)
-    if not isinstance(db, dict):
-        problems.add("db", db, "must be an object, e.g. pulumi config set --path db.maxCapacity 4")
+    db = _as_section(raw, "db", DB_KEYS, "db.maxCapacity 4", problems)
+    if db is None:
         return DatabaseConfig(deletion_protection=protect)
-    for unknown in sorted(set(db) - set(DB_KEYS)):
-        problems.add(f"db.{unknown}", db[unknown], f"unknown key; known: {', '.join(DB_KEYS)}")
     lo, hi = _parse_capacity(db, problems)
     vpc_id = db.get("vpcId")
     if vpc_id is not None and not (
@@ -330,10 +357,7 @@ def _parse_db(raw: str | None, protect: bool, problems: _Problems) -> DatabaseCo
     ):
         problems.add("db.vpcId", vpc_id, "must be a VPC id like vpc-0123abcd")
         vpc_id = None
-    subnet_ids = _as_str_list(db.get("subnetIds"), "db.subnetIds", problems)
-    for subnet in subnet_ids:
-        if not re.fullmatch(r"subnet-[0-9a-f]+", subnet):
-            problems.add("db.subnetIds", subnet, "must be subnet ids like subnet-0123abcd")
+    subnet_ids = _as_subnet_ids(db.get("subnetIds"), "db.subnetIds", problems)
     if subnet_ids and len(subnet_ids) < 2:
         problems.add("db.subnetIds", list(subnet_ids), "Aurora needs subnets in at least 2 AZs")
     ca_bundle = None
@@ -399,16 +423,9 @@ def _as_domain(value: Any, key: str, problems: _Problems) -> str | None:
 def _parse_server(
     raw: str | None, region: str | None, db: DatabaseConfig, problems: _Problems
 ) -> ServerConfig:
-    server: Any = {} if raw is None else _parse_json_or_text(raw)
-    if not isinstance(server, dict):
-        problems.add(
-            "server", server, "must be an object, e.g. pulumi config set --path server.enabled true"
-        )
+    server = _as_section(raw, "server", SERVER_KEYS, "server.enabled true", problems)
+    if server is None:
         return ServerConfig()
-    for unknown in sorted(set(server) - set(SERVER_KEYS)):
-        problems.add(
-            f"server.{unknown}", server[unknown], f"unknown key; known: {', '.join(SERVER_KEYS)}"
-        )
     enabled = _as_bool(server.get("enabled"), "server.enabled", problems, False)
     internal = _as_bool(server.get("internal"), "server.internal", problems, False)
     domain = _as_domain(server.get("domainName"), "server.domainName", problems)
@@ -461,10 +478,7 @@ def _parse_server(
     if min_tasks > max_tasks:
         problems.add("server.minTasks", min_tasks, f"must not exceed server.maxTasks ({max_tasks})")
 
-    subnet_ids = _as_str_list(server.get("subnetIds"), "server.subnetIds", problems)
-    for subnet in subnet_ids:
-        if not _SUBNET_ID.fullmatch(subnet):
-            problems.add("server.subnetIds", subnet, "must be subnet ids like subnet-0123abcd")
+    subnet_ids = _as_subnet_ids(server.get("subnetIds"), "server.subnetIds", problems)
     if len(set(subnet_ids)) != len(subnet_ids):
         problems.add("server.subnetIds", list(subnet_ids), "lists a subnet twice")
     if subnet_ids and len(set(subnet_ids)) < 2:

@@ -8,7 +8,6 @@ The admin password is generated here (Pulumi secret, and in Secrets Manager for 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -16,7 +15,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from infra.config import DatabaseConfig
+from infra.config import DatabaseConfig, stack_slug
 from infra.rds_ca import fetch_rds_ca_bundle
 from mlflow_aws.names import MASTER_USERNAME
 
@@ -37,8 +36,7 @@ _MAX_IDENTIFIER_PREFIX = 37
 
 def _identifier(stack: str) -> str:
     """RDS identifiers: a letter first, then letters, digits and single hyphens."""
-    slug = re.sub(r"[^a-z0-9]+", "-", stack.lower()).strip("-") or "stack"
-    return f"mlflow-aws-{slug}"[: _MAX_IDENTIFIER_PREFIX - 1].rstrip("-")
+    return f"mlflow-aws-{stack_slug(stack)}"[: _MAX_IDENTIFIER_PREFIX - 1].rstrip("-")
 
 
 @dataclass

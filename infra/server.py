@@ -29,16 +29,17 @@ with a DNS record and points an alias record at the load balancer; with
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
-from infra.config import ServerConfig
+from helper.server_settings import container_port
+from infra.config import ServerConfig, stack_slug
+from infra.database import PORT as MYSQL_PORT
+from infra.iam import image_pull_statements
 
 # The MLflow server app the tasks run: the AWS-IAM sign-in (DESIGN.md "Auth for the central
 # server", mlflow_aws/auth/server.py). Always: there is no central server without sign-in, so a
@@ -62,17 +63,8 @@ SCALE_OUT_COOLDOWN_SECONDS = 60
 SCALE_IN_COOLDOWN_SECONDS = 300
 MAX_RULE_PRIORITY = 50_000
 HTTPS_PORT, HTTP_PORT = 443, 80
-MYSQL_PORT = 3306
-
-
-def _server_env_defaults() -> dict[str, str]:
-    """mlflow_aws/server.env, the one definition of the tuned settings (the image bakes it)."""
-    text = resources.files("mlflow_aws").joinpath("server.env").read_text()
-    pairs = (line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
-    return {key: value for key, value in pairs}
-
-
-CONTAINER_PORT = int(_server_env_defaults()["MLFLOW_PORT"])
+# The image's server port, from mlflow_aws/server.env (the one definition the image bakes).
+CONTAINER_PORT = container_port()
 
 
 def rule_priorities(projects: Sequence[str]) -> dict[str, int]:
@@ -185,22 +177,7 @@ def execution_role_policy(repository_arn: str, secret_arn: str, log_group_arn: s
         {
             "Version": "2012-10-17",
             "Statement": [
-                {
-                    "Sid": "EcrLogin",  # no resource-level permissions exist for it
-                    "Effect": "Allow",
-                    "Action": ["ecr:GetAuthorizationToken"],
-                    "Resource": ["*"],
-                },
-                {
-                    "Sid": "PullServerImage",
-                    "Effect": "Allow",
-                    "Action": [
-                        "ecr:BatchGetImage",
-                        "ecr:GetDownloadUrlForLayer",
-                        "ecr:BatchCheckLayerAvailability",
-                    ],
-                    "Resource": [repository_arn],
-                },
+                *image_pull_statements(repository_arn),
                 {
                     "Sid": "ReadConnectionSecret",
                     "Effect": "Allow",
@@ -234,10 +211,6 @@ def execution_trust_policy(account_id: str) -> str:
         },
         sort_keys=True,
     )
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "stack"
 
 
 @dataclass
@@ -576,7 +549,7 @@ class TrackingService(pulumi.ComponentResource):
         log_group = aws.cloudwatch.LogGroup(
             f"{prefix}-logs",
             aws.cloudwatch.LogGroupArgs(
-                name=f"/mlflow-aws/{_slug(args.stack)}/{p}",
+                name=f"/mlflow-aws/{stack_slug(args.stack)}/{p}",
                 retention_in_days=LOG_RETENTION_DAYS,
                 tags=tags,
             ),
@@ -639,7 +612,7 @@ class TrackingService(pulumi.ComponentResource):
         task_definition = aws.ecs.TaskDefinition(
             f"{prefix}-task",
             aws.ecs.TaskDefinitionArgs(
-                family=f"mlflow-aws-{_slug(args.stack)}-{p}",
+                family=f"mlflow-aws-{stack_slug(args.stack)}-{p}",
                 requires_compatibilities=["FARGATE"],
                 network_mode="awsvpc",
                 cpu=str(server.cpu),

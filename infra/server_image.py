@@ -21,6 +21,8 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_docker as docker
 
+from infra.config import stack_slug
+
 KEEP_IMAGES = 10  # enough to roll back a few releases
 UNTAGGED_EXPIRY_DAYS = 3  # untagged layers from interrupted pushes
 
@@ -57,8 +59,7 @@ def context_digest(context_dir: Path) -> str:
 
 
 def repository_name(stack: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", stack.lower()).strip("-") or "stack"
-    return f"mlflow-aws/{slug}/server"
+    return f"mlflow-aws/{stack_slug(stack)}/server"
 
 
 def lifecycle_policy() -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 from urllib.parse import quote
 
 import pulumi
@@ -30,6 +30,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from infra.config import ProjectConfig
+from infra.iam import PolicyDocument, Statement, image_pull_statements
 from mlflow_aws.names import validate_name
 from projects.schema_provider import MysqlSchema, MysqlSchemaArgs
 from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS
@@ -91,34 +92,11 @@ class MlflowProjectArgs:
     tracking_uri: str | None = None
 
 
-# -- the IAM policy document, typed -----------------------------------------------------------
-
-_Condition = dict[str, dict[str, list[str]]]
-
-
-class _Statement(TypedDict, total=False):
-    Sid: str
-    Effect: str
-    Action: list[str]
-    Resource: list[str]
-    Condition: _Condition
-
-
-class _PolicyDocument(TypedDict):
-    Version: str
-    Statement: list[_Statement]
-
-
 OBJECT_ACTIONS = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
 SECRET_ACTIONS = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
-PULL_ACTIONS = [
-    "ecr:BatchGetImage",
-    "ecr:GetDownloadUrlForLayer",
-    "ecr:BatchCheckLayerAvailability",
-]
 
 
-def prefix_statements(bucket_arn: str, prefix: str) -> list[_Statement]:
+def prefix_statements(bucket_arn: str, prefix: str) -> list[Statement]:
     """Objects under ``<prefix>/`` and listing exactly that prefix.
 
     ``s3:prefix`` is matched as a whole: ``<prefix>/`` and ``<prefix>/*`` only, so project
@@ -141,7 +119,7 @@ def prefix_statements(bucket_arn: str, prefix: str) -> list[_Statement]:
     ]
 
 
-def server_policy_document(bucket_arn: str, prefix: str) -> _PolicyDocument:
+def server_policy_document(bucket_arn: str, prefix: str) -> PolicyDocument:
     """What the project's MLflow server may do: its S3 prefix, nothing else."""
     return {"Version": "2012-10-17", "Statement": prefix_statements(bucket_arn, prefix)}
 
@@ -171,7 +149,7 @@ def server_trust_policy(account_id: str) -> dict[str, Any]:
 
 def policy_document(
     bucket_arn: str, prefix: str, secret_arn: str, repository_arn: str, server_role_arn: str
-) -> _PolicyDocument:
+) -> PolicyDocument:
     """Exactly the project's prefix, its connection secret, becoming its server role, and
     pulling the server image."""
     return {
@@ -201,19 +179,7 @@ def policy_document(
                 "Action": ["secretsmanager:ListSecrets"],
                 "Resource": ["*"],
             },
-            {
-                # AWS defines no resource for this action: "*" is the only valid value.
-                "Sid": "EcrLogin",
-                "Effect": "Allow",
-                "Action": ["ecr:GetAuthorizationToken"],
-                "Resource": ["*"],
-            },
-            {
-                "Sid": "PullServerImage",
-                "Effect": "Allow",
-                "Action": list(PULL_ACTIONS),
-                "Resource": [repository_arn],
-            },
+            *image_pull_statements(repository_arn),
         ],
     }
 

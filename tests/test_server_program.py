@@ -12,8 +12,9 @@ import json
 from typing import Any
 
 from helper.outputs import parse_connection_bundle
+from infra.iam import PULL_ACTIONS
 from infra.server import AUTH_APP, LOG_RETENTION_DAYS, TLS_POLICY
-from projects.project import PULL_ACTIONS, server_policy_document
+from projects.project import server_policy_document
 from tests.pulumi_mocks import ACCOUNT, DEFAULT_SUBNETS, DEFAULT_VPC_CIDR, REGION, Registered
 from tests.test_program import (
     OUTPUT_NAMES,
