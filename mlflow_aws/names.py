@@ -98,12 +98,11 @@ def name_problem(name: object) -> str | None:
         return f"project name {shown} must be lowercase (did you mean {name.lower()!r}?); {RULE}"
     if not _SLUG.fullmatch(name):
         return f"project name {shown} is not a valid slug; {RULE}"
-    owner = owned_by(name.replace("-", "_"), USER_PREFIX + name.replace("-", "_"))
+    schema = name.replace("-", "_")
+    owner = owned_by(schema, USER_PREFIX + schema)
     if owner is not None:
         return f"project name {shown} is reserved: {owner}; choose another name"
-    if name in RESERVED_NAMES or name.replace("-", "_") in {
-        r.replace("-", "_") for r in RESERVED_NAMES
-    }:
+    if name in RESERVED_NAMES or schema in {r.replace("-", "_") for r in RESERVED_NAMES}:
         return (
             f"project name {shown} is reserved (reserved: {', '.join(sorted(RESERVED_NAMES))}); "
             "choose another name"

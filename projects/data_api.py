@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
-from typing import IO, Any
+from collections.abc import Iterator
+from typing import Any
 
 from projects.schema_sql import SchemaProviderError, SqlValue, Statement
 
@@ -76,14 +76,10 @@ class DataApiExecutor:
         *,
         resume_wait_seconds: float = DEFAULT_RESUME_WAIT_SECONDS,
         aws_profile: str | None = None,
-        progress: IO[str] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.cluster_arn = cluster_arn
         self.secret_arn = secret_arn
         self.resume_wait_seconds = resume_wait_seconds
-        self.progress = progress if progress is not None else sys.stderr
-        self.sleep = sleep
         self._client = _client(region_of(cluster_arn), aws_profile)
 
     # -- statements --------------------------------------------------------------------------
@@ -141,13 +137,13 @@ class DataApiExecutor:
                         ) from None
                     if noted_at is None or waited - noted_at >= 5:
                         noted_at = waited
-                        self.progress.write(
+                        sys.stderr.write(
                             f"mysql:Schema: waiting for the Aurora cluster to resume from "
                             f"auto-pause ({waited:.0f}s of at most "
                             f"{self.resume_wait_seconds:.0f}s)\n"
                         )
-                        self.progress.flush()
-                    self.sleep(delay)
+                        sys.stderr.flush()
+                    time.sleep(delay)
                     delay = min(delay * 2, 8.0)
                     continue
                 raise self._explain(code, message, statement) from None

@@ -28,6 +28,7 @@ lists it in ``additional_secret_outputs``). Passwords never appear in messages o
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import sys
@@ -221,21 +222,17 @@ def _apply(executor: DataApiExecutor, steps: list[Step]) -> None:
     re-raise; registry rows written together run in one Data API transaction."""
     done: list[Step] = []
     try:
-        i = 0
-        while i < len(steps):
-            if steps[i].statement.transactional:
-                batch = [steps[i]]
-                while i + len(batch) < len(steps) and steps[i + len(batch)].statement.transactional:
-                    batch.append(steps[i + len(batch)])
+        for transactional, group in itertools.groupby(steps, lambda s: s.statement.transactional):
+            batch = list(group)
+            if transactional:
                 with executor.transaction() as tid:
                     for step in batch:
                         executor.run(step.statement, tid)
                 done += batch
-                i += len(batch)
             else:
-                executor.run(steps[i].statement)
-                done.append(steps[i])
-                i += 1
+                for step in batch:
+                    executor.run(step.statement)
+                    done.append(step)
     except Exception:
         leftovers = []
         for step in reversed(done):
@@ -275,7 +272,7 @@ def _converge(t: _Target, new: bool) -> tuple[Observed, dict[str, Any]]:
     seen = _observe(executor, t.ids)
     steps = (decide_create if new else decide_change)(t.desired, seen)
     _apply(executor, steps)
-    if seen.schema_exists and seen.collation != COLLATION:
+    if seen.collation_differs:
         _warn(
             f"schema {t.ids.schema} had default collation {seen.collation}; changed to "
             f"{COLLATION}. Tables created before keep their own collation (ALTER TABLE … "
@@ -408,7 +405,7 @@ class MysqlSchemaProvider(ResourceProvider):
         t = _Target.from_props(props)
         seen, state = _converge(t, new=True)
         state["adopted_schema"] = seen.schema_exists
-        if seen.schema_exists and seen.collation != COLLATION:
+        if seen.collation_differs:
             state["previous_collation"] = seen.collation
         return CreateResult(t.ids.schema, t.outputs(state))
 

@@ -151,8 +151,6 @@ def inspection(ids: ProjectIdentifiers) -> dict[str, Statement]:
             "(SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
             "WHERE SCHEMA_NAME = :schema), "
             "(SELECT COUNT(*) FROM mysql.user WHERE User = :user AND Host = :host), "
-            "(SELECT MAX(max_user_connections) FROM mysql.user "
-            "WHERE User = :user AND Host = :host), "
             "(SELECT GROUP_CONCAT(PRIVILEGE_TYPE ORDER BY PRIVILEGE_TYPE SEPARATOR ',') "
             "FROM information_schema.USER_PRIVILEGES "
             "WHERE GRANTEE = :grantee AND PRIVILEGE_TYPE <> 'USAGE'), "
@@ -197,7 +195,6 @@ class Observed:
     current_user: str  # the user part of CURRENT_USER(): the account the Data API runs as
     collation: str | None  # the schema's default collation; None: no such schema
     user_exists: bool
-    max_user_connections: int | None
     global_privileges: tuple[str, ...]  # anything beyond USAGE on *.*
     schema_privileges: tuple[tuple[str, str], ...]  # (schema, privilege), patterns unescaped
     object_privileges: int  # table or column grants anywhere
@@ -208,6 +205,11 @@ class Observed:
     @property
     def schema_exists(self) -> bool:
         return self.collation is not None
+
+    @property
+    def collation_differs(self) -> bool:
+        """The schema exists with another default collation than ``COLLATION``."""
+        return self.schema_exists and self.collation != COLLATION
 
     def grants_ok(self, ids: ProjectIdentifiers) -> bool:
         expected = {(ids.schema, p) for p in PROJECT_PRIVILEGES}
@@ -228,20 +230,19 @@ class Observed:
 
 
 def registry_exists(rows: Mapping[str, list[tuple[Any, ...]]]) -> bool:
-    return bool(int(rows["summary"][0][6] or 0))
+    return bool(int(rows["summary"][0][5] or 0))
 
 
 def observed_from(
     ids: ProjectIdentifiers, rows: Mapping[str, list[tuple[Any, ...]]], recorded: Iterable[str]
 ) -> Observed:
     """Build ``Observed`` from the answers to ``inspection`` (and ``registry_lookup``)."""
-    who, collation, users, limit, global_privileges, object_privileges, _ = rows["summary"][0]
+    who, collation, users, global_privileges, object_privileges, _ = rows["summary"][0]
     kinds = set(recorded)
     return Observed(
         current_user=str(who).rpartition("@")[0] if "@" in str(who) else str(who),
         collation=str(collation) if collation is not None else None,
         user_exists=bool(int(users or 0)),
-        max_user_connections=int(limit) if limit is not None else None,
         global_privileges=tuple(sorted(p for p in str(global_privileges or "").split(",") if p)),
         schema_privileges=tuple(
             sorted((_unescape(str(r[0])), str(r[1])) for r in rows["schema_privileges"])
@@ -342,30 +343,22 @@ def _converge(want: Desired, seen: Observed, new: bool) -> list[Step]:
         )
     password = password_literal(want.password)
     limit = int(want.max_user_connections)
-    if not seen.user_exists:
-        steps.append(
-            Step(
-                _change(
-                    f"CREATE USER {acct} IDENTIFIED BY {password} "
-                    f"WITH MAX_USER_CONNECTIONS {limit}",
-                    secret=True,
-                ),
-                undo=_change(f"DROP USER IF EXISTS {acct}") if new else None,
-            )
+    # An existing user gets the password and the limit set in place (rotation, repair).
+    verb = "ALTER" if seen.user_exists else "CREATE"
+    steps.append(
+        Step(
+            _change(
+                f"{verb} USER {acct} IDENTIFIED BY {password} WITH MAX_USER_CONNECTIONS {limit}",
+                secret=True,
+            ),
+            undo=_change(f"DROP USER IF EXISTS {acct}") if new and not seen.user_exists else None,
         )
-    else:
-        steps.append(
-            Step(
-                _change(
-                    f"ALTER USER {acct} IDENTIFIED BY {password} WITH MAX_USER_CONNECTIONS {limit}",
-                    secret=True,
-                )
-            )
-        )
+    )
+    grants_ok = seen.grants_ok(ids)  # false without the user
     # Revoking first would fail running servers' requests for a moment: only when wrong.
-    if seen.user_exists and not seen.grants_ok(ids):
+    if seen.user_exists and not grants_ok:
         steps.append(Step(_change(f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM {acct}")))
-    if not (seen.user_exists and seen.grants_ok(ids)):
+    if not grants_ok:
         privileges = ", ".join(PROJECT_PRIVILEGES)
         on = f"{grant_pattern(ids.schema)}.*"
         steps.append(Step(_change(f"GRANT {privileges} ON {on} TO {acct}")))

@@ -407,7 +407,7 @@ def test_the_provider_never_touches_the_account_it_runs_as(
 
 def _observed(**overrides: Any) -> Observed:
     fields: dict[str, Any] = dict(
-        current_user="mlflow_admin", collation=None, user_exists=False, max_user_connections=None,
+        current_user="mlflow_admin", collation=None, user_exists=False,
         global_privileges=(), schema_privileges=(), object_privileges=0, recorded_schema=False,
         recorded_user=False,
     )  # fmt: skip
