@@ -1,60 +1,41 @@
-"""The tuned server settings, read from ``mlflow_aws/server.env`` (their one definition).
+"""The tuned server settings as the helper's runtimes use them.
 
-The image, the process runtime and the local default all get their environment from
-``server_environment``, so the three cannot drift apart.
+``mlflow_aws/server.env`` is their one definition, parsed by ``mlflow_aws.server_settings``
+(shared with the image and the Pulumi program); the image, the process runtime and the local
+default all get their environment from ``server_environment``, so the three cannot drift apart.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
+from mlflow_aws import server_settings as _settings
+from mlflow_aws.server_settings import SERVER_ENV_PATH, ServerSettingsError, parse_server_env
+
 from .errors import HelperError
+
+__all__ = ["SERVER_ENV_PATH", "parse_server_env"]
 
 # In the repository: its root. Installed (``pip install`` of the repository), the helper is the
 # package ``mlflow_aws.helper`` and this is site-packages/mlflow_aws: no Pulumi project there.
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Package data of ``mlflow_aws`` in both layouts (the repository root is on sys.path there).
-SERVER_ENV_PATH = Path(str(resources.files("mlflow_aws").joinpath("server.env")))
-
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def parse_server_env(text: str, source: str = "server.env") -> dict[str, str]:
-    """KEY=VALUE lines (blank lines and ``#`` comments skipped), as docker's env-file reads them."""
-    settings: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not _KEY.fullmatch(key):
-            raise HelperError(f"{source}:{number}: expected KEY=VALUE, got {raw!r}")
-        settings[key] = value
-    return settings
 
 
 def server_env_defaults(path: Path = SERVER_ENV_PATH) -> dict[str, str]:
     try:
-        return parse_server_env(path.read_text(encoding="utf-8"), str(path))
-    except OSError as exc:
-        raise HelperError(f"cannot read the server settings {path}: {exc.strerror}") from exc
+        return _settings.server_env_defaults(path)
+    except ServerSettingsError as exc:
+        raise HelperError(str(exc)) from exc
 
 
 def container_port() -> int:
     """The port the image's server listens on inside the container (server.env's default)."""
-    return int(server_env_defaults()["MLFLOW_PORT"])
-
-
-def connections_per_server() -> int:
-    """The most MySQL connections one server holds: its pool plus the pool's overflow."""
-    defaults = server_env_defaults()
-    return int(defaults["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]) + int(
-        defaults["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"]
-    )
+    try:
+        return _settings.container_port()
+    except ServerSettingsError as exc:
+        raise HelperError(str(exc)) from exc
 
 
 IDLE_SECONDS_KEY = "MLFLOW_AWS_DB_IDLE_SECONDS"

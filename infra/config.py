@@ -19,8 +19,8 @@ from typing import Any
 
 import pulumi
 
-from helper.server_settings import connections_per_server
 from mlflow_aws.names import collisions, name_problem
+from mlflow_aws.server_settings import connections_per_server
 
 NAMESPACE = "mlflow-aws"
 DOCKER_REQUIREMENTS = Path(__file__).resolve().parent.parent / "docker" / "requirements.txt"

@@ -36,10 +36,10 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from helper.server_settings import container_port
 from infra.config import ServerConfig, stack_slug
 from infra.database import PORT as MYSQL_PORT
 from infra.iam import image_pull_statements
+from mlflow_aws.server_settings import container_port
 
 # The MLflow server app the tasks run: the AWS-IAM sign-in (DESIGN.md "Auth for the central
 # server", mlflow_aws/auth/server.py). Always: there is no central server without sign-in, so a

@@ -471,8 +471,8 @@ def test_every_key_is_documented_in_pulumi_yaml() -> None:
 
 
 def test_each_project_user_has_room_for_the_laptops_and_every_central_task() -> None:
-    from helper.server_settings import server_env_defaults
     from infra.config import CONNECTIONS_PER_SERVER
+    from mlflow_aws.server_settings import server_env_defaults
 
     defaults = server_env_defaults()
     assert (

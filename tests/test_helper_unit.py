@@ -40,6 +40,7 @@ from helper.server_settings import (
     loopback_only,
     parse_server_env,
 )
+from mlflow_aws.server_settings import ServerSettingsError
 from tests.services import MotoServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,7 +275,7 @@ def test_local_store_layout(tmp_path: Path) -> None:
 
 
 def test_server_env_parse_errors_name_the_line() -> None:
-    with pytest.raises(HelperError, match=r"f:2: expected KEY=VALUE"):
+    with pytest.raises(ServerSettingsError, match=r"f:2: expected KEY=VALUE"):
         parse_server_env("# c\nNOT A SETTING\n", "f")
 
 

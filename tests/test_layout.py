@@ -1,0 +1,69 @@
+"""The repository's layout contracts: the Pulumi program (``__main__.py``, ``infra/``,
+``projects/``) never imports the teammate helper (``helper/``); what both need (the name rule,
+the server settings) lives in ``mlflow_aws/``, which the image and the helper install."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRAM_FILES = [ROOT / "__main__.py", *sorted((ROOT / "infra").glob("*.py")),
+                 *sorted((ROOT / "projects").glob("*.py"))]  # fmt: skip
+HELPER_PACKAGES = ("helper", "mlflow_aws.helper")
+
+
+def imported_modules(path: Path) -> set[str]:
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            modules.add(node.module)
+    return modules
+
+
+def is_helper(module: str) -> bool:
+    return any(module == p or module.startswith(f"{p}.") for p in HELPER_PACKAGES)
+
+
+def test_no_program_module_imports_the_helper() -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(m for m in imported_modules(path) if is_helper(m))
+        for path in PROGRAM_FILES
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_loading_the_program_modules_loads_no_helper_module() -> None:
+    """The same, for what actually gets imported (lazy imports inside functions included
+    once the function-level imports are reached by importing every program module)."""
+    modules = [
+        ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        for p in PROGRAM_FILES
+        if p.name not in ("__main__.py", "__init__.py")
+    ]
+    script = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "import infra.config as c; c.StackConfig\n"
+        "print(sorted(m for m in sys.modules if m == 'helper' or m.startswith('helper.') "
+        "or m.startswith('mlflow_aws.helper')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_server_settings_parser_sits_beside_server_env() -> None:
+    from mlflow_aws import server_settings
+
+    assert Path(server_settings.__file__).parent == server_settings.SERVER_ENV_PATH.parent
+    assert server_settings.container_port() == int(
+        server_settings.server_env_defaults()["MLFLOW_PORT"]
+    )
