@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pulumi
-import pulumi_aws as aws
 
+from infra.account import survey
 from infra.artifact_store import ArtifactStore, ArtifactStoreArgs
-from infra.config import load_stack_config
+from infra.config import load_stack_config, role_attachment_warnings
 from infra.database import MetadataDatabase, MetadataDatabaseArgs
 from infra.server import ServiceProject, TrackingService, TrackingServiceArgs
 from infra.server_image import ServerImage, ServerImageArgs
@@ -21,6 +21,11 @@ from projects.project import MlflowProject, MlflowProjectArgs
 REPO_ROOT = Path(__file__).resolve().parent  # the server image's build context
 
 config = load_stack_config()  # raises before any resource is registered when invalid
+# What the account holds (network, engine versions, hosted zone, ...): AWS's refusals of this
+# config are raised here, before any resource is registered, too.
+account = survey(config)
+for warning in role_attachment_warnings(config.projects):
+    pulumi.log.warn(warning)
 tags = {"mlflow-aws:stack": config.stack}
 
 store = ArtifactStore(
@@ -32,8 +37,11 @@ database = MetadataDatabase(
         stack=config.stack,
         db=config.db,
         protect=config.protect,
+        network=account.network,
         tags=tags,
         client_group=config.server.enabled,  # the central server's tasks reach MySQL
+        engine_version=account.engine_version,
+        parameter_group_family=account.parameter_group_family,
     ),
 )
 image = ServerImage(
@@ -47,8 +55,7 @@ image = ServerImage(
     ),
 )
 
-region = aws.get_region_output().region
-account_id = aws.get_caller_identity_output().account_id
+region, account_id = account.region, account.account_id
 
 # One MlflowProject per configured project; its outputs are the DESIGN.md Projects entry.
 project_outputs: dict[str, pulumi.Output[dict]] = {}
@@ -75,6 +82,9 @@ for p in config.projects:
             database_ca_bundle=database.ca_bundle,
             tracking_uri=config.server.tracking_uri(p.name),
             max_user_connections=config.max_user_connections,
+            partition=account.partition,
+            ecs_tasks_principal=account.ecs_tasks_principal,
+            assume_roles=tuple(role.as_input() for role in config.assume_roles),
         ),
         # Schemas are made through the Data API once the writer runs and the admin secret holds
         # the credentials it logs in with.
@@ -89,6 +99,9 @@ for p in config.projects:
             artifact_root=project.artifact_root,
             iam_roles=p.iam_roles,
             iam_groups=p.iam_groups,
+            # A task starts only once its secret holds the bundle (the project's MySQL user
+            # exists) and its server role has its policy.
+            ready=[project.secret_version, project.schema, project.server_role_policy],
         )
     )
 
@@ -111,12 +124,17 @@ if config.server.enabled:
             repository_arn=image.repository_arn,
             region=region,
             account_id=account_id,
-            vpc_id=database.vpc_id,
-            vpc_cidr=database.vpc_cidr,
-            subnet_ids=database.subnet_ids,
+            vpc_id=account.network.vpc_id,
+            vpc_cidrs=account.network.cidrs,
+            load_balancer_subnets=account.network.load_balancer_subnets,
+            task_subnets=account.network.task_subnets,
+            assign_public_ip=account.network.assign_public_ip,
             database_client_security_group_id=database.client_security_group_id,
             protect=config.protect,
             tags=tags,
+            partition=account.partition,
+            ecs_tasks_principal=account.ecs_tasks_principal,
+            ecs_service_linked_role=account.ecs_service_linked_role,
         ),
     )
     pulumi.export("ServerUrl", service.url)

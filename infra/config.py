@@ -36,6 +36,7 @@ DB_KEYS = (
     "vpcId",
     "subnetIds",
     "caBundle",
+    "engineVersion",
 )
 PROJECT_KEYS = (
     "name",
@@ -57,6 +58,7 @@ SERVER_KEYS = (
     "minTasks",
     "maxTasks",
     "subnetIds",
+    "taskSubnetIds",
     "assignPublicIp",
 )
 
@@ -66,6 +68,34 @@ ASCII_SPACE = " \t\r\n"
 
 # A public range broader than this is a slice of the internet (two /1s are the internet).
 MIN_ALLOWED_PREFIX = 8
+# A security group holds at most 60 inbound rules, one per CIDR and port range (VPC quotas:
+# https://docs.aws.amazon.com/vpc/latest/userguide/amazon-vpc-limits.html#vpc-limits-security-groups).
+# The database's group also admits the VPC's CIDRs (up to 5) and the client group; the load
+# balancer's admits each range on 443 and 80.
+SECURITY_GROUP_RULES = 60
+MAX_DB_ALLOWED_CIDRS = SECURITY_GROUP_RULES - 10
+MAX_LB_ALLOWED_CIDRS = SECURITY_GROUP_RULES // 2 - 5
+# IAM attaches at most 10 managed policies to a group (not adjustable) and 10 to a role by
+# default, 20 at most (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html).
+MAX_POLICIES_PER_GROUP = 10
+DEFAULT_POLICIES_PER_ROLE, MAX_POLICIES_PER_ROLE = 10, 20
+# ACM: the first domain name of a certificate (its Common Name) is at most 64 octets
+# (RFC 5280; https://docs.aws.amazon.com/acm/latest/APIReference/API_RequestCertificate.html).
+MAX_CERTIFICATE_DOMAIN = 64
+
+# The Aurora MySQL version a new cluster gets (db.engineVersion). 3.10 is a long-term-support
+# minor (https://docs.aws.amazon.com/AmazonRDS/latest/AuroraUserGuide/AuroraMySQL.Update.SpecialVersions.html):
+# offered for new clusters for at least three years, where a standard minor is withdrawn about a
+# year after its release. Pause at 0 ACU needs 3.08.0 or later, the Data API on Serverless v2
+# 3.07 or later. The cluster ignores later changes of this value (Aurora upgrades it in place).
+DEFAULT_ENGINE_VERSION = "8.0.mysql_aurora.3.10.0"
+MIN_AUTO_PAUSE_ENGINE = (3, 8, 0)
+MIN_DATA_API_ENGINE = (3, 7, 0)
+_ENGINE_VERSION = re.compile(r"8\.0\.mysql_aurora\.3\.(\d{2})\.(\d+)")
+ENGINE_VERSIONS_COMMAND = (
+    "aws rds describe-db-engine-versions --engine aurora-mysql "
+    "--query 'DBEngineVersions[].EngineVersion' --region <region>"
+)
 
 # The most MySQL connections one server holds (server.env's pool size + overflow: 10).
 CONNECTIONS_PER_SERVER = connections_per_server()
@@ -98,10 +128,10 @@ _SUBNET_ID = re.compile(r"subnet-[0-9a-f]+")
 class ConfigError(pulumi.RunError):
     """Invalid stack config; the message lists every problem found."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], heading: str = "invalid stack config") -> None:
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid stack config ({len(problems)} problem(s)):\n{lines}")
+        super().__init__(f"{heading} ({len(problems)} problem(s)):\n{lines}")
 
 
 @dataclass(frozen=True)
@@ -127,6 +157,7 @@ class DatabaseConfig:
     subnet_ids: tuple[str, ...] = ()  # empty: the subnets of that VPC
     # PEM of the CAs of the database's certificate; None: AWS's bundle, fetched at deploy time
     ca_bundle: str | None = field(default=None, repr=False)
+    engine_version: str = DEFAULT_ENGINE_VERSION  # for a new cluster (Aurora upgrades it later)
 
     @property
     def publicly_accessible(self) -> bool:
@@ -147,8 +178,11 @@ class ServerConfig:
     memory: int = 1024  # MiB per task
     min_tasks: int = 1  # per project
     max_tasks: int = 3  # per project
-    subnet_ids: tuple[str, ...] = ()  # empty: the database's subnets
-    assign_public_ip: bool = True  # default VPC only: tasks need a route to ECR/S3/Secrets/Logs
+    subnet_ids: tuple[str, ...] = ()  # the load balancer's; empty: derived (infra/account.py)
+    task_subnet_ids: tuple[str, ...] = ()  # the tasks'; empty: the load balancer's
+    # Tasks need a route to ECR, S3, Secrets Manager and CloudWatch Logs: a public IP in a
+    # public subnet, or a NAT. None: decided from the task subnets' routes.
+    assign_public_ip: bool | None = None
 
     @property
     def url(self) -> str | None:
@@ -160,6 +194,36 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class AssumeRole:
+    """One role of ``aws:assumeRoles``, as the schema provider assumes it too."""
+
+    role_arn: str
+    session_name: str | None = None
+    external_id: str | None = None
+    duration_seconds: int | None = None
+    policy: str | None = None
+    policy_arns: tuple[str, ...] = ()
+    source_identity: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+    transitive_tag_keys: tuple[str, ...] = ()
+
+    def as_input(self) -> dict[str, Any]:
+        """The provider input (JSON-friendly, only what is set)."""
+        values: dict[str, Any] = {
+            "role_arn": self.role_arn,
+            "session_name": self.session_name,
+            "external_id": self.external_id,
+            "duration_seconds": self.duration_seconds,
+            "policy": self.policy,
+            "policy_arns": list(self.policy_arns),
+            "source_identity": self.source_identity,
+            "tags": dict(self.tags),
+            "transitive_tag_keys": list(self.transitive_tag_keys),
+        }
+        return {k: v for k, v in values.items() if v not in (None, [], {})}
+
+
+@dataclass(frozen=True)
 class StackConfig:
     stack: str
     mlflow_version: str
@@ -168,6 +232,8 @@ class StackConfig:
     projects: tuple[ProjectConfig, ...] = field(default_factory=tuple)
     aws_profile: str | None = None  # aws:profile, for the schema provider's own AWS calls
     server: ServerConfig = field(default_factory=ServerConfig)
+    # aws:assumeRoles, in order: the schema provider assumes them as the AWS provider does
+    assume_roles: tuple[AssumeRole, ...] = ()
 
     @property
     def max_user_connections(self) -> int:
@@ -182,6 +248,15 @@ class StackConfig:
 def stack_slug(stack: str) -> str:
     """The stack's name in AWS names: lowercase letters and digits, single hyphens."""
     return re.sub(r"[^a-z0-9]+", "-", stack.lower()).strip("-") or "stack"
+
+
+# cluster_identifier_prefix plus the provider's 26-character suffix must fit RDS's 63.
+_MAX_IDENTIFIER_PREFIX = 37
+
+
+def database_identifier(stack: str) -> str:
+    """The stack's RDS identifiers' stem: a letter first, then letters, digits, single hyphens."""
+    return f"mlflow-aws-{stack_slug(stack)}"[: _MAX_IDENTIFIER_PREFIX - 1].rstrip("-")
 
 
 def pinned_mlflow_version(requirements: Path = DOCKER_REQUIREMENTS) -> str:
@@ -283,8 +358,18 @@ def _parse_cidrs(
     key: str = "db.allowedCidrs",
     what: str = "MySQL",
     internet: bool = False,
+    most: int = MAX_DB_ALLOWED_CIDRS,
 ) -> tuple[str, ...]:
     cidrs = _as_str_list(value, key, problems)
+    if len(cidrs) > most:
+        problems.add(
+            key,
+            list(cidrs),
+            f"lists {len(cidrs)} ranges; at most {most} fit the security group (AWS allows "
+            f"{SECURITY_GROUP_RULES} inbound rules per group, one per range and port): "
+            "summarise them into fewer, wider ranges",
+        )
+        return ()
     normalised = []
     for cidr in cidrs:
         try:
@@ -360,6 +445,7 @@ def _parse_db(raw: str | None, protect: bool, problems: _Problems) -> DatabaseCo
     subnet_ids = _as_subnet_ids(db.get("subnetIds"), "db.subnetIds", problems)
     if subnet_ids and len(subnet_ids) < 2:
         problems.add("db.subnetIds", list(subnet_ids), "Aurora needs subnets in at least 2 AZs")
+    engine_version = _parse_engine_version(db.get("engineVersion"), lo, problems)
     ca_bundle = None
     if db.get("caBundle") is not None:
         from infra.rds_ca import CaBundleError, read_ca_bundle_file
@@ -396,7 +482,43 @@ def _parse_db(raw: str | None, protect: bool, problems: _Problems) -> DatabaseCo
         vpc_id=vpc_id,
         subnet_ids=subnet_ids,
         ca_bundle=ca_bundle,
+        engine_version=engine_version,
     )
+
+
+def engine_version_numbers(version: str) -> tuple[int, int, int] | None:
+    """``8.0.mysql_aurora.3.10.0`` -> (3, 10, 0); None for anything else."""
+    match = _ENGINE_VERSION.fullmatch(version)
+    return (3, int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _parse_engine_version(value: Any, min_capacity: float, problems: _Problems) -> str:
+    if value is None:
+        return DEFAULT_ENGINE_VERSION
+    numbers = engine_version_numbers(value) if isinstance(value, str) else None
+    if numbers is None:
+        problems.add(
+            "db.engineVersion",
+            value,
+            "must be an Aurora MySQL 3 version like 8.0.mysql_aurora.3.10.0 (list the current "
+            f"ones with `{ENGINE_VERSIONS_COMMAND}`)",
+        )
+        return DEFAULT_ENGINE_VERSION
+    if numbers < MIN_DATA_API_ENGINE:
+        problems.add(
+            "db.engineVersion",
+            value,
+            "is older than 3.07: the RDS Data API (how pulumi up creates each project's schema) "
+            "needs Aurora MySQL 3.07 or later on Serverless v2",
+        )
+    elif min_capacity == 0 and numbers < MIN_AUTO_PAUSE_ENGINE:
+        problems.add(
+            "db.engineVersion",
+            value,
+            "is older than 3.08.0, which pausing at 0 ACU (db.minCapacity 0) needs: pick "
+            "3.08.0 or later, or set db.minCapacity to 0.5 or more",
+        )
+    return str(value)
 
 
 def _as_domain(value: Any, key: str, problems: _Problems) -> str | None:
@@ -487,11 +609,15 @@ def _parse_server(
             list(subnet_ids),
             "a load balancer needs subnets in at least 2 availability zones",
         )
-    # The account's default VPC has public subnets and no NAT: tasks there need a public IP to
-    # reach ECR, S3, Secrets Manager and CloudWatch. Your own VPC: your NAT or VPC endpoints.
-    default_vpc = not (subnet_ids or db.subnet_ids or db.vpc_id)
-    assign_public_ip = _as_bool(
-        server.get("assignPublicIp"), "server.assignPublicIp", problems, default_vpc
+    task_subnet_ids = _as_subnet_ids(server.get("taskSubnetIds"), "server.taskSubnetIds", problems)
+    if len(set(task_subnet_ids)) != len(task_subnet_ids):
+        problems.add("server.taskSubnetIds", list(task_subnet_ids), "lists a subnet twice")
+    # Unset: decided from the task subnets' routes (infra/account.py): a public IP in a public
+    # subnet (the default VPC), none behind a NAT.
+    assign_public_ip = (
+        None
+        if server.get("assignPublicIp") is None
+        else _as_bool(server.get("assignPublicIp"), "server.assignPublicIp", problems, False)
     )
     # Everyone may reach the load balancer (0.0.0.0/0) only because every request must sign in.
     allowed_cidrs = _parse_cidrs(
@@ -500,7 +626,16 @@ def _parse_server(
         "server.allowedCidrs",
         "the load balancer",
         internet=True,
+        most=MAX_LB_ALLOWED_CIDRS,
     )
+    if zone is not None and domain is not None and len(domain) > MAX_CERTIFICATE_DOMAIN:
+        problems.add(
+            "server.domainName",
+            domain,
+            f"is {len(domain)} characters; ACM issues a certificate only for a name of at most "
+            f"{MAX_CERTIFICATE_DOMAIN} (its Common Name): pick a shorter name, or bring your "
+            "own certificate (server.certificateArn)",
+        )
 
     if enabled:
         if domain is None and "domainName" not in server:
@@ -538,6 +673,7 @@ def _parse_server(
         min_tasks=min_tasks,
         max_tasks=max_tasks,
         subnet_ids=subnet_ids,
+        task_subnet_ids=task_subnet_ids,
         assign_public_ip=assign_public_ip,
     )
 
@@ -592,8 +728,155 @@ def _parse_projects(raw: str | None, problems: _Problems) -> tuple[ProjectConfig
     ]
     for message in collisions([n.strip(ASCII_SPACE) for n in raw_names if isinstance(n, str)]):
         problems.items.append(f"{_key('projects')}: {message}")
-    parsed = [_parse_project(item, i, problems) for i, item in enumerate(items)]
-    return tuple(p for p in parsed if p is not None)
+    parsed = [p for p in (_parse_project(item, i, problems) for i, item in enumerate(items)) if p]
+    _check_attachments(parsed, problems)
+    return tuple(parsed)
+
+
+def _check_attachments(projects: list[ProjectConfig], problems: _Problems) -> None:
+    """Each project attaches its own managed policy to each of its groups and roles: IAM's
+    per-group and per-role limits bound how many projects may share one."""
+    for kind, most in (("iamGroups", MAX_POLICIES_PER_GROUP), ("iamRoles", MAX_POLICIES_PER_ROLE)):
+        sharing: dict[str, list[str]] = {}
+        for p in projects:
+            for principal in p.iam_groups if kind == "iamGroups" else p.iam_roles:
+                sharing.setdefault(principal, []).append(p.name)
+        for principal, names in sorted(sharing.items()):
+            if len(names) > most:
+                what = "group" if kind == "iamGroups" else "role"
+                problems.items.append(
+                    f"{_key('projects')}: {len(names)} projects list {what} {principal!r} in "
+                    f"{kind} ({', '.join(names)}), but IAM attaches at most {most} managed "
+                    f"policies to a {what}, and each project attaches its own: spread them over "
+                    f"several {what}s"
+                )
+
+
+def role_attachment_warnings(projects: tuple[ProjectConfig, ...]) -> list[str]:
+    """Roles that get more project policies than IAM's default quota (10; up to 20 on request)."""
+    counts: dict[str, int] = {}
+    for p in projects:
+        for role in p.iam_roles:
+            counts[role] = counts.get(role, 0) + 1
+    return [
+        f"role {role!r} gets the policies of {n} projects; IAM attaches at most "
+        f"{DEFAULT_POLICIES_PER_ROLE} managed policies to a role unless the quota 'Managed "
+        "policies per role' was raised (Service Quotas, IAM): raise it first, or spread the "
+        "projects over several roles"
+        for role, n in sorted(counts.items())
+        if n > DEFAULT_POLICIES_PER_ROLE
+    ]
+
+
+# Settings of the AWS provider that choose who its calls run as. The schema provider is a
+# dynamic provider: its own boto3 client sees the environment, aws:profile and aws:assumeRoles
+# (passed to it), nothing else, so these would silently make its RDS Data API calls run as
+# another identity than every other resource's: refused, with where to put them instead.
+_UNPASSED_IDENTITY_SETTINGS = {
+    "aws:accessKey": "the environment (AWS_ACCESS_KEY_ID) or a profile (aws:profile)",
+    "aws:secretKey": "the environment (AWS_SECRET_ACCESS_KEY) or a profile (aws:profile)",
+    "aws:token": "the environment (AWS_SESSION_TOKEN) or a profile (aws:profile)",
+    "aws:assumeRoleWithWebIdentity": "a profile with web_identity_token_file (aws:profile)",
+    "aws:sharedCredentialsFiles": "the environment (AWS_SHARED_CREDENTIALS_FILE)",
+    "aws:sharedConfigFiles": "the environment (AWS_CONFIG_FILE)",
+}
+_ASSUME_ROLE_KEYS = {
+    "roleArn": "role_arn",
+    "sessionName": "session_name",
+    "externalId": "external_id",
+    "duration": "duration_seconds",
+    "policy": "policy",
+    "policyArns": "policy_arns",
+    "sourceIdentity": "source_identity",
+    "tags": "tags",
+    "transitiveTagKeys": "transitive_tag_keys",
+}
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+_GO_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+MIN_ROLE_SESSION_S, MAX_ROLE_SESSION_S = 900, 43200  # STS AssumeRole DurationSeconds
+
+
+def _seconds(duration: Any) -> int | None:
+    """A Go duration the AWS provider takes ("1h", "15m", "1h30m", "900s") in seconds."""
+    match = _GO_DURATION.fullmatch(duration) if isinstance(duration, str) and duration else None
+    if match is None:
+        return None
+    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def _parse_assume_roles(raw: str | None, problems: _Problems) -> tuple[AssumeRole, ...]:
+    if raw is None:
+        return ()
+    key = "aws:assumeRoles"
+    items: Any = _parse_json_or_text(raw)
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        problems.items.append(f"{key}: must be a list of objects with roleArn")
+        return ()
+    roles = []
+    for index, item in enumerate(items):
+        where = f"{key}[{index}]"
+        unknown = sorted(set(item) - set(_ASSUME_ROLE_KEYS))
+        if unknown:
+            problems.items.append(f"{where}: unknown key(s) {', '.join(unknown)}")
+        arn = item.get("roleArn")
+        if not (isinstance(arn, str) and _ROLE_ARN.fullmatch(arn)):
+            problems.items.append(
+                f"{where}.roleArn = {json.dumps(arn)}: must be a role ARN like "
+                "arn:aws:iam::123456789012:role/deployer"
+            )
+            continue
+        duration = None
+        if item.get("duration") is not None:
+            duration = _seconds(item["duration"])
+            if duration is None or not MIN_ROLE_SESSION_S <= duration <= MAX_ROLE_SESSION_S:
+                problems.items.append(
+                    f"{where}.duration = {json.dumps(item['duration'])}: must be a duration "
+                    "from 15m to 12h (like 1h)"
+                )
+                duration = None
+        tags = item.get("tags") or {}
+        roles.append(
+            AssumeRole(
+                role_arn=arn,
+                session_name=item.get("sessionName") or None,
+                external_id=item.get("externalId") or None,
+                duration_seconds=duration,
+                policy=item.get("policy") or None,
+                policy_arns=tuple(item.get("policyArns") or ()),
+                source_identity=item.get("sourceIdentity") or None,
+                tags=tuple(sorted((str(k), str(v)) for k, v in dict(tags).items())),
+                transitive_tag_keys=tuple(item.get("transitiveTagKeys") or ()),
+            )
+        )
+    return tuple(roles)
+
+
+def _check_provider_identity(values: Mapping[str, str], problems: _Problems) -> None:
+    for setting, instead in _UNPASSED_IDENTITY_SETTINGS.items():
+        if values.get(setting):
+            # The value may be a secret: never repeated here.
+            problems.items.append(
+                f"{setting} is set in the stack config, but the schema provider (a dynamic "
+                "provider, its own AWS client) does not see it: its RDS Data API calls would "
+                f"run as another identity than the rest of pulumi up. Put it in {instead} "
+                "instead, or use aws:assumeRoles, which the schema provider follows"
+            )
+    endpoints = _parse_json_or_text(values.get("aws:endpoints") or "[]")
+    named = {
+        str(k) for item in endpoints if isinstance(item, dict) for k, v in item.items() if v
+    } if isinstance(endpoints, list) else set()  # fmt: skip
+    for service, variable in (
+        ("rdsdata", "AWS_ENDPOINT_URL_RDS_DATA"),
+        ("sts", "AWS_ENDPOINT_URL_STS"),
+    ):
+        if service in named:
+            problems.items.append(
+                f"aws:endpoints sets {service}, which the schema provider does not see: set "
+                f"{variable} in the environment pulumi runs in instead"
+            )
 
 
 def parse_stack_config(values: Mapping[str, str], stack: str) -> StackConfig:
@@ -616,7 +899,9 @@ def parse_stack_config(values: Mapping[str, str], stack: str) -> StackConfig:
         projects=_parse_projects(ours.get("projects"), problems),
         aws_profile=values.get("aws:profile") or None,
         server=_parse_server(ours.get("server"), values.get("aws:region"), db, problems),
+        assume_roles=_parse_assume_roles(values.get("aws:assumeRoles"), problems),
     )
+    _check_provider_identity(values, problems)
     if problems.items:
         raise ConfigError(problems.items)
     return config

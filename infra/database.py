@@ -8,35 +8,25 @@ The admin password is generated here (Pulumi secret, and in Secrets Manager for 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from infra.config import DatabaseConfig, stack_slug
+from infra.account import PARAMETER_GROUP_FAMILY, Network
+from infra.config import DEFAULT_ENGINE_VERSION, DatabaseConfig, database_identifier
 from infra.rds_ca import fetch_rds_ca_bundle
 from mlflow_aws.names import MASTER_USERNAME
 
 ENGINE = aws.rds.EngineType.AURORA_MYSQL
-# 3.08 is the first Aurora MySQL release that scales Serverless v2 to 0 ACU (auto-pause); the
-# RDS Data API needs 3.07 or later on Serverless v2 (and is not offered in every region).
-ENGINE_VERSION = "8.0.mysql_aurora.3.08.2"
-PARAMETER_GROUP_FAMILY = "aurora-mysql8.0"
 PORT = 3306
 ADMIN_USERNAME = MASTER_USERNAME  # the name rule keeps every project off this account
 # Aurora allows 8-41 characters. Only URL-unreserved specials, so the password can sit in a
 # mysql+pymysql:// URL unquoted and never trips over MySQL's forbidden / @ " characters.
 PASSWORD_LENGTH = 40
 MYSQL_SAFE_SPECIALS = "-_.~"
-# cluster_identifier_prefix plus the provider's 26-character suffix must fit 63 characters.
-_MAX_IDENTIFIER_PREFIX = 37
-
-
-def _identifier(stack: str) -> str:
-    """RDS identifiers: a letter first, then letters, digits and single hyphens."""
-    return f"mlflow-aws-{stack_slug(stack)}"[: _MAX_IDENTIFIER_PREFIX - 1].rstrip("-")
 
 
 @dataclass
@@ -44,9 +34,12 @@ class MetadataDatabaseArgs:
     stack: str
     db: DatabaseConfig
     protect: bool  # final snapshot and Pulumi protect on the cluster
+    network: Network  # the VPC, its CIDRs and the database's subnets (infra/account.py)
     tags: Mapping[str, str] = field(default_factory=dict)
     # A security group whose members (the central server's tasks) may reach MySQL.
     client_group: bool = False
+    engine_version: str = DEFAULT_ENGINE_VERSION  # checked offered by infra/account.py
+    parameter_group_family: str = PARAMETER_GROUP_FAMILY
 
 
 class MetadataDatabase(pulumi.ComponentResource):
@@ -65,9 +58,6 @@ class MetadataDatabase(pulumi.ComponentResource):
     instance: aws.rds.ClusterInstance
     admin_secret_value: aws.secretsmanager.SecretVersion
     client_security_group_id: pulumi.Output[str] | None  # members may reach MySQL
-    vpc_id: pulumi.Output[str]
-    vpc_cidr: pulumi.Output[str]
-    subnet_ids: pulumi.Input[list[str]]
 
     def __init__(
         self, name: str, args: MetadataDatabaseArgs, opts: pulumi.ResourceOptions | None = None
@@ -76,13 +66,14 @@ class MetadataDatabase(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         db = args.db
         tags = {**args.tags, "mlflow-aws:component": "metadata-database"}
-        identifier = _identifier(args.stack)
+        identifier = database_identifier(args.stack)
+        network = args.network
+        vpc_id = network.vpc_id
 
-        vpc_id, vpc_cidr, subnet_ids = self._network(db)
         subnet_group = aws.rds.SubnetGroup(
             f"{name}-subnets",
             aws.rds.SubnetGroupArgs(
-                subnet_ids=subnet_ids,
+                subnet_ids=list(network.database_subnets),
                 description=f"mlflow-aws {args.stack} metadata database",
                 tags=tags,
             ),
@@ -107,7 +98,7 @@ class MetadataDatabase(pulumi.ComponentResource):
             aws.ec2.SecurityGroupArgs(
                 vpc_id=vpc_id,
                 description="MySQL access to the mlflow-aws metadata database",
-                ingress=self._ingress(db, vpc_cidr, client_group.id if client_group else None),
+                ingress=self._ingress(db, network.cidrs, client_group.id if client_group else None),
                 # No egress rules: the database never initiates connections.
                 tags=tags,
             ),
@@ -116,7 +107,7 @@ class MetadataDatabase(pulumi.ComponentResource):
         parameter_group = aws.rds.ClusterParameterGroup(
             f"{name}-params",
             aws.rds.ClusterParameterGroupArgs(
-                family=PARAMETER_GROUP_FAMILY,
+                family=args.parameter_group_family,
                 description="mlflow-aws: TLS-only connections; MLflow's triggers without SUPER",
                 parameters=[
                     # Credentials never cross the network in clear text, even inside the VPC.
@@ -158,7 +149,7 @@ class MetadataDatabase(pulumi.ComponentResource):
             aws.rds.ClusterArgs(
                 cluster_identifier_prefix=f"{identifier}-",
                 engine=ENGINE,
-                engine_version=ENGINE_VERSION,
+                engine_version=args.engine_version,
                 engine_mode="provisioned",  # Serverless v2 is "provisioned" + db.serverless
                 serverlessv2_scaling_configuration=aws.rds.ClusterServerlessv2ScalingConfigurationArgs(
                     min_capacity=db.min_capacity,
@@ -195,7 +186,7 @@ class MetadataDatabase(pulumi.ComponentResource):
                 protect=args.protect,
                 additional_secret_outputs=["masterPassword"],
                 # Aurora applies minor upgrades itself; without this the next `pulumi up`
-                # would try to move the cluster back to ENGINE_VERSION, which AWS refuses.
+                # would try to move the cluster back to db.engineVersion, which AWS refuses.
                 ignore_changes=["engine_version"],
             ),
         )
@@ -269,7 +260,6 @@ class MetadataDatabase(pulumi.ComponentResource):
             self.ca_bundle = region.apply(fetch_rds_ca_bundle)
         self.security_group_id = security_group.id
         self.client_security_group_id = client_group.id if client_group else None
-        self.vpc_id, self.vpc_cidr, self.subnet_ids = vpc_id, vpc_cidr, subnet_ids
         self.register_outputs(
             {
                 "endpoint": self.endpoint,
@@ -283,55 +273,31 @@ class MetadataDatabase(pulumi.ComponentResource):
                 "security_group_id": self.security_group_id,
                 "ca_bundle": self.ca_bundle,
                 "client_security_group_id": self.client_security_group_id,
-                "vpc_id": self.vpc_id,
             }
         )
-
-    def _network(
-        self, db: DatabaseConfig
-    ) -> tuple[pulumi.Output[str], pulumi.Output[str], pulumi.Input[list[str]]]:
-        """The VPC (id, IPv4 CIDR) and subnets: configured ones, else the default VPC's."""
-        invoke = pulumi.InvokeOutputOptions(parent=self)
-        if db.vpc_id:
-            vpc = aws.ec2.get_vpc_output(id=db.vpc_id, opts=invoke)
-        elif db.subnet_ids:
-            subnet = aws.ec2.get_subnet_output(id=db.subnet_ids[0], opts=invoke)
-            vpc = aws.ec2.get_vpc_output(id=subnet.vpc_id, opts=invoke)
-        else:
-            vpc = aws.ec2.get_vpc_output(default=True, opts=invoke)
-        subnet_ids: pulumi.Input[list[str]]
-        if db.subnet_ids:
-            subnet_ids = list(db.subnet_ids)
-        else:
-            subnet_ids = aws.ec2.get_subnets_output(
-                filters=vpc.id.apply(
-                    lambda vid: [aws.ec2.GetSubnetsFilterArgs(name="vpc-id", values=[vid])]
-                ),
-                opts=invoke,
-            ).ids
-        return vpc.id, vpc.cidr_block, subnet_ids
 
     @staticmethod
     def _ingress(
         db: DatabaseConfig,
-        vpc_cidr: pulumi.Output[str],
+        vpc_cidrs: Sequence[str],
         client_group_id: pulumi.Output[str] | None = None,
     ) -> list[aws.ec2.SecurityGroupIngressArgs]:
-        """MySQL from inside the VPC (always: VPN, EC2, ECS), from the members of the client
-        group (the central server's tasks), plus exactly db.allowedCidrs."""
+        """MySQL from inside the VPC (always: VPN, EC2, ECS; every IPv4 CIDR of the VPC), from
+        the members of the client group (the central server's tasks), plus exactly
+        db.allowedCidrs. (Rule descriptions: EC2 admits only a-zA-Z0-9. _-:/()#,@[]+=&;{}!$*)"""
         rules = [
             aws.ec2.SecurityGroupIngressArgs(
                 description="MySQL from inside the VPC",
                 protocol="tcp",
                 from_port=PORT,
                 to_port=PORT,
-                cidr_blocks=[vpc_cidr],
+                cidr_blocks=list(vpc_cidrs),
             )
         ]
         if client_group_id is not None:
             rules.append(
                 aws.ec2.SecurityGroupIngressArgs(
-                    description="MySQL from the central server's tasks (the client group)",
+                    description="MySQL from the tasks of the central server (the client group)",
                     protocol="tcp",
                     from_port=PORT,
                     to_port=PORT,

@@ -63,6 +63,10 @@ SCALE_OUT_COOLDOWN_SECONDS = 60
 SCALE_IN_COOLDOWN_SECONDS = 300
 MAX_RULE_PRIORITY = 50_000
 HTTPS_PORT, HTTP_PORT = 443, 80
+# A rollout must reach steady state for `pulumi up` to succeed: the first task may wait for
+# another's migration (MLFLOW_AWS_DB_MIGRATION_LOCK_SECONDS, 540 s) and gets
+# HEALTH_CHECK_GRACE_SECONDS to turn healthy; then the old tasks drain.
+ROLLOUT_TIMEOUT = "30m"
 # The image's server port, from mlflow_aws/server.env (the one definition the image bakes).
 CONTAINER_PORT = container_port()
 
@@ -154,7 +158,7 @@ def container_definitions(
     return json.dumps([container], sort_keys=True)
 
 
-def group_lookup_policy(account_id: str) -> str:
+def group_lookup_policy(account_id: str, partition: str = "aws") -> str:
     """The sign-in app asks IAM which groups an IAM user is in (iamGroups): that, nothing more."""
     return json.dumps(
         {
@@ -164,7 +168,7 @@ def group_lookup_policy(account_id: str) -> str:
                     "Sid": "AllowedGroupsOfCallers",
                     "Effect": "Allow",
                     "Action": ["iam:ListGroupsForUser"],
-                    "Resource": [f"arn:aws:iam::{account_id}:user/*"],
+                    "Resource": [f"arn:{partition}:iam::{account_id}:user/*"],
                 }
             ],
         }
@@ -196,14 +200,14 @@ def execution_role_policy(repository_arn: str, secret_arn: str, log_group_arn: s
     )
 
 
-def execution_trust_policy(account_id: str) -> str:
+def execution_trust_policy(account_id: str, principal: str = "ecs-tasks.amazonaws.com") -> str:
     return json.dumps(
         {
             "Version": "2012-10-17",
             "Statement": [
                 {
                     "Effect": "Allow",
-                    "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+                    "Principal": {"Service": principal},
                     "Action": "sts:AssumeRole",
                     "Condition": {"StringEquals": {"aws:SourceAccount": account_id}},
                 }
@@ -223,6 +227,9 @@ class ServiceProject:
     artifact_root: pulumi.Input[str]  # s3://<bucket>/<project>
     iam_roles: tuple[str, ...] = ()
     iam_groups: tuple[str, ...] = ()
+    # What a task reads when it starts: the connection secret's value (written once the
+    # project's MySQL user exists) and the server role's policy. The service waits for them.
+    ready: Sequence[pulumi.Resource] = ()
 
 
 @dataclass
@@ -234,12 +241,18 @@ class TrackingServiceArgs:
     repository_arn: pulumi.Input[str]
     region: pulumi.Input[str]
     account_id: pulumi.Input[str]
-    vpc_id: pulumi.Input[str]
-    vpc_cidr: pulumi.Input[str]
-    subnet_ids: pulumi.Input[Sequence[str]]  # the database's; server.subnetIds wins
+    vpc_id: str
+    vpc_cidrs: Sequence[str]  # every IPv4 CIDR of the VPC
+    load_balancer_subnets: Sequence[str]  # one per AZ (infra/account.py checked them)
+    task_subnets: Sequence[str]
+    assign_public_ip: bool
     database_client_security_group_id: pulumi.Input[str]
     protect: bool = False
     tags: Mapping[str, str] = field(default_factory=dict)
+    partition: str = "aws"
+    ecs_tasks_principal: str = "ecs-tasks.amazonaws.com"
+    # Create the ECS service-linked role: an account that never ran ECS has none.
+    ecs_service_linked_role: bool = False
 
 
 class TrackingService(pulumi.ComponentResource):
@@ -262,9 +275,7 @@ class TrackingService(pulumi.ComponentResource):
         domain = server.domain_name
         child = pulumi.ResourceOptions(parent=self)
         tags = {**args.tags, "mlflow-aws:component": "tracking-service"}
-        subnets: pulumi.Input[Sequence[str]] = (
-            list(server.subnet_ids) if server.subnet_ids else args.subnet_ids
-        )
+        vpc_cidrs = list(args.vpc_cidrs)
         # Default: the VPC for an internal load balancer, the internet for a public one (every
         # request but health must sign in with an allowed AWS identity).
         allowed = list(server.allowed_cidrs) or (None if server.internal else ["0.0.0.0/0"])
@@ -281,7 +292,7 @@ class TrackingService(pulumi.ComponentResource):
                         protocol="tcp",
                         from_port=port,
                         to_port=port,
-                        cidr_blocks=allowed or [args.vpc_cidr],
+                        cidr_blocks=allowed or vpc_cidrs,
                     )
                     for what, port in (("HTTPS", HTTPS_PORT), ("HTTP (redirected)", HTTP_PORT))
                 ],
@@ -291,7 +302,7 @@ class TrackingService(pulumi.ComponentResource):
                         protocol="tcp",
                         from_port=CONTAINER_PORT,
                         to_port=CONTAINER_PORT,
-                        cidr_blocks=[args.vpc_cidr],
+                        cidr_blocks=vpc_cidrs,
                     )
                 ],
                 tags=tags,
@@ -325,7 +336,7 @@ class TrackingService(pulumi.ComponentResource):
                         protocol="tcp",
                         from_port=MYSQL_PORT,
                         to_port=MYSQL_PORT,
-                        cidr_blocks=[args.vpc_cidr],
+                        cidr_blocks=vpc_cidrs,
                     ),
                 ],
                 tags=tags,
@@ -375,7 +386,7 @@ class TrackingService(pulumi.ComponentResource):
                 load_balancer_type="application",
                 internal=server.internal,
                 security_groups=[lb_sg.id],
-                subnets=subnets,
+                subnets=list(args.load_balancer_subnets),
                 idle_timeout=IDLE_TIMEOUT_SECONDS,
                 drop_invalid_header_fields=True,
                 enable_deletion_protection=args.protect,
@@ -453,12 +464,28 @@ class TrackingService(pulumi.ComponentResource):
             child,
         )
 
+        # An account that never ran ECS has no service-linked role; the first service would
+        # fail with "Unable to assume the service linked role". Kept when the stack goes: other
+        # ECS users of the account need it.
+        linked_role = (
+            aws.iam.ServiceLinkedRole(
+                f"{name}-ecs-service-linked-role",
+                aws.iam.ServiceLinkedRoleArgs(
+                    aws_service_name="ecs.amazonaws.com", tags={"mlflow-aws:stack": args.stack}
+                ),
+                pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+            )
+            if args.ecs_service_linked_role
+            else None
+        )
+
         priorities = rule_priorities([p.name for p in args.projects])
         self.service_names = {}
         for project in args.projects:
             self.service_names[project.name] = self._project_service(
-                name, project, args, cluster, lb, https, task_sg, subnets, priorities, domain, tags
-            )
+                name, project, args, cluster, lb, https, task_sg, priorities, domain, tags,
+                [linked_role] if linked_role else [],
+            )  # fmt: skip
 
         self.url = pulumi.Output.from_input(f"https://{domain}")
         self.tracking_uris = {p.name: f"https://{domain}/{p.name}" for p in args.projects}
@@ -489,10 +516,10 @@ class TrackingService(pulumi.ComponentResource):
         lb: aws.lb.LoadBalancer,
         https: aws.lb.Listener,
         task_sg: aws.ec2.SecurityGroup,
-        subnets: pulumi.Input[Sequence[str]],
         priorities: Mapping[str, int],
         domain: str,
         tags: Mapping[str, str],
+        account_ready: Sequence[pulumi.Resource],
     ) -> pulumi.Output[str]:
         """One project's target group, path rule, roles, logs, task definition, service and
         scaling; returns the service's name."""
@@ -561,7 +588,7 @@ class TrackingService(pulumi.ComponentResource):
                 name_prefix=f"mlflow-aws-{p}-exec-"[:38],
                 description=f"ECS: start project {p}'s MLflow tasks (stack {args.stack})",
                 assume_role_policy=pulumi.Output.from_input(args.account_id).apply(
-                    execution_trust_policy
+                    lambda account: execution_trust_policy(account, args.ecs_tasks_principal)
                 ),
                 tags=tags,
             ),
@@ -587,7 +614,9 @@ class TrackingService(pulumi.ComponentResource):
                     role=pulumi.Output.from_input(project.server_role_arn).apply(
                         lambda arn: arn.rsplit("/", 1)[-1]
                     ),
-                    policy=pulumi.Output.from_input(args.account_id).apply(group_lookup_policy),
+                    policy=pulumi.Output.from_input(args.account_id).apply(
+                        lambda account: group_lookup_policy(account, args.partition)
+                    ),
                 ),
                 child,
             )
@@ -636,9 +665,9 @@ class TrackingService(pulumi.ComponentResource):
                 launch_type="FARGATE",
                 platform_version="LATEST",
                 network_configuration=aws.ecs.ServiceNetworkConfigurationArgs(
-                    subnets=subnets,
+                    subnets=list(args.task_subnets),
                     security_groups=[task_sg.id, args.database_client_security_group_id],
-                    assign_public_ip=server.assign_public_ip,
+                    assign_public_ip=args.assign_public_ip,
                 ),
                 load_balancers=[
                     aws.ecs.ServiceLoadBalancerArgs(
@@ -658,15 +687,25 @@ class TrackingService(pulumi.ComponentResource):
                 enable_ecs_managed_tags=True,
                 propagate_tags="SERVICE",
                 enable_execute_command=False,
+                # `pulumi up` fails unless the rollout reaches steady state: without this a
+                # first deployment whose tasks all fail (the circuit breaker stops it, with no
+                # earlier one to roll back to) reports success and leaves 0 tasks.
+                wait_for_steady_state=True,
                 tags=tags,
             ),
             pulumi.ResourceOptions(
                 parent=self,
-                # The target group must be attached to the load balancer first, and the first
-                # tasks must be able to pull the image and read the secret.
-                depends_on=[rule, execution_policy],
+                # The target group must be attached to the load balancer first; the first
+                # tasks must be able to pull the image, read the secret's value (written once
+                # the project's MySQL user exists) and use the server role.
+                depends_on=[rule, execution_policy, *project.ready, *account_ready],
                 # Autoscaling owns the task count between minTasks and maxTasks.
                 ignore_changes=["desiredCount"],
+                # Past this, `pulumi up` fails naming the service: its events (aws ecs
+                # describe-services) and its tasks' log group say why (README, Troubleshooting).
+                custom_timeouts=pulumi.CustomTimeouts(
+                    create=ROLLOUT_TIMEOUT, update=ROLLOUT_TIMEOUT
+                ),
             ),
         )
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from projects.schema_sql import SchemaProviderError, SqlValue, Statement
@@ -76,11 +76,12 @@ class DataApiExecutor:
         *,
         resume_wait_seconds: float = DEFAULT_RESUME_WAIT_SECONDS,
         aws_profile: str | None = None,
+        assume_roles: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.cluster_arn = cluster_arn
         self.secret_arn = secret_arn
         self.resume_wait_seconds = resume_wait_seconds
-        self._client = _client(region_of(cluster_arn), aws_profile)
+        self._client = _client(region_of(cluster_arn), aws_profile, assume_roles)
 
     # -- statements --------------------------------------------------------------------------
     def run(self, statement: Statement, transaction_id: str | None = None) -> list[tuple[Any, ...]]:
@@ -185,7 +186,58 @@ class DataApiExecutor:
         return SchemaProviderError(f"the database refused{shown}: {code}: {message}")
 
 
-def _client(region: str, aws_profile: str | None) -> Any:
+DEFAULT_SESSION_NAME = "mlflow-aws-schema"
+
+
+def _assumed(session: Any, region: str, role: Mapping[str, Any], index: int) -> Any:
+    """A session as ``role`` (one item of ``aws:assumeRoles``), made from ``session``: the
+    identity the stack's AWS provider uses, so every call of ``pulumi up`` runs as one."""
+    import boto3
+    from botocore import exceptions as bx
+
+    request: dict[str, Any] = {
+        "RoleArn": role["role_arn"],
+        "RoleSessionName": role.get("session_name") or DEFAULT_SESSION_NAME,
+    }
+    for key, name in (("external_id", "ExternalId"), ("policy", "Policy"),
+                      ("source_identity", "SourceIdentity")):  # fmt: skip
+        if role.get(key):
+            request[name] = role[key]
+    if role.get("duration_seconds"):
+        request["DurationSeconds"] = int(role["duration_seconds"])
+    if role.get("policy_arns"):
+        request["PolicyArns"] = [{"arn": arn} for arn in role["policy_arns"]]
+    if role.get("tags"):
+        request["Tags"] = [{"Key": k, "Value": v} for k, v in sorted(role["tags"].items())]
+    if role.get("transitive_tag_keys"):
+        request["TransitiveTagKeys"] = list(role["transitive_tag_keys"])
+    where = f"aws:assumeRoles[{index}] ({role['role_arn']})"
+    try:
+        credentials = session.client("sts", region_name=region).assume_role(**request)[
+            "Credentials"
+        ]
+    except bx.ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise SchemaProviderError(
+            f"the schema provider could not assume {where}, as the stack's AWS provider does: "
+            f"{error.get('Code', '?')}: {error.get('Message', '')}"
+        ) from None
+    except (bx.NoCredentialsError, bx.PartialCredentialsError) as exc:
+        raise SchemaProviderError(
+            f"no AWS credentials to assume {where} with ({exc}): run pulumi with the "
+            "credentials you deploy with"
+        ) from None
+    return boto3.session.Session(
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+        region_name=region,
+    )
+
+
+def _client(
+    region: str, aws_profile: str | None, assume_roles: Sequence[Mapping[str, Any]] = ()
+) -> Any:
     import boto3
     from botocore.config import Config
     from botocore.exceptions import ProfileNotFound
@@ -196,6 +248,8 @@ def _client(region: str, aws_profile: str | None) -> Any:
         raise SchemaProviderError(
             f"{exc}: set aws:profile (or AWS_PROFILE) to a profile of your AWS config"
         ) from None
+    for index, role in enumerate(assume_roles):
+        session = _assumed(session, region, role, index)
     return session.client(
         "rds-data",
         config=Config(

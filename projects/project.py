@@ -90,6 +90,10 @@ class MlflowProjectArgs:
     # https://<domain>/<project> when the stack runs the central server (server.enabled): in
     # the bundle (null otherwise) and in the Projects entry (only then).
     tracking_uri: str | None = None
+    partition: str = "aws"  # of every ARN written here (aws-cn, aws-us-gov: infra/account.py)
+    ecs_tasks_principal: str = "ecs-tasks.amazonaws.com"
+    # aws:assumeRoles: the provider's Data API calls run as the identity the AWS provider uses
+    assume_roles: tuple[dict[str, Any], ...] = ()
 
 
 OBJECT_ACTIONS = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
@@ -124,7 +128,9 @@ def server_policy_document(bucket_arn: str, prefix: str) -> PolicyDocument:
     return {"Version": "2012-10-17", "Statement": prefix_statements(bucket_arn, prefix)}
 
 
-def server_trust_policy(account_id: str) -> dict[str, Any]:
+def server_trust_policy(
+    account_id: str, partition: str = "aws", ecs_tasks: str = "ecs-tasks.amazonaws.com"
+) -> dict[str, Any]:
     """Who may become the server role: principals of this account that are allowed to (the
     project policy allows exactly this role), and ECS tasks of this account."""
     return {
@@ -133,13 +139,13 @@ def server_trust_policy(account_id: str) -> dict[str, Any]:
             {
                 "Sid": "HoldersOfTheProjectPolicy",
                 "Effect": "Allow",
-                "Principal": {"AWS": f"arn:aws:iam::{account_id}:root"},
+                "Principal": {"AWS": f"arn:{partition}:iam::{account_id}:root"},
                 "Action": "sts:AssumeRole",
             },
             {
                 "Sid": "CentralServerTasks",
                 "Effect": "Allow",
-                "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+                "Principal": {"Service": ecs_tasks},
                 "Action": "sts:AssumeRole",
                 "Condition": {"StringEquals": {"aws:SourceAccount": account_id}},
             },
@@ -245,6 +251,7 @@ class MlflowProject(pulumi.ComponentResource):
                 drop_data_on_remove=p.drop_data_on_remove,
                 adopt_existing_schema=p.adopt_existing_schema,
                 aws_profile=args.aws_profile,
+                assume_roles=list(args.assume_roles),
                 max_user_connections=args.max_user_connections,
             ),
             opts=pulumi.ResourceOptions(
@@ -265,14 +272,16 @@ class MlflowProject(pulumi.ComponentResource):
                 name_prefix=f"mlflow-aws-{p.name}-"[:38],
                 description=f"MLflow server of project {p.name} (stack {stack}): its S3 prefix",
                 assume_role_policy=pulumi.Output.from_input(args.account_id).apply(
-                    lambda account: json.dumps(server_trust_policy(account))
+                    lambda account: json.dumps(
+                        server_trust_policy(account, args.partition, args.ecs_tasks_principal)
+                    )
                 ),
                 max_session_duration=SERVER_ROLE_MAX_SESSION_SECONDS,
                 tags=tags,
             ),
             opts=child,
         )
-        aws.iam.RolePolicy(
+        self.server_role_policy = aws.iam.RolePolicy(
             f"{name}-server-role-policy",
             aws.iam.RolePolicyArgs(
                 role=self.server_role.id,

@@ -84,6 +84,7 @@ INPUT_KEYS = (
     "max_user_connections",
     "resume_wait_seconds",
     "aws_profile",
+    "assume_roles",
 )
 SECRET_KEYS = ("password",)
 REPLACE_KEYS = ("project", "schema", "username")  # a different schema or user is another thing
@@ -95,6 +96,7 @@ LEGACY_KEYS = ("admin_host", "admin_port", "admin_username", "admin_password", "
 
 _CLUSTER_ARN = re.compile(r"arn:aws[a-z-]*:rds:[a-z0-9-]+:\d{12}:cluster:[A-Za-z0-9-]{1,63}")
 _SECRET_ARN = re.compile(r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[\w/+=.@-]+")
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 
 
 # -- property helpers -------------------------------------------------------------------------
@@ -131,6 +133,7 @@ class _Target:
     max_user_connections: int
     resume_wait_seconds: float
     aws_profile: str | None
+    assume_roles: tuple[dict[str, Any], ...] = ()
 
     def __repr__(self) -> str:  # never show the password, even in a debugger or traceback
         return f"_Target(project={self.ids.name!r}, cluster={self.cluster_arn!r})"
@@ -172,6 +175,7 @@ class _Target:
                 _plain(props.get("resume_wait_seconds", DEFAULT_RESUME_WAIT_SECONDS))
             ),
             aws_profile=str(profile) if profile else None,
+            assume_roles=tuple(dict(r) for r in (_plain(props.get("assume_roles")) or [])),
         )
 
     def executor(self) -> DataApiExecutor:
@@ -180,6 +184,7 @@ class _Target:
             self.admin_secret_arn,
             resume_wait_seconds=self.resume_wait_seconds,
             aws_profile=self.aws_profile,
+            assume_roles=self.assume_roles,
         )
 
     @property
@@ -201,6 +206,7 @@ class _Target:
             "max_user_connections": self.max_user_connections,
             "resume_wait_seconds": self.resume_wait_seconds,
             "aws_profile": self.aws_profile,
+            "assume_roles": [dict(r) for r in self.assume_roles],
             **state,
         }
 
@@ -362,7 +368,44 @@ def _check(news: dict[str, Any]) -> tuple[dict[str, Any], list[CheckFailure]]:
     profile = news.get("aws_profile")
     if profile is not None and not _is_unknown(profile) and not isinstance(profile, str):
         fail("aws_profile", f"aws_profile {profile!r} must be a profile name")
+
+    roles = news.get("assume_roles")
+    if roles is None:
+        inputs["assume_roles"] = []
+    elif not _is_unknown(roles):
+        problem = _assume_roles_problem(roles)
+        if problem is not None:
+            fail("assume_roles", problem)
     return inputs, failures
+
+
+ASSUME_ROLE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "role_arn": str,
+    "session_name": str,
+    "external_id": str,
+    "duration_seconds": (int, float),
+    "policy": str,
+    "policy_arns": list,
+    "source_identity": str,
+    "tags": dict,
+    "transitive_tag_keys": list,
+}
+
+
+def _assume_roles_problem(roles: Any) -> str | None:
+    """The roles the stack's AWS provider assumes (aws:assumeRoles), in order."""
+    if not isinstance(roles, list) or not all(isinstance(r, dict) for r in roles):
+        return "assume_roles must be a list of {role_arn, ...} objects (aws:assumeRoles)"
+    for index, role in enumerate(roles):
+        unknown = sorted(set(role) - set(ASSUME_ROLE_FIELDS))
+        if unknown:
+            return f"assume_roles[{index}]: unknown field(s) {', '.join(unknown)}"
+        for key, kind in ASSUME_ROLE_FIELDS.items():
+            if key in role and not isinstance(role[key], kind):
+                return f"assume_roles[{index}].{key} has the wrong type"
+        if not (isinstance(role.get("role_arn"), str) and _ROLE_ARN.fullmatch(role["role_arn"])):
+            return f"assume_roles[{index}].role_arn {role.get('role_arn')!r} is not a role ARN"
+    return None
 
 
 # -- the provider -----------------------------------------------------------------------------
@@ -448,6 +491,8 @@ class MysqlSchemaArgs:
     max_user_connections: int = DEFAULT_MAX_USER_CONNECTIONS
     resume_wait_seconds: float = DEFAULT_RESUME_WAIT_SECONDS
     aws_profile: pulumi.Input[str] | None = None  # the stack's aws:profile, if any
+    # The stack's aws:assumeRoles (AssumeRole.as_input), assumed in order before any call.
+    assume_roles: list[dict[str, Any]] | None = None
     schema: pulumi.Input[str] | None = None  # derived from project when None
     username: pulumi.Input[str] | None = None  # derived from project when None
 
@@ -488,6 +533,7 @@ class MysqlSchema(pulumi.dynamic.Resource, module="mysql", name="Schema"):
             "max_user_connections": args.max_user_connections,
             "resume_wait_seconds": args.resume_wait_seconds,
             "aws_profile": args.aws_profile,
+            "assume_roles": args.assume_roles or [],
             # outputs only
             **{key: None for key in STATE_KEYS},
         }

@@ -52,6 +52,107 @@ DEFAULT_VPC_CIDR = "172.31.0.0/16"
 DEFAULT_SUBNETS = ["subnet-0aaa1111", "subnet-0bbb2222", "subnet-0ccc3333"]
 ECR_PASSWORD = "ecr-token-password-not-for-outputs"
 
+# The account the data sources describe (infra/account.py reads it before registering):
+# the default VPC with its three default subnets (public, one per AZ) and two private ones
+# behind a NAT; and a VPC of one's own with a secondary CIDR, public subnets (two in AZ a),
+# private ones behind a NAT and an isolated one.
+CUSTOM_VPC_ID = "vpc-0abc1234"
+CUSTOM_VPC_CIDRS = ["10.42.0.0/16", "10.43.0.0/16"]
+DEFAULT_PRIVATE_SUBNETS = ["subnet-0123abcd", "subnet-0456ef01"]
+PUBLIC_SUBNETS = ["subnet-0c0a0001", "subnet-0c0b0002"]  # AZ a, b
+SECOND_PUBLIC_SUBNET_IN_A = "subnet-0c0a0003"
+PRIVATE_SUBNETS = ["subnet-0c0a0004", "subnet-0c0b0005"]  # AZ a, b, behind a NAT
+ISOLATED_SUBNET = "subnet-0c0c0006"  # AZ c, no route out
+NO_IGW_VPC_ID = "vpc-0e0e0e0e"  # a VPC without any internet gateway
+NO_IGW_SUBNETS = ["subnet-0e0a0007", "subnet-0e0b0008"]
+ENGINE_VERSIONS = ["8.0.mysql_aurora.3.04.4", "8.0.mysql_aurora.3.09.0", "8.0.mysql_aurora.3.10.0"]
+
+
+@dataclass
+class MockSubnet:
+    vpc: str
+    zone: str  # a, b, c
+    table: str  # its route table (rtb-main-* when implicit)
+    default_for_az: bool = False
+    explicit: bool = True  # associated with its table explicitly (else: the VPC's main table)
+
+
+@dataclass
+class MockAccount:
+    """The AWS account the mocks' data sources answer for; tests change what they need."""
+
+    partition: str = "aws"
+    region: str = REGION
+    vpcs: dict[str, list[str]] = field(
+        default_factory=lambda: {
+            DEFAULT_VPC_ID: [DEFAULT_VPC_CIDR],
+            CUSTOM_VPC_ID: list(CUSTOM_VPC_CIDRS),
+            NO_IGW_VPC_ID: ["10.9.0.0/16"],
+        }
+    )
+    main_tables: dict[str, str] = field(
+        default_factory=lambda: {
+            DEFAULT_VPC_ID: "rtb-0def0001",
+            CUSTOM_VPC_ID: "rtb-0c0c0001",
+            NO_IGW_VPC_ID: "rtb-0e0e0001",
+        }
+    )
+    # route table -> the target of its 0.0.0.0/0 route ("" for none)
+    routes: dict[str, str] = field(
+        default_factory=lambda: {
+            "rtb-0def0001": "igw-0def0001",
+            "rtb-0def0002": "nat-0def0002",
+            "rtb-0c0c0001": "",
+            "rtb-0c0c0002": "igw-0c0c0002",
+            "rtb-0c0c0003": "nat-0c0c0003",
+            "rtb-0e0e0001": "",
+        }
+    )
+    subnets: dict[str, MockSubnet] = field(
+        default_factory=lambda: {
+            **{
+                sid: MockSubnet(DEFAULT_VPC_ID, zone, "rtb-0def0001", True, explicit=False)
+                for sid, zone in zip(DEFAULT_SUBNETS, "abc", strict=True)
+            },
+            **{
+                sid: MockSubnet(DEFAULT_VPC_ID, zone, "rtb-0def0002")
+                for sid, zone in zip(DEFAULT_PRIVATE_SUBNETS, "ab", strict=True)
+            },
+            PUBLIC_SUBNETS[0]: MockSubnet(CUSTOM_VPC_ID, "a", "rtb-0c0c0002"),
+            PUBLIC_SUBNETS[1]: MockSubnet(CUSTOM_VPC_ID, "b", "rtb-0c0c0002"),
+            SECOND_PUBLIC_SUBNET_IN_A: MockSubnet(CUSTOM_VPC_ID, "a", "rtb-0c0c0002"),
+            PRIVATE_SUBNETS[0]: MockSubnet(CUSTOM_VPC_ID, "a", "rtb-0c0c0003"),
+            PRIVATE_SUBNETS[1]: MockSubnet(CUSTOM_VPC_ID, "b", "rtb-0c0c0003"),
+            ISOLATED_SUBNET: MockSubnet(CUSTOM_VPC_ID, "c", "rtb-0c0c0001", explicit=False),
+            NO_IGW_SUBNETS[0]: MockSubnet(NO_IGW_VPC_ID, "a", "rtb-0e0e0001", explicit=False),
+            NO_IGW_SUBNETS[1]: MockSubnet(NO_IGW_VPC_ID, "b", "rtb-0e0e0001", explicit=False),
+        }
+    )
+    default_vpc: str | None = DEFAULT_VPC_ID
+    engine_versions: list[str] = field(default_factory=lambda: list(ENGINE_VERSIONS))
+    clusters: list[str] = field(default_factory=list)  # existing Aurora MySQL cluster ids
+    # Route 53 zones: id -> (name, private)
+    zones: dict[str, tuple[str, bool]] = field(
+        default_factory=lambda: {
+            "Z0123456789ABCDEFGHIJ": ("example.com.", False),
+            "Z0PRIVATE0ZONE0000001": ("example.com.", True),
+        }
+    )
+    # The ECS service-linked role: None (the account never ran ECS) or its tags.
+    ecs_service_linked_role: dict[str, str] | None = field(default_factory=dict)
+
+    def arn(self, service: str, resource: str, region: bool = True, account: bool = True) -> str:
+        return (f"arn:{self.partition}:{service}:{self.region if region else ''}:"
+                f"{ACCOUNT if account else ''}:{resource}")  # fmt: skip
+
+    @property
+    def dns_suffix(self) -> str:
+        return "amazonaws.com.cn" if self.partition == "aws-cn" else "amazonaws.com"
+
+
+class MockError(Exception):
+    """A data source's error, as the provider reports one (the program sees an exception)."""
+
 
 def make_ca_pem(common_name: str = "mlflow-aws mocks CA") -> str:
     """A real, self-signed CA certificate (PEM), made in-process."""
@@ -133,7 +234,8 @@ class Registered:
 class RecordingMocks(pulumi_mocks.Mocks):
     """Answers resources and invokes with plausible AWS-shaped values, and records both."""
 
-    def __init__(self) -> None:
+    def __init__(self, account: MockAccount | None = None) -> None:
+        self.account = account or MockAccount()
         self.resources: list[Registered] = []
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.passwords: list[str] = []
@@ -141,32 +243,33 @@ class RecordingMocks(pulumi_mocks.Mocks):
         self.last = threading.local()
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        a = self.account
         inputs = dict(args.inputs)
         state = dict(inputs)
         name, typ = args.name, args.typ
         rid = f"{name}-id"
         if typ == "aws:s3/bucket:Bucket":
             rid = inputs.get("bucketPrefix", "bucket-") + "20250101000000000000000001"
-            state.update(bucket=rid, arn=f"arn:aws:s3:::{rid}")
+            state.update(bucket=rid, arn=a.arn("s3", rid, region=False, account=False))
         elif typ == "aws:rds/cluster:Cluster":
             rid = inputs.get("clusterIdentifierPrefix", "cluster-") + "0001"
             state.update(
                 clusterIdentifier=rid,
-                endpoint=f"{rid}.cluster-c0ffee.{REGION}.rds.amazonaws.com",
-                readerEndpoint=f"{rid}.cluster-ro-c0ffee.{REGION}.rds.amazonaws.com",
-                arn=f"arn:aws:rds:{REGION}:{ACCOUNT}:cluster:{rid}",
+                endpoint=f"{rid}.cluster-c0ffee.{a.region}.rds.{a.dns_suffix}",
+                readerEndpoint=f"{rid}.cluster-ro-c0ffee.{a.region}.rds.{a.dns_suffix}",
+                arn=a.arn("rds", f"cluster:{rid}"),
                 port=inputs.get("port", 3306),
             )
         elif typ == "aws:rds/clusterInstance:ClusterInstance":
             rid = inputs.get("identifierPrefix", "instance-") + "0001"
-            state.update(identifier=rid, arn=f"arn:aws:rds:{REGION}:{ACCOUNT}:db:{rid}")
+            state.update(identifier=rid, arn=a.arn("rds", f"db:{rid}"))
         elif typ == "aws:ecr/repository:Repository":
             repo = inputs.get("name", name)
             rid = repo
             state.update(
-                repositoryUrl=f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{repo}",
+                repositoryUrl=f"{ACCOUNT}.dkr.ecr.{a.region}.{a.dns_suffix}/{repo}",
                 registryId=ACCOUNT,
-                arn=f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{repo}",
+                arn=a.arn("ecr", f"repository/{repo}"),
             )
         elif typ == "docker:index/image:Image":
             image_name = inputs["imageName"]
@@ -181,16 +284,20 @@ class RecordingMocks(pulumi_mocks.Mocks):
             state.update(hex="0badcafe", b64Url="C63K_g", dec="195939070")
         elif typ == "aws:ec2/securityGroup:SecurityGroup":
             rid = "sg-0123456789abcdef0"
-            state.update(arn=f"arn:aws:ec2:{REGION}:{ACCOUNT}:security-group/{rid}")
+            state.update(arn=a.arn("ec2", f"security-group/{rid}"))
         elif typ.startswith("aws:secretsmanager/secret:"):
-            rid = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{name}-AbCdEf"
+            rid = a.arn("secretsmanager", f"secret:{name}-AbCdEf")
             state.update(arn=rid)
         elif typ.startswith("aws:iam/policy:"):
-            state.update(arn=f"arn:aws:iam::{ACCOUNT}:policy/{name}")
+            state.update(arn=a.arn("iam", f"policy/{name}", region=False))
         elif typ == "aws:iam/role:Role":
-            state.update(arn=f"arn:aws:iam::{ACCOUNT}:role/{name}")
+            state.update(arn=a.arn("iam", f"role/{name}", region=False), name=name)
+        elif typ == "aws:iam/serviceLinkedRole:ServiceLinkedRole":
+            role = "AWSServiceRoleForECS"
+            path = f"role/aws-service-role/{inputs['awsServiceName']}/{role}"
+            state.update(arn=a.arn("iam", path, region=False), name=role)
         elif typ == "aws:acm/certificate:Certificate":
-            rid = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+            rid = a.arn("acm", "certificate/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0")
             state.update(
                 arn=rid,
                 domainValidationOptions=[
@@ -208,33 +315,31 @@ class RecordingMocks(pulumi_mocks.Mocks):
             state.update(fqdn=str(inputs["name"]).rstrip("."))
         elif typ == "aws:lb/loadBalancer:LoadBalancer":
             suffix = "app/mlflow1/50dc6c495c0c9188"
-            rid = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:loadbalancer/{suffix}"
+            rid = a.arn("elasticloadbalancing", f"loadbalancer/{suffix}")
             state.update(
                 arn=rid,
                 arnSuffix=suffix,
-                dnsName=f"internal-mlflow1-1234567890.{REGION}.elb.amazonaws.com",
+                dnsName=f"internal-mlflow1-1234567890.{a.region}.elb.{a.dns_suffix}",
                 zoneId="Z32O12XQLNTSW2",
             )
         elif typ == "aws:lb/targetGroup:TargetGroup":
             suffix = f"targetgroup/{name[-20:]}/73e2d6bc24d8a067"
-            rid = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:{suffix}"
+            rid = a.arn("elasticloadbalancing", suffix)
             state.update(arn=rid, arnSuffix=suffix)
         elif typ == "aws:lb/listener:Listener":
-            rid = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:listener/app/mlflow1/{name}"
+            rid = a.arn("elasticloadbalancing", f"listener/app/mlflow1/{name}")
             state.update(arn=rid)
         elif typ == "aws:ecs/cluster:Cluster":
-            state.update(
-                name=f"{name}-4a5b6c7", arn=f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{name}"
-            )
+            state.update(name=f"{name}-4a5b6c7", arn=a.arn("ecs", f"cluster/{name}"))
         elif typ == "aws:ecs/service:Service":
             state.update(name=f"{name}-8d9e0f1")
         elif typ == "aws:ecs/taskDefinition:TaskDefinition":
             family = inputs["family"]
-            state.update(arn=f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/{family}:1")
+            state.update(arn=a.arn("ecs", f"task-definition/{family}:1"))
         elif typ == "aws:cloudwatch/logGroup:LogGroup":
-            state.update(arn=f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{inputs['name']}")
+            state.update(arn=a.arn("logs", f"log-group:{inputs['name']}"))
         elif typ.startswith("aws:"):
-            state.setdefault("arn", f"arn:aws:mock:{REGION}:{ACCOUNT}:{typ}/{name}")
+            state.setdefault("arn", a.arn("mock", f"{typ}/{name}"))
         if "name" not in state and typ.startswith("aws:"):
             state["name"] = f"{name}-name"
         record = Registered(typ=typ, name=name, inputs=inputs, state=state, id=rid)
@@ -245,33 +350,110 @@ class RecordingMocks(pulumi_mocks.Mocks):
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         self.calls.append((args.token, dict(args.args)))
         token, a = args.token, args.args
+        account = self.account
         if token == "aws:ec2/getVpc:getVpc":
-            vpc_id = a.get("id") or DEFAULT_VPC_ID
-            cidr = DEFAULT_VPC_CIDR if vpc_id == DEFAULT_VPC_ID else "10.42.0.0/16"
-            return {"id": vpc_id, "cidrBlock": cidr, "default": vpc_id == DEFAULT_VPC_ID}, []
+            vpc_id = a.get("id") or (account.default_vpc if a.get("default") else None)
+            if vpc_id not in account.vpcs:
+                raise MockError("no matching EC2 VPC found")
+            cidrs = account.vpcs[vpc_id]
+            return {
+                "id": vpc_id,
+                "cidrBlock": cidrs[0],
+                "cidrBlockAssociations": [
+                    {"associationId": f"vpc-cidr-assoc-{i}", "cidrBlock": c, "state": "associated"}
+                    for i, c in enumerate(cidrs)
+                ],
+                "default": vpc_id == account.default_vpc,
+            }, []
         if token == "aws:ec2/getSubnets:getSubnets":
-            return {"id": REGION, "ids": DEFAULT_SUBNETS}, []
+            filters = {f["name"]: f["values"] for f in a.get("filters", [])}
+            ids = [
+                sid
+                for sid, subnet in account.subnets.items()
+                if subnet.vpc in filters.get("vpc-id", [subnet.vpc])
+                and ("default-for-az" not in filters or subnet.default_for_az)
+            ]
+            return {"id": account.region, "ids": ids}, []
         if token == "aws:ec2/getSubnet:getSubnet":
-            return {"id": a.get("id"), "vpcId": "vpc-0f00d"}, []
+            subnet = account.subnets.get(a.get("id", ""))
+            if subnet is None:
+                raise MockError(f"no matching EC2 Subnet found ({a.get('id')})")
+            return {
+                "id": a["id"],
+                "vpcId": subnet.vpc,
+                "availabilityZone": f"{account.region}{subnet.zone}",
+                "defaultForAz": subnet.default_for_az,
+            }, []
+        if token == "aws:ec2/getRouteTables:getRouteTables":
+            filters = {f["name"]: f["values"] for f in a.get("filters", [])}
+            if "association.subnet-id" in filters:
+                [sid] = filters["association.subnet-id"]
+                subnet = account.subnets.get(sid)
+                ids = [subnet.table] if subnet is not None and subnet.explicit else []
+            else:
+                ids = [account.main_tables[a["vpcId"]]]
+            return {"id": account.region, "ids": ids}, []
+        if token == "aws:ec2/getRouteTable:getRouteTable":
+            target = account.routes[a["routeTableId"]]
+            routes = [{"cidrBlock": "10.0.0.0/8", "gatewayId": "local"}]
+            if target:
+                key = "gatewayId" if target.startswith("igw-") else "natGatewayId"
+                routes.append({"cidrBlock": "0.0.0.0/0", key: target})
+            return {"id": a["routeTableId"], "routes": routes}, []
         if token == "aws:index/getRegion:getRegion":
-            return {"id": REGION, "name": REGION, "region": REGION}, []
+            return {"id": account.region, "name": account.region, "region": account.region}, []
         if token == "aws:index/getCallerIdentity:getCallerIdentity":
-            arn = f"arn:aws:iam::{ACCOUNT}:user/test"
+            arn = account.arn("iam", "user/test", region=False)
             return {"accountId": ACCOUNT, "arn": arn, "id": ACCOUNT, "userId": "AIDAMOCK"}, []
         if token == "aws:index/getPartition:getPartition":
-            return {"id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com"}, []
+            partition = account.partition
+            return {"id": partition, "partition": partition, "dnsSuffix": account.dns_suffix}, []
+        if token == "aws:index/getServicePrincipal:getServicePrincipal":
+            name = f"{a['serviceName']}.amazonaws.com"
+            return {
+                "id": name,
+                "name": name,
+                "suffix": "amazonaws.com",
+                "region": account.region,
+            }, []
+        if token == "aws:rds/getEngineVersion:getEngineVersion":
+            if a.get("version") not in account.engine_versions:
+                raise MockError("no RDS engine versions match the criteria")
+            return {"id": a["version"], "version": a["version"], "versionActual": a["version"],
+                    "engine": "aurora-mysql", "parameterGroupFamily": "aurora-mysql8.0",
+                    "status": "available"}, []  # fmt: skip
+        if token == "aws:rds/getClusters:getClusters":
+            return {"id": account.region, "clusterIdentifiers": list(account.clusters),
+                    "clusterArns": []}, []  # fmt: skip
+        if token == "aws:route53/getZone:getZone":
+            zone = account.zones.get(a.get("zoneId", ""))
+            if zone is None:
+                raise MockError("no matching Route 53 Hosted Zone found")
+            return {"id": a["zoneId"], "zoneId": a["zoneId"], "name": zone[0],
+                    "privateZone": zone[1]}, []  # fmt: skip
+        if token == "aws:iam/getRoles:getRoles":
+            found = account.ecs_service_linked_role is not None
+            names = ["AWSServiceRoleForECS"] if found else []
+            return {"id": "roles", "names": names, "arns": []}, []
+        if token == "aws:iam/getRole:getRole":
+            if account.ecs_service_linked_role is None:
+                raise MockError(
+                    "NoSuchEntity: The role with name AWSServiceRoleForECS cannot be found"
+                )
+            return {"id": a["name"], "name": a["name"], "tags": account.ecs_service_linked_role,
+                    "arn": account.arn("iam", f"role/{a['name']}", region=False)}, []  # fmt: skip
         if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
             return {
-                "id": REGION,
+                "id": account.region,
                 "userName": "AWS",
                 "password": ECR_PASSWORD,
                 "authorizationToken": "QVdTOm1vY2s=",
-                "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com",
+                "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.{account.region}.{account.dns_suffix}",
                 "registryId": a.get("registryId", ACCOUNT),
             }, []
         if token == "aws:iam/getPolicyDocument:getPolicyDocument":
             return {"id": "policy", "json": json.dumps(a, sort_keys=True)}, []
-        return {}, []
+        raise MockError(f"the mocks answer no data source {token}")
 
 
 class SecretAwareMonitor(pulumi_mocks.MockMonitor):
@@ -360,12 +542,13 @@ def run_program(
     stack: str = "dev",
     region: str = REGION,
     recording: RecordingMocks | None = None,
+    account: MockAccount | None = None,
 ) -> ProgramRun:
     """Evaluate ``__main__.py`` once with mocks; config values may be Python objects (JSON-ed).
 
     Pass ``recording`` to inspect what was registered even when the program raises.
     """
-    recording = recording or RecordingMocks()
+    recording = recording or RecordingMocks(account)
     monitor = SecretAwareMonitor(recording)
     pulumi_settings.ROOT.set(None)  # a fresh root stack for every run
     pulumi.runtime.set_mocks(

@@ -306,7 +306,7 @@ def test_server_with_hosted_zone() -> None:
     assert server.url == "https://mlflow.example.com"
     assert server.tracking_uri("churn") == "https://mlflow.example.com/churn"
     assert server.allowed_cidrs == ()
-    assert server.assign_public_ip is True  # default VPC subnets: public, no NAT
+    assert server.assign_public_ip is None  # decided from the subnets' routes (infra/account.py)
 
 
 def test_server_with_certificate_and_own_network() -> None:
@@ -330,11 +330,12 @@ def test_server_with_certificate_and_own_network() -> None:
     assert server.allowed_cidrs == ("10.20.0.0/16", "203.0.113.0/24")
     assert (server.cpu, server.memory, server.min_tasks, server.max_tasks) == (1024, 3072, 2, 6)
     assert server.subnet_ids == ("subnet-0aaa1111", "subnet-0bbb2222")
-    assert server.assign_public_ip is False  # your subnets: your NAT or VPC endpoints
-    own_vpc = parse({"server": SERVER, "db": {"vpcId": "vpc-0abc1234"}}).server
-    assert own_vpc.assign_public_ip is False  # the database's own VPC, not the default one
+    assert server.task_subnet_ids == ()  # the load balancer's
+    assert server.assign_public_ip is None  # decided from the subnets' routes
     assert parse({"server": {**SERVER, "assignPublicIp": True}, "db": {"vpcId": "vpc-0abc1234"}}
                  ).server.assign_public_ip is True  # fmt: skip
+    tasks = parse({"server": {**SERVER, "taskSubnetIds": "subnet-0ccc3333, subnet-0ddd4444"}})
+    assert tasks.server.task_subnet_ids == ("subnet-0ccc3333", "subnet-0ddd4444")
 
 
 def test_public_load_balancer_without_https_is_refused() -> None:
@@ -393,6 +394,9 @@ def test_bad_server_subnets_are_refused(subnets: Any, rule: str) -> None:
         ("minTasks", 0, "must be from 1 to 20"),
         ("maxTasks", 21, "must be from 1 to 20"),
         ("allowedCidrs", ["::/0"], "IPv4 only"),
+        ("allowedCidrs", [f"198.51.{i}.0/24" for i in range(26)], "at most 25 fit"),
+        ("domainName", "a" * 60 + ".example.com", "at most 64"),
+        ("taskSubnetIds", ["subnet-0aaa1111", "vpc-0bbb2222"], "must be subnet ids"),
         ("internal", "maybe", "true or false"),
         ("enabld", True, "unknown key"),
     ],
@@ -490,3 +494,104 @@ def test_the_load_balancer_may_be_open_to_the_internet_the_database_never() -> N
     problem = only_problem({"db": {"allowedCidrs": ["0.0.0.0/0"]}})
     assert "opens MySQL to the whole internet and is refused" in problem
     assert "IPv4 only" in only_problem({"server": {**SERVER, "allowedCidrs": ["::/0"]}})
+
+
+# ------------------------------------------------------------ what AWS refuses, said first
+
+
+def test_the_engine_version_is_config_with_a_long_term_support_default() -> None:
+    from infra.config import DEFAULT_ENGINE_VERSION
+
+    assert parse({}).db.engine_version == DEFAULT_ENGINE_VERSION == "8.0.mysql_aurora.3.10.0"
+    assert parse({"db": {"engineVersion": "8.0.mysql_aurora.3.09.0"}}).db.engine_version == (
+        "8.0.mysql_aurora.3.09.0"
+    )
+    # 0.5 ACU minimum: a version without auto-pause is fine.
+    assert parse({"db": {"engineVersion": "8.0.mysql_aurora.3.07.1", "minCapacity": 0.5}})
+
+
+@pytest.mark.parametrize(
+    ("db", "rule"),
+    [
+        ({"engineVersion": "3.10.0"}, "describe-db-engine-versions"),
+        ({"engineVersion": "5.7.mysql_aurora.2.12.5"}, "Aurora MySQL 3 version"),
+        ({"engineVersion": "8.0.mysql_aurora.3.07.1"}, "0 ACU"),  # minCapacity 0 by default
+        ({"engineVersion": "8.0.mysql_aurora.3.06.0", "minCapacity": 1}, "Data API"),
+    ],
+)
+def test_engine_versions_aws_would_refuse_are_refused(db: dict[str, Any], rule: str) -> None:
+    problem = only_problem({"db": db})
+    assert problem.startswith("mlflow-aws:db.engineVersion = ") and rule in problem, problem
+
+
+def test_more_ranges_than_a_security_group_holds_are_refused() -> None:
+    cidrs = [f"198.51.{i // 256}.{i % 256}/32" for i in range(51)]
+    problem = only_problem({"db": {"allowedCidrs": cidrs}})
+    assert "at most 50 fit the security group" in problem and "60 inbound rules" in problem
+
+
+def test_projects_sharing_a_group_beyond_iams_attachment_limit_are_refused() -> None:
+    projects = [{"name": f"p{i}", "iamGroups": ["data-science"]} for i in range(11)]
+    problem = only_problem({"projects": projects})
+    assert "11 projects list group 'data-science'" in problem
+    assert "at most 10 managed policies" in problem
+    ten = parse({"projects": projects[:10]})
+    assert len(ten.projects) == 10
+    roles = [{"name": f"p{i}", "iamRoles": ["ci"]} for i in range(21)]
+    assert "at most 20 managed policies to a role" in only_problem({"projects": roles})
+
+
+def test_projects_beyond_a_roles_default_quota_are_warned_about() -> None:
+    from infra.config import role_attachment_warnings
+
+    config = parse({"projects": [{"name": f"p{i}", "iamRoles": ["ci"]} for i in range(12)]})
+    [warning] = role_attachment_warnings(config.projects)
+    assert "role 'ci' gets the policies of 12 projects" in warning and "quota" in warning
+    assert role_attachment_warnings(config.projects[:10]) == []
+
+
+def raw(values: dict[str, Any]) -> dict[str, str]:
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+
+
+def test_assume_roles_of_the_aws_provider_reach_the_config() -> None:
+    role = "arn:aws:iam::123456789012:role/deployer"
+    config = parse_stack_config(
+        raw({"aws:assumeRoles": [{"roleArn": role, "sessionName": "ci", "externalId": "x",
+                                   "duration": "1h30m", "tags": {"team": "ml"}}]}),
+        "dev",
+    )  # fmt: skip
+    [assumed] = config.assume_roles
+    assert (assumed.role_arn, assumed.session_name, assumed.external_id) == (role, "ci", "x")
+    assert assumed.duration_seconds == 5400
+    assert assumed.as_input() == {
+        "role_arn": role, "session_name": "ci", "external_id": "x", "duration_seconds": 5400,
+        "tags": {"team": "ml"},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("values", "rule"),
+    [
+        ({"aws:assumeRoles": [{"roleArn": "deployer"}]}, "must be a role ARN"),
+        ({"aws:assumeRoles": [{"roleArn": "arn:aws:iam::123456789012:role/d", "duration": "1d"}]},
+         "from 15m to 12h"),
+        ({"aws:assumeRoles": [{"roleArn": "arn:aws:iam::123456789012:role/d", "mfa": "x"}]},
+         "unknown key(s) mfa"),
+        ({"aws:accessKey": "AKIAEXAMPLE"}, "AWS_ACCESS_KEY_ID"),
+        ({"aws:secretKey": "very-secret-value"}, "AWS_SECRET_ACCESS_KEY"),
+        ({"aws:token": "session-token-value"}, "AWS_SESSION_TOKEN"),
+        ({"aws:sharedCredentialsFiles": ["/x"]}, "AWS_SHARED_CREDENTIALS_FILE"),
+        ({"aws:assumeRoleWithWebIdentity": {"roleArn": "r"}}, "web_identity_token_file"),
+        ({"aws:endpoints": [{"rdsdata": "http://localhost:4566"}]}, "AWS_ENDPOINT_URL_RDS_DATA"),
+    ],
+)  # fmt: skip
+def test_identity_settings_the_schema_provider_cannot_follow_are_refused(
+    values: dict[str, Any], rule: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_stack_config(raw(values), "dev")
+    [problem] = caught.value.problems
+    assert rule in problem, problem
+    for secret in ("very-secret-value", "session-token-value"):
+        assert secret not in str(caught.value)  # a refused secret is never echoed

@@ -10,10 +10,12 @@ from typing import Any
 from infra.config import pinned_mlflow_version
 from tests.pulumi_mocks import (
     ACCOUNT,
+    CUSTOM_VPC_ID,
     DEFAULT_SUBNETS,
     DEFAULT_VPC_CIDR,
     DEFAULT_VPC_ID,
     ECR_PASSWORD,
+    PRIVATE_SUBNETS,
     REGION,
     ROOT,
     ProgramRun,
@@ -364,18 +366,17 @@ def test_allowed_cidrs_open_exactly_those_ranges() -> None:
 
 
 def test_configured_network_is_used_instead_of_the_default_vpc() -> None:
-    subnets = ["subnet-0123abcd", "subnet-0456ef01"]
-    r = run({"mlflow-aws:db": {"vpcId": "vpc-0abc1234", "subnetIds": subnets}})
-    assert r.one("aws:rds/subnetGroup:SubnetGroup").inputs["subnetIds"] == subnets
-    assert r.one(SG).inputs["vpcId"] == "vpc-0abc1234"
+    r = run({"mlflow-aws:db": {"vpcId": CUSTOM_VPC_ID, "subnetIds": PRIVATE_SUBNETS}})
+    assert r.one("aws:rds/subnetGroup:SubnetGroup").inputs["subnetIds"] == PRIVATE_SUBNETS
+    assert r.one(SG).inputs["vpcId"] == CUSTOM_VPC_ID
     tokens = [token for token, _ in r.calls]
     assert "aws:ec2/getSubnets:getSubnets" not in tokens
-    assert [a for t, a in r.calls if t == "aws:ec2/getVpc:getVpc"] == [{"id": "vpc-0abc1234"}]
+    assert [a for t, a in r.calls if t == "aws:ec2/getVpc:getVpc"] == [{"id": CUSTOM_VPC_ID}]
 
 
 def test_subnets_alone_imply_their_vpc() -> None:
-    r = run({"mlflow-aws:db": {"subnetIds": ["subnet-0123abcd", "subnet-0456ef01"]}})
-    assert r.one(SG).inputs["vpcId"] == "vpc-0f00d"  # the mock's VPC of those subnets
+    r = run({"mlflow-aws:db": {"subnetIds": PRIVATE_SUBNETS}})
+    assert r.one(SG).inputs["vpcId"] == CUSTOM_VPC_ID  # the mock's VPC of those subnets
 
 
 def test_protected_stack_keeps_the_database() -> None:

@@ -15,7 +15,16 @@ from helper.outputs import parse_connection_bundle
 from infra.iam import PULL_ACTIONS
 from infra.server import AUTH_APP, LOG_RETENTION_DAYS, TLS_POLICY
 from projects.project import server_policy_document
-from tests.pulumi_mocks import ACCOUNT, DEFAULT_SUBNETS, DEFAULT_VPC_CIDR, REGION, Registered
+from tests.pulumi_mocks import (
+    ACCOUNT,
+    CUSTOM_VPC_ID,
+    DEFAULT_SUBNETS,
+    DEFAULT_VPC_CIDR,
+    PRIVATE_SUBNETS,
+    PUBLIC_SUBNETS,
+    REGION,
+    Registered,
+)
 from tests.test_program import (
     OUTPUT_NAMES,
     ProgramRun,
@@ -33,13 +42,15 @@ SERVER_ON = {"enabled": True, "domainName": DOMAIN, "hostedZoneId": ZONE}
 ON = {"mlflow-aws:projects": PROJECTS, "mlflow-aws:server": SERVER_ON}
 OWN = {
     "mlflow-aws:projects": ["churn"],
+    "mlflow-aws:db": {"vpcId": CUSTOM_VPC_ID},
     "mlflow-aws:server": {
         "enabled": True,
         "domainName": DOMAIN,
         "certificateArn": CERT,
         "internal": False,
         "allowedCidrs": ["203.0.113.0/24"],
-        "subnetIds": ["subnet-0123abcd", "subnet-0456ef01"],
+        "subnetIds": PUBLIC_SUBNETS,
+        "taskSubnetIds": PRIVATE_SUBNETS,
         "cpu": 1024,
         "memory": 2048,
         "minTasks": 2,
@@ -433,11 +444,11 @@ def test_own_certificate_network_and_size() -> None:
     assert named(r, "tracking-https").inputs["certificateArn"] == CERT
     lb = r.one(LB).inputs
     assert lb["internal"] is False
-    assert lb["subnets"] == ["subnet-0123abcd", "subnet-0456ef01"]
+    assert lb["subnets"] == PUBLIC_SUBNETS
     assert set(ingress_cidrs(named(r, "tracking-lb-sg"))) == {"203.0.113.0/24"}
     service = named(r, "tracking-churn-service").inputs
-    assert service["networkConfiguration"]["subnets"] == ["subnet-0123abcd", "subnet-0456ef01"]
-    assert service["networkConfiguration"]["assignPublicIp"] is False
+    assert service["networkConfiguration"]["subnets"] == PRIVATE_SUBNETS
+    assert service["networkConfiguration"]["assignPublicIp"] is False  # behind the NAT
     task = named(r, "tracking-churn-task").inputs
     assert (task["cpu"], task["memory"]) == ("1024", "2048")
     assert r.outputs["Projects"]["churn"]["TrackingUri"] == f"https://{DOMAIN}/churn"
