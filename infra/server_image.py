@@ -119,9 +119,14 @@ class ServerImage(pulumi.ComponentResource):
             f"{name}-repo",
             aws.ecr.RepositoryArgs(
                 name=repository_name(args.stack),
-                # Immutable tags: a tag always names the same bits. The tag carries a hash of
-                # the image's sources, so changing them without bumping mlflow still pushes.
-                image_tag_mutability="IMMUTABLE",
+                # Mutable tags, pinned digests. pulumi-docker rebuilds and pushes whenever its
+                # context digest changes, and that digest covers file modes (another
+                # deployer's umask or core.fileMode), where the tag hashes names and contents
+                # only; an interrupted `pulumi up` pushes the same tag again too. An IMMUTABLE
+                # repository refuses those pushes, even of identical bits, and the stack can no
+                # longer deploy from that machine. Nothing runs an image by its tag: the helper,
+                # the bundles and the tasks all use ImageUri, <repository>@sha256:<digest>.
+                image_tag_mutability="MUTABLE",
                 image_scanning_configuration=aws.ecr.RepositoryImageScanningConfigurationArgs(
                     scan_on_push=True
                 ),
