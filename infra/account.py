@@ -12,6 +12,7 @@ and the rule; the components then take the plain values it found.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -80,10 +81,18 @@ class Account:
     warnings: tuple[str, ...] = field(default=())
 
 
+_INVOKE_PREFIX = re.compile(
+    r"^(?:invoke of|invocation of|invoking) \S+?(?: failed| returned an error)?: "
+)
+
+
 def _short(exc: BaseException) -> str:
-    """The last line of an invoke error: the provider's own reason."""
-    lines = [line.strip(" *") for line in str(exc).splitlines() if line.strip(" *")]
-    return lines[-1] if lines else type(exc).__name__
+    """The data source's own reason, without the SDK's and the provider's wrapping."""
+    lines = [line.strip(" *\t") for line in str(exc).splitlines() if line.strip(" *\t")]
+    text = lines[-1] if lines else type(exc).__name__
+    while _INVOKE_PREFIX.match(text):
+        text = _INVOKE_PREFIX.sub("", text, count=1)
+    return text.removesuffix(" ()")
 
 
 class _Survey:
@@ -331,7 +340,7 @@ def _network(survey: _Survey, config: StackConfig, region: str) -> Network | Non
         database_subnets = (
             survey.lookup(f"the subnets of {vpc_id}", lambda: _subnet_ids(vpc_id)) or []
         )
-        db_source = f"the subnets of {vpc_id} (db.subnetIds unset)"
+        db_source = f"db.subnetIds unset, so every subnet of {vpc_id}"
     else:  # the default VPC: its default subnets, one per AZ, public
         database_subnets = (
             survey.lookup(
@@ -340,7 +349,7 @@ def _network(survey: _Survey, config: StackConfig, region: str) -> Network | Non
             )
             or []
         )
-        db_source = f"the default subnets of {vpc_id} (db.subnetIds unset)"
+        db_source = f"db.subnetIds unset, so the default subnets of {vpc_id}"
     lb_subnets: list[str] = []
     task_subnets: list[str] = []
     lb_source = task_source = ""
@@ -349,17 +358,18 @@ def _network(survey: _Survey, config: StackConfig, region: str) -> Network | Non
             lb_subnets, lb_source = list(server.subnet_ids), "mlflow-aws:server.subnetIds"
         elif own_network:
             lb_subnets = database_subnets
-            lb_source = f"the database's subnets ({db_source}; server.subnetIds unset)"
+            lb_source = f"server.subnetIds unset, so the database's subnets ({db_source})"
         else:  # the default VPC: its default subnets are one per AZ and public
             lb_subnets = database_subnets
-            lb_source = f"the default subnets of {vpc_id} (server.subnetIds unset)"
+            lb_source = f"server.subnetIds unset, so the default subnets of {vpc_id}"
         if server.task_subnet_ids:
             task_subnets, task_source = (
                 list(server.task_subnet_ids),
                 "mlflow-aws:server.taskSubnetIds",
             )
         else:
-            task_subnets, task_source = lb_subnets, lb_source.replace("load balancer", "tasks")
+            task_subnets = lb_subnets
+            task_source = f"server.taskSubnetIds unset, so the load balancer's ({lb_source})"
     facts = _subnet_facts(survey, [*database_subnets, *lb_subnets, *task_subnets], region)
     if survey.problems:
         return None
@@ -374,15 +384,21 @@ def _network(survey: _Survey, config: StackConfig, region: str) -> Network | Non
         tasks = known(task_subnets)
         if server.assign_public_ip is not None:
             assign_public_ip = server.assign_public_ip
-        else:
+        else:  # a public IP exactly where the way out is an internet gateway
             assign_public_ip = bool(tasks) and all(s.public for s in tasks)
-            if any(s.public for s in tasks) and not assign_public_ip:
-                survey.problems.append(
-                    f"{task_source}: the tasks' subnets mix public and private ones; list one "
-                    "kind in server.taskSubnetIds (public with server.assignPublicIp true, or "
-                    "private behind a NAT)"
-                )
-        if not survey.problems:
+        if survey.problems:
+            pass  # the load balancer's subnets are wrong: the tasks' follow from them
+        elif (
+            server.assign_public_ip is None
+            and any(s.public for s in tasks)
+            and not assign_public_ip
+        ):
+            survey.problems.append(
+                f"{task_source}: the tasks' subnets mix public and private ones; list one kind "
+                "in server.taskSubnetIds (public with server.assignPublicIp true, or private "
+                "behind a NAT)"
+            )
+        else:
             problems, warnings = task_network_problems(vpc_id, tasks, assign_public_ip, task_source)
             survey.problems += problems
             survey.warnings += warnings

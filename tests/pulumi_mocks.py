@@ -229,6 +229,7 @@ class Registered:
     ignore_changes: tuple[str, ...] = ()
     dependencies: tuple[str, ...] = ()
     additional_secret_outputs: tuple[str, ...] = ()
+    custom_timeouts: dict[str, str] = field(default_factory=dict)  # create/update/delete
 
 
 class RecordingMocks(pulumi_mocks.Mocks):
@@ -349,7 +350,14 @@ class RecordingMocks(pulumi_mocks.Mocks):
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         self.calls.append((args.token, dict(args.args)))
-        token, a = args.token, args.args
+        try:
+            return self._answer(args.token, args.args)
+        except MockError as exc:
+            # A data source's own error reaches the program as a failed invoke it may catch
+            # (an exception raised here would be an RPC failure that ends the program).
+            return {}, [("", str(exc))]
+
+    def _answer(self, token: str, a: Any) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         account = self.account
         if token == "aws:ec2/getVpc:getVpc":
             vpc_id = a.get("id") or (account.default_vpc if a.get("default") else None)
@@ -475,6 +483,10 @@ class SecretAwareMonitor(pulumi_mocks.MockMonitor):
         record.dependencies = tuple(request.dependencies)
         record.ignore_changes = tuple(request.ignoreChanges)
         record.additional_secret_outputs = tuple(request.additionalSecretOutputs)
+        timeouts = request.customTimeouts
+        record.custom_timeouts = {
+            k: getattr(timeouts, k) for k in ("create", "update", "delete") if getattr(timeouts, k)
+        }
         for key in request.additionalSecretOutputs:
             if key in response.object.fields:
                 value = struct_pb2.Value()

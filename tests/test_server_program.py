@@ -389,6 +389,19 @@ def test_rollouts_use_a_circuit_breaker_with_rollback() -> None:
     assert settings == [{"name": "containerInsights", "value": "disabled"}]
 
 
+def test_a_rollout_that_does_not_reach_steady_state_fails_pulumi_up() -> None:
+    """Issue 15, finding 2: the circuit breaker stops a first deployment whose tasks all fail
+    and, with no earlier one to roll back to, leaves 0 tasks; without waiting for steady state
+    `pulumi up` reported success and the next one had no diff."""
+    r = on()
+    for project in ("churn", "fraud"):
+        service = named(r, f"tracking-{project}-service")
+        assert service.inputs["waitForSteadyState"] is True
+        # Room for a migration under the lock (540 s) and the health check grace (600 s).
+        assert service.custom_timeouts == {"create": "30m", "update": "30m"}
+        assert service.inputs["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
+
+
 def test_autoscaling_between_min_and_max_on_requests_and_cpu() -> None:
     for config, bounds in ((ON, (1, 3)), (OWN, (2, 5))):
         r = run(config)
