@@ -50,8 +50,12 @@ def custom(server: dict[str, Any] | None = None, **db: Any) -> dict[str, Any]:
         "mlflow-aws:db": {"vpcId": CUSTOM_VPC_ID, **db},
     }
     if server is not None:
-        config["mlflow-aws:server"] = {"enabled": True, "domainName": DOMAIN,
-                                       "certificateArn": CERT, **server}  # fmt: skip
+        config["mlflow-aws:server"] = {
+            "enabled": True,
+            "domainName": DOMAIN,
+            "certificateArn": CERT,
+            **server,
+        }
     return config
 
 
@@ -108,9 +112,15 @@ def test_tasks_that_could_not_pull_their_image_are_refused() -> None:
     no_ip = refused(custom(server={"subnetIds": PUBLIC_SUBNETS, "assignPublicIp": False}))
     assert "tasks without a public IP in subnet subnet-0c0a0001" in no_ip
     assert "cannot pull the image" in no_ip and "server.taskSubnetIds" in no_ip
-    ip_to_nowhere = refused(custom(server={"subnetIds": PUBLIC_SUBNETS,
-                                           "taskSubnetIds": PRIVATE_SUBNETS,
-                                           "assignPublicIp": True}))  # fmt: skip
+    ip_to_nowhere = refused(
+        custom(
+            server={
+                "subnetIds": PUBLIC_SUBNETS,
+                "taskSubnetIds": PRIVATE_SUBNETS,
+                "assignPublicIp": True,
+            }
+        )
+    )
     assert "has no route to an internet gateway, so the IP reaches nothing" in ip_to_nowhere
     mixed = refused(
         custom(
@@ -137,10 +147,19 @@ def test_subnets_of_another_vpc_or_that_do_not_exist_are_refused() -> None:
 
 
 def test_an_isolated_task_subnet_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    run_program(custom(server={"subnetIds": PUBLIC_SUBNETS, "internal": False,
-                               "taskSubnetIds": [ISOLATED_SUBNET, PRIVATE_SUBNETS[0]]}))  # fmt: skip
-    assert any(f"subnet {ISOLATED_SUBNET} has no route to the internet" in m and "VPC endpoints"
-               in m for m in caplog.messages)  # fmt: skip
+    run_program(
+        custom(
+            server={
+                "subnetIds": PUBLIC_SUBNETS,
+                "internal": False,
+                "taskSubnetIds": [ISOLATED_SUBNET, PRIVATE_SUBNETS[0]],
+            }
+        )
+    )
+    assert any(
+        f"subnet {ISOLATED_SUBNET} has no route to the internet" in m and "VPC endpoints" in m
+        for m in caplog.messages
+    )
 
 
 def test_the_database_needs_two_zones() -> None:
@@ -200,13 +219,22 @@ def test_an_account_that_never_ran_ecs_gets_the_service_linked_role_first() -> N
         [svc] = [x for x in r.resources if x.name == f"tracking-{project}-service"]
         assert role.urn in svc.dependencies
     # The stack that made it keeps declaring it (no diff, no delete); others leave it alone.
-    assert slr(run_program(config, account=MockAccount(ecs_service_linked_role={
-        "mlflow-aws:stack": "dev"})))  # fmt: skip
+    assert slr(
+        run_program(
+            config, account=MockAccount(ecs_service_linked_role={"mlflow-aws:stack": "dev"})
+        )
+    )
     assert not slr(run_program(config, account=MockAccount(ecs_service_linked_role={})))
-    assert not slr(run_program(config, account=MockAccount(ecs_service_linked_role={
-        "mlflow-aws:stack": "prod"})))  # fmt: skip
-    assert not slr(run_program({"mlflow-aws:projects": ["churn"]},
-                               account=MockAccount(ecs_service_linked_role=None)))  # fmt: skip
+    assert not slr(
+        run_program(
+            config, account=MockAccount(ecs_service_linked_role={"mlflow-aws:stack": "prod"})
+        )
+    )
+    assert not slr(
+        run_program(
+            {"mlflow-aws:projects": ["churn"]}, account=MockAccount(ecs_service_linked_role=None)
+        )
+    )
 
 
 # ------------------------------------------------------------------- finding 9: partitions
@@ -220,13 +248,15 @@ def arns(r: ProgramRun) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize(("partition", "region"), [("aws-cn", "cn-north-1"),
-                                                   ("aws-us-gov", "us-gov-west-1")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("partition", "region"), [("aws-cn", "cn-north-1"), ("aws-us-gov", "us-gov-west-1")]
+)
 def test_every_arn_the_program_writes_is_of_the_accounts_partition(
     partition: str, region: str
 ) -> None:
     account = MockAccount(partition=partition, region=region)
-    cert = f"arn:{partition}:acm:{region}:123456789012:certificate/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+    uuid = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+    cert = f"arn:{partition}:acm:{region}:123456789012:certificate/{uuid}"
     config = {
         "mlflow-aws:projects": [{"name": "churn", "iamGroups": ["ds"], "iamRoles": ["ci"]}],
         "mlflow-aws:server": {"enabled": True, "domainName": DOMAIN, "certificateArn": cert},
@@ -234,8 +264,11 @@ def test_every_arn_the_program_writes_is_of_the_accounts_partition(
     r = run_program(config, region=region, account=account)
     found = arns(r)
     assert found and all(a.startswith(f"arn:{partition}:") for a in found), sorted(set(found))
-    trust = [json.loads(x.inputs["assumeRolePolicy"]) for x in r.resources
-             if x.typ == "aws:iam/role:Role"]  # fmt: skip
+    trust = [
+        json.loads(x.inputs["assumeRolePolicy"])
+        for x in r.resources
+        if x.typ == "aws:iam/role:Role"
+    ]
     principals = {json.dumps(s["Principal"]) for t in trust for s in t["Statement"]}
     assert f'{{"AWS": "arn:{partition}:iam::123456789012:root"}}' in principals
 
@@ -244,8 +277,12 @@ def test_every_arn_the_program_writes_is_of_the_accounts_partition(
 
 
 def test_every_cidr_of_the_vpc_reaches_mysql() -> None:
-    r = run_program(custom(subnetIds=PRIVATE_SUBNETS, server={"subnetIds": PUBLIC_SUBNETS,
-                                                              "taskSubnetIds": PRIVATE_SUBNETS}))  # fmt: skip
+    r = run_program(
+        custom(
+            subnetIds=PRIVATE_SUBNETS,
+            server={"subnetIds": PUBLIC_SUBNETS, "taskSubnetIds": PRIVATE_SUBNETS},
+        )
+    )
     [db_sg] = [x for x in r.resources if x.name == "metadata-sg"]
     [inside] = [
         rule
@@ -259,8 +296,12 @@ def test_every_cidr_of_the_vpc_reaches_mysql() -> None:
 
 
 def test_a_private_hosted_zone_is_refused() -> None:
-    message = refused({"mlflow-aws:projects": ["churn"],
-                       "mlflow-aws:server": {**SERVER, "hostedZoneId": "Z0PRIVATE0ZONE0000001"}})  # fmt: skip
+    message = refused(
+        {
+            "mlflow-aws:projects": ["churn"],
+            "mlflow-aws:server": {**SERVER, "hostedZoneId": "Z0PRIVATE0ZONE0000001"},
+        }
+    )
     assert (
         "mlflow-aws:server.hostedZoneId = Z0PRIVATE0ZONE0000001: example.com is a private"
         in message

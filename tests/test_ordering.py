@@ -104,7 +104,7 @@ def closure(ctx: Context) -> dict[str, set[str]]:
         parent = by_urn.get(r.parent)
         if parent is not None:
             children.setdefault(parent.name, set()).add(r.name)
-    for name, deps in direct.items():
+    for deps in direct.values():
         for dep in list(deps):
             deps |= children.get(dep, set())
     result: dict[str, set[str]] = {}
@@ -124,8 +124,11 @@ def closure(ctx: Context) -> dict[str, set[str]]:
 
 
 def projects(ctx: Context) -> list[str]:
-    return [r.name.removeprefix("project-") for r in ctx.resources
-            if r.typ == "mlflow-aws:projects:MlflowProject"]  # fmt: skip
+    return [
+        r.name.removeprefix("project-")
+        for r in ctx.resources
+        if r.typ == "mlflow-aws:projects:MlflowProject"
+    ]
 
 
 def missing_waits(ctx: Context, waits: dict[str, dict[str, str]]) -> list[str]:
@@ -149,8 +152,13 @@ def test_every_consumer_waits_for_what_it_reads(name: str) -> None:
     ctx = context(name)
     waits = dict(WAITS_FOR)
     if MATRIX[name][2].get("ecs_service_linked_role", {}) is None:
-        waits = {**waits, "tracking-{p}-service": {**waits["tracking-{p}-service"],
-                                                   **FRESH_ACCOUNT["tracking-{p}-service"]}}  # fmt: skip
+        waits = {
+            **waits,
+            "tracking-{p}-service": {
+                **waits["tracking-{p}-service"],
+                **FRESH_ACCOUNT["tracking-{p}-service"],
+            },
+        }
     assert missing_waits(ctx, waits) == []
 
 
@@ -159,8 +167,11 @@ def test_the_consumers_are_registered() -> None:
     ctx = context("server on, an account that never ran ECS")
     names = {r.name for r in ctx.resources}
     consumers = {c.format(p="churn") for c in {**WAITS_FOR, **FRESH_ACCOUNT}}
-    producers = {p.format(p="churn") for waits in (*WAITS_FOR.values(), *FRESH_ACCOUNT.values())
-                 for p in waits}  # fmt: skip
+    producers = {
+        p.format(p="churn")
+        for waits in (*WAITS_FOR.values(), *FRESH_ACCOUNT.values())
+        for p in waits
+    }
     assert (consumers | producers) - names == set()
 
 
@@ -170,12 +181,20 @@ def test_a_missing_wait_is_reported() -> None:
     ctx = context("server on").copy()
     service: Registered = next(r for r in ctx.resources if r.name == "tracking-churn-service")
     by_name = {r.name: r for r in ctx.resources}
-    dropped = {by_name[n].urn for n in ("project-churn-connection-version", "project-churn-schema",
-                                        "project-churn-server-role-policy")}  # fmt: skip
+    dropped = {
+        by_name[n].urn
+        for n in (
+            "project-churn-connection-version",
+            "project-churn-schema",
+            "project-churn-server-role-policy",
+        )
+    }
     service.dependencies = tuple(d for d in service.dependencies if d not in dropped)
     found = missing_waits(ctx, WAITS_FOR)
-    assert "tracking-churn-service does not wait for project-churn-connection-version " \
-           "(its tasks read the bundle's keys at start)" in found  # fmt: skip
+    assert (
+        "tracking-churn-service does not wait for project-churn-connection-version "
+        "(its tasks read the bundle's keys at start)" in found
+    )
     assert any(
         "project-churn-schema" in f and f.startswith("tracking-churn-service") for f in found
     )
