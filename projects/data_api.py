@@ -5,9 +5,11 @@ credentials allowed ``rds-data:ExecuteStatement``, ``BeginTransaction``, ``Commi
 and ``RollbackTransaction`` on the cluster, and ``secretsmanager:GetSecretValue`` on the admin
 secret (the Data API reads the credentials itself; the provider never sees the password).
 
-boto3 is used as configured by the deployer's environment (AWS_PROFILE, SSO, env keys; the
-stack's ``aws:profile`` is passed in). ``AWS_ENDPOINT_URL_RDS_DATA`` points it elsewhere, which
-is how the tests reach their Data API emulator.
+boto3 is used as configured by the deployer's environment (AWS_PROFILE, SSO, env keys); the
+stack's ``aws:profile`` and ``aws:assumeRoles`` are passed in, so every call runs as the
+identity the AWS provider uses (infra/config.py refuses the settings it cannot follow).
+``AWS_ENDPOINT_URL_RDS_DATA`` points it elsewhere, which is how the tests reach their Data API
+emulator.
 
 CloudTrail records Data API calls on Aurora Serverless v2 as data events (off unless a trail
 selects them) and masks the ``sql`` text; parameter values may be visible, which is why no

@@ -153,16 +153,20 @@ def inspection(ids: ProjectIdentifiers) -> dict[str, Statement]:
             "(SELECT COUNT(*) FROM mysql.user WHERE User = :user AND Host = :host), "
             "(SELECT GROUP_CONCAT(PRIVILEGE_TYPE ORDER BY PRIVILEGE_TYPE SEPARATOR ',') "
             "FROM information_schema.USER_PRIVILEGES "
-            "WHERE GRANTEE = :grantee AND PRIVILEGE_TYPE <> 'USAGE'), "
-            "(SELECT COUNT(*) FROM information_schema.TABLE_PRIVILEGES WHERE GRANTEE = :grantee)"
+            "WHERE GRANTEE = :global_grantee AND PRIVILEGE_TYPE <> 'USAGE'), "
+            "(SELECT COUNT(*) FROM information_schema.TABLE_PRIVILEGES "
+            "WHERE GRANTEE = :table_grantee)"
             " + (SELECT COUNT(*) FROM information_schema.COLUMN_PRIVILEGES "
-            "WHERE GRANTEE = :grantee), "
+            "WHERE GRANTEE = :column_grantee), "
             "(SELECT COUNT(*) FROM information_schema.TABLES "
             "WHERE TABLE_SCHEMA = :registry AND TABLE_NAME = :registry_table)",
             schema=ids.schema,
             user=ids.username,
             host=ACCOUNT_HOST,
-            grantee=g,
+            # One name per use: the Data API is not documented to bind a name twice.
+            global_grantee=g,
+            table_grantee=g,
+            column_grantee=g,
             registry=REGISTRY_SCHEMA,
             registry_table=REGISTRY_TABLE,
         ),

@@ -327,6 +327,21 @@ def test_aws_profile_reaches_the_schema_provider() -> None:
     assert r.one("pulumi-python:dynamic/mysql:Schema").inputs["aws_profile"] == "platform"
 
 
+def test_the_aws_providers_assumed_roles_reach_the_schema_provider() -> None:
+    """Issue 15, finding 7: with aws:assumeRoles every other resource is made as the assumed
+    role; the schema provider assumes the same roles, in order (tests/test_schema_provider.py
+    proves the calls are signed with them)."""
+    roles = [
+        {"roleArn": "arn:aws:iam::123456789012:role/org-deployer", "sessionName": "ci"},
+        {"roleArn": "arn:aws:iam::123456789012:role/mlflow-deployer", "externalId": "x-1"},
+    ]
+    r = run({"mlflow-aws:projects": "churn", "aws:assumeRoles": roles})
+    assert r.one("pulumi-python:dynamic/mysql:Schema").inputs["assume_roles"] == [
+        {"role_arn": roles[0]["roleArn"], "session_name": "ci"},
+        {"role_arn": roles[1]["roleArn"], "external_id": "x-1"},
+    ]
+
+
 def test_scaling_config_reaches_the_cluster() -> None:
     paused = run({"mlflow-aws:db": {"maxCapacity": 8, "secondsUntilAutoPause": 3600}})
     scaling = paused.one(CLUSTER).inputs["serverlessv2ScalingConfiguration"]

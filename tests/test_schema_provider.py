@@ -451,6 +451,82 @@ def test_no_decision_alters_revokes_or_drops_the_master_user() -> None:
                     refuse()
 
 
+def test_the_stacks_assumed_roles_sign_every_data_api_call(
+    data_api: DataApiEmulator, moto: MotoServer, news: Any, mariadb: MariaDB
+) -> None:
+    """Issue 15, finding 7: with aws:assumeRoles the AWS provider runs as the assumed role; the
+    schema provider (its own boto3 client) ran its Data API calls as the environment's identity
+    instead. Now it assumes the same roles first: no call is signed with the deployer's key."""
+    env = {**provider_environment(data_api), "AWS_ENDPOINT_URL_STS": moto.endpoint_url}
+    roles = [{"role_arn": "arn:aws:iam::123456789012:role/deployer", "session_name": "pulumi-up",
+              "duration_seconds": 900.0}]  # fmt: skip
+    with provider_server(env) as srv:
+        client = srv.client(MysqlSchemaProvider(), wrap_secrets=False)
+        inputs, failures = client.check(news("assumed", assume_roles=roles))
+        assert failures == []
+        mark = len(data_api.requests)
+        id_, outs = client.create(inputs)
+        assert user_exists(mariadb, "mlflow_assumed")
+        client.delete(id_, outs)
+        keys = set(data_api.access_keys[mark:])
+    deployer = provider_environment(data_api)["AWS_ACCESS_KEY_ID"]
+    assert keys and deployer not in keys, keys
+    assert all(k.startswith("ASIA") for k in keys), keys  # STS session credentials
+
+
+def test_assumed_roles_are_checked_before_any_request(
+    client: ProviderClient, data_api: DataApiEmulator, news: Any
+) -> None:
+    mark = len(data_api.requests)
+    for roles, reason in (
+        ([{"role_arn": "deployer"}], "is not a role ARN"),
+        ([{"role_arn": "arn:aws:iam::123456789012:role/d", "mfa_serial": "x"}], "unknown field"),
+        ("arn:aws:iam::123456789012:role/d", "must be a list"),
+    ):
+        _, failures = client.check(news("roles", assume_roles=roles))
+        assert [(prop, reason in text) for prop, text in failures] == [("assume_roles", True)]
+    assert data_api.requests[mark:] == []
+
+
+def every_statement() -> list[Any]:
+    """Every statement the provider can send, over every state it can see."""
+    from projects.schema_sql import (
+        ensure_registry,
+        forget,
+        inspection,
+        kill_session,
+        record,
+        registry_lookup,
+        sessions_of,
+    )
+
+    ids = validate_name("fraud-v2")
+    found = [*inspection(ids).values(), registry_lookup(ids), sessions_of(ids.username),
+             *kill_session(7), record(ids, "user", ids.username), forget("user", ids.username),
+             *(step.statement for step in ensure_registry())]  # fmt: skip
+    situations = [
+        _observed(user_exists=u, recorded_user=u, collation=c, recorded_schema=c is not None)
+        for u in (False, True) for c in (None, COLLATION, "latin1_bin")
+    ]  # fmt: skip
+    for seen in situations:
+        for steps in (decide_create(Desired(ids, PW), seen), decide_change(Desired(ids, PW), seen),
+                      decide_delete(ids, seen, drop_data=True)):  # fmt: skip
+            found += [s.statement for s in steps] + [s.undo for s in steps if s.undo]
+    return found
+
+
+def test_each_named_parameter_is_used_once_and_bound() -> None:
+    """Issue 15, finding 10: the RDS Data API documents named parameters (SqlParameter) but not
+    one name bound at several places in a statement, so each use gets its own name (the
+    inspection query used :grantee three times). The emulator refuses a reused name too."""
+    from tests.data_api_emulator import placeholders
+
+    for statement in every_statement():
+        _, names, _ = placeholders(statement.sql)
+        assert len(names) == len(set(names)), f"{names} in {statement}"
+        assert set(names) == set(statement.params), statement
+
+
 # -- check ------------------------------------------------------------------------------------
 
 HOSTILE_NAMES = [
