@@ -55,7 +55,8 @@ _OPERATIONS = {
     "/RollbackTransaction": "RollbackTransaction",
 }
 _SIGV4 = re.compile(
-    r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/\d{8}/(?P<region>[a-z0-9-]+)/(?P<service>[a-z0-9-]+)/"
+    r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/\d{8}/"
+    r"(?P<region>[a-z0-9-]+)/(?P<service>[a-z0-9-]+)/"
     r"aws4_request, SignedHeaders=[a-z0-9;-]+, Signature=[0-9a-f]{64}"
 )
 _MODEL = botocore.session.get_session().get_service_model("rds-data")
