@@ -20,6 +20,15 @@ The provider runs inside the SDK's provider server (``python -m pulumi.dynamic``
 unpickles it by reference to this module. It keeps nothing on ``self``: each method makes its
 own Data API client. ``check`` never talks to AWS.
 
+STABLE CONTRACT: every stack's state stores the provider as a pickled reference to
+``projects.schema_provider.MysqlSchemaProvider`` (``PROVIDER_MODULE``, ``PROVIDER_CLASS``).
+Renaming or moving this module or class, or a module it imports by name, breaks refresh,
+update and destroy of every existing stack with ``ModuleNotFoundError``. The provider process
+finds the module through the venv's ``mlflow-aws-program.pth`` (written by ``./dev setup``),
+whatever its working directory (an Automation API ``work_dir``, another checkout):
+tests/test_provider_state.py unpickles the state the SDK writes, from another directory, as
+the engine does.
+
 Secrets: the server tells the engine ``acceptSecrets: false``, so the engine sends plain
 values; tests (and older engines) may send them wrapped in the secret signature. Both are
 accepted. In outputs, ``password`` is always returned wrapped as a secret (the resource also
@@ -70,6 +79,10 @@ from projects.schema_sql import (
 )
 
 __all__ = ["COLLATION", "MysqlSchema", "MysqlSchemaArgs", "MysqlSchemaProvider"]
+
+# What every stack's state refers to (see the module docstring): never rename.
+PROVIDER_MODULE = "projects.schema_provider"
+PROVIDER_CLASS = "MysqlSchemaProvider"
 
 # Inputs, in the order they are documented.
 INPUT_KEYS = (
