@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import HelperError
+from .invocation import helper_command
 from .outputs import (
     PROJECT_TAG_KEY,
     OutputsError,
@@ -160,7 +161,7 @@ def load_connection_from_aws(
         if not candidates:
             raise OutputsError(
                 f"no connection secret tagged {PROJECT_TAG_KEY}={project} in {region}. "
-                "Check the project name (`python -m helper projects --from-aws`) and the region "
+                f"Check the project name (`{helper_command()} projects --from-aws`) and the region "
                 "(AWS_REGION), or use --outputs FILE / --stack S"
             )
         if len(candidates) > 1:

@@ -7,8 +7,10 @@ import shutil
 import socket
 import subprocess
 import sys
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import HelperError
+from .invocation import in_repository, install_hint
 
 LOOPBACK = "127.0.0.1"
 PROCESS_RUNTIME_HINT = "or run the server without Docker: add `--runtime process`"
@@ -69,6 +71,22 @@ def check_docker() -> str:
     return docker
 
 
+def require_server_packages(what: str) -> None:
+    """A laptop server logs in to MySQL first (PyMySQL): the ``server`` extra of the package."""
+    import importlib.util
+
+    if importlib.util.find_spec("pymysql") is None:
+        raise HelperError(
+            f"{what} needs PyMySQL, which this Python does not have: {install_hint()}"
+        )
+
+
+def check_mlflow_installed(what: str) -> None:
+    if installed_mlflow_version() is None:
+        hint = install_hint() if in_repository() else f"`pip install mlflow` (in {sys.executable})"
+        raise HelperError(f"{what} needs mlflow, which this Python does not have: {hint}")
+
+
 def installed_mlflow_version() -> str | None:
     """The mlflow version of this interpreter, read from metadata (mlflow is not imported)."""
     from importlib import metadata
@@ -84,9 +102,14 @@ def check_mlflow_version(expected: str) -> None:
     (newer) or refuses it (older), for the whole team."""
     installed = installed_mlflow_version()
     if installed is None:
+        pins = (
+            "`pip install -r docker/requirements.txt`"
+            if in_repository()
+            else (f"`pip install mlflow=={expected}`")
+        )
         raise HelperError(
-            f"mlflow is not installed in {sys.executable}; install the image's pins "
-            "(`pip install -r docker/requirements.txt`) or use `--runtime docker`"
+            f"mlflow is not installed in {sys.executable}; install the stack's version "
+            f"({pins}) or use `--runtime docker`"
         )
     if installed != expected:
         raise HelperError(
@@ -105,20 +128,22 @@ def check_database_login(backend_store_uri: str, ca_source: str, timeout: float 
     MLflow's ~100 s of silent engine retries.
     """
     import pymysql
-    from sqlalchemy.engine import make_url
 
-    url = make_url(backend_store_uri)
-    ca = url.query.get("ssl_ca")
+    # The URI by hand (not SQLAlchemy's parser): the docker runtime's helper has no mlflow.
+    url = urlsplit(backend_store_uri)
+    ca = parse_qs(url.query).get("ssl_ca", [None])[0]
     if not isinstance(ca, str):
         raise HelperError("internal: the backend URI has no ssl_ca; refusing an unverified login")
-    where = f"{url.host}:{url.port or 3306}"
+    host, port = url.hostname or "", url.port or 3306
+    where = f"{host}:{port}"
+    username = unquote(url.username or "")
     try:
         connection = pymysql.connect(
-            host=url.host,
-            port=url.port or 3306,
-            user=url.username,
-            password=url.password or "",
-            database=url.database,
+            host=host,
+            port=port,
+            user=username,
+            password=unquote(url.password or ""),
+            database=url.path.lstrip("/") or None,
             ssl={"ca": ca},  # required, certificate and host name verified
             connect_timeout=timeout,
         )
@@ -131,16 +156,16 @@ def check_database_login(backend_store_uri: str, ca_source: str, timeout: float 
                 "offers it: check that DatabaseEndpoint is the cluster)"
             )
         elif "mismatch" in text or "doesn't match" in text:
-            hint = f"its TLS certificate is not for the host name {url.host} (refused)"
+            hint = f"its TLS certificate is not for the host name {host} (refused)"
         elif "CERTIFICATE_VERIFY_FAILED" in text:
             hint = f"its TLS certificate is not signed by a CA of {ca_source} (refused)"
         elif code == 1045:  # access denied: never echo the password, only whose it is
             hint = (
-                f"user {url.username} was refused: its password may have been rotated "
+                f"user {username} was refused: its password may have been rotated "
                 "(`passwordVersion`); start the helper again to read the current one"
             )
         elif code == 1044:
-            hint = f"user {url.username} has no access to schema {url.database}"
+            hint = f"user {username} has no access to schema {url.path.lstrip('/')}"
         else:
             hint = text
         raise HelperError(f"cannot log in to the database at {where}: {hint}") from None

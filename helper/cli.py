@@ -10,10 +10,12 @@ import argparse
 import os
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import HelperError
+from .invocation import helper_command
 from .outputs import ProjectConnection, StackOutputs
 from .supervise import export_line
 
@@ -69,7 +71,7 @@ def _add_port(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m helper",
+        prog=helper_command(),
         description="Run a project's MLflow tracking server on 127.0.0.1 for you.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -210,29 +212,47 @@ def _stack_outputs(args: argparse.Namespace) -> StackOutputs | None:
     return None
 
 
-def load_connection(args: argparse.Namespace) -> ProjectConnection:
-    """The project's connection bundle, read from its secret with the user's AWS credentials;
-    the stack outputs (file or CLI), when given, only say which secret and region."""
-    from .aws import load_connection_from_aws
+@dataclass(frozen=True)
+class SecretLocation:
+    """Where the project's connection secret is: all the input says, checked, before AWS."""
 
+    project: str
+    region: str | None  # None: the user's region
+    secret_id: str | None  # None: found by its project tag
+
+
+def connection_source(args: argparse.Namespace) -> SecretLocation:
+    """The options, the project name and the outputs (file or CLI) checked: every input error
+    is said here, before Docker or AWS is asked anything."""
     _check_source_options(args)
     project = _validated_project(args.project)
     outputs = _stack_outputs(args)
     if outputs is not None:
-        secret_arn = outputs.project(project).connection_secret_arn
-        return load_connection_from_aws(project, outputs.region, secret_arn)
-    return load_connection_from_aws(project, None, args.secret_id)
+        return SecretLocation(
+            project, outputs.region, outputs.project(project).connection_secret_arn
+        )
+    return SecretLocation(project, None, args.secret_id)
+
+
+def fetch_connection(source: SecretLocation) -> ProjectConnection:
+    """The project's connection bundle, read from its secret with the user's AWS credentials."""
+    from .aws import load_connection_from_aws
+
+    return load_connection_from_aws(source.project, source.region, source.secret_id)
+
+
+def load_connection(args: argparse.Namespace) -> ProjectConnection:
+    return fetch_connection(connection_source(args))
 
 
 def _upgrade_hint(args: argparse.Namespace, project: str) -> str:
+    command = helper_command().split()
     if getattr(args, "local", False):
         local = ["--local", "--project", project]
         if args.data_dir:
             local += ["--data-dir", str(args.data_dir)]
-        return shlex.join(["python", "-m", "helper", "upgrade", *local])
-    return shlex.join(
-        ["python", "-m", "helper", "upgrade", "--project", project, *_source_argv(args)]
-    )
+        return shlex.join([*command, "upgrade", *local])
+    return shlex.join([*command, "upgrade", "--project", project, *_source_argv(args)])
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -256,15 +276,16 @@ def _local(args: argparse.Namespace) -> LocalStore:
     from .runtimes import DEFAULT_LOCAL_PROJECT, default_data_dir, local_store
 
     _reject_remote_options_with_local(args)
-    project = _validated_project(args.project or DEFAULT_LOCAL_PROJECT)
+    # An empty --project is a mistake to say, not a reason to serve the default project.
+    project = _validated_project(DEFAULT_LOCAL_PROJECT if args.project is None else args.project)
     data_dir = args.data_dir or default_data_dir(os.environ)
     return local_store(data_dir, project)
 
 
 def _require_project(args: argparse.Namespace) -> None:
-    if not args.project:
+    if args.project is None:
         raise HelperError(
-            f"{args.command} needs --project NAME (list them with `python -m helper projects`)",
+            f"{args.command} needs --project NAME (list them with `{helper_command()} projects`)",
             2,
         )
 
@@ -280,14 +301,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.data_dir:
         raise HelperError("--data-dir goes with --local", 2)
     _require_project(args)
+    from . import checks, tls
+
+    # What the user typed first (options, name, outputs, --db-ca), then what this machine
+    # lacks (Docker, packages), then AWS.
+    source = connection_source(args)
+    tls.read_db_ca(args.db_ca)
     if args.runtime == "process":
-        connection = load_connection(args)
+        checks.require_server_packages("serve --runtime process")
+        connection = fetch_connection(source)
         hint = _upgrade_hint(args, connection.project)
         return runtimes.serve_process(connection, args.port, hint, args.db_ca)
-    from .checks import check_docker
-
-    docker = check_docker()  # before any AWS call: the fix (--runtime process) comes first
-    connection = load_connection(args)
+    docker = checks.check_docker()  # before any AWS call: the fix (--runtime process) comes first
+    checks.require_server_packages("serve (its login to the database before the container)")
+    connection = fetch_connection(source)
     hint = _upgrade_hint(args, connection.project)
     return runtimes.serve_docker(connection, args.port, hint, args.db_ca, docker)
 
@@ -326,7 +353,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
-    from . import checks
+    from . import checks, tls
     from .runtimes import verified_store
     from .upgrade import run_upgrade
 
@@ -334,11 +361,15 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         store = _local(args)
         if not store.database_path.exists():
             raise HelperError(f"no local database at {store.database_path}: nothing to upgrade")
+        checks.check_mlflow_installed("upgrade --local")
         return run_upgrade(store.backend_store_uri, f"local project {store.project}")
     if args.data_dir:
         raise HelperError("--data-dir goes with --local", 2)
     _require_project(args)
-    connection = load_connection(args)
+    source = connection_source(args)
+    tls.read_db_ca(args.db_ca)
+    checks.require_server_packages("upgrade")
+    connection = fetch_connection(source)
     checks.check_mlflow_version(connection.mlflow_version)
     with verified_store(connection, args.db_ca) as verified:
         return run_upgrade(

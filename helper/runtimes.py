@@ -269,8 +269,8 @@ class VerifiedStore:
 def verified_store(connection: ProjectConnection, db_ca: Path | None) -> Iterator[VerifiedStore]:
     """The project's store verified against its CA bundle (in a private file for the block's
     duration), after reaching the database and one login as the project's user."""
+    pem, source = tls.ca_bundle_text(connection, db_ca)  # a bad --db-ca is said first
     checks.check_database_reachable(connection.database_endpoint, connection.database_port)
-    pem, source = tls.ca_bundle_text(connection, db_ca)
     with tls.ca_file(pem) as ca:
         uri = tls.with_ssl_ca(connection.backend_store_uri, str(ca))
         checks.check_database_login(uri, source)
@@ -350,11 +350,7 @@ def serve_process(
 
 def serve_local(store: LocalStore, port: int, upgrade_hint: str) -> int:
     _free_port(port)
-    if checks.installed_mlflow_version() is None:
-        raise HelperError(
-            f"mlflow is not installed in {sys.executable}; "
-            "run `./dev setup` and use .venv/bin/python"
-        )
+    checks.check_mlflow_installed("serve --local")
     if store.database_path.exists():
         sys.stderr.write(f"local store of project {store.project}: {store.directory}\n")
     else:

@@ -23,16 +23,25 @@ from .outputs import ProjectConnection
 from .server_settings import with_query_parameter
 
 
+def read_db_ca(override: Path | None) -> str | None:
+    """The text of ``--db-ca FILE``, or None without it; an unreadable file is an input error,
+    said before anything else happens."""
+    if override is None:
+        return None
+    path = override.expanduser()
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HelperError(f"--db-ca {override}: cannot read it ({exc})", 2) from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise HelperError(f"--db-ca {override}: not a PEM file of CA certificates", 2)
+    return text
+
+
 def ca_bundle_text(connection: ProjectConnection, override: Path | None) -> tuple[str, str]:
     """The PEM text to verify the database with, and where it came from (for messages)."""
-    if override is not None:
-        path = override.expanduser()
-        try:
-            text = path.read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise HelperError(f"--db-ca {override}: cannot read it ({exc})", 2) from None
-        if "-----BEGIN CERTIFICATE-----" not in text:
-            raise HelperError(f"--db-ca {override}: not a PEM file of CA certificates", 2)
+    text = read_db_ca(override)
+    if text is not None:
         return text, f"--db-ca {override}"
     if not connection.database_ca_bundle:
         raise HelperError(

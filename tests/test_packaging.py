@@ -119,3 +119,96 @@ def test_installed_entry_points_are_registered(installed: Path, tmp_path: Path) 
         cwd=tmp_path,
     )
     assert signing.stdout.strip() == "https://sts.eu-west-1.amazonaws.com/", signing.stderr
+
+
+# -- each subcommand of the installed helper, as a new user meets it (issue 15, 12 and 13) -----
+
+
+def installed_helper(
+    venv: Path, tmp_path: Path, *argv: str | Path, script: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """The installed helper, outside the repository, with AWS unreachable and no Docker."""
+    command = [venv / "bin" / "mlflow-aws"] if script else [venv / "bin" / "python", "-m",
+                                                           "mlflow_aws.helper"]  # fmt: skip
+    env = {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "XDG_RUNTIME_DIR": str(tmp_path),
+        "AWS_ACCESS_KEY_ID": "AKIAX",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_REGION": "eu-west-1",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_MAX_ATTEMPTS": "1",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }
+    return subprocess.run(
+        [str(a) for a in [*command, *argv]], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def outputs(tmp_path: Path) -> Path:
+    import json
+
+    path = tmp_path / "outputs.json"
+    arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:mlflow-aws/dev/churn-AbCdEf"
+    path.write_text(json.dumps({"Region": "eu-west-1", "Projects": {"churn": {
+        "ArtifactRoot": "s3://b/churn", "ConnectionSecretArn": arn}}}))  # fmt: skip
+    return path
+
+
+def test_every_subcommand_of_the_installed_helper_says_what_it_needs(
+    installed: Path, tmp_path: Path
+) -> None:
+    out = outputs(tmp_path)
+    local = tmp_path / "data"
+    (local / "default").mkdir(parents=True)
+    (local / "default" / "mlflow.db").write_bytes(b"")
+    pip_server = "pip install 'mlflow-aws[server]'"
+    cases = {
+        # argv -> (exit code, what the one-line message must say)
+        ("serve", "--project", "churn", "--outputs", out, "--runtime", "process"): (1, pip_server),
+        ("upgrade", "--project", "churn", "--outputs", out): (1, pip_server),
+        ("serve", "--project", "churn", "--outputs", out): (1, "docker is not installed"),
+        ("serve", "--local", "--data-dir", local, "--port", "5291"): (1, "pip install mlflow"),
+        ("upgrade", "--local", "--data-dir", local): (1, "pip install mlflow"),
+        ("serve", "--project", "churn", "--outputs", out, "--remote"): (1, "AWS"),
+        ("command", "--project", "churn", "--outputs", out): (1, "AWS"),
+        ("env", "--remote", "--project", "churn", "--outputs", out): (1, "AWS"),
+        ("serve", "--runtime", "process"): (2, "`mlflow-aws projects`"),
+        ("projects", "--outputs", out): (0, ""),
+        ("env",): (0, ""),
+    }
+    for argv, (code, says) in cases.items():
+        result = installed_helper(installed, tmp_path, *argv)
+        shown = " ".join(map(str, argv))
+        assert result.returncode == code, (shown, result.stderr)
+        assert "Traceback" not in result.stderr and "ModuleNotFoundError" not in result.stderr, (
+            shown, result.stderr)  # fmt: skip
+        assert says in result.stderr, (shown, result.stderr)
+        assert "python -m helper" not in result.stdout + result.stderr, shown
+        assert len(result.stderr.strip().splitlines()) <= 1, (shown, result.stderr)
+
+
+def test_the_installed_helpers_help_names_the_command_that_was_run(
+    installed: Path, tmp_path: Path
+) -> None:
+    script = installed_helper(installed, tmp_path, "--help")
+    assert script.stdout.startswith("usage: mlflow-aws "), script.stdout
+    module = installed_helper(installed, tmp_path, "--help", script=False)
+    assert module.stdout.startswith("usage: python -m mlflow_aws.helper "), module.stdout
+    hint = installed_helper(installed, tmp_path, "serve", "--runtime", "process", script=False)
+    assert "`python -m mlflow_aws.helper projects`" in hint.stderr
+
+
+def test_the_server_extra_brings_what_laptop_servers_need(wheel: Path, tmp_path: Path) -> None:
+    venv = tmp_path / "v"
+    assert run(sys.executable, "-m", "venv", venv).returncode == 0
+    result = run(venv / "bin" / "python", "-m", "pip", "install", "-q", f"{wheel}[server]")
+    assert result.returncode == 0, result.stderr
+    served = installed_helper(venv, tmp_path, "serve", "--project", "churn", "--outputs",
+                              outputs(tmp_path), "--runtime", "process")  # fmt: skip
+    assert served.returncode == 1 and "Traceback" not in served.stderr
+    assert "PyMySQL" not in served.stderr  # past the package check: now AWS is asked
+    assert "AWS" in served.stderr, served.stderr
