@@ -116,8 +116,8 @@ def test_an_unreadable_db_ca_is_said_before_aws_or_the_database(
     unreadable = tmp_path / "ca.pem"
     unreadable.write_text("-----BEGIN CERTIFICATE-----\n")
     unreadable.chmod(0)
-    argv = [command, "--project", "churn", "--outputs", outputs_file(tmp_path),
-            "--db-ca", unreadable]  # fmt: skip
+    argv: list[str | Path] = [command, "--project", "churn", "--outputs",
+                              outputs_file(tmp_path), "--db-ca", unreadable]  # fmt: skip
     if command == "serve":
         argv += ["--runtime", "process"]
     if os.geteuid() == 0:  # root reads anything: make it not a file instead
