@@ -184,14 +184,17 @@ _CA_FILE: list[Path] = []
 
 
 def mock_ca_file() -> Path:
-    """One CA bundle file for every program run (what ``db.caBundle`` points at in tests)."""
+    """One CA bundle file for every program run (what ``db.caBundle`` points at in tests),
+    removed when the test process ends."""
     if not _CA_FILE:
+        import atexit
         import tempfile
 
         fd, name = tempfile.mkstemp(prefix="mlflow-aws-mock-ca-", suffix=".pem")
         with open(fd, "w", encoding="ascii") as handle:
             handle.write(make_ca_pem())
         _CA_FILE.append(Path(name))
+        atexit.register(_CA_FILE[0].unlink, missing_ok=True)
     return _CA_FILE[0]
 
 
