@@ -1,0 +1,1 @@
+"""Release checks: ``./dev smoke-aws`` (release/smoke_aws.py)."""
