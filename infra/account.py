@@ -111,14 +111,18 @@ class _Survey:
 # -- rules (pure: the facts in, the problems out) ------------------------------------------------
 
 
-def database_network_problems(
-    config: StackConfig, vpc_id: str, subnets: Sequence[Subnet], source: str
-) -> list[str]:
-    problems = [
+def outside_the_vpc(vpc_id: str, subnets: Sequence[Subnet], source: str) -> list[str]:
+    return [
         f"{source}: subnet {s.id} is in {s.vpc_id}, not in the database's VPC {vpc_id}"
         for s in subnets
         if s.vpc_id != vpc_id
     ]
+
+
+def database_network_problems(
+    config: StackConfig, vpc_id: str, subnets: Sequence[Subnet], source: str
+) -> list[str]:
+    problems = outside_the_vpc(vpc_id, subnets, source)
     zones = {s.availability_zone for s in subnets}
     if len(zones) < 2:
         problems.append(
@@ -141,11 +145,7 @@ def database_network_problems(
 def load_balancer_problems(
     config: StackConfig, vpc_id: str, subnets: Sequence[Subnet], source: str
 ) -> list[str]:
-    problems = [
-        f"{source}: subnet {s.id} is in {s.vpc_id}, not in the database's VPC {vpc_id}"
-        for s in subnets
-        if s.vpc_id != vpc_id
-    ]
+    problems = outside_the_vpc(vpc_id, subnets, source)
     by_zone: dict[str, list[str]] = {}
     for s in subnets:
         by_zone.setdefault(s.availability_zone, []).append(s.id)
@@ -177,11 +177,7 @@ def task_network_problems(
 ) -> tuple[list[str], list[str]]:
     """Problems and warnings for the tasks' subnets: they must reach ECR, S3, Secrets Manager
     and CloudWatch Logs to start at all."""
-    problems = [
-        f"{source}: subnet {s.id} is in {s.vpc_id}, not in the database's VPC {vpc_id}"
-        for s in subnets
-        if s.vpc_id != vpc_id
-    ]
+    problems = outside_the_vpc(vpc_id, subnets, source)
     warnings = []
     if len(subnets) > MAX_TASK_SUBNETS:
         problems.append(f"{source}: ECS takes at most {MAX_TASK_SUBNETS} subnets per service")

@@ -358,29 +358,13 @@ class AwsAccount:
         deadline = time.monotonic() + timeout
         with tempfile.TemporaryDirectory() as work:
             while True:
-                run = subprocess.run(
-                    tutorial_argv(),
-                    cwd=work,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=600,
-                    check=False,
-                )
+                run = _run(tutorial_argv(), work, env, 600)
                 if run.returncode == 0:
                     break
                 if time.monotonic() > deadline:
                     raise StepFailed(f"tracking.py failed: {_last_line(run.stderr)}")
                 time.sleep(20)
-            counted = subprocess.run(
-                runs_argv(),
-                cwd=work,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
+            counted = _run(runs_argv(), work, env, 300)
         if counted.returncode != 0 or not counted.stdout.strip().isdigit():
             raise StepFailed(f"cannot list the runs: {_last_line(counted.stderr)}")
         if int(counted.stdout) < 1:
@@ -478,6 +462,14 @@ class AwsAccount:
             f"{cluster_id} did not reach 0 ACU within {timeout / 60:.0f} min: "
             "something holds a connection (look at the database's sessions)"
         )
+
+
+def _run(
+    argv: list[str], cwd: str, env: Mapping[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=cwd, env=dict(env), capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def _free_port() -> int:
