@@ -197,7 +197,7 @@ def _validated_project(name: str) -> str:
 
     problem = name_problem(name)
     if problem is not None:
-        raise HelperError(problem, 2)
+        raise HelperError(f"--project {name!r}: {problem}", 2)
     return name
 
 
