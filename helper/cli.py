@@ -122,7 +122,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     projects = commands.add_parser("projects", help="list the stack's projects")
     _add_sources(projects)
+    _add_gc(commands)
     return parser
+
+
+def _add_gc(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gc = commands.add_parser(
+        "gc",
+        help="remove what MLflow marked deleted: runs, their rows and artifacts, experiments, "
+        "logged models, and traces past a retention",
+        description="Permanently remove the project's deleted runs (rows and artifacts), "
+        "deleted logged models and experiments, and traces older than --trace-retention, with "
+        "the project's rights only. Nothing that is not deleted is touched; what stays is "
+        "listed with the reason.",
+    )
+    gc.add_argument("--project", metavar="NAME", help="the project (with --local: 'default')")
+    _add_sources(gc)
+    gc.add_argument(
+        "--older-than",
+        metavar="AGE",
+        default="0",
+        help="only what was deleted at least AGE ago: 30d, 12h, 1d12h, 90m (default: 0, "
+        "everything deleted)",
+    )
+    gc.add_argument(
+        "--trace-retention",
+        metavar="AGE",
+        help="also remove traces older than AGE in every experiment (default: traces go only "
+        "with their deleted experiment)",
+    )
+    gc.add_argument(
+        "--dry-run", action="store_true", help="report what would be removed; change nothing"
+    )
+    gc.add_argument(
+        "--json", action="store_true", help="also print the figures as one JSON line, last"
+    )
+    _add_db_ca(gc)
+    _add_local(gc, "collect the embedded default's SQLite store and artifact directory")
 
 
 def _add_db_ca(parser: argparse.ArgumentParser) -> None:
@@ -366,12 +402,39 @@ def cmd_projects(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from mlflow_aws.gc import GcError, Options, batch_rows_from, parse_duration
+
+    from . import gc
+
+    try:
+        options = Options(
+            older_than_ms=parse_duration(args.older_than, "--older-than"),
+            trace_retention_ms=(
+                parse_duration(args.trace_retention, "--trace-retention")
+                if args.trace_retention
+                else None
+            ),
+            dry_run=args.dry_run,
+            batch_rows=batch_rows_from(os.environ),
+        )
+    except GcError as exc:
+        raise HelperError(str(exc), 2) from None
+    if args.local:
+        return gc.gc_local(_local(args), options, args.json)
+    if args.data_dir:
+        raise HelperError("--data-dir goes with --local", 2)
+    _require_project(args)
+    return gc.gc_connection(load_connection(args), args.db_ca, options, args.json)
+
+
 COMMANDS = {
     "serve": cmd_serve,
     "command": cmd_command,
     "env": cmd_env,
     "upgrade": cmd_upgrade,
     "projects": cmd_projects,
+    "gc": cmd_gc,
 }
 
 
