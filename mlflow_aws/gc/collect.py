@@ -8,7 +8,7 @@ row last, so an interrupted entity is found again by the next run.
 1. deleted runs older than the cut-off: artifacts, metrics, latest metrics, params, tags,
    inputs and their tags, logged-model metrics, assessments and entity associations of the
    run, then the run;
-2. deleted logged models older than the cut-off: artifacts, metrics, params, tags, inputs,
+2. logged models deleted (or in a deleted experiment) before the cut-off: artifacts, metrics, params, tags, inputs,
    associations, then the model;
 3. deleted experiments older than the cut-off whose runs and models are all gone: their
    traces (with spans, tags, metadata, assessments), datasets, scorers, issues, review
@@ -80,7 +80,7 @@ class Report:
             "experiments": self.experiments,
             "traces": self.traces,
             "rows": self.total_rows,
-            "rows_by_table": dict(sorted(self.rows.items())),
+            "rows_by_table": {t: n for t, n in sorted(self.rows.items()) if n},
             "objects": self.objects,
             "bytes": self.bytes,
             "kept": len(self.kept),
@@ -91,24 +91,30 @@ class Report:
         verb = "would remove" if self.dry_run else "removed"
         tables = ", ".join(f"{t} {n:,}" for t, n in sorted(self.rows.items()) if n)
         out = [
-            f"project {self.project}: {verb} {self.runs:,} runs, {self.logged_models:,} logged "
-            f"models, {self.experiments:,} experiments, {self.traces:,} traces; "
-            f"{self.total_rows:,} rows; {self.objects:,} objects ({human_bytes(self.bytes)})"
+            f"project {self.project}: {verb} {_count(self.runs, 'run')}, "
+            f"{_count(self.logged_models, 'logged model')}, "
+            f"{_count(self.experiments, 'experiment')}, {_count(self.traces, 'trace')}; "
+            f"{_count(self.total_rows, 'row')}; {_count(self.objects, 'object')} "
+            f"({human_bytes(self.bytes)})"
             + (" [dry run: nothing changed]" if self.dry_run else ""),
         ]
         if tables:
             out.append(f"  rows: {tables}")
         if self.kept:
-            out.append(f"  kept {len(self.kept):,} deleted entities:")
+            out.append(f"  kept (deleted, but something that stays needs them): {len(self.kept):,}")
             out += [f"    {reason}" for reason in self.kept[:KEPT_SHOWN]]
             if len(self.kept) > KEPT_SHOWN:
                 out.append(f"    … and {len(self.kept) - KEPT_SHOWN:,} more")
         if self.outside:
             out.append(
-                f"  {self.outside:,} entities had artifacts outside the project's root: "
-                "their rows are removed, their artifacts left where they are"
+                f"  {self.outside:,} had artifacts outside the project's root: their rows "
+                "are removed, their artifacts left where they are"
             )
         return out
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def human_bytes(count: int) -> str:
@@ -428,8 +434,9 @@ class Collector:
             return f"registered model {name!r} version {version} uses its artifacts"
         found = self._query(
             "SELECT m.model_id FROM logged_model_metrics m JOIN logged_models l "
-            "ON l.model_id = m.model_id WHERE m.run_id = :id AND l.lifecycle_stage <> 'deleted' "
-            "LIMIT 1",
+            "ON l.model_id = m.model_id JOIN experiments e ON e.experiment_id = l.experiment_id "
+            "WHERE m.run_id = :id AND l.lifecycle_stage <> 'deleted' AND "
+            "e.lifecycle_stage <> 'deleted' LIMIT 1",
             {"id": run_id},
         )
         if found:
@@ -480,10 +487,14 @@ class Collector:
         )
 
     def _logged_models(self) -> None:
+        # A logged model is deleted when it is, or when its experiment is (deleting an
+        # experiment marks its runs deleted, not its models).
+        experiment_deleted = self._deleted_since_cutoff("e.last_update_time")
         pages = self._keyset(
-            "SELECT model_id, artifact_location FROM logged_models WHERE lifecycle_stage = "
-            "'deleted' AND last_updated_timestamp_ms <= :cutoff AND model_id > :after "
-            "ORDER BY model_id LIMIT :page",
+            "SELECT l.model_id, l.artifact_location FROM logged_models l JOIN experiments e "
+            "ON e.experiment_id = l.experiment_id WHERE ((l.lifecycle_stage = 'deleted' AND "
+            "l.last_updated_timestamp_ms <= :cutoff) OR (e.lifecycle_stage = 'deleted' AND "
+            f"{experiment_deleted})) AND l.model_id > :after ORDER BY l.model_id LIMIT :page",
             {"cutoff": self.cutoff},
             "",
         )
@@ -509,7 +520,9 @@ class Collector:
         if uri and prefix is None:
             self.report.outside += 1
         if not self._still(
-            "SELECT 1 FROM logged_models WHERE model_id = :id AND lifecycle_stage = 'deleted'",
+            "SELECT 1 FROM logged_models l JOIN experiments e ON e.experiment_id = "
+            "l.experiment_id WHERE l.model_id = :id AND "
+            "(l.lifecycle_stage = 'deleted' OR e.lifecycle_stage = 'deleted')",
             {"id": model_id},
         ):
             return
@@ -567,11 +580,11 @@ class Collector:
         if runs:
             live = sum(n for stage, n in runs.items() if stage != DELETED)
             held.append(
-                f"{sum(runs.values()):,} runs stay in it"
+                _count(sum(runs.values()), "run") + " stay in it"
                 + (f" ({live:,} not deleted: restored after the experiment was)" if live else "")
             )
         if models:
-            held.append(f"{models:,} logged models stay in it")
+            held.append(_count(models, "logged model") + " stay in it")
         return "; ".join(held)
 
     def _experiment(self, experiment_id: int, location: str | None) -> None:
