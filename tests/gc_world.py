@@ -127,8 +127,8 @@ def build_world(url: str, project: Project, env: dict[str, str], bucket: str) ->
             client.log_artifacts(run_id, str(work))
             dataset = Dataset(name=f"ds-{name}", digest=f"d-{name}", source_type="local",
                               source="/data/x.csv")  # fmt: skip
-            client.log_inputs(run_id, datasets=[
-                DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])  # fmt: skip
+            context = InputTag("mlflow.data.context", "training")
+            client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
             return str(run_id)
 
         live = client.create_experiment("live")
@@ -236,8 +236,10 @@ def build_world(url: str, project: Project, env: dict[str, str], bucket: str) ->
 
 def table_rows(mariadb: MariaDB, schema: str) -> dict[str, set[tuple[Any, ...]]]:
     """Every row of every table of the schema (values as the driver returns them)."""
-    tables = [str(t) for (t,) in mariadb.query(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,))]  # fmt: skip
+    listed = mariadb.query(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
+    )
+    tables = [str(t) for (t,) in listed]
     return {t: set(mariadb.query(f"SELECT * FROM `{t}`", database=schema)) for t in tables}
 
 

@@ -25,9 +25,9 @@ from projects.project import server_policy_document
 from tests.gc_world import (
     World,
     build_world,
+    mentions,
     migrate,
     mlflow_server,
-    mentions,
     objects,
     table_rows,
     versioned_bucket,
@@ -35,6 +35,7 @@ from tests.gc_world import (
 from tests.services import MariaDB, MotoServer
 from tests.stack_on_moto import (
     Project,
+    aws_client,
     bundle_for,
     create_project,
     put_connection_secret,
@@ -188,3 +189,79 @@ def _experiment_row(table: str, row: tuple[Any, ...], made: World) -> bool:
     return table in ("experiments", "experiment_tags", "datasets") and any(
         value in made.gone_experiments for value in row if isinstance(value, int)
     )
+
+
+# -- killed half-way ------------------------------------------------------------------------------
+
+
+def many_metric_runs(
+    mariadb: MariaDB, aws: dict[str, str], name: str, runs: int, metrics: int
+) -> tuple[Project, list[str], str]:
+    """A project with ``runs`` deleted runs of ``metrics`` metrics and 3 objects each, and one
+    live run like them; made straight in the database and the bucket (fast)."""
+    from mlflow import MlflowClient
+
+    project = create_project(mariadb, name)
+    uri = mariadb.url(project.user, project.password, project.schema)
+    migrate(uri)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("big", artifact_location="mlflow-artifacts:/big")
+    s3 = aws_client("s3", aws)
+    ids = []
+    for _ in range(runs + 1):
+        run_id = client.create_run(experiment).info.run_id
+        client.log_param(run_id, "p", "v")
+        project.query(
+            "INSERT INTO metrics (`key`, value, timestamp, run_uuid, step, is_nan) "
+            f"SELECT CONCAT('k', seq %% 7), seq, seq, %s, seq, 0 FROM seq_1_to_{metrics}",
+            (run_id,),
+        )
+        for i in range(3):
+            s3.put_object(Bucket=BUCKET, Key=f"{name}/big/{run_id}/artifacts/f{i}", Body=b"x" * i)
+        ids.append(str(run_id))
+    live, *gone = ids
+    for run_id in gone:
+        client.delete_run(run_id)
+    return project, gone, live
+
+
+@pytest.mark.parametrize("kill_after", [1, 25])
+def test_a_gc_killed_half_way_and_run_again_leaves_no_orphan(
+    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path, kill_after: int
+) -> None:
+    name = f"killed{kill_after}"
+    project, gone, live = many_metric_runs(mariadb, aws, name, runs=3, metrics=20_000)
+    outputs = publish(aws, project, tmp_path)
+    env = {**helper_env(aws, tmp_path), "MLFLOW_AWS_GC_BATCH_ROWS": "1000"}
+    live_rows = owned_rows(mariadb, project.schema, {live})
+    live_objects = {k: v for k, v in objects(aws, BUCKET).items() if live in k}
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "helper", "gc", "--project", name, "--outputs", str(outputs)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stderr is not None
+    seen = 0
+    deadline = time.monotonic() + 300
+    for line in process.stderr:
+        seen += "deleted so far" in line
+        if seen >= kill_after:
+            process.send_signal(signal.SIGKILL)
+            break
+        assert time.monotonic() < deadline
+    assert process.wait(30) == -signal.SIGKILL, "gc finished before it could be killed"
+    # Killed mid-way: something is gone, not everything.
+    [(left,)] = project.query("SELECT COUNT(*) FROM metrics")
+    assert 20_000 < left < 4 * 20_000
+
+    again = gc(outputs, name, env)
+    assert again["runs"] == 3 - (kill_after > 20)  # the run finished before the kill is gone
+    marks = ", ".join(["%s"] * len(gone))
+    for table, column in OWNERS:
+        found = project.query(f"SELECT COUNT(*) FROM `{table}` WHERE `{column}` IN ({marks})",
+                              tuple(gone))  # fmt: skip
+        assert found == [(0,)], f"orphan rows in {table}"
+    remaining = objects(aws, BUCKET)
+    assert not [k for k in remaining if any(run in k for run in gone)], "orphan objects"
+    assert owned_rows(mariadb, project.schema, {live}) == live_rows
+    assert {k: v for k, v in remaining.items() if live in k} == live_objects

@@ -8,8 +8,8 @@ row last, so an interrupted entity is found again by the next run.
 1. deleted runs older than the cut-off: artifacts, metrics, latest metrics, params, tags,
    inputs and their tags, logged-model metrics, assessments and entity associations of the
    run, then the run;
-2. logged models deleted (or in a deleted experiment) before the cut-off: artifacts, metrics, params, tags, inputs,
-   associations, then the model;
+2. logged models deleted (or in a deleted experiment) before the cut-off: artifacts,
+   metrics, params, tags, inputs, associations, then the model;
 3. deleted experiments older than the cut-off whose runs and models are all gone: their
    traces (with spans, tags, metadata, assessments), datasets, scorers, issues, review
    queues, label schemas, tags, rollups, the rest of their default artifact location, then
