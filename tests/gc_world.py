@@ -44,9 +44,7 @@ def versioned_bucket(env: dict[str, str], bucket: str) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_server(
-    uri: str, destination: str, env: dict[str, str], log_dir: Path
-) -> Iterator[str]:
+def mlflow_server(uri: str, destination: str, env: dict[str, str], log_dir: Path) -> Iterator[str]:
     """A plain proxied-artifacts MLflow server; yields its URL."""
     port = free_port()
     log = (log_dir / f"mlflow-server-{port}.log").open("wb")

@@ -132,12 +132,36 @@ class S3Store:
                 Delete={"Objects": [{"Key": f"{self.root}/{o.key}"} for o in chunk], "Quiet": True},
             )
             errors = answer.get("Errors") or []
-            if errors:
-                first = errors[0]
-                raise PermissionError(
-                    f"S3 refused to delete {len(errors)} object(s), e.g. {first.get('Key')}: "
-                    f"{first.get('Code')} {first.get('Message', '')}".strip()
-                )
+            if (
+                errors
+                and len(errors) == len(chunk)
+                and all(e.get("Code") == "AccessDenied" for e in errors)
+            ):
+                # AWS authorizes DeleteObjects as s3:DeleteObject on each key (the DeleteObjects
+                # API reference), which the server role has under its prefix; some S3 look-alikes
+                # (moto among them) authorize it as a bucket-wide action instead. One request
+                # per key then, each authorized on its own.
+                for stored in chunk:
+                    self._delete_one(f"{self.root}/{stored.key}")
+            elif errors:
+                raise _refused(errors)
+
+    def _delete_one(self, key: str) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            raise _refused([{"Key": key, **error}]) from None
+
+
+def _refused(errors: list[dict[str, Any]]) -> PermissionError:
+    first = errors[0]
+    return PermissionError(
+        f"S3 refused to delete {len(errors)} object(s), e.g. {first.get('Key')}: "
+        f"{first.get('Code')} {first.get('Message', '')}".strip()
+    )
 
 
 class LocalStore:

@@ -580,7 +580,8 @@ class Collector:
         if runs:
             live = sum(n for stage, n in runs.items() if stage != DELETED)
             held.append(
-                _count(sum(runs.values()), "run") + " stay in it"
+                _count(sum(runs.values()), "run")
+                + " stay in it"
                 + (f" ({live:,} not deleted: restored after the experiment was)" if live else "")
             )
         if models:
