@@ -370,6 +370,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         store = _local(args)
         if not store.database_path.exists():
             raise HelperError(f"no local database at {store.database_path}: nothing to upgrade")
+        what = f"the local store of project {store.project}"
+        checks.check_schema_version(store.backend_store_uri, what, "", may_migrate=True)
         return run_upgrade(store.backend_store_uri, f"local project {store.project}")
     if args.data_dir:
         raise HelperError("--data-dir goes with --local", 2)
@@ -377,6 +379,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     connection = load_connection(args)
     checks.check_mlflow_version(connection.mlflow_version)
     with verified_store(connection, args.db_ca) as verified:
+        what = f"the schema of project {connection.project} ({connection.database})"
+        checks.check_schema_version(verified.uri, what, "", may_migrate=True)
         return run_upgrade(
             verified.uri, f"project {connection.project} (schema {connection.database})"
         )

@@ -11,7 +11,8 @@ must run the MLflow that migrated the schema. Two facts say which one that is:
   have no record; the revision rule alone applies to them.
 
 ``problem`` returns the refusal (naming the version to use) or None; the callers add their own
-fix (the helper's upgrade command, the image to run).
+fix (the helper's upgrade command, the image to run). ``read_state`` and ``record`` work on
+MySQL and SQLite alike.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def record(connection: Any, version: str, revision: str) -> None:
     connection.commit()
 
 
-def _newer(a: str, b: str) -> bool:
+def newer(a: str, b: str) -> bool:
+    """Is version ``a`` newer than ``b``?"""
     from packaging.version import InvalidVersion, Version
 
     try:
@@ -98,29 +100,44 @@ def _newer(a: str, b: str) -> bool:
         return False
 
 
-def problem(state: SchemaState, mine: Mlflow, may_migrate: bool, what: str) -> str | None:
+@dataclass(frozen=True)
+class Refusal:
+    message: str
+    older: bool  # the schema is older than this MLflow (an upgrade would fix it)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def problem(state: SchemaState, mine: Mlflow, may_migrate: bool, what: str) -> Refusal | None:
     """Why a server of ``mine`` must not use the schema ``what`` (None: it may; with
     ``may_migrate`` it may first bring an older schema up to its own head)."""
     if state.revision is None:
         return None  # empty: this MLflow creates it
     recorded = state.recorded_version
+    if recorded == mine.version and state.revision != mine.head:
+        recorded = None  # a record this revision contradicts (edited, or a partial migration)
+    use = f"use mlflow {recorded}" if recorded else "use the MLflow version that migrated it"
     if state.revision not in mine.revisions:
         made_by = f"mlflow {recorded}" if recorded else f"an MLflow newer than {mine.version}"
-        return (
-            f"{what} is at schema revision {state.revision}, which mlflow {mine.version} does "
-            f"not know: {made_by} migrated it. Use mlflow {recorded or '(that version)'}"
+        return Refusal(
+            f"{what} is at revision {state.revision}, which mlflow {mine.version} does not "
+            f"know: {made_by} migrated it; {use}",
+            older=False,
         )
-    if recorded and recorded != mine.version and _newer(recorded, mine.version):
-        return (
-            f"{what} belongs to mlflow {recorded} (its last migration), this is mlflow "
-            f"{mine.version}: mixed versions must not write one schema. Use mlflow {recorded}"
+    if recorded and recorded != mine.version and newer(recorded, mine.version):
+        return Refusal(
+            f"{what} belongs to mlflow {recorded} (its last migration) and this is mlflow "
+            f"{mine.version}: servers of mixed versions must not write one schema; {use}",
+            older=False,
         )
     older = state.revision != mine.head or (recorded is not None and recorded != mine.version)
     if older and not may_migrate:
         made_by = f"mlflow {recorded}" if recorded else "an older MLflow"
-        return (
-            f"{what} was made by {made_by} (schema revision {state.revision}), this is mlflow "
-            f"{mine.version} (revision {mine.head}). Use mlflow {recorded or 'of that version'}, "
-            f"or upgrade the schema to {mine.version} once with every writer stopped"
+        return Refusal(
+            f"{what} is at revision {state.revision} of {made_by} and this is mlflow "
+            f"{mine.version} (revision {mine.head}); {use}, or upgrade the schema to "
+            f"mlflow {mine.version} once, with every writer stopped",
+            older=True,
         )
     return None
