@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     projects = commands.add_parser("projects", help="list the stack's projects")
     _add_sources(projects)
     _add_gc(commands)
+    from .restore import add_restore_commands
+
+    add_restore_commands(commands, _add_db_ca)
     return parser
 
 
@@ -406,6 +409,13 @@ def cmd_projects(args: argparse.Namespace) -> int:
     return 0
 
 
+def _restore(command: str, args: argparse.Namespace) -> int:
+    from . import restore
+
+    result: int = getattr(restore, command)(args)
+    return result
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     from mlflow_aws.gc import GcError, Options, batch_rows_from, parse_duration
 
@@ -439,6 +449,9 @@ COMMANDS = {
     "upgrade": cmd_upgrade,
     "projects": cmd_projects,
     "gc": cmd_gc,
+    "restore-plan": lambda args: _restore("cmd_restore_plan", args),
+    "restore-schema": lambda args: _restore("cmd_restore_schema", args),
+    "restore-artifacts": lambda args: _restore("cmd_restore_artifacts", args),
 }
 
 
