@@ -8,8 +8,8 @@ listed or deleted, its URI must
   artifact directory): ``mlflow-artifacts:`` URIs (proxied, as the servers store them) are
   resolved against that root, ``s3://`` URIs must name the root's bucket and prefix, no ``..``;
 * end the way MLflow builds it for that entity (``<id>/artifacts`` for a run,
-  ``models/<id>/artifacts`` for a logged model, ``traces/<id>/artifacts`` for a trace,
-  ``<id>`` for an experiment's default location), so a crafted location can never widen a
+  ``models/<id>/artifacts`` for a logged model, ``traces/<id>/artifacts`` for a trace; an
+  experiment's directory is swept only when it is MLflow's default, ``<root>/<id>``), so a crafted location can never widen a
   deletion to a parent directory, another run or the whole project.
 
 Listing always ends the prefix with ``/``: run ``1/ab`` never matches ``1/abc``.
@@ -82,6 +82,8 @@ def owned_prefix(store: ArtifactStore, uri: str | None, kind: str, entity_id: st
     if relative is None:
         return None
     suffix = expected_suffix(kind, entity_id)
+    if kind == "experiment":  # only MLflow's default location, <root>/<id>, is swept whole
+        return relative if relative == suffix else None
     if relative != suffix and not relative.endswith("/" + suffix):
         return None
     return relative
