@@ -265,3 +265,42 @@ def test_a_gc_killed_half_way_and_run_again_leaves_no_orphan(
     assert not [k for k in remaining if any(run in k for run in gone)], "orphan objects"
     assert owned_rows(mariadb, project.schema, {live}) == live_rows
     assert {k: v for k, v in remaining.items() if live in k} == live_objects
+
+
+def test_the_image_runs_gc_as_a_task(
+    image_venv: Path, mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
+) -> None:
+    """``entrypoint.sh gc`` with a task's environment (URI and CA bundle as the task's secrets
+    deliver them, the task role's credentials), the image's own packages."""
+    from tests import image_server
+
+    project, _, live = many_metric_runs(mariadb, aws, "task", runs=2, metrics=300)
+    env = {
+        "MLFLOW_BACKEND_STORE_URI": project.backend_store_uri,
+        "MLFLOW_AWS_DB_CA_BUNDLE": mariadb.ca_path.read_text(),
+        "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{BUCKET}/{project.name}",
+        "MLFLOW_AWS_GC_OLDER_THAN": "0",
+        "MLFLOW_PORT": "0",
+        **aws,
+    }
+    task = image_server.start(image_venv, env, tmp_path / "home", tmp_path / "gc.log", ("gc",))
+    try:
+        assert task.process.wait(180) == 0, task.log()
+    finally:
+        image_server.stop(task)
+    log = task.log()
+    figures = json.loads(log.strip().splitlines()[-1])["mlflow_aws_gc"]
+    assert (figures["runs"], figures["objects"], figures["rows_by_table"]["metrics"]) == (
+        2, 6, 600
+    )  # fmt: skip
+    assert project.password not in log
+    assert project.query("SELECT run_uuid FROM runs") == [(live,)]
+
+    # Without a verifiable database it never starts.
+    insecure = {k: v for k, v in env.items() if k != "MLFLOW_AWS_DB_CA_BUNDLE"}
+    refused = image_server.start(image_venv, insecure, tmp_path / "h2", tmp_path / "r.log", ("gc",))
+    try:
+        assert refused.process.wait(60) == 2
+    finally:
+        image_server.stop(refused)
+    assert "cannot be verified" in refused.log()
