@@ -304,3 +304,24 @@ def test_the_image_runs_gc_as_a_task(
     finally:
         image_server.stop(refused)
     assert "cannot be verified" in refused.log()
+
+
+def test_older_than_leaves_recent_deletions_for_later(
+    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
+) -> None:
+    project, gone, _ = many_metric_runs(mariadb, aws, "recent", runs=2, metrics=10)
+    outputs = publish(aws, project, tmp_path)
+    env = helper_env(aws, tmp_path)
+    # One run was deleted 40 days ago, the other just now.
+    project.query(
+        "UPDATE runs SET deleted_time = deleted_time - %s WHERE run_uuid = %s",
+        (40 * 86_400_000, gone[0]),
+    )
+    report = gc(outputs, project.name, env, "--older-than", "30d")
+    assert report["runs"] == 1
+    assert project.query("SELECT run_uuid FROM runs WHERE lifecycle_stage = 'deleted'") == [
+        (gone[1],)
+    ]
+    refused = run_helper(["gc", "--project", project.name, "--outputs", str(outputs),
+                          "--older-than", "a month"], env)  # fmt: skip
+    assert refused.returncode == 2 and "is not a duration" in refused.stderr

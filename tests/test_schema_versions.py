@@ -165,6 +165,8 @@ def test_the_local_store_of_another_mlflow_is_refused(
     assert f"python -m helper upgrade --local --project default --data-dir {data}" in refused.stderr
     upgraded = run_helper(["upgrade", "--local", "--data-dir", str(data)], env)
     assert upgraded.returncode == 0, upgraded.stderr
+    dry = run_helper(["gc", "--local", "--dry-run", "--data-dir", str(data)], env)
+    assert dry.returncode == 0 and "would remove 0 runs" in dry.stdout, dry.stderr
     gc = run_helper(["gc", "--local", "--data-dir", str(data)], env)
     assert gc.returncode == 0 and "removed 0 runs" in gc.stdout, gc.stderr
 
