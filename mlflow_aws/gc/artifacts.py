@@ -9,8 +9,9 @@ listed or deleted, its URI must
   resolved against that root, ``s3://`` URIs must name the root's bucket and prefix, no ``..``;
 * end the way MLflow builds it for that entity (``<id>/artifacts`` for a run,
   ``models/<id>/artifacts`` for a logged model, ``traces/<id>/artifacts`` for a trace; an
-  experiment's directory is swept only when it is MLflow's default, ``<root>/<id>``), so a crafted location can never widen a
-  deletion to a parent directory, another run or the whole project.
+  experiment's directory is swept only when it is MLflow's default, ``<root>/<id>``), so a
+  crafted location can never widen a deletion to a parent directory, another run or the
+  whole project.
 
 Listing always ends the prefix with ``/``: run ``1/ab`` never matches ``1/abc``.
 """
