@@ -7,6 +7,7 @@
 # option is read from an MLFLOW_* variable, so nothing (least of all a secret) needs argv.
 #   entrypoint.sh [extra mlflow server options]   run the server
 #   entrypoint.sh healthcheck                     exit 0 when /health answers (HEALTHCHECK)
+#   entrypoint.sh gc                              one gc of the project (python -m mlflow_aws.gc)
 #
 # Before the server starts, on a MySQL backend store (MLFLOW_BACKEND_STORE_URI mysql*):
 #   * TLS is verified: without ssl_ca in the URI, the CA bundle (PEM) in MLFLOW_AWS_DB_CA_BUNDLE
@@ -15,9 +16,10 @@
 #     MLFLOW_AWS_DB_TLS_INSECURE=1 (an opt-out for tests only: the link is then unverified).
 #   * the database closes the server's connections after MLFLOW_AWS_DB_IDLE_SECONDS idle (a
 #     session wait_timeout in the URI's init_command), so an idle server lets Aurora pause;
-#   * with MLFLOW_AWS_DB_MIGRATE_ON_START=true, `python -m mlflow_aws.server.prepare` creates or
-#     upgrades the schema under a MySQL named lock: several servers starting together migrate
-#     it exactly once; a failed migration exits non-zero and the server never starts.
+#   * `python -m mlflow_aws.server.prepare` refuses a schema of another MLflow version than this
+#     one (saying which to run); with MLFLOW_AWS_DB_MIGRATE_ON_START=true it creates or
+#     upgrades an older schema under a MySQL named lock: several servers starting together
+#     migrate it exactly once; a failed migration exits non-zero and the server never starts.
 # The URI is never printed and never put in argv.
 set -euo pipefail
 
@@ -50,6 +52,14 @@ url = "http://127.0.0.1:%s%s/health" % (
 sys.exit(0 if urllib.request.urlopen(url, timeout=4).status == 200 else 1)
 '
 fi
+
+run_module() {
+  if [ -n "$package_root" ]; then
+    PYTHONPATH="$package_root${PYTHONPATH:+:$PYTHONPATH}" python -P -m "$@"
+  else
+    python -P -m "$@"
+  fi
+}
 
 refuse() {
   echo "entrypoint.sh: $*" >&2
@@ -96,15 +106,19 @@ case "${MLFLOW_BACKEND_STORE_URI:-}" in
   mysql*)
     verify_database_tls
     close_idle_connections
-    if [ "${MLFLOW_AWS_DB_MIGRATE_ON_START:-false}" = "true" ]; then
-      # -P: the working directory is not put on sys.path.
-      if [ -n "$package_root" ]; then
-        PYTHONPATH="$package_root${PYTHONPATH:+:$PYTHONPATH}" python -P -m mlflow_aws.server.prepare
-      else
-        python -P -m mlflow_aws.server.prepare
-      fi
+    # Refuses a schema of another MLflow version; with MLFLOW_AWS_DB_MIGRATE_ON_START=true it
+    # first creates or upgrades an older one. -P: the working directory is not on sys.path.
+    if [ "${1:-}" != "gc" ]; then
+      run_module mlflow_aws.server.prepare
     fi
     ;;
 esac
+
+if [ "${1:-}" = "gc" ]; then
+  # One garbage collection of the project (python -m mlflow_aws.gc: settings in its docstring).
+  shift
+  run_module mlflow_aws.gc "$@"
+  exit $?
+fi
 
 exec mlflow server "$@"

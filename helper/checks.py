@@ -170,3 +170,49 @@ def check_database_login(backend_store_uri: str, ca_source: str, timeout: float 
             hint = text
         raise HelperError(f"cannot log in to the database at {where}: {hint}") from None
     connection.close()
+
+
+def check_schema_version(
+    backend_store_uri: str,
+    what: str,
+    upgrade_hint: str,
+    *,
+    may_migrate: bool = False,
+    server_version: str | None = None,
+) -> None:
+    """Refuse to start a server of another MLflow version than the schema's (the schema's
+    revision and the version its last migration recorded: mlflow_aws/schema_version.py).
+
+    ``server_version``: the MLflow of the server when it is not this interpreter's (the
+    docker runtime runs the stack's image); only the recorded version can be compared then,
+    and the image's entrypoint checks the revision itself.
+    """
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    from mlflow_aws.schema_version import newer, problem, read_state, this_mlflow
+
+    engine = sqlalchemy.create_engine(backend_store_uri, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            state = read_state(connection)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        detail = getattr(exc, "orig", None) or exc
+        raise HelperError(f"cannot read the schema version of {what}: {detail}") from None
+    finally:
+        engine.dispose()
+    mine = this_mlflow()
+    if server_version is not None and server_version != mine.version:
+        recorded = state.recorded_version
+        if recorded and newer(recorded, server_version):
+            raise HelperError(
+                f"{what} belongs to mlflow {recorded} (its last migration) but the stack's "
+                f"image runs mlflow {server_version}: use mlflow {recorded} (ask the platform "
+                "engineer to set mlflowVersion and run `pulumi up`)"
+            )
+        return
+    refused = problem(state, mine, may_migrate, what)
+    if refused is None:
+        return
+    fix = f": `{upgrade_hint}`" if refused.older else ""
+    raise HelperError(f"{refused.message}{fix}")

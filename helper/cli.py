@@ -124,7 +124,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     projects = commands.add_parser("projects", help="list the stack's projects")
     _add_sources(projects)
+    _add_gc(commands)
+    from .restore import add_restore_commands
+
+    add_restore_commands(commands, _add_db_ca)
     return parser
+
+
+def _add_gc(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gc = commands.add_parser(
+        "gc",
+        help="remove what MLflow marked deleted: runs, their rows and artifacts, experiments, "
+        "logged models, and traces past a retention",
+        description="Permanently remove the project's deleted runs (rows and artifacts), "
+        "deleted logged models and experiments, and traces older than --trace-retention, with "
+        "the project's rights only. Nothing that is not deleted is touched; what stays is "
+        "listed with the reason.",
+    )
+    gc.add_argument("--project", metavar="NAME", help="the project (with --local: 'default')")
+    _add_sources(gc)
+    gc.add_argument(
+        "--older-than",
+        metavar="AGE",
+        default="0",
+        help="only what was deleted at least AGE ago: 30d, 12h, 1d12h, 90m (default: 0, "
+        "everything deleted)",
+    )
+    gc.add_argument(
+        "--trace-retention",
+        metavar="AGE",
+        help="also remove traces older than AGE in every experiment (default: traces go only "
+        "with their deleted experiment)",
+    )
+    gc.add_argument(
+        "--dry-run", action="store_true", help="report what would be removed; change nothing"
+    )
+    gc.add_argument(
+        "--json", action="store_true", help="also print the figures as one JSON line, last"
+    )
+    _add_db_ca(gc)
+    _add_local(gc, "collect the embedded default's SQLite store and artifact directory")
 
 
 def _add_db_ca(parser: argparse.ArgumentParser) -> None:
@@ -362,6 +401,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         if not store.database_path.exists():
             raise HelperError(f"no local database at {store.database_path}: nothing to upgrade")
         checks.check_mlflow_installed("upgrade --local")
+        what = f"the local store of project {store.project}"
+        checks.check_schema_version(store.backend_store_uri, what, "", may_migrate=True)
         return run_upgrade(store.backend_store_uri, f"local project {store.project}")
     if args.data_dir:
         raise HelperError("--data-dir goes with --local", 2)
@@ -372,6 +413,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     connection = fetch_connection(source)
     checks.check_mlflow_version(connection.mlflow_version)
     with verified_store(connection, args.db_ca) as verified:
+        what = f"the schema of project {connection.project} ({connection.database})"
+        checks.check_schema_version(verified.uri, what, "", may_migrate=True)
         return run_upgrade(
             verified.uri, f"project {connection.project} (schema {connection.database})"
         )
@@ -397,12 +440,49 @@ def cmd_projects(args: argparse.Namespace) -> int:
     return 0
 
 
+def _restore(command: str, args: argparse.Namespace) -> int:
+    from . import restore
+
+    result: int = getattr(restore, command)(args)
+    return result
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from mlflow_aws.gc import GcError, Options, batch_rows_from, parse_duration
+
+    from . import gc
+
+    try:
+        options = Options(
+            older_than_ms=parse_duration(args.older_than, "--older-than"),
+            trace_retention_ms=(
+                parse_duration(args.trace_retention, "--trace-retention")
+                if args.trace_retention
+                else None
+            ),
+            dry_run=args.dry_run,
+            batch_rows=batch_rows_from(os.environ),
+        )
+    except GcError as exc:
+        raise HelperError(str(exc), 2) from None
+    if args.local:
+        return gc.gc_local(_local(args), options, args.json)
+    if args.data_dir:
+        raise HelperError("--data-dir goes with --local", 2)
+    _require_project(args)
+    return gc.gc_connection(load_connection(args), args.db_ca, options, args.json)
+
+
 COMMANDS = {
     "serve": cmd_serve,
     "command": cmd_command,
     "env": cmd_env,
     "upgrade": cmd_upgrade,
     "projects": cmd_projects,
+    "gc": cmd_gc,
+    "restore-plan": lambda args: _restore("cmd_restore_plan", args),
+    "restore-schema": lambda args: _restore("cmd_restore_schema", args),
+    "restore-artifacts": lambda args: _restore("cmd_restore_artifacts", args),
 }
 
 

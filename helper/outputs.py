@@ -206,6 +206,11 @@ def parse_connection_bundle(data: object, source: str) -> ProjectConnection:
 
 
 def load_outputs_file(path: Path) -> StackOutputs:
+    return parse_stack_outputs(read_outputs_file(path), f"outputs file {path}")
+
+
+def read_outputs_file(path: Path) -> object:
+    """The decoded JSON of an outputs file (not validated)."""
     source = f"outputs file {path}"
     try:
         text = path.read_text(encoding="utf-8")
@@ -222,7 +227,7 @@ def load_outputs_file(path: Path) -> StackOutputs:
             f"{source} is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
             "it must be the output of `pulumi stack output --json`"
         ) from None
-    return parse_stack_outputs(data, source)
+    return data
 
 
 def pulumi_project_dir() -> Path:
@@ -231,7 +236,11 @@ def pulumi_project_dir() -> Path:
 
 
 def load_stack_outputs(stack: str) -> StackOutputs:
-    """The outputs of stack ``stack``, read with the pulumi CLI.
+    return parse_stack_outputs(read_stack_outputs(stack), f"stack {stack!r}")
+
+
+def read_stack_outputs(stack: str) -> object:
+    """The outputs of stack ``stack`` (decoded, not validated), read with the pulumi CLI.
 
     ``pulumi stack output --json --stack S``: it does not switch the user's current stack, and
     without ``--show-secrets`` it decrypts nothing (the admin outputs stay ``[secret]``; the
@@ -268,4 +277,4 @@ def load_stack_outputs(stack: str) -> StackOutputs:
         data = json.loads(result.stdout)
     except json.JSONDecodeError:
         raise OutputsError(f"pulumi printed no JSON for the outputs of {source}") from None
-    return parse_stack_outputs(data, source)
+    return data

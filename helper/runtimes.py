@@ -282,6 +282,10 @@ def _free_port(port: int) -> None:
     checks.check_port_free(port)
 
 
+def _schema_of(connection: ProjectConnection) -> str:
+    return f"the schema of project {connection.project} ({connection.database})"
+
+
 def serve_docker(
     connection: ProjectConnection,
     port: int,
@@ -291,6 +295,15 @@ def serve_docker(
 ) -> int:
     _free_port(port)
     with verified_store(connection, db_ca) as store:
+        # The image migrates an older schema on start; one of a newer MLflow is refused here
+        # already (and by the image's entrypoint, which also checks the revision).
+        checks.check_schema_version(
+            store.uri,
+            _schema_of(connection),
+            upgrade_hint,
+            may_migrate=True,
+            server_version=connection.mlflow_version,
+        )
         ca_pem = store.ca_pem
     # The container verifies the database again, with the same CAs (CA_BUNDLE_VARIABLE): the
     # helper's CA file is not needed while it runs.
@@ -340,6 +353,7 @@ def serve_process(
     checks.check_mlflow_version(connection.mlflow_version)
     _free_port(port)
     with verified_store(connection, db_ca) as store:
+        checks.check_schema_version(store.uri, _schema_of(connection), upgrade_hint)
         role = RoleCredentialSource(
             server_role_arn(connection), connection.region, connection.project
         )
@@ -352,6 +366,9 @@ def serve_local(store: LocalStore, port: int, upgrade_hint: str) -> int:
     _free_port(port)
     checks.check_mlflow_installed("serve --local")
     if store.database_path.exists():
+        checks.check_schema_version(
+            store.backend_store_uri, f"the local store of project {store.project}", upgrade_hint
+        )
         sys.stderr.write(f"local store of project {store.project}: {store.directory}\n")
     else:
         sys.stderr.write(

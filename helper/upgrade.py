@@ -44,5 +44,22 @@ def run_upgrade(backend_store_uri: str, what: str) -> int:
         raise HelperError(
             f"the schema upgrade of {what} failed (exit {result.returncode}); see above"
         )
+    record_this_mlflow(backend_store_uri)
     print(f"the schema of {what} is up to date")
     return 0
+
+
+def record_this_mlflow(backend_store_uri: str) -> None:
+    """Record this MLflow as the schema's (servers of other versions then refuse it)."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    from mlflow_aws.schema_version import record, this_mlflow
+
+    mine = this_mlflow()
+    engine = sqlalchemy.create_engine(backend_store_uri, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            record(connection, mine.version, mine.head)
+    finally:
+        engine.dispose()

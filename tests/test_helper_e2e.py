@@ -450,7 +450,7 @@ def test_upgrade_fresh_schema_then_out_of_date_schema_is_explained(
     port = free_port()
     refused = run_helper(["serve", *source, "--runtime", "process", "--port", str(port)], env)
     assert refused.returncode == 1
-    assert "out-of-date database schema" in refused.stderr
+    assert "is at revision 451aebb31d03 of an older MLflow and this is mlflow" in refused.stderr
     assert f"python -m helper upgrade --project {project.name} --outputs {outputs}" in (
         refused.stderr
     )

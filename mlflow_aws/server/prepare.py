@@ -1,7 +1,10 @@
 """Before the server serves: its MySQL schema created or upgraded, exactly once per rollout.
 
 ``docker/entrypoint.sh`` runs ``python -m mlflow_aws.server.prepare`` with the backend store URI
-in ``MLFLOW_BACKEND_STORE_URI`` (never in argv). Several servers starting together (the tasks of
+in ``MLFLOW_BACKEND_STORE_URI`` (never in argv). A server of another MLflow version than the
+schema's never starts (mlflow_aws/schema_version.py): with ``MLFLOW_AWS_DB_MIGRATE_ON_START``
+other than ``true`` that is all it checks; with ``true`` it may first upgrade an older schema,
+and then records its version as the schema's. Several servers starting together (the tasks of
 a Fargate rollout, or two teammates' containers) each take the MySQL named lock
 ``mlflow-aws:migrate:<schema>`` (``GET_LOCK``): the first creates or upgrades the schema the way
 ``mlflow db upgrade`` does, the others wait for it and then find the schema at this MLflow's
@@ -22,6 +25,7 @@ from typing import Any
 
 URI_VARIABLE = "MLFLOW_BACKEND_STORE_URI"
 LOCK_SECONDS_VARIABLE = "MLFLOW_AWS_DB_MIGRATION_LOCK_SECONDS"
+MIGRATE_VARIABLE = "MLFLOW_AWS_DB_MIGRATE_ON_START"
 DEFAULT_LOCK_SECONDS = 540
 # A paused Aurora Serverless v2 takes ~15 s to resume; connecting is retried this long.
 CONNECT_BUDGET_SECONDS = 120.0
@@ -81,11 +85,31 @@ def _connect(engine: Any, schema: str) -> Any:
             time.sleep(5)
 
 
+def check_version(engine: Any, schema: str, may_migrate: bool) -> None:
+    """Refuse a schema that belongs to another MLflow (mlflow_aws/schema_version.py)."""
+    from mlflow_aws.schema_version import problem, read_state, this_mlflow
+
+    with engine.connect() as connection:
+        state = read_state(connection)
+    refused = problem(state, this_mlflow(), may_migrate, f"schema {schema}")
+    if refused:
+        raise PrepareError(f"{refused} (the image of that version)")
+
+
+def _record(engine: Any) -> None:
+    from mlflow_aws.schema_version import record, this_mlflow
+
+    mine = this_mlflow()
+    with engine.connect() as connection:
+        record(connection, mine.version, mine.head)
+
+
 def _migrate(engine: Any, schema: str) -> Outcome:
     """What ``mlflow db upgrade`` does, plus refusing a schema newer than this MLflow."""
     from alembic.script import ScriptDirectory
     from mlflow.store.db import utils as db_utils
 
+    check_version(engine, schema, may_migrate=True)
     head = db_utils._get_latest_schema_revision()
     if db_utils._is_empty_database(engine):
         say(f"schema {schema} is empty: creating MLflow's tables (revision {head})")
@@ -139,6 +163,7 @@ def prepare(uri: str, lock_seconds: int) -> Outcome:
             try:
                 started = time.monotonic()
                 outcome = _migrate(engine, schema)
+                _record(engine)  # this MLflow now owns the schema
                 if outcome != "current":
                     say(f"schema {schema} {outcome} in {time.monotonic() - started:.1f} s")
                 return outcome
@@ -162,10 +187,33 @@ def _scrub(text: str, uri: str) -> str:
     return text
 
 
+def check_only(uri: str) -> None:
+    """Without migrating on start: only refuse a schema of another MLflow version."""
+    engine = _engine(uri)
+    try:
+        schema = engine.url.database or "?"
+        with _connect(engine, schema):
+            pass  # reachable (a paused Aurora resumes), then checked
+        check_version(engine, schema, may_migrate=False)
+    finally:
+        engine.dispose()
+
+
 def main(environ: Mapping[str, str] = os.environ) -> int:
     uri = environ.get(URI_VARIABLE, "")
     if not uri.startswith("mysql"):
         return 0  # SQLite and the rest: the server initialises its own store
+    if environ.get(MIGRATE_VARIABLE, "false") != "true":
+        try:
+            check_only(uri)
+        except PrepareError as exc:
+            say(f"not starting: {_scrub(str(exc), uri)}")
+            return 1
+        except Exception as exc:
+            detail = _scrub(f"{type(exc).__name__}: {exc}", uri)
+            say(f"not starting: checking the schema failed: {detail}")
+            return 1
+        return 0
     try:
         lock_seconds = int(environ.get(LOCK_SECONDS_VARIABLE, DEFAULT_LOCK_SECONDS))
     except ValueError:
