@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.config import ConfigError, StackConfig, parse_stack_config, pinned_mlflow_version
+from infra.config import (
+    ConfigError,
+    StackConfig,
+    UpgradeConfig,
+    parse_stack_config,
+    pinned_mlflow_version,
+)
 from tests.pulumi_mocks import ROOT, RecordingMocks, run_program
 
 
@@ -464,14 +470,24 @@ def test_valid_config_does_register_resources() -> None:
 
 
 def test_every_key_is_documented_in_pulumi_yaml() -> None:
-    from infra.config import DB_KEYS, SERVER_KEYS, TOP_LEVEL_KEYS
+    from infra.config import DB_KEYS, SERVER_KEYS, TOP_LEVEL_KEYS, UPGRADE_KEYS
 
     documented = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
     assert set(documented) == {f"mlflow-aws:{key}" for key in TOP_LEVEL_KEYS}
-    for top, keys in (("db", DB_KEYS), ("server", SERVER_KEYS)):
+    for top, keys in (("db", DB_KEYS), ("server", SERVER_KEYS), ("upgrade", UPGRADE_KEYS)):
         text = documented[f"mlflow-aws:{top}"]["description"]
         missing = [key for key in keys if not re.search(rf"\b{key}\b", text)]
         assert not missing, f"mlflow-aws:{top} does not document {missing}"
+
+
+def test_the_upgrade_settings_default_to_refusing_connected_clients_and_a_snapshot() -> None:
+    assert parse({}).upgrade == UpgradeConfig(ignore_connected_clients=False, snapshot=True)
+    chosen = parse({"upgrade": {"ignoreConnectedClients": True, "snapshot": "false"}}).upgrade
+    assert chosen == UpgradeConfig(ignore_connected_clients=True, snapshot=False)
+    with pytest.raises(ConfigError) as bad:
+        parse({"upgrade": {"ignoreConnectedClient": True, "snapshot": "maybe"}})
+    assert "upgrade.ignoreConnectedClient" in str(bad.value) and "unknown key" in str(bad.value)
+    assert "upgrade.snapshot" in str(bad.value) and "must be true or false" in str(bad.value)
 
 
 def test_each_project_user_has_room_for_the_laptops_and_every_central_task() -> None:

@@ -120,7 +120,7 @@ def test_disabled_server_builds_nothing_and_the_helper_reads_the_bundle() -> Non
 
 def test_outputs_and_bundles_carry_the_tracking_uris() -> None:
     r = on()
-    assert set(r.outputs) == OUTPUT_NAMES | {"ServerUrl"}
+    assert set(r.outputs) == OUTPUT_NAMES | {"ServerUrl", "Upgrades"}
     assert r.outputs["ServerUrl"] == f"https://{DOMAIN}"
     assert not r.secret_outputs["ServerUrl"]
     for project in ("churn", "fraud"):
