@@ -793,8 +793,10 @@ def test_a_server_left_by_a_killed_helper_is_reclaimed_with_a_message(
     left = subprocess.Popen(
         supervise.watchdog_argv(launch), stdin=subprocess.PIPE, start_new_session=True
     )
+    killed_helper = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed_helper.wait()
     try:
-        with supervise.recorded(launch, left.pid):
+        with supervise.recorded(launch, left.pid, helper_pid=killed_helper.pid):
             record = tmp_path / "mlflow-aws" / "run" / f"port-{port}.json"
             assert stat.S_IMODE(record.stat().st_mode) == 0o600
             err = io.StringIO()
@@ -806,6 +808,38 @@ def test_a_server_left_by_a_killed_helper_is_reclaimed_with_a_message(
     finally:
         if left.poll() is None:
             os.killpg(left.pid, signal.SIGKILL)
+
+
+def test_a_live_helpers_server_is_never_reclaimed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record's helper (this process) still runs: its server stays, the port is refused;
+    a reused pid (same number, other start time) does not count as that helper."""
+    import signal
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    port = free_port()
+    launch = supervise.ServerLaunch("live", [sys.executable, "-c", "import time; time.sleep(300)"],
+                                    dict(os.environ), port, project="churn")  # fmt: skip
+    live = subprocess.Popen(
+        supervise.watchdog_argv(launch), stdin=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        with supervise.recorded(launch, live.pid):
+            with pytest.raises(HelperError, match=f"port {port} is in use by another helper "
+                               "serving project churn .*--port"):  # fmt: skip
+                supervise.reclaim_port(port, io.StringIO())
+            assert live.poll() is None
+            record = tmp_path / "mlflow-aws" / "run" / f"port-{port}.json"
+            assert record.exists()
+            stale = json.loads(record.read_text())
+            stale["helper_identity"] = "0"  # this pid, but not the process that wrote it
+            record.write_text(json.dumps(stale))
+            supervise.reclaim_port(port, io.StringIO())
+            assert live.wait(20) is not None
+    finally:
+        if live.poll() is None:
+            os.killpg(live.pid, signal.SIGKILL)
 
 
 def test_the_watchdog_stops_the_server_when_its_helper_is_killed(tmp_path: Path) -> None:
