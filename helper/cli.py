@@ -43,7 +43,9 @@ def _add_sources(parser: argparse.ArgumentParser) -> None:
     )
     exclusive = group.add_mutually_exclusive_group()
     exclusive.add_argument(
-        "--stack", metavar="S", help="read stack S's outputs with the pulumi CLI (Automation API)"
+        "--stack",
+        metavar="S",
+        help="read stack S's outputs with the pulumi CLI (`pulumi stack output --json --stack S`)",
     )
     exclusive.add_argument(
         "--outputs",

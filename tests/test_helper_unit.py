@@ -56,7 +56,7 @@ ROLE_ARN = "arn:aws:iam::123456789012:role/mlflow-aws-churn-0001"
 
 
 def sample_outputs() -> dict[str, Any]:
-    """``pulumi stack output --json`` of a stack (DESIGN.md's shape; no project password)."""
+    """``pulumi stack output --json`` of a stack (README.md "Stack outputs"; no password)."""
 
     def project(name: str) -> dict[str, Any]:
         schema = name.replace("-", "_")
