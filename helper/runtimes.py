@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_aws import run_secret
+from mlflow_aws.artifact_settings import PRESIGNED
 
 from . import checks, supervise, tls
 from .errors import HelperError
@@ -120,6 +121,7 @@ def process_launch(
         upgrade_hint=upgrade_hint,
         project=connection.project,
         secret=secret,
+        artifacts=PRESIGNED,  # the client is on the server's machine: it reaches S3 too
     )
 
 
@@ -381,6 +383,7 @@ def _run_container(
         project=connection.project,
         on_orphan=docker_stop_argv(docker, name),
         secret=secret,
+        artifacts=PRESIGNED,
     )
     return run_server(launch)
 
