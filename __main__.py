@@ -1,7 +1,7 @@
 """mlflow-aws: shared MLflow experiment tracking on AWS.
 
 Reads the stack config, builds the shared infrastructure and one MlflowProject per configured
-project, and exports the outputs the helper reads (DESIGN.md "Stack outputs").
+project, and exports the outputs the helper reads (README.md "Stack outputs").
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ image = ServerImage(
 
 region, account_id = account.region, account.account_id
 
-# One MlflowProject per configured project; its outputs are the DESIGN.md Projects entry.
+# One MlflowProject per configured project; its outputs are its entry of the Projects output.
 project_outputs: dict[str, pulumi.Output[dict]] = {}
 service_projects: list[ServiceProject] = []
 for p in config.projects:

@@ -151,7 +151,7 @@ class DatabaseConfig:
     max_capacity: float = 2.0
     seconds_until_auto_pause: int = 300
     allowed_cidrs: tuple[str, ...] = ()  # who may reach MySQL from outside the VPC
-    backup_retention_days: int = 1
+    backup_retention_days: int = 1  # on a protected stack: PROTECTED_BACKUP_RETENTION_DAYS
     deletion_protection: bool = False
     vpc_id: str | None = None  # None: the account's default VPC
     subnet_ids: tuple[str, ...] = ()  # empty: the subnets of that VPC
@@ -164,6 +164,11 @@ class DatabaseConfig:
         return bool(self.allowed_cidrs)
 
 
+# The defaults of each section: what an unset key means (Pulumi.yaml documents the same).
+DB_DEFAULTS = DatabaseConfig()
+PROTECTED_BACKUP_RETENTION_DAYS = 7
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """The central tracking server (ECS Fargate behind an HTTPS load balancer), optional."""
@@ -173,7 +178,9 @@ class ServerConfig:
     hosted_zone_id: str | None = None  # set: the program issues the certificate and the alias
     certificate_arn: str | None = None  # set: an existing ACM certificate; DNS is yours
     internal: bool = False  # public (every request signs in), or only inside the VPC
-    allowed_cidrs: tuple[str, ...] = ()  # who may reach the load balancer; empty: the VPC
+    # Who may reach the load balancer; empty: the internet for a public one (sign-in required),
+    # the VPC for an internal one.
+    allowed_cidrs: tuple[str, ...] = ()
     cpu: int = 512  # Fargate CPU units per task
     memory: int = 1024  # MiB per task
     min_tasks: int = 1  # per project
@@ -191,6 +198,10 @@ class ServerConfig:
     def tracking_uri(self, project: str) -> str | None:
         """``https://<domain>/<project>`` when the server is enabled, else None."""
         return f"{self.url}/{project}" if self.url else None
+
+
+SERVER_DEFAULTS = ServerConfig()
+PROJECT_DEFAULTS = ProjectConfig(name="")  # the name has no default: it is required
 
 
 @dataclass(frozen=True)
@@ -342,8 +353,13 @@ def _as_str_list(value: Any, key: str, problems: _Problems) -> tuple[str, ...]:
 
 
 def _parse_capacity(db: Mapping[str, Any], problems: _Problems) -> tuple[float, float]:
-    lo = _as_number(db.get("minCapacity"), "db.minCapacity", problems, 0.0, MIN_ACU, MAX_ACU)
-    hi = _as_number(db.get("maxCapacity"), "db.maxCapacity", problems, 2.0, 1.0, MAX_ACU)
+    lo, hi = (
+        _as_number(db.get(key), f"db.{key}", problems, default, least, MAX_ACU)
+        for key, default, least in (
+            ("minCapacity", DB_DEFAULTS.min_capacity, MIN_ACU),
+            ("maxCapacity", DB_DEFAULTS.max_capacity, 1.0),
+        )
+    )
     for key, value in (("db.minCapacity", lo), ("db.maxCapacity", hi)):
         if (value * 2) != int(value * 2):
             problems.add(key, value, "must be a multiple of 0.5 ACU")
@@ -463,7 +479,7 @@ def _parse_db(raw: str | None, protect: bool, problems: _Problems) -> DatabaseCo
             db.get("secondsUntilAutoPause"),
             "db.secondsUntilAutoPause",
             problems,
-            300,
+            DB_DEFAULTS.seconds_until_auto_pause,
             AUTO_PAUSE_MIN_S,
             AUTO_PAUSE_MAX_S,
         ),
@@ -472,7 +488,7 @@ def _parse_db(raw: str | None, protect: bool, problems: _Problems) -> DatabaseCo
             db.get("backupRetentionDays"),
             "db.backupRetentionDays",
             problems,
-            7 if protect else 1,
+            PROTECTED_BACKUP_RETENTION_DAYS if protect else DB_DEFAULTS.backup_retention_days,
             1,
             35,
         ),
@@ -494,7 +510,7 @@ def engine_version_numbers(version: str) -> tuple[int, int, int] | None:
 
 def _parse_engine_version(value: Any, min_capacity: float, problems: _Problems) -> str:
     if value is None:
-        return DEFAULT_ENGINE_VERSION
+        return DB_DEFAULTS.engine_version
     numbers = engine_version_numbers(value) if isinstance(value, str) else None
     if numbers is None:
         problems.add(
@@ -548,8 +564,9 @@ def _parse_server(
     server = _as_section(raw, "server", SERVER_KEYS, "server.enabled true", problems)
     if server is None:
         return ServerConfig()
-    enabled = _as_bool(server.get("enabled"), "server.enabled", problems, False)
-    internal = _as_bool(server.get("internal"), "server.internal", problems, False)
+    defaults = SERVER_DEFAULTS
+    enabled = _as_bool(server.get("enabled"), "server.enabled", problems, defaults.enabled)
+    internal = _as_bool(server.get("internal"), "server.internal", problems, defaults.internal)
     domain = _as_domain(server.get("domainName"), "server.domainName", problems)
 
     zone = server.get("hostedZoneId")
@@ -583,8 +600,8 @@ def _parse_server(
             "(your certificate, your DNS), not both",
         )
 
-    cpu = _as_int(server.get("cpu"), "server.cpu", problems, 512, 256, 16384)
-    memory = _as_int(server.get("memory"), "server.memory", problems, 1024, 512, 122880)
+    cpu = _as_int(server.get("cpu"), "server.cpu", problems, defaults.cpu, 256, 16384)
+    memory = _as_int(server.get("memory"), "server.memory", problems, defaults.memory, 512, 122880)
     if cpu not in FARGATE_SIZES:
         problems.add("server.cpu", cpu, f"must be a Fargate CPU size: {sorted(FARGATE_SIZES)}")
     elif memory not in FARGATE_SIZES[cpu]:
@@ -595,8 +612,12 @@ def _parse_server(
             f"is not a Fargate size for cpu {cpu}: {allowed[0]}-{allowed[-1]} MiB in steps of "
             f"{allowed[1] - allowed[0] if len(allowed) > 1 else allowed[0]}",
         )
-    min_tasks = _as_int(server.get("minTasks"), "server.minTasks", problems, 1, 1, MAX_TASKS)
-    max_tasks = _as_int(server.get("maxTasks"), "server.maxTasks", problems, 3, 1, MAX_TASKS)
+    min_tasks = _as_int(
+        server.get("minTasks"), "server.minTasks", problems, defaults.min_tasks, 1, MAX_TASKS
+    )
+    max_tasks = _as_int(
+        server.get("maxTasks"), "server.maxTasks", problems, defaults.max_tasks, 1, MAX_TASKS
+    )
     if min_tasks > max_tasks:
         problems.add("server.minTasks", min_tasks, f"must not exceed server.maxTasks ({max_tasks})")
 
@@ -615,7 +636,7 @@ def _parse_server(
     # Unset: decided from the task subnets' routes (infra/account.py): a public IP in a public
     # subnet (the default VPC), none behind a NAT.
     assign_public_ip = (
-        None
+        defaults.assign_public_ip
         if server.get("assignPublicIp") is None
         else _as_bool(server.get("assignPublicIp"), "server.assignPublicIp", problems, False)
     )
@@ -698,15 +719,26 @@ def _parse_project(item: Any, index: int, problems: _Problems) -> ProjectConfig 
     return ProjectConfig(
         name=name,
         drop_data_on_remove=_as_bool(
-            item.get("dropDataOnRemove"), f"{key}.dropDataOnRemove", problems, False
+            item.get("dropDataOnRemove"),
+            f"{key}.dropDataOnRemove",
+            problems,
+            PROJECT_DEFAULTS.drop_data_on_remove,
         ),
         iam_groups=_as_str_list(item.get("iamGroups"), f"{key}.iamGroups", problems),
         iam_roles=_as_str_list(item.get("iamRoles"), f"{key}.iamRoles", problems),
         password_version=_as_int(
-            item.get("passwordVersion"), f"{key}.passwordVersion", problems, 1, 1, 1_000_000
+            item.get("passwordVersion"),
+            f"{key}.passwordVersion",
+            problems,
+            PROJECT_DEFAULTS.password_version,
+            1,
+            1_000_000,
         ),
         adopt_existing_schema=_as_bool(
-            item.get("adoptExistingSchema"), f"{key}.adoptExistingSchema", problems, False
+            item.get("adoptExistingSchema"),
+            f"{key}.adoptExistingSchema",
+            problems,
+            PROJECT_DEFAULTS.adopt_existing_schema,
         ),
     )
 

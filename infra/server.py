@@ -13,8 +13,9 @@ Load Balancer, as ``https://<server.domainName>/<project>``:
   ``MLFLOW_STATIC_PREFIX``), a 404 for every other path, health checks on
   ``/<project>/health`` (which never touches the database, so Aurora still pauses);
 * security groups: the load balancer admits 443 and 80 from ``server.allowedCidrs`` (default:
-  the VPC); the tasks admit only the load balancer; the database admits the tasks through its
-  client group (``MetadataDatabase.client_security_group_id``);
+  the internet for a public load balancer, where every request but health must sign in; the VPC
+  for an internal one); the tasks admit only the load balancer; the database admits the tasks
+  through its client group (``MetadataDatabase.client_security_group_id``);
 * per project the task role is the project's own server role (``MlflowProject.server_role``:
   its S3 prefix, nothing else) and an execution role that can pull the image, read the
   project's connection secret and write the project's logs. The backend store URI and the
@@ -42,9 +43,10 @@ from infra.iam import image_pull_statements
 from mlflow_aws.auth.token import MARKER_NAME
 from mlflow_aws.server_settings import container_port
 
-# The MLflow server app the tasks run: the AWS-IAM sign-in (DESIGN.md "Auth for the central
-# server", mlflow_aws/auth/server.py). Always: there is no central server without sign-in, so a
-# public load balancer is safe to have (every route but health needs a valid AWS identity).
+# The MLflow server app the tasks run: the AWS-IAM sign-in (mlflow_aws/auth/server.py;
+# README.md "Central server: sign in with your AWS identity"). Always: there is no central
+# server without sign-in, so a public load balancer is safe to have (every route but health
+# needs a valid AWS identity).
 AUTH_APP = "aws-iam"
 
 CONTAINER_NAME = "mlflow"
@@ -277,7 +279,6 @@ class TrackingServiceArgs:
 
 class TrackingService(pulumi.ComponentResource):
     url: pulumi.Output[str]  # https://<domain>
-    tracking_uris: dict[str, str]  # project -> https://<domain>/<project>
     load_balancer_dns_name: pulumi.Output[str]
     certificate_arn: pulumi.Output[str]
     cluster_name: pulumi.Output[str]
@@ -508,7 +509,6 @@ class TrackingService(pulumi.ComponentResource):
             )  # fmt: skip
 
         self.url = pulumi.Output.from_input(f"https://{domain}")
-        self.tracking_uris = {p.name: f"https://{domain}/{p.name}" for p in args.projects}
         self.load_balancer_dns_name = lb.dns_name
         self.certificate_arn = certificate_arn
         self.cluster_name = cluster.name
@@ -517,7 +517,6 @@ class TrackingService(pulumi.ComponentResource):
         self.register_outputs(
             {
                 "url": self.url,
-                "tracking_uris": self.tracking_uris,
                 "load_balancer_dns_name": self.load_balancer_dns_name,
                 "certificate_arn": self.certificate_arn,
                 "cluster_name": self.cluster_name,

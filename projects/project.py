@@ -1,4 +1,4 @@
-"""``MlflowProject``: everything one project gets (DESIGN.md "Projects").
+"""``MlflowProject``: everything one project gets (README.md "Adding a project").
 
 Children (all parented to the component, named ``<name>-…``):
 
@@ -14,8 +14,9 @@ Children (all parented to the component, named ``<name>-…``):
   connection secret, assuming the server role and pulling the server image;
 * ``<name>-group-<g>`` / ``<name>-role-<r>`` attachments of that policy.
 
-``outputs`` is the DESIGN.md Projects entry: names and ARNs, no password (the password lives
-only in the connection secret, which teammates read with their own AWS credentials).
+``outputs`` is the project's entry of the ``Projects`` stack output (README.md "Stack outputs"):
+names and ARNs, no password (the password lives only in the connection secret, which teammates
+read with their own AWS credentials).
 """
 
 from __future__ import annotations

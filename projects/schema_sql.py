@@ -8,11 +8,11 @@ placeholder there), so ``password_literal`` admits only ``[A-Za-z0-9._~-]`` (wha
 ``MlflowProject`` generates), which cannot end the literal or escape from it. Statements that
 carry it are marked ``secret`` and never shown.
 
-The guards of DESIGN.md "Projects" live in ``decide_create`` / ``decide_change``: the provider
-never touches the account it runs as (the master user), never adopts an account that holds a
-global privilege or that it did not record as its own, and never takes over an unrecorded
-schema unless the project says ``adoptExistingSchema``. Each refusal happens after looking and
-before the first statement that changes anything.
+The guards of README.md "Adding a project" live in ``decide_create`` / ``decide_change``: the
+provider never touches the account it runs as (the master user), never adopts an account that holds
+a global privilege or that it did not record as its own, and never takes over an unrecorded schema
+unless the project says ``adoptExistingSchema``. Each refusal happens after looking and before the
+first statement that changes anything.
 """
 
 from __future__ import annotations

@@ -224,6 +224,10 @@ S3_BLOCK = (
 )
 S3_POLICY = "https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucket-policies.html"
 S3_LIFECYCLE = "https://docs.aws.amazon.com/AmazonS3/latest/API/API_LifecycleRule.html"
+S3_ABORT_MPU = (
+    "https://docs.aws.amazon.com/AmazonS3/latest/API/API_AbortIncompleteMultipartUpload.html; "
+    "https://docs.aws.amazon.com/AmazonS3/latest/userguide/mpu-abort-incomplete-mpu-lifecycle-config.html"
+)
 RDS_CLUSTER = "https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_CreateDBCluster.html"
 RDS_INSTANCE = "https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_CreateDBInstance.html"
 RDS_DELETE = "https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_DeleteDBCluster.html"
@@ -1089,6 +1093,36 @@ def break_lifecycle(r: Registered, ctx: Context) -> None:
     r.inputs["rules"][1]["id"] = r.inputs["rules"][0]["id"]
 
 
+def abort_multipart_ok(r: Registered, ctx: Context) -> list[str]:
+    """S3 refuses AbortIncompleteMultipartUpload in a rule that filters on object tags (an
+    upload in progress has none yet); DaysAfterInitiation is a whole number of days, and the
+    bucket must have exactly one rule that aborts uploads for every key."""
+    problems = []
+    aborting = [rule for rule in r.inputs["rules"] if "abortIncompleteMultipartUpload" in rule]
+    for rule in aborting:
+        days = rule["abortIncompleteMultipartUpload"].get("daysAfterInitiation")
+        # Numbers arrive as floats through the engine's protobuf: a whole number is an integer.
+        whole_days = isinstance(days, int | float) and not isinstance(days, bool) and days % 1 == 0
+        if not whole_days or days < 1:
+            problems.append("abortIncompleteMultipartUpload.daysAfterInitiation: an integer >= 1")
+        selector = rule.get("filter") or {}
+        if "tag" in selector or "tags" in (selector.get("and") or {}):
+            problems.append("abortIncompleteMultipartUpload cannot be combined with a tag filter")
+    everywhere = [
+        rule
+        for rule in aborting
+        if not (rule.get("filter") or {}).get("prefix") and rule["status"] == "Enabled"
+    ]
+    if len(everywhere) != 1:
+        problems.append("one enabled rule must abort incomplete multipart uploads under every key")
+    return problems
+
+
+def break_abort_multipart(r: Registered, ctx: Context) -> None:
+    rule = next(rule for rule in r.inputs["rules"] if "abortIncompleteMultipartUpload" in rule)
+    rule["filter"] = {"tag": {"key": "k", "value": "v"}}
+
+
 def schema_ok(r: Registered, ctx: Context) -> list[str]:
     problems = []
     if not re.fullmatch(r"[a-z0-9_]{1,64}", str(r.inputs["schema"])):
@@ -1215,6 +1249,14 @@ RULES: list[Rule] = [
         "ExpiredObjectDeleteMarker alone in its expiration; days at least 1",
         S3_LIFECYCLE,
         break_lifecycle,
+    ),
+    whole(
+        LIFECYCLE,
+        abort_multipart_ok,
+        "AbortIncompleteMultipartUpload: DaysAfterInitiation an integer >= 1, never with a tag "
+        "filter; one enabled rule for every key (killed presigned uploads)",
+        S3_ABORT_MPU,
+        break_abort_multipart,
     ),
     # EC2
     each(

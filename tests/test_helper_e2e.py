@@ -416,6 +416,29 @@ def test_serve_local_end_to_end(tmp_path: Path) -> None:
     ]
 
 
+def test_a_second_serve_on_a_live_helpers_port_is_refused_and_the_first_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    """Issue 15 item 11: the second helper found the first one's run record and stopped its
+    server; a live helper's server is its own, the second one gets the port-in-use answer."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env["XDG_RUNTIME_DIR"] = str(tmp_path)
+    port = free_port()
+    first = ["serve", "--local", "--data-dir", str(tmp_path / "one"), "--port", str(port)]
+    with serving(first, env, tmp_path, port) as running:
+        server = running.server_pids()
+        second = run_helper(
+            ["serve", "--local", "--data-dir", str(tmp_path / "two"), "--port", str(port)], env
+        )
+        assert second.returncode == 1, second.stderr
+        assert f"port {port} is in use by another helper serving project default" in second.stderr
+        assert f"--port {port + 1}" in second.stderr
+        assert [pid for pid in server if alive(pid)] == server
+        assert running.process.poll() is None
+        run_tracking_script(f"http://127.0.0.1:{port}", tmp_path / "work")
+        assert stop_helper(running) == 0
+
+
 def test_upgrade_fresh_schema_then_out_of_date_schema_is_explained(
     mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
 ) -> None:

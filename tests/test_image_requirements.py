@@ -1,4 +1,4 @@
-"""The server image's own packages, for real (DESIGN.md, test layer 4).
+"""The server image's own packages, for real (README.md "Tests": the image).
 
 No Docker engine here, so the image is not built. Instead a venv gets docker/requirements.txt
 installed exactly as the Dockerfile installs it (the same pip flags, read from the Dockerfile),

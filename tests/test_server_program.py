@@ -9,6 +9,7 @@ tests/test_server_rollout.py for the server itself, for real).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from helper.outputs import parse_connection_bundle
@@ -23,6 +24,7 @@ from tests.pulumi_mocks import (
     PRIVATE_SUBNETS,
     PUBLIC_SUBNETS,
     REGION,
+    ROOT,
     Registered,
 )
 from tests.test_program import (
@@ -116,6 +118,25 @@ def test_disabled_server_builds_nothing_and_the_helper_reads_the_bundle() -> Non
 
 
 # -------------------------------------------------------------------------- outputs, bundle
+
+
+def documented_outputs() -> list[str]:
+    """The first column of the README's table under "Stack outputs" (terraform-aws-modules
+    documents each output; so does this program)."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n### Stack outputs\n", 1)[1].split("\n#", 1)[0]
+    return re.findall(r"^\| `([^`]+)` \|", section, re.M)
+
+
+def test_the_readme_describes_every_stack_output_and_no_other() -> None:
+    """Every output of a stack with the central server (which adds ServerUrl and each
+    project's TrackingUri) has a row, and every row is an output."""
+    r = on()
+    exported = set(r.outputs)
+    exported |= {f"Projects.<name>.{key}" for p in r.outputs["Projects"].values() for key in p}
+    documented = documented_outputs()
+    assert len(documented) == len(set(documented)), "an output is described twice"
+    assert set(documented) == exported
 
 
 def test_outputs_and_bundles_carry_the_tracking_uris() -> None:

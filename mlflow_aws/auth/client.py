@@ -5,15 +5,23 @@ mlflow loads this module when it is imported (every registered provider is), so 
 boto3 loads on the first request. Each token is bound to one project's server: its audience is
 ``<host>/<project>`` of the request's URL (MLflow's requests go under MLFLOW_TRACKING_URI,
 ``https://<domain>/<project>``), and only HTTPS URLs (plain HTTP only on loopback) are signed for.
+
+With this provider in use it also sets mlflow-aws's artifact sizes as defaults in the process's
+environment (``mlflow_aws.artifact_settings``: presigned multipart from 8 MiB, never over a
+value the user set): MLflow reads them when it transfers, and a job configured with the three
+``env --remote`` lines gets the same transfer as the lines the helper prints.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 
 from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestAuthProvider
 from requests import PreparedRequest
 from requests.auth import AuthBase
+
+from mlflow_aws.artifact_settings import apply_client_defaults
 
 from .signer import TokenSource, audience_of
 
@@ -21,7 +29,7 @@ PROVIDER_NAME = "aws-iam"
 
 
 class AwsIamAuth(AuthBase):
-    """Adds ``Authorization: Bearer aws-iam-v1.…`` to each request, one token source per project
+    """Adds ``Authorization: Bearer aws-iam-v2.…`` to each request, one token source per project
     server (audience)."""
 
     def __init__(self) -> None:
@@ -49,4 +57,12 @@ class AwsIamRequestAuthProvider(RequestAuthProvider):
         return PROVIDER_NAME
 
     def get_auth(self) -> AwsIamAuth:
+        apply_client_defaults(os.environ)  # MLFLOW_TRACKING_AUTH set after mlflow was imported
         return _AUTH
+
+
+# mlflow imports every registered provider before its first request (its registry loads the
+# entry points on import), so a process configured by its environment has the sizes before any
+# artifact moves.
+if os.environ.get("MLFLOW_TRACKING_AUTH") == PROVIDER_NAME:
+    apply_client_defaults(os.environ)

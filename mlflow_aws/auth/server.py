@@ -4,7 +4,7 @@ MLflow starts this app with uvicorn through the ``mlflow.app`` entry point ``aws
 names ``create_app`` (a factory: mlflow passes ``--factory``, so the settings are read in the
 worker and ``mlflow server`` itself imports only this light module).
 
-Every request but ``<static-prefix>/health`` needs ``Authorization: Bearer aws-iam-v1.…``
+Every request but ``<static-prefix>/health`` needs ``Authorization: Bearer aws-iam-v2.…``
 (``token.py``): the Flask routes, the native FastAPI ones (artifact streaming, OTel, gateway,
 jobs), the UI and its assets alike, since the middleware wraps the ASGI app from outside.
 Decisions: 401 with a one-line reason for a missing or invalid token, 403 for a verified
