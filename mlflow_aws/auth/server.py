@@ -471,13 +471,13 @@ class Authenticator:
                 now=now,
                 marker_url=None if sign_in else self.settings.marker_url,
             )
-            if request.marker is None and not sign_in:
+            identity = self.replay(request)
+            decision = authorize(identity, self.settings, self.own_account, self.groups_of)
+            if decision.allowed and request.marker is None and not sign_in:
                 raise TokenError(
                     "token carries no read of the project's sign-in marker (update mlflow-aws "
                     "on the client: its plugin and proxy sign one)"
                 )
-            identity = self.replay(request)
-            decision = authorize(identity, self.settings, self.own_account, self.groups_of)
             if decision.allowed and request.marker is not None:
                 try:
                     self.read_marker(request.marker)

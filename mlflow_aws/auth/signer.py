@@ -100,14 +100,17 @@ class TokenSource:
         self._access_key: str | None = None
         self._marker_url: str | None = None
 
-    def _marker(self, sign: Callable[[str | None], str]) -> str:
-        """The project's marker URL, asked of the server once with an identity-only token."""
+    def _marker(self, sign: Callable[[str | None], str]) -> str | None:
+        """The project's marker URL, asked of the server once with an identity-only token; None
+        when the server refuses the identity (the request itself then carries the refusal)."""
         if self._marker_url is None:
             try:
                 status, body = self.fetch(self.sign_in_url, sign(None))
             except OSError as exc:
                 raise SigningError(f"cannot reach {self.sign_in_url}: {exc}") from None
             reason = body.decode(errors="replace").strip()[:300]
+            if status in (401, 403):
+                return None
             if status != 200:
                 raise SigningError(
                     f"{self.sign_in_url} refused to sign you in ({status}: {reason})"
@@ -145,7 +148,11 @@ class TokenSource:
                     self.audience, marker_url,
                 )  # fmt: skip
 
-            self._token = sign(self._marker(sign))
+            marker_url = self._marker(sign)
+            token = sign(marker_url)
+            if marker_url is None:  # refused: asked again next time, once allowed
+                return token
+            self._token = token
             self._made_at = self.clock()
             self._access_key = frozen.access_key
             return self._token
