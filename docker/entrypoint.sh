@@ -8,6 +8,9 @@
 #   entrypoint.sh [extra mlflow server options]   run the server
 #   entrypoint.sh healthcheck                     exit 0 when /health answers (HEALTHCHECK)
 #   entrypoint.sh gc                              one gc of the project (python -m mlflow_aws.gc)
+#   entrypoint.sh migrate                         create or upgrade the schema, then exit (the
+#                                                 upgrade's one migration task, whatever
+#                                                 MLFLOW_AWS_DB_MIGRATE_ON_START says)
 #
 # Before the server starts, on a MySQL backend store (MLFLOW_BACKEND_STORE_URI mysql*):
 #   * TLS is verified: without ssl_ca in the URI, the CA bundle (PEM) in MLFLOW_AWS_DB_CA_BUNDLE
@@ -108,11 +111,17 @@ case "${MLFLOW_BACKEND_STORE_URI:-}" in
     close_idle_connections
     # Refuses a schema of another MLflow version; with MLFLOW_AWS_DB_MIGRATE_ON_START=true it
     # first creates or upgrades an older one. -P: the working directory is not on sys.path.
-    if [ "${1:-}" != "gc" ]; then
-      run_module mlflow_aws.server.prepare
-    fi
+    case "${1:-}" in
+      gc) ;;
+      migrate) MLFLOW_AWS_DB_MIGRATE_ON_START=true run_module mlflow_aws.server.prepare; exit $? ;;
+      *) run_module mlflow_aws.server.prepare ;;
+    esac
     ;;
 esac
+
+if [ "${1:-}" = "migrate" ]; then
+  refuse "migrate needs a MySQL backend store (MLFLOW_BACKEND_STORE_URI mysql*)"
+fi
 
 if [ "${1:-}" = "gc" ]; then
   # One garbage collection of the project (python -m mlflow_aws.gc: settings in its docstring).

@@ -369,8 +369,9 @@ def check_signed_in(upstream: Upstream, tokens: Any) -> None:
 
 
 def serve_remote(
-    tracking_uri: str, port: int, region: str, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr
-) -> int:
+    tracking_uri: str, port: int, region: str, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr,
+    artifacts: tuple[str, str] | None = None,
+) -> int:  # fmt: skip
     from mlflow_aws.auth.signer import SigningError, TokenSource, server_id_for
 
     from . import checks
@@ -394,6 +395,8 @@ def serve_remote(
                 "Ctrl-C stops it\n"
             )
             out.write(f"MLflow UI and tracking URI: {local_uri(port)}\n{export_line(port)}\n")
+            if artifacts is not None:
+                _say_artifacts(*artifacts, out, err)
             out.flush()
             while thread.is_alive():
                 thread.join(0.5)
@@ -405,3 +408,12 @@ def serve_remote(
             with contextlib.suppress(Exception):
                 proxy.shutdown()
             proxy.server_close()
+
+
+def _say_artifacts(mode: str, why: str, out: IO[str], err: IO[str]) -> None:
+    from mlflow_aws.artifact_settings import describe
+
+    from .artifacts import export_lines
+
+    out.write("".join(f"{line}\n" for line in export_lines(mode)))
+    err.write(f"{describe(mode)}: {why}\n")

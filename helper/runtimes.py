@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow_aws.artifact_settings import PRESIGNED
+
 from . import checks, supervise, tls
 from .errors import HelperError
 from .outputs import ProjectConnection
@@ -95,6 +97,7 @@ def process_launch(
         port=port,
         upgrade_hint=upgrade_hint,
         project=connection.project,
+        artifacts=PRESIGNED,  # the client is on the server's machine: it reaches S3 too
     )
 
 
@@ -341,6 +344,7 @@ def _run_container(
         upgrade_hint=upgrade_hint,
         project=connection.project,
         on_orphan=docker_stop_argv(docker, name),
+        artifacts=PRESIGNED,
     )
     return run_server(launch)
 

@@ -177,6 +177,9 @@ class ServerLaunch:
     # What stops the server when the helper is gone (docker stop NAME); the group is stopped
     # in any case.
     on_orphan: list[str] = field(default_factory=list)
+    # The artifact path the printed lines choose (mlflow_aws.artifact_settings); None for a
+    # server whose artifacts are local files.
+    artifacts: str | None = None
 
 
 def watchdog_argv(launch: ServerLaunch) -> list[str]:
@@ -380,6 +383,13 @@ def _supervise(
     err.write(f"{launch.description} is healthy after {seconds:.1f}s; Ctrl-C stops it\n")
     out.write(f"MLflow UI and tracking URI: {tracking_uri(launch.port)}\n")
     out.write(f"{export_line(launch.port)}\n")
+    if launch.artifacts is not None:
+        from mlflow_aws.artifact_settings import describe
+
+        from .artifacts import export_lines
+
+        out.write("".join(f"{line}\n" for line in export_lines(launch.artifacts)))
+        err.write(f"{describe(launch.artifacts)}\n")
     out.flush()
     process.wait()
     relay.join(5)

@@ -40,6 +40,7 @@ import pulumi_aws as aws
 from infra.config import ServerConfig, stack_slug
 from infra.database import PORT as MYSQL_PORT
 from infra.iam import image_pull_statements
+from infra.upgrade import UpgradeGate, upgrade_gate
 from mlflow_aws.server_settings import container_port
 
 # The MLflow server app the tasks run: the AWS-IAM sign-in (mlflow_aws/auth/server.py;
@@ -255,6 +256,9 @@ class TrackingServiceArgs:
     ecs_tasks_principal: str = "ecs-tasks.amazonaws.com"
     # Create the ECS service-linked role: an account that never ran ECS has none.
     ecs_service_linked_role: bool = False
+    # An mlflowVersion change stops the writers and migrates once (infra/upgrade.py); None
+    # leaves the gate out (tests of other parts).
+    upgrade: UpgradeGate | None = None
 
 
 class TrackingService(pulumi.ComponentResource):
@@ -263,6 +267,7 @@ class TrackingService(pulumi.ComponentResource):
     certificate_arn: pulumi.Output[str]
     cluster_name: pulumi.Output[str]
     service_names: dict[str, pulumi.Output[str]]
+    upgrade_reports: dict[str, pulumi.Output[Any]]  # project -> the last upgrade's steps
     load_balancer_security_group_id: pulumi.Output[str]
     task_security_group_id: pulumi.Output[str]
 
@@ -482,6 +487,7 @@ class TrackingService(pulumi.ComponentResource):
 
         priorities = rule_priorities([p.name for p in args.projects])
         self.service_names = {}
+        self.upgrade_reports = {}
         for project in args.projects:
             self.service_names[project.name] = self._project_service(
                 name, project, args, cluster, lb, https, task_sg, priorities, domain, tags,
@@ -501,6 +507,7 @@ class TrackingService(pulumi.ComponentResource):
                 "certificate_arn": self.certificate_arn,
                 "cluster_name": self.cluster_name,
                 "service_names": self.service_names,
+                "upgrade_reports": self.upgrade_reports,
                 "load_balancer_security_group_id": self.load_balancer_security_group_id,
                 "task_security_group_id": self.task_security_group_id,
             }
@@ -655,6 +662,27 @@ class TrackingService(pulumi.ComponentResource):
             ),
             child,
         )
+        security_groups = [task_sg.id, args.database_client_security_group_id]
+        gate = []
+        if args.upgrade is not None:
+            upgrade = upgrade_gate(
+                f"{prefix}-upgrade",
+                project=p,
+                stack=args.stack,
+                gate=args.upgrade,
+                ecs_cluster_arn=cluster.arn,
+                task_definition_arn=task_definition.arn,
+                subnets=list(args.task_subnets),
+                security_groups=security_groups,
+                assign_public_ip=args.assign_public_ip,
+                min_tasks=server.min_tasks,
+                # The migration task reads the secret and runs as the execution role.
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=[execution_policy, *project.ready]
+                ),
+            )
+            self.upgrade_reports[p] = upgrade.report
+            gate = [upgrade]
         service = aws.ecs.Service(
             f"{prefix}-service",
             aws.ecs.ServiceArgs(
@@ -665,7 +693,7 @@ class TrackingService(pulumi.ComponentResource):
                 platform_version="LATEST",
                 network_configuration=aws.ecs.ServiceNetworkConfigurationArgs(
                     subnets=list(args.task_subnets),
-                    security_groups=[task_sg.id, args.database_client_security_group_id],
+                    security_groups=security_groups,
                     assign_public_ip=args.assign_public_ip,
                 ),
                 load_balancers=[
@@ -697,7 +725,8 @@ class TrackingService(pulumi.ComponentResource):
                 # The target group must be attached to the load balancer first; the first
                 # tasks must be able to pull the image, read the secret's value (written once
                 # the project's MySQL user exists) and use the server role.
-                depends_on=[rule, execution_policy, *project.ready, *account_ready],
+                # An MLflow upgrade (the gate) completes before the service takes the new tasks.
+                depends_on=[rule, execution_policy, *project.ready, *account_ready, *gate],
                 # Autoscaling owns the task count between minTasks and maxTasks.
                 ignore_changes=["desiredCount"],
                 # Past this, `pulumi up` fails naming the service: its events (aws ecs

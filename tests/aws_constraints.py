@@ -224,6 +224,10 @@ S3_BLOCK = (
 )
 S3_POLICY = "https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucket-policies.html"
 S3_LIFECYCLE = "https://docs.aws.amazon.com/AmazonS3/latest/API/API_LifecycleRule.html"
+S3_ABORT_MPU = (
+    "https://docs.aws.amazon.com/AmazonS3/latest/API/API_AbortIncompleteMultipartUpload.html; "
+    "https://docs.aws.amazon.com/AmazonS3/latest/userguide/mpu-abort-incomplete-mpu-lifecycle-config.html"
+)
 RDS_CLUSTER = "https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_CreateDBCluster.html"
 RDS_INSTANCE = "https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_CreateDBInstance.html"
 RDS_DELETE = "https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_DeleteDBCluster.html"
@@ -374,6 +378,7 @@ SERVICE = "aws:ecs/service:Service"
 SCALING_TARGET = "aws:appautoscaling/target:Target"
 SCALING_POLICY = "aws:appautoscaling/policy:Policy"
 SCHEMA = "pulumi-python:dynamic/mysql:Schema"
+UPGRADE = "pulumi-python:dynamic/mlflow:Upgrade"
 
 # -- shared rules -------------------------------------------------------------------------------
 
@@ -1088,6 +1093,36 @@ def break_lifecycle(r: Registered, ctx: Context) -> None:
     r.inputs["rules"][1]["id"] = r.inputs["rules"][0]["id"]
 
 
+def abort_multipart_ok(r: Registered, ctx: Context) -> list[str]:
+    """S3 refuses AbortIncompleteMultipartUpload in a rule that filters on object tags (an
+    upload in progress has none yet); DaysAfterInitiation is a whole number of days, and the
+    bucket must have exactly one rule that aborts uploads for every key."""
+    problems = []
+    aborting = [rule for rule in r.inputs["rules"] if "abortIncompleteMultipartUpload" in rule]
+    for rule in aborting:
+        days = rule["abortIncompleteMultipartUpload"].get("daysAfterInitiation")
+        # Numbers arrive as floats through the engine's protobuf: a whole number is an integer.
+        whole_days = isinstance(days, int | float) and not isinstance(days, bool) and days % 1 == 0
+        if not whole_days or days < 1:
+            problems.append("abortIncompleteMultipartUpload.daysAfterInitiation: an integer >= 1")
+        selector = rule.get("filter") or {}
+        if "tag" in selector or "tags" in (selector.get("and") or {}):
+            problems.append("abortIncompleteMultipartUpload cannot be combined with a tag filter")
+    everywhere = [
+        rule
+        for rule in aborting
+        if not (rule.get("filter") or {}).get("prefix") and rule["status"] == "Enabled"
+    ]
+    if len(everywhere) != 1:
+        problems.append("one enabled rule must abort incomplete multipart uploads under every key")
+    return problems
+
+
+def break_abort_multipart(r: Registered, ctx: Context) -> None:
+    rule = next(rule for rule in r.inputs["rules"] if "abortIncompleteMultipartUpload" in rule)
+    rule["filter"] = {"tag": {"key": "k", "value": "v"}}
+
+
 def schema_ok(r: Registered, ctx: Context) -> list[str]:
     problems = []
     if not re.fullmatch(r"[a-z0-9_]{1,64}", str(r.inputs["schema"])):
@@ -1099,6 +1134,42 @@ def schema_ok(r: Registered, ctx: Context) -> list[str]:
 
 def break_schema(r: Registered, ctx: Context) -> None:
     r.inputs["username"] = "mlflow_" + "x" * 30
+
+
+ECS_AWSVPC = (
+    "https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_AwsVpcConfiguration.html"
+)
+ECS_RUN_TASK = "https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RunTask.html"
+RDS_CLUSTER_SNAPSHOT = (
+    "https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_CreateDBClusterSnapshot.html"
+)
+
+
+def upgrade_ok(r: Registered, ctx: Context) -> list[str]:
+    """The upgrade's RunTask (its network) and the snapshot it names for this stack/project."""
+    import datetime
+
+    from projects.upgrade_provider import SNAPSHOT_IDENTIFIER, snapshot_identifier
+
+    problems = []
+    subnets, groups = r.inputs.get("subnets") or [], r.inputs.get("security_groups") or []
+    if not 1 <= len(subnets) <= 16:
+        problems.append(f"subnets: RunTask's awsvpcConfiguration takes 1-16, got {len(subnets)}")
+    if len(groups) > 5:
+        problems.append(f"security_groups: at most 5 per awsvpcConfiguration, got {len(groups)}")
+    if r.inputs.get("min_tasks", 1) < 1:
+        problems.append("min_tasks: the service starts at least one task again")
+    when = datetime.datetime(2099, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
+    name = snapshot_identifier(
+        str(r.inputs["stack"]), str(r.inputs["project"]), str(r.inputs["mlflow_version"]), when
+    )
+    if not SNAPSHOT_IDENTIFIER.fullmatch(name):
+        problems.append(f"snapshot identifier {name!r}: letters, digits, single hyphens, <= 255")
+    return problems
+
+
+def break_upgrade(r: Registered, ctx: Context) -> None:
+    r.inputs["subnets"] = [f"subnet-{i:08x}" for i in range(17)]
 
 
 def password_ok(r: Registered, ctx: Context) -> list[str]:
@@ -1197,6 +1268,14 @@ RULES: list[Rule] = [
         "ExpiredObjectDeleteMarker alone in its expiration; days at least 1",
         S3_LIFECYCLE,
         break_lifecycle,
+    ),
+    whole(
+        LIFECYCLE,
+        abort_multipart_ok,
+        "AbortIncompleteMultipartUpload: DaysAfterInitiation an integer >= 1, never with a tag "
+        "filter; one enabled rule for every key (killed presigned uploads)",
+        S3_ABORT_MPU,
+        break_abort_multipart,
     ),
     # EC2
     each(
@@ -1784,6 +1863,15 @@ RULES: list[Rule] = [
         "schema a MySQL identifier (at most 64); user at most 32",
         f"{MYSQL_IDENTIFIERS}; {MYSQL_USERS}",
         break_schema,
+    ),
+    # The upgrade gate (projects/upgrade_provider.py)
+    whole(
+        UPGRADE,
+        upgrade_ok,
+        "its migration task's network: 1-16 subnets, at most 5 security groups; the cluster "
+        "snapshot identifier: a letter first, letters, digits and single hyphens, at most 255",
+        f"{ECS_AWSVPC}; {ECS_RUN_TASK}; {RDS_CLUSTER_SNAPSHOT}",
+        break_upgrade,
     ),
 ]
 

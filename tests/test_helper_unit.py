@@ -542,8 +542,71 @@ def test_command_reads_the_secret_the_outputs_name_and_prints_no_value(
 
 
 def test_env_prints_the_export_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli(["env"], capsys)[:2] == (0, "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000\n")
-    assert run_cli(["env", "--port", "5123"], capsys)[1].endswith("127.0.0.1:5123\n")
+    from mlflow_aws.artifact_settings import MIB
+
+    code, out, err = run_cli(["env"], capsys)
+    assert code == 0
+    assert out.splitlines() == [
+        "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000",
+        f"export MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE={8 * MIB}",
+        f"export MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE={16 * MIB}",
+        f"export MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE={32 * MIB}",
+    ]
+    assert "artifacts: presigned, straight to and from S3" in err
+    assert "#" not in out  # a comment would end `eval $(helper env)` early
+    assert run_cli(["env", "--port", "5123"], capsys)[1].startswith(
+        "export MLFLOW_TRACKING_URI=http://127.0.0.1:5123\n"
+    )
+
+
+def test_env_proxied_turns_presigned_transfer_off(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["env", "--artifacts", "proxied"], capsys)
+    assert code == 0
+    assert out.splitlines()[1:] == [
+        "export MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=false",
+        "export MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=false",
+    ]
+    assert "artifacts: proxied, every byte through the server" in err
+
+
+def test_serve_refuses_artifacts_without_remote(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["serve", "--project", "churn", "--artifacts", "proxied"], capsys)
+    assert code == 2 and "--artifacts goes with --remote" in err
+
+
+def test_the_plugin_sets_the_sizes_as_defaults_only() -> None:
+    from mlflow_aws.artifact_settings import apply_client_defaults, client_settings
+
+    environ: dict[str, str] = {"MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE": "104857600"}
+    apply_client_defaults(environ)
+    assert environ == {
+        **client_settings("presigned"),
+        "MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE": "104857600",
+    }
+    proxied = {"MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false"}
+    apply_client_defaults(proxied)
+    assert proxied == {"MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false"}
+
+
+def test_auto_artifacts_probe_the_s3_endpoint_of_this_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    from helper import artifacts
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+        assert artifacts.choose("auto", "eu-west-1", probe=True)[0] == "presigned"
+    mode, why = artifacts.choose("auto", "eu-west-1", probe=True)  # nothing listens now
+    assert mode == "proxied" and f"127.0.0.1:{port}" in why and "not reachable" in why
+    assert artifacts.choose("presigned", "eu-west-1", probe=True)[0] == "presigned"
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    assert artifacts.s3_endpoint("eu-west-1") == ("s3.eu-west-1.amazonaws.com", 443)
 
 
 @pytest.mark.parametrize(

@@ -141,7 +141,7 @@ def test_the_readme_describes_every_stack_output_and_no_other() -> None:
 
 def test_outputs_and_bundles_carry_the_tracking_uris() -> None:
     r = on()
-    assert set(r.outputs) == OUTPUT_NAMES | {"ServerUrl"}
+    assert set(r.outputs) == OUTPUT_NAMES | {"ServerUrl", "Upgrades"}
     assert r.outputs["ServerUrl"] == f"https://{DOMAIN}"
     assert not r.secret_outputs["ServerUrl"]
     for project in ("churn", "fraud"):

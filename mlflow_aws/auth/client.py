@@ -4,16 +4,24 @@ caller's AWS identity (entry point group ``mlflow.request_auth_provider``, name 
 mlflow loads this module when it is imported (every registered provider is), so it stays light:
 boto3 loads on the first request. The server id is ``MLFLOW_AWS_IAM_SERVER_ID`` if set, else the
 host of the request's URL, which for MLflow's requests is the host of MLFLOW_TRACKING_URI.
+
+With this provider in use it also sets mlflow-aws's artifact sizes as defaults in the process's
+environment (``mlflow_aws.artifact_settings``: presigned multipart from 8 MiB, never over a
+value the user set): MLflow reads them when it transfers, and a job configured with the three
+``env --remote`` lines gets the same transfer as the lines the helper prints.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from urllib.parse import urlsplit
 
 from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestAuthProvider
 from requests import PreparedRequest
 from requests.auth import AuthBase
+
+from mlflow_aws.artifact_settings import apply_client_defaults
 
 from .signer import TokenSource, server_id_for
 
@@ -48,4 +56,12 @@ class AwsIamRequestAuthProvider(RequestAuthProvider):
         return PROVIDER_NAME
 
     def get_auth(self) -> AwsIamAuth:
+        apply_client_defaults(os.environ)  # MLFLOW_TRACKING_AUTH set after mlflow was imported
         return _AUTH
+
+
+# mlflow imports every registered provider before its first request (its registry loads the
+# entry points on import), so a process configured by its environment has the sizes before any
+# artifact moves.
+if os.environ.get("MLFLOW_TRACKING_AUTH") == PROVIDER_NAME:
+    apply_client_defaults(os.environ)
