@@ -207,10 +207,11 @@ class ServerLaunch:
 
 
 def watchdog_argv(launch: ServerLaunch) -> list[str]:
-    """The launch's argv under the watchdog (this package's, in either layout)."""
-    package = __name__.rpartition(".")[0]
+    """The launch's argv under the watchdog: its file, run as a script (it imports only the
+    standard library), so it starts however this package is importable; ``-P``: without
+    this directory on its path, where a module could shadow one of the standard library's."""
     return [
-        sys.executable, "-m", f"{package}.watchdog",
+        sys.executable, "-P", str(Path(__file__).with_name("watchdog.py")),
         "--on-orphan", json.dumps(launch.on_orphan), "--", *launch.argv,
     ]  # fmt: skip
 
