@@ -372,7 +372,7 @@ def serve_remote(
     tracking_uri: str, port: int, region: str, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr,
     artifacts: tuple[str, str] | None = None,
 ) -> int:  # fmt: skip
-    from mlflow_aws.auth.signer import SigningError, TokenSource, server_id_for
+    from mlflow_aws.auth.signer import SigningError, TokenSource
 
     from . import checks
     from .supervise import StopRequested, export_line, stop_signals
@@ -381,7 +381,7 @@ def serve_remote(
     checks.check_port_free(port)
     upstream = Upstream.from_uri(tracking_uri)
     try:
-        tokens = TokenSource(server_id_for(upstream.hostname), region=region)
+        tokens = TokenSource(tracking_uri, region=region)  # bound to this project's server
     except SigningError as exc:
         raise HelperError(str(exc)) from None
     check_signed_in(upstream, tokens)
