@@ -7,7 +7,9 @@ test_auth_unit.py, the whole chain against moto in test_auth_e2e.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
@@ -17,22 +19,28 @@ from mlflow_aws.auth.server import (
     Authenticator,
     AwsIamAuthMiddleware,
     Decision,
+    RateLimiter,
     Settings,
+    without_credentials,
 )
+from mlflow_aws.auth.token import SIGN_IN_PATH
 
 ALICE = "arn:aws:sts::111122223333:assumed-role/ml-team/alice"
 ALLOWED = Decision(200, "allowed", ALICE)
-TOKEN = "Bearer mlflow-aws-iam-v1.secret-token-value"
+TOKEN = "Bearer aws-iam-v2.secret-token-value"
+MARKER = "https://bucket.s3.eu-west-1.amazonaws.com/churn/.mlflow-aws-sign-in"
 
 
-def settings(prefix: str = "/churn") -> Settings:
+def settings(prefix: str = "/churn", gateway: bool = False) -> Settings:
     return Settings(
-        server_id="mlflow.example.com",
+        audience="mlflow.example.com/churn",
+        marker_url=MARKER,
         allowed_roles=frozenset({"ml-team"}),
         allowed_groups=frozenset(),
         region="eu-west-1",
         sts_url="https://sts.eu-west-1.amazonaws.com/",
         static_prefix=prefix,
+        gateway_enabled=gateway,
     )
 
 
@@ -43,6 +51,7 @@ class FixedAuthenticator(Authenticator):
         self.decision = decision
         self.from_cache = cached
         self.asked: list[str | None] = []
+        self.sign_ins: list[bool] = []
 
     def cached(self, header: str | None) -> Decision | None:
         if self.from_cache:
@@ -50,8 +59,9 @@ class FixedAuthenticator(Authenticator):
             return self.decision
         return None
 
-    def decide(self, header: str | None) -> Decision:
+    def decide(self, header: str | None, *, sign_in: bool = False) -> Decision:
         self.asked.append(header)
+        self.sign_ins.append(sign_in)
         return self.decision
 
 
@@ -84,8 +94,21 @@ def scope(path: str, kind: str = "http", headers: list[tuple[bytes, bytes]] | No
     return made
 
 
+def run(coroutine: Coroutine[Any, Any, None]) -> None:
+    """On a loop of its own: asyncio.run() would leave the thread without a current loop."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
+
+
 def call(
-    request: dict[str, Any], decision: Decision = ALLOWED, prefix: str = "/churn"
+    request: dict[str, Any],
+    decision: Decision = ALLOWED,
+    prefix: str = "/churn",
+    gateway: bool = False,
+    limiter: RateLimiter | None = None,
 ) -> tuple[StubApp, FixedAuthenticator, list[dict[str, Any]]]:
     app, authenticator, sent = StubApp(), FixedAuthenticator(decision), []
 
@@ -95,7 +118,8 @@ def call(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(AwsIamAuthMiddleware(app, authenticator, settings(prefix))(request, receive, send))
+    middleware = AwsIamAuthMiddleware(app, authenticator, settings(prefix, gateway), limiter)
+    run(middleware(request, receive, send))
     return app, authenticator, sent
 
 
@@ -165,8 +189,10 @@ def test_a_refusal_answers_the_reason_and_never_reaches_the_app(
 
 
 def test_a_reason_on_several_lines_is_answered_on_one() -> None:
-    _, _, sent = call(scope("/churn/"), Decision(401, "first\nsecond"))
-    assert response(sent)[2] == b"first second\n"
+    _, _, sent = call(scope("/churn/"), Decision(401, "first\r\nsecond\x1b[2J"))
+    body = response(sent)[2]
+    assert body.endswith(b"\n") and body.count(b"\n") == 1 and b"\r" not in body
+    assert b"\x1b" not in body and body.startswith(b"first")
 
 
 def test_a_websocket_without_an_allowed_identity_is_closed_with_policy_violation() -> None:
@@ -174,6 +200,41 @@ def test_a_websocket_without_an_allowed_identity_is_closed_with_policy_violation
     app, _, sent = call(scope("/churn/ws", "websocket", headers=[]), Decision(401, reason))
     assert app.scopes == []
     assert sent == [{"type": "websocket.close", "code": 1008, "reason": reason[:120]}]
+
+
+def test_too_many_attempts_are_answered_429_before_asking_aws() -> None:
+    spent = RateLimiter(per_client=(0.0, 0.0), clock=lambda: 0.0)
+    app, authenticator, sent = call(scope("/churn/"), limiter=spent)
+    assert app.scopes == [] and authenticator.asked == []
+    status, headers, _ = response(sent)
+    assert status == 429 and headers[b"retry-after"] == b"2"
+
+
+def test_the_sign_in_path_answers_the_marker_to_an_allowed_identity_only() -> None:
+    app, authenticator, sent = call(scope(f"/churn{SIGN_IN_PATH}"))
+    assert app.scopes == [] and authenticator.sign_ins == [True]
+    status, headers, body = response(sent)
+    assert status == 200 and headers[b"cache-control"] == b"no-store"
+    assert json.loads(body) == {"audience": "mlflow.example.com/churn", "marker": MARKER}
+    _, _, refused = call(scope(f"/churn{SIGN_IN_PATH}"), Decision(401, "no token"))
+    assert response(refused)[0] == 401
+
+
+@pytest.mark.parametrize("gateway", [False, True], ids=["off", "on"])
+def test_the_ai_gateway_is_not_reached_while_it_is_off(gateway: bool) -> None:
+    app, _, sent = call(scope("/churn/gateway/chat/invocations"), gateway=gateway)
+    if gateway:
+        assert [s["path"] for s in app.scopes] == ["/churn/gateway/chat/invocations"]
+    else:
+        assert app.scopes == [] and response(sent)[0] == 404
+
+
+def test_an_allowed_request_reaches_the_app_without_the_token_or_its_headers() -> None:
+    headers = [(b"authorization", TOKEN.encode()), (b"X-Mlflow-Aws-Iam-Marker", b"forged"),
+               (b"x-amz-security-token", b"session"), (b"accept", b"application/json")]  # fmt: skip
+    app, _, _ = call(scope("/churn/api/2.0/mlflow/runs/get", headers=headers))
+    [seen] = app.scopes
+    assert seen["headers"] == [(b"accept", b"application/json")]
 
 
 def test_an_allowed_websocket_reaches_the_app() -> None:
@@ -205,7 +266,7 @@ def test_a_cached_decision_is_used_without_deciding_again() -> None:
         sent.append(message)
 
     middleware = AwsIamAuthMiddleware(app, authenticator, settings())
-    asyncio.run(middleware(scope("/churn/"), None, send))
+    run(middleware(scope("/churn/"), None, send))
     assert authenticator.asked == [TOKEN] and len(app.scopes) == 1
 
 
@@ -232,7 +293,7 @@ def test_prefixed_artifact_paths_reach_the_app_without_the_prefix(route: str) ->
     assert seen["path"] == f"{route}1/abc/artifacts/model weights.bin"
     assert seen["raw_path"] == f"{route}1/abc/artifacts/model%20weights.bin".encode()
     assert {k: v for k, v in seen.items() if k not in ("path", "raw_path")} == {
-        k: v for k, v in scope(path).items() if k not in ("path", "raw_path")
+        k: v for k, v in without_credentials(scope(path)).items() if k not in ("path", "raw_path")
     }
 
 
@@ -249,7 +310,7 @@ def test_prefixed_artifact_paths_reach_the_app_without_the_prefix(route: str) ->
 def test_other_paths_reach_the_app_as_they_came(path: str, prefix: str) -> None:
     request = scope(path)
     app, _, _ = call(request, prefix=prefix)
-    assert app.scopes == [request]
+    assert app.scopes == [without_credentials(request)]
 
 
 def test_a_refused_artifact_request_is_not_rewritten_or_passed_on() -> None:
