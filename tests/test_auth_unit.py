@@ -379,7 +379,11 @@ def call(app: AwsIamAuthMiddleware, path: str, headers: list[tuple[bytes, bytes]
 
     scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
              "headers": headers}  # fmt: skip
-    asyncio.run(app(scope, receive, send))
+    loop = asyncio.new_event_loop()  # not asyncio.run: it unsets the thread's loop (pulumi's)
+    try:
+        loop.run_until_complete(app(scope, receive, send))
+    finally:
+        loop.close()
     return int(sent[0]["status"])
 
 
