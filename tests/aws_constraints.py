@@ -346,6 +346,7 @@ VERSIONING = "aws:s3/bucketVersioning:BucketVersioning"
 BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
 BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
 LIFECYCLE = "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration"
+OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
 SG = "aws:ec2/securityGroup:SecurityGroup"
 SUBNET_GROUP = "aws:rds/subnetGroup:SubnetGroup"
 PARAMS = "aws:rds/clusterParameterGroup:ClusterParameterGroup"
@@ -1234,6 +1235,23 @@ def break_slr(r: Registered, ctx: Context) -> None:
 # -- the table ------------------------------------------------------------------------------------
 
 RULES: list[Rule] = [
+    each(
+        OBJECT,
+        "key",
+        lambda v: isinstance(v, str) and 1 <= len(v.encode()) <= 1024,
+        "an object key is 1-1024 bytes of UTF-8",
+        "https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html",
+        "k" * 1025,
+    ),
+    each(
+        OBJECT,
+        "key",
+        lambda v: isinstance(v, str) and not v.startswith("/") and "//" not in v,
+        "no empty path segment (S3 keeps it: a key '/x' or 'a//b' is not under 'a/' as IAM's "
+        "'<prefix>/*' resource sees it)",
+        "https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html",
+        "/churn/.mlflow-aws-sign-in",
+    ),
     Rule(
         "*",
         "tags: at most 50; key 1-128 and value at most 256 characters; no aws: prefix; "

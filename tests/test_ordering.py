@@ -34,6 +34,7 @@ WAITS_FOR: dict[str, dict[str, str]] = {
         "metadata-clients-sg": "reaching MySQL",
         "metadata-instance": "a database that answers",
         "tracking-https": "the listener of its rule",
+        "tracking-{p}-sign-in-marker": "sign-in replays a read of it",
         "tracking-{p}-upgrade": "an MLflow upgrade stops the old tasks and migrates first",
     },
     "project-{p}-password-retirement": {
@@ -49,6 +50,7 @@ WAITS_FOR: dict[str, dict[str, str]] = {
         "tracking-{p}-execution-policy": "the migration task pulls the image, reads the secret",
         "metadata-admin-secret-value": "the Data API logs in with the secret's value",
     },
+    "tracking-{p}-sign-in-marker": {"artifacts-bucket": "the bucket it is written to"},
     "project-{p}-schema": {
         "metadata-instance": "the Data API answers only once the writer runs",
         "metadata-admin-secret-value": "the Data API logs in with the secret's value",

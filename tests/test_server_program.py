@@ -319,7 +319,10 @@ def test_task_runs_the_stack_image_under_its_prefix_with_pinned_hosts() -> None:
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == f"{r.outputs['ArtifactRoot']}/churn"
     assert env["MLFLOW_SERVER_ALLOWED_HOSTS"] == f"{DOMAIN},{DOMAIN}:443"
     assert env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] == f"https://{DOMAIN}"
-    assert env["MLFLOW_AWS_IAM_SERVER_ID"] == DOMAIN
+    # Each project's server its own audience: a token for churn is refused by fraud's server.
+    assert env["MLFLOW_AWS_IAM_AUDIENCE"] == f"{DOMAIN}/churn"
+    assert environment(r, "fraud")["MLFLOW_AWS_IAM_AUDIENCE"] == f"{DOMAIN}/fraud"
+    assert "MLFLOW_AWS_IAM_SERVER_ID" not in env
     assert env["MLFLOW_AWS_IAM_ALLOWED_ROLES"] == "ci-runner,ds-team"
     assert env["MLFLOW_AWS_IAM_ALLOWED_GROUPS"] == "ds"
     assert env["AWS_REGION"] == REGION
