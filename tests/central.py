@@ -165,7 +165,7 @@ class CentralServer:
 
 def server_env(
     moto: MotoServer, backend_store_uri: str, artifact_root: str, project: str, port: int,
-    auth: bool = True,
+    auth: bool = True, extra_hosts: tuple[str, ...] = (),
 ) -> dict[str, str]:  # fmt: skip
     env = clean_env(
         **server_environment(
@@ -178,6 +178,8 @@ def server_env(
         MLFLOW_STATIC_PREFIX=f"/{project}",
         PYTHONUNBUFFERED="1",
     )
+    if extra_hosts:  # e.g. a relay in front of it (bench/delay_relay.py)
+        env["MLFLOW_SERVER_ALLOWED_HOSTS"] += "," + ",".join(extra_hosts)
     env.pop("AWS_ENDPOINT_URL")  # only the endpoints a central server would be given
     env["AWS_ENDPOINT_URL_STS"] = env["AWS_ENDPOINT_URL_IAM"] = moto.endpoint_url
     if auth:
@@ -192,11 +194,12 @@ def server_env(
 @contextlib.contextmanager
 def running_central_server(
     moto: MotoServer, backend_store_uri: str, artifact_root: str, project: str, log_dir: Path,
-    auth: bool = True,
+    auth: bool = True, extra_hosts: tuple[str, ...] = (),
 ) -> Iterator[CentralServer]:  # fmt: skip
-    """``mlflow server --app-name aws-iam`` (or the plain server, ``auth=False``), stopped after."""
+    """``mlflow server --app-name aws-iam`` (or the plain server, ``auth=False``), stopped after;
+    ``extra_hosts``: Host headers it accepts besides its own address."""
     port = free_port()
-    env = server_env(moto, backend_store_uri, artifact_root, project, port, auth)
+    env = server_env(moto, backend_store_uri, artifact_root, project, port, auth, extra_hosts)
     argv = [sys.executable, "-m", "mlflow", "server", *(["--app-name", "aws-iam"] if auth else [])]
     log_path = log_dir / f"central-{port}.log"
     with log_path.open("wb") as log:

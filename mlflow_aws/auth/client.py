@@ -1,7 +1,8 @@
 """``MLFLOW_TRACKING_AUTH=aws-iam``: the MLflow client signs in to the central server with the
 caller's AWS identity (entry point group ``mlflow.request_auth_provider``, name ``aws-iam``).
 
-mlflow loads this module when it is imported (every registered provider is), so it stays light:
+mlflow loads this module on the first request with MLFLOW_TRACKING_AUTH set (every registered
+provider is loaded then), so it stays light:
 boto3 loads on the first request. The server id is ``MLFLOW_AWS_IAM_SERVER_ID`` if set, else the
 host of the request's URL, which for MLflow's requests is the host of MLFLOW_TRACKING_URI.
 
@@ -22,6 +23,7 @@ from requests import PreparedRequest
 from requests.auth import AuthBase
 
 from mlflow_aws.artifact_settings import apply_client_defaults
+from mlflow_aws.async_exit import install as install_bounded_async_exit
 
 from .signer import TokenSource, server_id_for
 
@@ -60,8 +62,11 @@ class AwsIamRequestAuthProvider(RequestAuthProvider):
         return _AUTH
 
 
-# mlflow imports every registered provider before its first request (its registry loads the
-# entry points on import), so a process configured by its environment has the sizes before any
-# artifact moves.
+# mlflow imports every registered provider before the first request that has
+# MLFLOW_TRACKING_AUTH set (its registry loads the entry points on import), so a process
+# configured by its environment has the sizes before any artifact moves.
 if os.environ.get("MLFLOW_TRACKING_AUTH") == PROVIDER_NAME:
     apply_client_defaults(os.environ)
+# MLflow's async logging may not hold the process at exit for longer than a bound
+# (mlflow_aws/async_exit.py; for other tracking URIs the run context provider installs it).
+install_bounded_async_exit()
