@@ -16,6 +16,7 @@ from infra.config import load_stack_config, role_attachment_warnings
 from infra.database import MetadataDatabase, MetadataDatabaseArgs
 from infra.server import ServiceProject, TrackingService, TrackingServiceArgs
 from infra.server_image import ServerImage, ServerImageArgs
+from infra.upgrade import UpgradeGate
 from projects.project import MlflowProject, MlflowProjectArgs
 
 REPO_ROOT = Path(__file__).resolve().parent  # the server image's build context
@@ -135,9 +136,19 @@ if config.server.enabled:
             partition=account.partition,
             ecs_tasks_principal=account.ecs_tasks_principal,
             ecs_service_linked_role=account.ecs_service_linked_role,
+            upgrade=UpgradeGate(
+                mlflow_version=config.mlflow_version,
+                database_cluster_arn=database.cluster_arn,
+                admin_secret_arn=database.admin_secret_arn,
+                settings=config.upgrade,
+                aws_profile=config.aws_profile,
+                assume_roles=[role.as_input() for role in config.assume_roles],
+            ),
         ),
     )
     pulumi.export("ServerUrl", service.url)
+    # Each project's last MLflow upgrade: its steps and their times (none: nothing to do).
+    pulumi.export("Upgrades", service.upgrade_reports)
 
 pulumi.export("ArtifactRoot", store.artifact_root)
 pulumi.export("DatabaseEndpoint", database.endpoint)

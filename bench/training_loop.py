@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         relay_port = free_port()
         with (
             running_central_server(moto, uri, f"s3://{BUCKET}/{PROJECT}", PROJECT, directory,
-                                   extra_hosts=(f"127.0.0.1:{relay_port}",)) as central,
+                                   public_port=relay_port) as central,
             relay(relay_port, central.port) as relay_process,
         ):  # fmt: skip
             base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}

@@ -25,7 +25,7 @@ from mlflow_aws.server_settings import connections_per_server
 NAMESPACE = "mlflow-aws"
 DOCKER_REQUIREMENTS = Path(__file__).resolve().parent.parent / "docker" / "requirements.txt"
 
-TOP_LEVEL_KEYS = ("projects", "mlflowVersion", "db", "server", "protect")
+TOP_LEVEL_KEYS = ("projects", "mlflowVersion", "db", "server", "protect", "upgrade")
 DB_KEYS = (
     "minCapacity",
     "maxCapacity",
@@ -38,6 +38,7 @@ DB_KEYS = (
     "caBundle",
     "engineVersion",
 )
+UPGRADE_KEYS = ("ignoreConnectedClients", "snapshot")
 PROJECT_KEYS = (
     "name",
     "dropDataOnRemove",
@@ -205,6 +206,16 @@ PROJECT_DEFAULTS = ProjectConfig(name="")  # the name has no default: it is requ
 
 
 @dataclass(frozen=True)
+class UpgradeConfig:
+    """How an ``mlflowVersion`` change upgrades each project (projects/upgrade_provider.py)."""
+
+    # Upgrade even while servers other than the central tasks (teammates' laptop servers) are
+    # connected to the project's database: their writes may be lost or break the migration.
+    ignore_connected_clients: bool = False
+    snapshot: bool = True  # a manual cluster snapshot before migrating (else a restore point)
+
+
+@dataclass(frozen=True)
 class AssumeRole:
     """One role of ``aws:assumeRoles``, as the schema provider assumes it too."""
 
@@ -245,6 +256,7 @@ class StackConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     # aws:assumeRoles, in order: the schema provider assumes them as the AWS provider does
     assume_roles: tuple[AssumeRole, ...] = ()
+    upgrade: UpgradeConfig = field(default_factory=UpgradeConfig)
 
     @property
     def max_user_connections(self) -> int:
@@ -699,6 +711,25 @@ def _parse_server(
     )
 
 
+def _parse_upgrade(raw: str | None, problems: _Problems) -> UpgradeConfig:
+    section = _as_section(
+        raw, "upgrade", UPGRADE_KEYS, "upgrade.ignoreConnectedClients true", problems
+    )
+    if section is None:
+        return UpgradeConfig()
+    return UpgradeConfig(
+        ignore_connected_clients=_as_bool(
+            section.get("ignoreConnectedClients"),
+            "upgrade.ignoreConnectedClients",
+            problems,
+            UpgradeConfig.ignore_connected_clients,
+        ),
+        snapshot=_as_bool(
+            section.get("snapshot"), "upgrade.snapshot", problems, UpgradeConfig.snapshot
+        ),
+    )
+
+
 def _parse_project(item: Any, index: int, problems: _Problems) -> ProjectConfig | None:
     key = f"projects[{index}]"
     if isinstance(item, str):
@@ -932,6 +963,7 @@ def parse_stack_config(values: Mapping[str, str], stack: str) -> StackConfig:
         aws_profile=values.get("aws:profile") or None,
         server=_parse_server(ours.get("server"), values.get("aws:region"), db, problems),
         assume_roles=_parse_assume_roles(values.get("aws:assumeRoles"), problems),
+        upgrade=_parse_upgrade(ours.get("upgrade"), problems),
     )
     _check_provider_identity(values, problems)
     if problems.items:

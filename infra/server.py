@@ -40,6 +40,8 @@ import pulumi_aws as aws
 from infra.config import ServerConfig, stack_slug
 from infra.database import PORT as MYSQL_PORT
 from infra.iam import image_pull_statements
+from infra.upgrade import UpgradeGate, upgrade_gate
+from mlflow_aws.auth.token import MARKER_NAME
 from mlflow_aws.server_settings import container_port
 
 # The MLflow server app the tasks run: the AWS-IAM sign-in (mlflow_aws/auth/server.py;
@@ -95,6 +97,22 @@ def path_patterns(project: str) -> list[str]:
     return [f"/{project}", f"/{project}/*"]
 
 
+def marker_location(artifact_root: str) -> tuple[str, str]:
+    """``s3://<bucket>/<prefix>`` -> the bucket and key of the project's sign-in marker."""
+    bucket, _, prefix = artifact_root.removeprefix("s3://").partition("/")
+    return bucket, f"{prefix.strip('/')}/{MARKER_NAME}"
+
+
+def marker_url(artifact_root: str, region: str) -> str:
+    """The marker's virtual-hosted HTTPS URL (path style for a bucket name with dots, which
+    the wildcard certificate of ``*.s3.<region>.amazonaws.com`` does not cover)."""
+    bucket, key = marker_location(artifact_root)
+    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    if "." in bucket:
+        return f"https://s3.{region}.{suffix}/{bucket}/{key}"
+    return f"https://{bucket}.s3.{region}.{suffix}/{key}"
+
+
 def container_environment(
     project: ServiceProject, domain: str, region: str, artifact_root: str
 ) -> dict[str, str]:
@@ -107,7 +125,10 @@ def container_environment(
         # Host is the task's IP, still pass.
         "MLFLOW_SERVER_ALLOWED_HOSTS": f"{domain},{domain}:{HTTPS_PORT}",
         "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": f"https://{domain}",
-        "MLFLOW_AWS_IAM_SERVER_ID": domain,
+        # Each project's server accepts only tokens made for it (mlflow_aws/auth/token.py).
+        "MLFLOW_AWS_IAM_AUDIENCE": f"{domain.lower()}/{project.name}",
+        # Sign-in replays the caller's signed read of it: only the project policy's holders pass.
+        "MLFLOW_AWS_IAM_MARKER_URL": marker_url(artifact_root, region),
         "MLFLOW_AWS_IAM_ALLOWED_ROLES": ",".join(project.iam_roles),
         "MLFLOW_AWS_IAM_ALLOWED_GROUPS": ",".join(project.iam_groups),
         "AWS_REGION": region,
@@ -255,6 +276,9 @@ class TrackingServiceArgs:
     ecs_tasks_principal: str = "ecs-tasks.amazonaws.com"
     # Create the ECS service-linked role: an account that never ran ECS has none.
     ecs_service_linked_role: bool = False
+    # An mlflowVersion change stops the writers and migrates once (infra/upgrade.py); None
+    # leaves the gate out (tests of other parts).
+    upgrade: UpgradeGate | None = None
 
 
 class TrackingService(pulumi.ComponentResource):
@@ -263,6 +287,7 @@ class TrackingService(pulumi.ComponentResource):
     certificate_arn: pulumi.Output[str]
     cluster_name: pulumi.Output[str]
     service_names: dict[str, pulumi.Output[str]]
+    upgrade_reports: dict[str, pulumi.Output[Any]]  # project -> the last upgrade's steps
     load_balancer_security_group_id: pulumi.Output[str]
     task_security_group_id: pulumi.Output[str]
 
@@ -482,6 +507,7 @@ class TrackingService(pulumi.ComponentResource):
 
         priorities = rule_priorities([p.name for p in args.projects])
         self.service_names = {}
+        self.upgrade_reports = {}
         for project in args.projects:
             self.service_names[project.name] = self._project_service(
                 name, project, args, cluster, lb, https, task_sg, priorities, domain, tags,
@@ -501,6 +527,7 @@ class TrackingService(pulumi.ComponentResource):
                 "certificate_arn": self.certificate_arn,
                 "cluster_name": self.cluster_name,
                 "service_names": self.service_names,
+                "upgrade_reports": self.upgrade_reports,
                 "load_balancer_security_group_id": self.load_balancer_security_group_id,
                 "task_security_group_id": self.task_security_group_id,
             }
@@ -637,6 +664,20 @@ class TrackingService(pulumi.ComponentResource):
                 artifact_root=v[4],
             )
         )
+        # What a token's marker read reads (mlflow_aws/auth/token.py): under the project's prefix,
+        # so exactly the holders of the project's policy (and its server role) may read it.
+        location = pulumi.Output.from_input(project.artifact_root).apply(marker_location)
+        marker = aws.s3.BucketObjectv2(
+            f"{prefix}-sign-in-marker",
+            aws.s3.BucketObjectv2Args(
+                bucket=location.apply(lambda v: v[0]),
+                key=location.apply(lambda v: v[1]),
+                content=f"mlflow-aws sign-in marker of project {p}: a token's signed read of it "
+                "proves its signer may read the project's prefix now. Do not delete.\n",
+                content_type="text/plain; charset=utf-8",
+            ),
+            child,
+        )
         task_definition = aws.ecs.TaskDefinition(
             f"{prefix}-task",
             aws.ecs.TaskDefinitionArgs(
@@ -655,6 +696,27 @@ class TrackingService(pulumi.ComponentResource):
             ),
             child,
         )
+        security_groups = [task_sg.id, args.database_client_security_group_id]
+        gate = []
+        if args.upgrade is not None:
+            upgrade = upgrade_gate(
+                f"{prefix}-upgrade",
+                project=p,
+                stack=args.stack,
+                gate=args.upgrade,
+                ecs_cluster_arn=cluster.arn,
+                task_definition_arn=task_definition.arn,
+                subnets=list(args.task_subnets),
+                security_groups=security_groups,
+                assign_public_ip=args.assign_public_ip,
+                min_tasks=server.min_tasks,
+                # The migration task reads the secret and runs as the execution role.
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=[execution_policy, *project.ready]
+                ),
+            )
+            self.upgrade_reports[p] = upgrade.report
+            gate = [upgrade]
         service = aws.ecs.Service(
             f"{prefix}-service",
             aws.ecs.ServiceArgs(
@@ -665,7 +727,7 @@ class TrackingService(pulumi.ComponentResource):
                 platform_version="LATEST",
                 network_configuration=aws.ecs.ServiceNetworkConfigurationArgs(
                     subnets=list(args.task_subnets),
-                    security_groups=[task_sg.id, args.database_client_security_group_id],
+                    security_groups=security_groups,
                     assign_public_ip=args.assign_public_ip,
                 ),
                 load_balancers=[
@@ -697,7 +759,8 @@ class TrackingService(pulumi.ComponentResource):
                 # The target group must be attached to the load balancer first; the first
                 # tasks must be able to pull the image, read the secret's value (written once
                 # the project's MySQL user exists) and use the server role.
-                depends_on=[rule, execution_policy, *project.ready, *account_ready],
+                # An MLflow upgrade (the gate) completes before the service takes the new tasks.
+                depends_on=[rule, execution_policy, marker, *project.ready, *account_ready, *gate],
                 # Autoscaling owns the task count between minTasks and maxTasks.
                 ignore_changes=["desiredCount"],
                 # Past this, `pulumi up` fails naming the service: its events (aws ecs

@@ -346,6 +346,7 @@ VERSIONING = "aws:s3/bucketVersioning:BucketVersioning"
 BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
 BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
 LIFECYCLE = "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration"
+OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
 SG = "aws:ec2/securityGroup:SecurityGroup"
 SUBNET_GROUP = "aws:rds/subnetGroup:SubnetGroup"
 PARAMS = "aws:rds/clusterParameterGroup:ClusterParameterGroup"
@@ -378,6 +379,7 @@ SERVICE = "aws:ecs/service:Service"
 SCALING_TARGET = "aws:appautoscaling/target:Target"
 SCALING_POLICY = "aws:appautoscaling/policy:Policy"
 SCHEMA = "pulumi-python:dynamic/mysql:Schema"
+UPGRADE = "pulumi-python:dynamic/mlflow:Upgrade"
 
 # -- shared rules -------------------------------------------------------------------------------
 
@@ -1135,6 +1137,42 @@ def break_schema(r: Registered, ctx: Context) -> None:
     r.inputs["username"] = "mlflow_" + "x" * 30
 
 
+ECS_AWSVPC = (
+    "https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_AwsVpcConfiguration.html"
+)
+ECS_RUN_TASK = "https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RunTask.html"
+RDS_CLUSTER_SNAPSHOT = (
+    "https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_CreateDBClusterSnapshot.html"
+)
+
+
+def upgrade_ok(r: Registered, ctx: Context) -> list[str]:
+    """The upgrade's RunTask (its network) and the snapshot it names for this stack/project."""
+    import datetime
+
+    from projects.upgrade_provider import SNAPSHOT_IDENTIFIER, snapshot_identifier
+
+    problems = []
+    subnets, groups = r.inputs.get("subnets") or [], r.inputs.get("security_groups") or []
+    if not 1 <= len(subnets) <= 16:
+        problems.append(f"subnets: RunTask's awsvpcConfiguration takes 1-16, got {len(subnets)}")
+    if len(groups) > 5:
+        problems.append(f"security_groups: at most 5 per awsvpcConfiguration, got {len(groups)}")
+    if r.inputs.get("min_tasks", 1) < 1:
+        problems.append("min_tasks: the service starts at least one task again")
+    when = datetime.datetime(2099, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
+    name = snapshot_identifier(
+        str(r.inputs["stack"]), str(r.inputs["project"]), str(r.inputs["mlflow_version"]), when
+    )
+    if not SNAPSHOT_IDENTIFIER.fullmatch(name):
+        problems.append(f"snapshot identifier {name!r}: letters, digits, single hyphens, <= 255")
+    return problems
+
+
+def break_upgrade(r: Registered, ctx: Context) -> None:
+    r.inputs["subnets"] = [f"subnet-{i:08x}" for i in range(17)]
+
+
 def password_ok(r: Registered, ctx: Context) -> list[str]:
     length = r.inputs.get("length", 0)
     specials = set(r.inputs.get("overrideSpecial", ""))
@@ -1182,6 +1220,23 @@ def break_slr(r: Registered, ctx: Context) -> None:
 # -- the table ------------------------------------------------------------------------------------
 
 RULES: list[Rule] = [
+    each(
+        OBJECT,
+        "key",
+        lambda v: isinstance(v, str) and 1 <= len(v.encode()) <= 1024,
+        "an object key is 1-1024 bytes of UTF-8",
+        "https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html",
+        "k" * 1025,
+    ),
+    each(
+        OBJECT,
+        "key",
+        lambda v: isinstance(v, str) and not v.startswith("/") and "//" not in v,
+        "no empty path segment (S3 keeps it: a key '/x' or 'a//b' is not under 'a/' as IAM's "
+        "'<prefix>/*' resource sees it)",
+        "https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html",
+        "/churn/.mlflow-aws-sign-in",
+    ),
     Rule(
         "*",
         "tags: at most 50; key 1-128 and value at most 256 characters; no aws: prefix; "
@@ -1826,6 +1881,15 @@ RULES: list[Rule] = [
         "schema a MySQL identifier (at most 64); user at most 32",
         f"{MYSQL_IDENTIFIERS}; {MYSQL_USERS}",
         break_schema,
+    ),
+    # The upgrade gate (projects/upgrade_provider.py)
+    whole(
+        UPGRADE,
+        upgrade_ok,
+        "its migration task's network: 1-16 subnets, at most 5 security groups; the cluster "
+        "snapshot identifier: a letter first, letters, digits and single hyphens, at most 255",
+        f"{ECS_AWSVPC}; {ECS_RUN_TASK}; {RDS_CLUSTER_SNAPSHOT}",
+        break_upgrade,
     ),
 ]
 

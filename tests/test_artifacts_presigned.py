@@ -65,6 +65,14 @@ PROJECT = "presigned"
 BUCKET = "mlflow-aws-presigned"
 REGION = "eu-west-1"
 CLIENT = Path(__file__).resolve().parent / "artifact_client.py"
+
+
+def project_marker(moto: MotoServer) -> str:
+    from tests.central import marker_url
+
+    return marker_url(moto, f"s3://{BUCKET}/{PROJECT}")
+
+
 HANDLED_LIMIT = 0.01
 
 
@@ -348,8 +356,8 @@ def test_no_url_for_another_projects_prefix_can_be_obtained(
     s3 = aws_client("s3", moto.aws_env())
     s3.put_object(Bucket=BUCKET, Key="other/secret.bin", Body=b"another project's")
     s3.put_object(Bucket=BUCKET, Key=f"{PROJECT}/mine.bin", Body=b"mine")
-    headers = {**bearer(token_for(moto, identities.allowed_role)),
-               "Content-Type": "application/json"}  # fmt: skip
+    token = token_for(moto, identities.allowed_role, central.audience, project_marker(moto))
+    headers = {**bearer(token), "Content-Type": "application/json"}
     base = f"{central.tracking_uri}/api/2.0/mlflow-artifacts"
     # The control: the project's own object gets a URL.
     status, body = get(f"{base}/presigned/mine.bin", headers)
@@ -416,7 +424,7 @@ def test_an_interrupted_upload_leaves_no_visible_artifact(
 
     status, body = get(
         f"{central.tracking_uri}/api/2.0/mlflow/artifacts/list?run_id={run_id}",
-        bearer(token_for(moto, identities.allowed_role)),
+        bearer(token_for(moto, identities.allowed_role, central.audience, project_marker(moto))),
     )
     assert status == 200 and json.loads(body).get("files", []) == [], body
     with pytest.raises(s3.exceptions.ClientError):

@@ -19,11 +19,13 @@ from infra.config import (
     PROJECT_KEYS,
     SERVER_KEYS,
     TOP_LEVEL_KEYS,
+    UPGRADE_KEYS,
     ConfigError,
     DatabaseConfig,
     ProjectConfig,
     ServerConfig,
     StackConfig,
+    UpgradeConfig,
     parse_stack_config,
     pinned_mlflow_version,
 )
@@ -567,6 +569,7 @@ SECTIONS: dict[str, tuple[tuple[str, ...], type, Callable[[str, Any], dict[str, 
         ProjectConfig,
         lambda field, value: {"projects": [{"name": "churn", field: value}]},
     ),
+    "upgrade": (UPGRADE_KEYS, UpgradeConfig, lambda field, value: {"upgrade": {field: value}}),
 }
 
 
@@ -634,6 +637,16 @@ def test_a_default_pulumi_yaml_misstates_is_caught() -> None:
     """The comparison above can fail: a documented 3 where the typed config says 2."""
     documented = DocumentedKey("maxCapacity", "number", "`3`", "")
     assert parse({"db": {documented.name: documented.literal}}) != parse({})
+
+
+def test_the_upgrade_settings_default_to_refusing_connected_clients_and_a_snapshot() -> None:
+    assert parse({}).upgrade == UpgradeConfig(ignore_connected_clients=False, snapshot=True)
+    chosen = parse({"upgrade": {"ignoreConnectedClients": True, "snapshot": "false"}}).upgrade
+    assert chosen == UpgradeConfig(ignore_connected_clients=True, snapshot=False)
+    with pytest.raises(ConfigError) as bad:
+        parse({"upgrade": {"ignoreConnectedClient": True, "snapshot": "maybe"}})
+    assert "upgrade.ignoreConnectedClient" in str(bad.value) and "unknown key" in str(bad.value)
+    assert "upgrade.snapshot" in str(bad.value) and "must be true or false" in str(bad.value)
 
 
 def test_each_project_user_has_room_for_the_laptops_and_every_central_task() -> None:

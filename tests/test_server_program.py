@@ -141,7 +141,7 @@ def test_the_readme_describes_every_stack_output_and_no_other() -> None:
 
 def test_outputs_and_bundles_carry_the_tracking_uris() -> None:
     r = on()
-    assert set(r.outputs) == OUTPUT_NAMES | {"ServerUrl"}
+    assert set(r.outputs) == OUTPUT_NAMES | {"ServerUrl", "Upgrades"}
     assert r.outputs["ServerUrl"] == f"https://{DOMAIN}"
     assert not r.secret_outputs["ServerUrl"]
     for project in ("churn", "fraud"):
@@ -319,7 +319,10 @@ def test_task_runs_the_stack_image_under_its_prefix_with_pinned_hosts() -> None:
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == f"{r.outputs['ArtifactRoot']}/churn"
     assert env["MLFLOW_SERVER_ALLOWED_HOSTS"] == f"{DOMAIN},{DOMAIN}:443"
     assert env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] == f"https://{DOMAIN}"
-    assert env["MLFLOW_AWS_IAM_SERVER_ID"] == DOMAIN
+    # Each project's server its own audience: a token for churn is refused by fraud's server.
+    assert env["MLFLOW_AWS_IAM_AUDIENCE"] == f"{DOMAIN}/churn"
+    assert environment(r, "fraud")["MLFLOW_AWS_IAM_AUDIENCE"] == f"{DOMAIN}/fraud"
+    assert "MLFLOW_AWS_IAM_SERVER_ID" not in env
     assert env["MLFLOW_AWS_IAM_ALLOWED_ROLES"] == "ci-runner,ds-team"
     assert env["MLFLOW_AWS_IAM_ALLOWED_GROUPS"] == "ds"
     assert env["AWS_REGION"] == REGION

@@ -2,9 +2,10 @@
 caller's AWS identity (entry point group ``mlflow.request_auth_provider``, name ``aws-iam``).
 
 mlflow loads this module on the first request with MLFLOW_TRACKING_AUTH set (every registered
-provider is loaded then), so it stays light:
-boto3 loads on the first request. The server id is ``MLFLOW_AWS_IAM_SERVER_ID`` if set, else the
-host of the request's URL, which for MLflow's requests is the host of MLFLOW_TRACKING_URI.
+provider is loaded then), so it stays light: boto3 loads on the first request. Each token is
+bound to one project's server: its audience is ``<host>/<project>`` of the request's URL
+(MLflow's requests go under MLFLOW_TRACKING_URI, ``https://<domain>/<project>``), and only
+HTTPS URLs (plain HTTP only on loopback) are signed for.
 
 With this provider in use it also sets mlflow-aws's artifact sizes as defaults in the process's
 environment (``mlflow_aws.artifact_settings``: presigned multipart from 8 MiB, never over a
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import os
 import threading
-from urllib.parse import urlsplit
 
 from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestAuthProvider
 from requests import PreparedRequest
@@ -25,28 +25,29 @@ from requests.auth import AuthBase
 from mlflow_aws.artifact_settings import apply_client_defaults
 from mlflow_aws.async_exit import install as install_bounded_async_exit
 
-from .signer import TokenSource, server_id_for
+from .signer import TokenSource, audience_of
 
 PROVIDER_NAME = "aws-iam"
 
 
 class AwsIamAuth(AuthBase):
-    """Adds ``Authorization: Bearer aws-iam-v1.…`` to each request, one token source per server."""
+    """Adds ``Authorization: Bearer aws-iam-v2.…`` to each request, one token source per project
+    server (audience)."""
 
     def __init__(self) -> None:
         self._sources: dict[str, TokenSource] = {}
         self._lock = threading.Lock()
 
-    def _source(self, server_id: str) -> TokenSource:
+    def _source(self, url: str) -> TokenSource:
+        audience = audience_of(url)  # refuses a URL that is not HTTPS (or loopback)
         with self._lock:
-            source = self._sources.get(server_id)
+            source = self._sources.get(audience)
             if source is None:
-                source = self._sources[server_id] = TokenSource(server_id)
+                source = self._sources[audience] = TokenSource(url)
             return source
 
     def __call__(self, request: PreparedRequest) -> PreparedRequest:
-        server_id = server_id_for(urlsplit(request.url or "").hostname or "")
-        request.headers["Authorization"] = f"Bearer {self._source(server_id).token()}"
+        request.headers["Authorization"] = f"Bearer {self._source(request.url or '').token()}"
         return request
 
 
