@@ -102,9 +102,16 @@ def exported(lines: list[str]) -> dict[str, str]:
     found = {}
     for line in lines:
         if line.startswith("export "):
-            key, _, value = line.removeprefix("export ").partition("=")
-            found[key] = shlex.split(value)[0]
+            for word in shlex.split(line.removeprefix("export ")):
+                key, _, value = word.partition("=")
+                found[key] = value
     return found
+
+
+def without_token(variables: dict[str, str]) -> dict[str, str]:
+    """The lines' variables but the run's secret (MLFLOW_TRACKING_TOKEN), which must be there."""
+    assert variables.get("MLFLOW_TRACKING_TOKEN"), variables
+    return {k: v for k, v in variables.items() if k != "MLFLOW_TRACKING_TOKEN"}
 
 
 def io_bytes(pids: list[int]) -> int:
@@ -154,6 +161,7 @@ def record(figure: str) -> None:
 
 def test_a_1_gib_artifact_both_ways_through_the_laptop_server(
     mariadb: MariaDB, aws: dict[str, str], big_file: tuple[Path, str], tmp_path: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     project, outputs = project_with_outputs(mariadb, aws, "laptop-presigned", tmp_path)
     tmp_dir = tmp_path / "tmp"
@@ -163,11 +171,11 @@ def test_a_1_gib_artifact_both_ways_through_the_laptop_server(
             "--runtime", "process", "--port", str(port)]  # fmt: skip
     with serving(argv, helper_env(aws, tmp_dir), tmp_path, port) as running:
         deadline = time.monotonic() + 10
-        want = 1 + len(printed_settings("presigned"))
+        want = 2 + len(printed_settings("presigned"))
         while len(exported(running.stdout_lines)) < want and time.monotonic() < deadline:
             time.sleep(0.05)
         variables = exported(running.stdout_lines)
-        assert variables == {
+        assert without_token(variables) == {
             "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
             **printed_settings("presigned"),
         }
@@ -184,12 +192,16 @@ def test_a_1_gib_artifact_both_ways_through_the_laptop_server(
         # helper's loopback credentials endpoint), never the teammate's keys.
         from mlflow import MlflowClient
 
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", variables["MLFLOW_TRACKING_TOKEN"])
         client = MlflowClient(tracking_uri=variables["MLFLOW_TRACKING_URI"])
         [run] = client.search_runs(
             [e.experiment_id for e in client.search_experiments()], max_results=1
         )
         path = f"{run.info.experiment_id}/{run.info.run_id}/artifacts/{big_file[0].name}"
-        status, body = get(f"http://127.0.0.1:{port}/api/2.0/mlflow-artifacts/presigned/{path}")
+        status, body = get(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow-artifacts/presigned/{path}",
+            {"Authorization": f"Bearer {variables['MLFLOW_TRACKING_TOKEN']}"},
+        )
         assert status == 200, body
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(json.loads(body)["url"]).query)
         key_id = query["X-Amz-Credential"][0].split("/")[0]
@@ -273,19 +285,19 @@ def test_the_plugin_alone_gives_presigned_transfer(
 @contextlib.contextmanager
 def signing_proxy(
     moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
-    tmp_path: Path, s3_reachable: bool,
+    tmp_path: Path, artifacts: str = "auto",
 ) -> Iterator[tuple[str, Any]]:  # fmt: skip
+    """``helper serve --remote``; S3 (moto) is reachable from here, so ``auto`` is presigned
+    (that an unreachable S3 makes it proxied is ``test_auto_artifacts_probe_...`` in
+    tests/test_helper_unit.py: the sign-in needs this S3 endpoint's name to be moto's)."""
     outputs = outputs_file(moto, project, central, tmp_path / "outputs.json")
     port = free_port()
-    extra = {"AWS_ENDPOINT_URL_S3": moto.endpoint_url} if s3_reachable else {
-        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    }  # fmt: skip
-    env = clean_env(**client_aws_env(moto, identities.allowed_role), **extra, PYTHONUNBUFFERED="1")
+    env = clean_env(**client_aws_env(moto, identities.allowed_role), PYTHONUNBUFFERED="1")
     argv = ["serve", "--project", PROJECT, "--outputs", str(outputs), "--remote",
-            "--port", str(port)]  # fmt: skip
+            "--port", str(port), "--artifacts", artifacts]  # fmt: skip
     with serving(argv, env, tmp_path, port) as running:
         deadline = time.monotonic() + 10
-        want = 1 + len(printed_settings("presigned" if s3_reachable else "proxied"))
+        want = 2 + len(printed_settings("proxied" if artifacts == "proxied" else "presigned"))
         while len(exported(running.stdout_lines)) < want and time.monotonic() < deadline:
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}", running
@@ -295,9 +307,12 @@ def test_a_1_gib_artifact_both_ways_through_the_signing_proxy(
     moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
     big_file: tuple[Path, str], tmp_path: Path,
 ) -> None:  # fmt: skip
-    with signing_proxy(moto, project, central, identities, tmp_path, True) as (uri, running):
+    with signing_proxy(moto, project, central, identities, tmp_path) as (uri, running):
         variables = exported(running.stdout_lines)
-        assert variables == {"MLFLOW_TRACKING_URI": uri, **printed_settings("presigned")}
+        assert without_token(variables) == {
+            "MLFLOW_TRACKING_URI": uri,
+            **printed_settings("presigned"),
+        }
         assert "artifacts: presigned" in running.stderr() and "reachable from here" in (
             running.stderr()
         )
@@ -310,16 +325,24 @@ def test_a_1_gib_artifact_both_ways_through_the_signing_proxy(
     assert handled <= HANDLED_LIMIT
 
 
-def test_without_a_route_to_s3_the_proxy_keeps_artifacts_proxied_and_says_so(
+def test_proxied_artifacts_through_the_signing_proxy_and_it_says_so(
     moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
     tmp_path: Path,
 ) -> None:  # fmt: skip
     source = tmp_path / "small-model.bin"
     source.write_bytes(os.urandom(20 * MIB))
-    with signing_proxy(moto, project, central, identities, tmp_path, False) as (uri, running):
+    """For a machine without a route to S3: ``--artifacts proxied`` (what ``auto`` picks when
+    S3 does not answer) moves every byte through the server, byte-exact."""
+    with signing_proxy(moto, project, central, identities, tmp_path, "proxied") as (
+        uri,
+        running,
+    ):
         variables = exported(running.stdout_lines)
-        assert variables == {"MLFLOW_TRACKING_URI": uri, **printed_settings("proxied")}
-        assert "artifacts: proxied" in running.stderr() and "not reachable" in running.stderr()
+        assert without_token(variables) == {
+            "MLFLOW_TRACKING_URI": uri,
+            **printed_settings("proxied"),
+        }
+        assert "artifacts: proxied" in running.stderr() and "as asked" in running.stderr()
         before = io_bytes(central.pids())
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
         _, _, handled = round_trip(
