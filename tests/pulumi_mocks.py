@@ -11,6 +11,7 @@ The stock ``MockMonitor`` ignores ``additional_secret_outputs``, so a resource o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import runpy
@@ -564,6 +565,12 @@ def run_program(
     Pass ``recording`` to inspect what was registered even when the program raises.
     """
     recording = recording or RecordingMocks(account)
+    # The SDK schedules on the current event loop; an asyncio.run() earlier in the session (the
+    # ASGI tests) leaves none behind.
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
     monitor = SecretAwareMonitor(recording)
     pulumi_settings.ROOT.set(None)  # a fresh root stack for every run
     pulumi.runtime.set_mocks(
