@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from helper.outputs import OutputsError, parse_connection_bundle
-from helper.proxy import Upstream, local_request_problem
+from helper.proxy import Upstream
 from mlflow_aws.auth.client import AwsIamAuth
 from mlflow_aws.auth.server import (
     DECISION_TTL,
@@ -48,6 +48,7 @@ from mlflow_aws.auth.token import (
     parse_caller_identity,
     sts_error,
 )
+from mlflow_aws.run_secret import Gate
 
 STS = "https://sts.eu-west-1.amazonaws.com/"
 SERVER = "mlflow.example.com/churn"  # the audience of churn's server
@@ -322,14 +323,18 @@ def test_verified_identities_are_cached_until_the_token_expires() -> None:
 
 
 def test_the_proxy_signs_only_its_own_origin() -> None:
-    assert local_request_problem("127.0.0.1:5000", None, 5000) is None
-    assert local_request_problem("localhost:5000", "http://localhost:5000", 5000) is None
-    assert "Host" in (local_request_problem("evil.example.com:5000", None, 5000) or "")
-    assert "Host" in (local_request_problem("127.0.0.1:5001", None, 5000) or "")
-    assert "cross-origin" in (
-        local_request_problem("127.0.0.1:5000", "https://evil.example.com", 5000) or ""
-    )
-    assert "cross-origin" in (local_request_problem("127.0.0.1:5000", "null", 5000) or "")
+    gate, secret = Gate("s" * 43, 5000), {"authorization": ["Bearer " + "s" * 43]}
+
+    def problem(host: str, origin: str | None) -> str:
+        headers = {"host": [host], **secret, **({"origin": [origin]} if origin else {})}
+        return gate.decide("POST", "/api/2.0/mlflow/runs/create", "", headers).message
+
+    assert problem("127.0.0.1:5000", None) == ""
+    assert problem("localhost:5000", "http://localhost:5000") == ""
+    assert "Host" in problem("evil.example.com:5000", None)
+    assert "Host" in problem("127.0.0.1:5001", None)
+    assert "cross-origin" in problem("127.0.0.1:5000", "https://evil.example.com")
+    assert "cross-origin" in problem("127.0.0.1:5000", "null")
 
 
 def test_upstream_paths_and_redirects() -> None:
