@@ -6,6 +6,12 @@
 # already in the environment, so `docker run --env-file` or `-e` always wins. Every server
 # option is read from an MLFLOW_* variable, so nothing (least of all a secret) needs argv.
 #   entrypoint.sh [extra mlflow server options]   run the server
+#
+# With MLFLOW_AWS_RUN_SECRET set (the helper's docker runtime: a teammate's laptop server), the
+# server is `mlflow server --app-name mlflow-aws-run-secret`: only clients holding the run's
+# secret are served (mlflow_aws/run_secret.py; it listens on 0.0.0.0 inside the container). The
+# helper names the app itself; the entrypoint adds it when the options name no app, so a set
+# secret is never silently ignored, and refuses another app with a secret.
 #   entrypoint.sh healthcheck                     exit 0 when /health answers (HEALTHCHECK)
 #   entrypoint.sh gc                              one gc of the project (python -m mlflow_aws.gc)
 #   entrypoint.sh migrate                         create or upgrade the schema, then exit (the
@@ -128,6 +134,14 @@ if [ "${1:-}" = "gc" ]; then
   shift
   run_module mlflow_aws.gc "$@"
   exit $?
+fi
+
+if [ -n "${MLFLOW_AWS_RUN_SECRET:-}" ]; then
+  case " $* " in
+    *" --app-name mlflow-aws-run-secret "*) ;;
+    *" --app-name"*) refuse "MLFLOW_AWS_RUN_SECRET is set: the server must be --app-name mlflow-aws-run-secret" ;;
+    *) set -- --app-name mlflow-aws-run-secret "$@" ;;
+  esac
 fi
 
 exec mlflow server "$@"

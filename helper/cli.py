@@ -408,6 +408,10 @@ def cmd_env(args: argparse.Namespace) -> int:
         if args.project or args.stack or args.outputs or args.from_aws or args.secret_id:
             raise HelperError("--project and the source options go with --remote", 2)
         print(export_line(args.port))
+        sys.stderr.write(
+            "# also export MLFLOW_TRACKING_TOKEN: the secret of the server's run, which serve "
+            "prints in its own export line (the server answers nothing else)\n"
+        )
         _print_artifact_lines(*choose(args.artifacts, None, probe=False), remote=False)
         return 0
     _require_project(args)

@@ -46,6 +46,28 @@ def export_line(port: int) -> str:
     return f"export MLFLOW_TRACKING_URI={tracking_uri(port)}"
 
 
+def choose_run_secret(environ: Mapping[str, str] = os.environ) -> str:
+    """This run's secret (mlflow_aws.run_secret): only clients that hold it are served."""
+    from mlflow_aws.run_secret import run_secret_for
+
+    try:
+        return run_secret_for(environ)
+    except ValueError as exc:
+        raise HelperError(str(exc), 2) from None
+
+
+def url_lines(port: int, secret: str) -> str:
+    """What serve prints once its server (or proxy) answers: the browser's one-time URL and the
+    export line, both with the run's secret (mlflow_aws.run_secret); stdout only, never a log."""
+    from mlflow_aws import run_secret
+
+    return (
+        f"MLflow UI (open this URL once; it signs your browser in): "
+        f"{run_secret.browser_url(tracking_uri(port), secret)}\n"
+        f"{run_secret.export_line(tracking_uri(port), secret)}\n"
+    )
+
+
 @contextlib.contextmanager
 def stop_signals() -> Iterator[None]:
     """SIGTERM and SIGHUP raise StopRequested, SIGINT KeyboardInterrupt."""
@@ -177,6 +199,8 @@ class ServerLaunch:
     # What stops the server when the helper is gone (docker stop NAME); the group is stopped
     # in any case.
     on_orphan: list[str] = field(default_factory=list)
+    # The run's secret (in env already); printed once the server answers, in the URL lines.
+    secret: str = field(default="", repr=False)
     # The artifact path the printed lines choose (mlflow_aws.artifact_settings); None for a
     # server whose artifacts are local files.
     artifacts: str | None = None
@@ -381,8 +405,7 @@ def _supervise(
     seconds = progress.done()
     became_healthy.append(True)
     err.write(f"{launch.description} is healthy after {seconds:.1f}s; Ctrl-C stops it\n")
-    out.write(f"MLflow UI and tracking URI: {tracking_uri(launch.port)}\n")
-    out.write(f"{export_line(launch.port)}\n")
+    out.write(url_lines(launch.port, launch.secret))
     if launch.artifacts is not None:
         from mlflow_aws.artifact_settings import describe
 

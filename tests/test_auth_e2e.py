@@ -182,8 +182,11 @@ def test_tutorial_script_through_the_helper_proxy(
         uri,
         running,
     ):
-        # Nothing but the local URL: no AWS settings, no auth plugin in the script's environment.
-        run_tracking_script({"MLFLOW_TRACKING_URI": uri}, tmp_path / "work")
+        # Nothing but the export line (the local URL and the run's secret): no AWS settings, no
+        # auth plugin in the script's environment.
+        run_tracking_script(
+            {"MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_TOKEN": running.secret}, tmp_path / "work"
+        )
         [run_id] = runs_of(project) - before
         # ... and the artifact back down, through the proxy and the server's streaming route.
         client = MlflowClient(tracking_uri=uri)
@@ -231,13 +234,13 @@ def test_helper_env_remote_prints_the_plugin_lines(
     result = run_helper(["env", "--remote", "--project", project.name, "--outputs", str(outputs)],
                         clean_env(**moto.aws_env()))  # fmt: skip
     assert result.returncode == 0, result.stderr
-    from mlflow_aws.artifact_settings import client_settings
+    from mlflow_aws.artifact_settings import printed_settings
 
     assert result.stdout.splitlines() == [
         f"export MLFLOW_TRACKING_URI={uri}",
         "export MLFLOW_TRACKING_AUTH=aws-iam",
         f"export MLFLOW_AWS_IAM_STS_REGION={REGION}",
-        *(f"export {key}={value}" for key, value in client_settings("presigned").items()),
+        *(f"export {key}={value}" for key, value in printed_settings("presigned").items()),
     ]
     assert "gateway endpoint" in result.stderr and "--artifacts proxied" in result.stderr
     outputs.write_text(outputs_with_tracking_uri(moto, project, BUCKET, None))
@@ -575,7 +578,9 @@ def test_the_ui_through_the_proxy_in_a_headless_browser(
         driver = chromium_driver(tmp_path)
         try:
             driver.set_page_load_timeout(60)
-            driver.get(f"{uri}/#/experiments")
+            # The one-time URL the helper printed: a cookie, then the clean URL.
+            driver.get(f"{uri}/?token={running.secret}#/experiments")
+            assert "token" not in driver.current_url
             # The list comes from the ajax-api through the proxy: the experiment's name shows up.
             WebDriverWait(driver, 60).until(
                 lambda d: "seen-in-the-browser" in d.find_element(By.TAG_NAME, "body").text

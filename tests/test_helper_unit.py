@@ -52,6 +52,7 @@ SECRETS = (PROJECT_PASSWORD, ADMIN_PASSWORD, AWS_SECRET, AWS_TOKEN)
 ENDPOINT = "demo.cluster-abc.eu-west-1.rds.amazonaws.com"
 IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlflow-aws@sha256:" + "a" * 64
 CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBdemo\n-----END CERTIFICATE-----\n"
+RUN_SECRET = "run-secret-" + "r" * 32
 ROLE_ARN = "arn:aws:iam::123456789012:role/mlflow-aws-churn-0001"
 
 
@@ -146,11 +147,11 @@ def test_docker_run_is_hardened_loopback_only_and_carries_no_value(
     ):
         at = argv.index(flags[0])
         assert argv[at : at + len(flags)] == flags
-    assert argv[-1] == IMAGE
+    assert argv[-3:] == [IMAGE, "--app-name", "mlflow-aws-run-secret"]  # behind the run's secret
     given = [argv[i + 1] for i, a in enumerate(argv) if a == "-e"]
     assert given == names and all("=" not in name for name in given)  # names, never values
     assert {"MLFLOW_BACKEND_STORE_URI", "AWS_SECRET_ACCESS_KEY", "MLFLOW_AWS_DB_CA_BUNDLE",
-            "MLFLOW_SERVER_ALLOWED_HOSTS"} <= set(given)  # fmt: skip
+            "MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_AWS_RUN_SECRET"} <= set(given)  # fmt: skip
     assert container_port() == 5000
     assert_no_secret(" ".join(argv))
 
@@ -160,7 +161,7 @@ def test_container_environment_holds_store_ca_role_credentials_and_pinned_hosts(
 ) -> None:
     role = {"AWS_ACCESS_KEY_ID": "ASIAROLE", "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
             "AWS_SESSION_TOKEN": AWS_TOKEN}  # fmt: skip
-    env = runtimes.container_environment(churn, role, CA_PEM, 5123)
+    env = runtimes.container_environment(churn, role, CA_PEM, 5123, RUN_SECRET)
     # The entrypoint adds ssl_ca for the CAs it is given; the helper adds the idle timeout.
     assert env["MLFLOW_BACKEND_STORE_URI"] == (
         churn.backend_store_uri + "?init_command=SET%20SESSION%20wait_timeout%3D30"
@@ -199,6 +200,7 @@ def test_connection_bundle_carries_ca_and_tracking_uri_when_present() -> None:
 
 # -- the tuned settings -----------------------------------------------------------------------
 
+RUN_SECRET_ENV = {"MLFLOW_AWS_RUN_SECRET": RUN_SECRET, "MLFLOW_AWS_PUBLIC_PORT": "5123"}
 FORCED = {"MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION", "MLFLOW_HOST", "MLFLOW_PORT"}
 PINNED = set(loopback_only(1))
 
@@ -214,19 +216,22 @@ def test_server_settings_are_server_env(churn: ProjectConnection, tmp_path: Path
     assert defaults["MLFLOW_SERVE_ARTIFACTS"] == "true"
     store = runtimes.local_store(tmp_path, "default")
     for env in (
-        runtimes.process_environment(churn, 5123, {}, churn.backend_store_uri, {}),
-        runtimes.local_environment(store, 5123, {}),
-        runtimes.container_environment(churn, {}, CA_PEM, 5123),
+        runtimes.process_environment(churn, 5123, {}, churn.backend_store_uri, {}, RUN_SECRET),
+        runtimes.local_environment(store, 5123, {}, RUN_SECRET),
+        runtimes.container_environment(churn, {}, CA_PEM, 5123, RUN_SECRET),
     ):
         tuned = {
             k: v
             for k, v in env.items()
             if k not in FORCED | PINNED
             and not k.startswith("AWS_")
-            and k != "MLFLOW_AWS_DB_CA_BUNDLE"
+            and k not in ("MLFLOW_AWS_DB_CA_BUNDLE", *RUN_SECRET_ENV)
         }
         assert tuned == {k: v for k, v in defaults.items() if k not in FORCED}
         assert {k: env[k] for k in PINNED} == loopback_only(5123)
+        # Every runtime's server gets the run's secret and the port clients use, and only
+        # the app name (never the secret) is in its argv.
+        assert {k: env[k] for k in RUN_SECRET_ENV} == RUN_SECRET_ENV
 
 
 def test_process_environment_has_no_user_credentials_only_the_server_roles(
@@ -244,7 +249,8 @@ def test_process_environment_has_no_user_credentials_only_the_server_roles(
     served = {"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:1/role-credentials",
               "AWS_CONTAINER_AUTHORIZATION_TOKEN": "t0ken"}  # fmt: skip
     verified = tls.with_ssl_ca(churn.backend_store_uri, "/private/db-ca.pem")
-    env = runtimes.process_environment(churn, 5123, user, verified, served)
+    user["MLFLOW_TRACKING_TOKEN"] = RUN_SECRET  # the caller's client copy: not the server's
+    env = runtimes.process_environment(churn, 5123, user, verified, served, RUN_SECRET)
     assert env["MLFLOW_HOST"] == "127.0.0.1" and env["MLFLOW_PORT"] == "5123"
     assert env["MLFLOW_BACKEND_STORE_URI"] == (
         churn.backend_store_uri + "?ssl_ca=/private/db-ca.pem"
@@ -258,12 +264,15 @@ def test_process_environment_has_no_user_credentials_only_the_server_roles(
     assert env["AWS_EC2_METADATA_DISABLED"] == "true"
     assert {k: env[k] for k in served} == served
     assert_no_secret(json.dumps(env).replace(PROJECT_PASSWORD, ""))
-    assert runtimes.mlflow_server_argv() == [sys.executable, "-m", "mlflow", "server"]
+    assert "MLFLOW_TRACKING_TOKEN" not in env and env["MLFLOW_AWS_RUN_SECRET"] == RUN_SECRET
+    assert runtimes.mlflow_server_argv() == [
+        sys.executable, "-m", "mlflow", "server", "--app-name", "mlflow-aws-run-secret"
+    ]  # fmt: skip
 
 
 def test_local_store_layout(tmp_path: Path) -> None:
     store = runtimes.local_store(tmp_path, "default")
-    env = runtimes.local_environment(store, 5000, {})
+    env = runtimes.local_environment(store, 5000, {}, RUN_SECRET)
     assert env["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{tmp_path.resolve()}/default/mlflow.db"
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == f"{tmp_path.resolve()}/default/artifacts"
     assert runtimes.default_data_dir({"XDG_DATA_HOME": "/x"}) == Path("/x/mlflow-aws")
@@ -291,19 +300,26 @@ def test_upgrade_takes_the_uri_from_the_environment() -> None:
 def test_idle_timeout_reaches_mysql_uris_only(churn: ProjectConnection, tmp_path: Path) -> None:
     from urllib.parse import parse_qs, urlsplit
 
-    uri = runtimes.process_environment(churn, 5123, {}, churn.backend_store_uri, {})[
+    uri = runtimes.process_environment(churn, 5123, {}, churn.backend_store_uri, {}, RUN_SECRET)[
         "MLFLOW_BACKEND_STORE_URI"
     ]
     assert parse_qs(urlsplit(uri).query) == {"init_command": ["SET SESSION wait_timeout=30"]}
     faster = runtimes.process_environment(
-        churn, 5123, {"MLFLOW_AWS_DB_IDLE_SECONDS": "5"}, churn.backend_store_uri, {}
+        churn, 5123, {"MLFLOW_AWS_DB_IDLE_SECONDS": "5"}, churn.backend_store_uri, {}, RUN_SECRET
     )
     assert faster["MLFLOW_BACKEND_STORE_URI"].endswith("wait_timeout%3D5")
-    local = runtimes.local_environment(runtimes.local_store(tmp_path, "default"), 5123, {})
+    local = runtimes.local_environment(
+        runtimes.local_store(tmp_path, "default"), 5123, {}, RUN_SECRET
+    )
     assert "init_command" not in local["MLFLOW_BACKEND_STORE_URI"]  # SQLite has no sessions
     with pytest.raises(HelperError, match="MLFLOW_AWS_DB_IDLE_SECONDS must be a whole number"):
         runtimes.process_environment(
-            churn, 5123, {"MLFLOW_AWS_DB_IDLE_SECONDS": "soon"}, churn.backend_store_uri, {}
+            churn,
+            5123,
+            {"MLFLOW_AWS_DB_IDLE_SECONDS": "soon"},
+            churn.backend_store_uri,
+            {},
+            RUN_SECRET,
         )
 
 
@@ -532,7 +548,8 @@ def test_command_reads_the_secret_the_outputs_name_and_prints_no_value(
     )
     assert code == 0, err
     assert out.startswith("docker run --rm --name mlflow-churn-5123 -p 127.0.0.1:5123:5000 ")
-    assert out.strip().endswith(IMAGE) and "-e MLFLOW_BACKEND_STORE_URI" in out
+    assert out.strip().endswith(f"{IMAGE} --app-name mlflow-aws-run-secret")
+    assert "-e MLFLOW_BACKEND_STORE_URI" in out and "-e MLFLOW_AWS_RUN_SECRET" in out
     assert "no value is shown" in err
     assert_no_secret(out + err)
     assert CA_PEM.splitlines()[1] not in out
@@ -551,6 +568,7 @@ def test_env_prints_the_export_line(capsys: pytest.CaptureFixture[str]) -> None:
         f"export MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE={8 * MIB}",
         f"export MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE={16 * MIB}",
         f"export MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE={32 * MIB}",
+        "export MLFLOW_ENABLE_ASYNC_LOGGING=true",
     ]
     assert "artifacts: presigned, straight to and from S3" in err
     assert "#" not in out  # a comment would end `eval $(helper env)` early
@@ -565,6 +583,7 @@ def test_env_proxied_turns_presigned_transfer_off(capsys: pytest.CaptureFixture[
     assert out.splitlines()[1:] == [
         "export MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=false",
         "export MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=false",
+        "export MLFLOW_ENABLE_ASYNC_LOGGING=true",
     ]
     assert "artifacts: proxied, every byte through the server" in err
 
