@@ -17,6 +17,7 @@ from infra.database import MetadataDatabase, MetadataDatabaseArgs
 from infra.server import ServiceProject, TrackingService, TrackingServiceArgs
 from infra.server_image import ServerImage, ServerImageArgs
 from infra.upgrade import UpgradeGate
+from projects.password_retirement import MysqlPasswordRetirement, MysqlPasswordRetirementArgs
 from projects.project import MlflowProject, MlflowProjectArgs
 
 REPO_ROOT = Path(__file__).resolve().parent  # the server image's build context
@@ -60,6 +61,7 @@ region, account_id = account.region, account.account_id
 
 # One MlflowProject per configured project; its outputs are its entry of the Projects output.
 project_outputs: dict[str, pulumi.Output[dict]] = {}
+mlflow_projects: dict[str, MlflowProject] = {}
 service_projects: list[ServiceProject] = []
 for p in config.projects:
     project = MlflowProject(
@@ -103,8 +105,10 @@ for p in config.projects:
             # A task starts only once its secret holds the bundle (the project's MySQL user
             # exists) and its server role has its policy.
             ready=[project.secret_version, project.schema, project.server_role_policy],
+            connection_version=project.secret_version.version_id,
         )
     )
+    mlflow_projects[p.name] = project
 
 # The central server (optional): one HTTPS URL per project on ECS Fargate, sign-in required.
 if config.server.enabled:
@@ -149,6 +153,24 @@ if config.server.enabled:
     pulumi.export("ServerUrl", service.url)
     # Each project's last MLflow upgrade: its steps and their times (none: nothing to do).
     pulumi.export("Upgrades", service.upgrade_reports)
+
+# A rotated password's second half: only the new one stays valid, once nothing uses the old -
+# the central service rolled to tasks with the new bundle (steady state), or, without it, the
+# bundle was published.
+for name, project in mlflow_projects.items():
+    users = [service.services[name]] if config.server.enabled else [project.secret_version]
+    MysqlPasswordRetirement(
+        f"project-{name}-password-retirement",
+        MysqlPasswordRetirementArgs(
+            project=name,
+            password=project.current_password,
+            cluster_arn=database.cluster_arn,
+            admin_secret_arn=database.admin_secret_arn,
+            aws_profile=config.aws_profile,
+            assume_roles=[role.as_input() for role in config.assume_roles],
+        ),
+        pulumi.ResourceOptions(parent=project, depends_on=[project.schema, *users]),
+    )
 
 pulumi.export("ArtifactRoot", store.artifact_root)
 pulumi.export("DatabaseEndpoint", database.endpoint)

@@ -37,6 +37,7 @@ DB_KEYS = (
     "subnetIds",
     "caBundle",
     "engineVersion",
+    "adminPasswordVersion",
 )
 UPGRADE_KEYS = ("ignoreConnectedClients", "snapshot")
 PROJECT_KEYS = (
@@ -159,6 +160,7 @@ class DatabaseConfig:
     # PEM of the CAs of the database's certificate; None: AWS's bundle, fetched at deploy time
     ca_bundle: str | None = field(default=None, repr=False)
     engine_version: str = DEFAULT_ENGINE_VERSION  # for a new cluster (Aurora upgrades it later)
+    admin_password_version: int = 1  # bump to rotate the master user's password
 
     @property
     def publicly_accessible(self) -> bool:
@@ -511,6 +513,14 @@ def _parse_db(raw: str | None, protect: bool, problems: _Problems) -> DatabaseCo
         subnet_ids=subnet_ids,
         ca_bundle=ca_bundle,
         engine_version=engine_version,
+        admin_password_version=_as_int(
+            db.get("adminPasswordVersion"),
+            "db.adminPasswordVersion",
+            problems,
+            DB_DEFAULTS.admin_password_version,
+            1,
+            1_000_000,
+        ),
     )
 
 

@@ -153,8 +153,13 @@ def container_definitions(
     domain: str,
     region: str,
     artifact_root: str,
+    connection_version: str | None = None,
 ) -> str:
     environment = container_environment(project, domain, region, artifact_root)
+    if connection_version:
+        # ECS reads the secret once, at task start: naming its version makes a new bundle (a
+        # rotated password) a new task definition, so a new deployment rolls the tasks.
+        environment["MLFLOW_AWS_CONNECTION_VERSION"] = connection_version
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image_uri,
@@ -253,6 +258,9 @@ class ServiceProject:
     # What a task reads when it starts: the connection secret's value (written once the
     # project's MySQL user exists) and the server role's policy. The service waits for them.
     ready: Sequence[pulumi.Resource] = ()
+    # The connection secret's current version id: part of the task definition (a rotation
+    # rolls the tasks); None leaves it out (tests of other parts).
+    connection_version: pulumi.Input[str] | None = None
 
 
 @dataclass
@@ -287,6 +295,7 @@ class TrackingService(pulumi.ComponentResource):
     certificate_arn: pulumi.Output[str]
     cluster_name: pulumi.Output[str]
     service_names: dict[str, pulumi.Output[str]]
+    services: dict[str, aws.ecs.Service]  # project -> its ECS service (steady once created)
     upgrade_reports: dict[str, pulumi.Output[Any]]  # project -> the last upgrade's steps
     load_balancer_security_group_id: pulumi.Output[str]
     task_security_group_id: pulumi.Output[str]
@@ -507,12 +516,14 @@ class TrackingService(pulumi.ComponentResource):
 
         priorities = rule_priorities([p.name for p in args.projects])
         self.service_names = {}
+        self.services = {}
         self.upgrade_reports = {}
         for project in args.projects:
-            self.service_names[project.name] = self._project_service(
+            self.services[project.name] = self._project_service(
                 name, project, args, cluster, lb, https, task_sg, priorities, domain, tags,
                 [linked_role] if linked_role else [],
             )  # fmt: skip
+            self.service_names[project.name] = self.services[project.name].name
 
         self.url = pulumi.Output.from_input(f"https://{domain}")
         self.load_balancer_dns_name = lb.dns_name
@@ -546,9 +557,9 @@ class TrackingService(pulumi.ComponentResource):
         domain: str,
         tags: Mapping[str, str],
         account_ready: Sequence[pulumi.Resource],
-    ) -> pulumi.Output[str]:
+    ) -> aws.ecs.Service:
         """One project's target group, path rule, roles, logs, task definition, service and
-        scaling; returns the service's name."""
+        scaling; returns the service."""
         server = args.server
         p = project.name
         child = pulumi.ResourceOptions(parent=self)
@@ -653,6 +664,7 @@ class TrackingService(pulumi.ComponentResource):
             log_group.name,
             args.region,
             project.artifact_root,
+            project.connection_version,
         ).apply(
             lambda v: container_definitions(
                 project,
@@ -662,6 +674,7 @@ class TrackingService(pulumi.ComponentResource):
                 domain=domain,
                 region=v[3],
                 artifact_root=v[4],
+                connection_version=v[5],
             )
         )
         # What a token's marker read reads (mlflow_aws/auth/token.py): under the project's prefix,
@@ -809,4 +822,4 @@ class TrackingService(pulumi.ComponentResource):
                 ),
                 child,
             )
-        return service.name
+        return service

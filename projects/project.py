@@ -239,6 +239,7 @@ class MlflowProject(pulumi.ComponentResource):
             opts=child,
         )
         password: pulumi.Output[str] = pulumi.Output.secret(self.password.result)
+        self.current_password = password
 
         # The schema needs a database that accepts statements and the admin secret the Data
         # API reads: forward the component's own depends_on (children do not inherit it).
@@ -254,6 +255,9 @@ class MlflowProject(pulumi.ComponentResource):
                 aws_profile=args.aws_profile,
                 assume_roles=list(args.assume_roles),
                 max_user_connections=args.max_user_connections,
+                # A rotation keeps the previous password valid until the servers using it are
+                # gone (project-<p>-password-retirement, __main__.py).
+                retain_previous_password=True,
             ),
             opts=pulumi.ResourceOptions(
                 parent=self,

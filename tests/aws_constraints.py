@@ -380,6 +380,7 @@ SCALING_TARGET = "aws:appautoscaling/target:Target"
 SCALING_POLICY = "aws:appautoscaling/policy:Policy"
 SCHEMA = "pulumi-python:dynamic/mysql:Schema"
 UPGRADE = "pulumi-python:dynamic/mlflow:Upgrade"
+RETIREMENT = "pulumi-python:dynamic/mysql:PasswordRetirement"
 
 # -- shared rules -------------------------------------------------------------------------------
 
@@ -1169,6 +1170,20 @@ def upgrade_ok(r: Registered, ctx: Context) -> list[str]:
     return problems
 
 
+def retirement_ok(r: Registered, ctx: Context) -> list[str]:
+    """It alters the same MySQL account as the project's schema resource, and no other."""
+    schemas = [s for s in ctx.of(SCHEMA) if s.inputs.get("project") == r.inputs.get("project")]
+    if len(schemas) != 1:
+        return [f"project {r.inputs.get('project')!r}: no schema resource alters that account"]
+    if len(str(schemas[0].inputs["username"])) > 32:
+        return ["username: MySQL 8 user names are at most 32 characters"]
+    return []
+
+
+def break_retirement(r: Registered, ctx: Context) -> None:
+    r.inputs["project"] = "not-a-project"
+
+
 def break_upgrade(r: Registered, ctx: Context) -> None:
     r.inputs["subnets"] = [f"subnet-{i:08x}" for i in range(17)]
 
@@ -1881,6 +1896,14 @@ RULES: list[Rule] = [
         "schema a MySQL identifier (at most 64); user at most 32",
         f"{MYSQL_IDENTIFIERS}; {MYSQL_USERS}",
         break_schema,
+    ),
+    # The rotation's second half (projects/password_retirement.py)
+    whole(
+        RETIREMENT,
+        retirement_ok,
+        "ALTER USER of the project's own account (a MySQL 8 user name, at most 32 characters)",
+        MYSQL_USERS,
+        break_retirement,
     ),
     # The upgrade gate (projects/upgrade_provider.py)
     whole(

@@ -23,6 +23,7 @@ def test_dev_without_a_command_prints_its_usage_and_nothing_else() -> None:
         "local",
         "test",
         "setup",
+        "mutate",
         "smoke-aws",
     ]
     assert all(line.startswith(("mlflow-aws", "  ")) for line in lines), lines

@@ -37,6 +37,11 @@ WAITS_FOR: dict[str, dict[str, str]] = {
         "tracking-{p}-sign-in-marker": "sign-in replays a read of it",
         "tracking-{p}-upgrade": "an MLflow upgrade stops the old tasks and migrates first",
     },
+    "project-{p}-password-retirement": {
+        "tracking-{p}-service": "no task may still use the old password (steady state)",
+        "project-{p}-connection-version": "teammates' servers read the new password first",
+        "project-{p}-schema": "the new password is set (the old one kept) first",
+    },
     "tracking-{p}-upgrade": {
         "tracking-{p}-task": "the migration runs the new task definition",
         "tracking-cluster": "where the service and the migration task run",
@@ -202,6 +207,9 @@ def test_a_missing_wait_is_reported() -> None:
         )
     }
     service.dependencies = tuple(d for d in service.dependencies if d not in dropped)
+    # ... and its task definition named no secret version then.
+    task = by_name["tracking-churn-task"]
+    task.dependencies = tuple(d for d in task.dependencies if d not in dropped)
     found = missing_waits(ctx, WAITS_FOR)
     assert (
         "tracking-churn-service does not wait for project-churn-connection-version "

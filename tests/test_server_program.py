@@ -489,3 +489,31 @@ def test_own_certificate_network_and_size() -> None:
     task = named(r, "tracking-churn-task").inputs
     assert (task["cpu"], task["memory"]) == ("1024", "2048")
     assert r.outputs["Projects"]["churn"]["TrackingUri"] == f"https://{DOMAIN}/churn"
+
+
+# -------------------------------------------------------------------------- password rotation
+
+
+def test_a_password_rotation_rolls_the_tasks_and_then_retires_the_old_password() -> None:
+    """A new passwordVersion is a new bundle, a new secret version id in the task definition
+    (so a new deployment: ECS reads the secret only at task start), and the old password is
+    retired only after the service (steady state) and the schema."""
+    r = on()
+    rotated_config = json.loads(json.dumps(ON))
+    rotated_config["mlflow-aws:projects"] = [
+        {**p, "passwordVersion": 2} if isinstance(p, dict) and p["name"] == "churn" else p
+        for p in rotated_config["mlflow-aws:projects"]
+    ]
+    rotated = run(rotated_config)
+    version = environment(r, "churn")["MLFLOW_AWS_CONNECTION_VERSION"]
+    assert version == named(r, "project-churn-connection-version").state["versionId"]
+    assert environment(rotated, "churn")["MLFLOW_AWS_CONNECTION_VERSION"] != version
+    assert environment(rotated, "fraud") == environment(r, "fraud")  # only churn rolls
+    assert named(r, "project-churn-schema").inputs["retain_previous_password"] is True
+    retirement = named(r, "project-churn-password-retirement")
+    depends = set(retirement.dependencies)
+    assert named(r, "tracking-churn-service").urn in depends
+    assert named(r, "project-churn-schema").urn in depends
+    from tests.grpc_provider import is_secret
+
+    assert is_secret(retirement.inputs["password"])  # the engine keeps it encrypted
