@@ -42,8 +42,8 @@ from projects.schema_sql import (
 
 IDS = validate_name("churn-a")
 PASSWORD = "Aa0._~-Aa0._~-xyz"  # what MlflowProject generates: [A-Za-z0-9._~-]
-# What MLflow's store and every Alembic migration need on the project's schema (DESIGN.md
-# "Projects"; tests/test_schema_provider.py runs the migrations with exactly these).
+# What MLflow's store and every Alembic migration need on the project's schema (README.md
+# "Adding a project"; tests/test_schema_provider.py runs the migrations with exactly these).
 PRIVILEGES = ["ALTER", "CREATE", "DELETE", "DROP", "INDEX", "INSERT", "REFERENCES", "SELECT",
               "TRIGGER", "UPDATE"]  # fmt: skip
 GRANT = (
