@@ -264,6 +264,19 @@ class ServiceProject:
 
 
 @dataclass
+class ServiceParts:
+    """What a project's other central jobs (the scheduled gc, the alarms) share with its
+    service: the roles, the logs, the target group."""
+
+    execution_role_arn: pulumi.Output[str]
+    task_role_arn: pulumi.Input[str]  # the project's server role: its prefix only
+    log_group_name: pulumi.Output[str]
+    log_group_arn: pulumi.Output[str]
+    target_group_arn_suffix: pulumi.Output[str]
+    service_name: pulumi.Output[str]
+
+
+@dataclass
 class TrackingServiceArgs:
     stack: str
     server: ServerConfig
@@ -296,6 +309,10 @@ class TrackingService(pulumi.ComponentResource):
     cluster_name: pulumi.Output[str]
     service_names: dict[str, pulumi.Output[str]]
     services: dict[str, aws.ecs.Service]  # project -> its ECS service (steady once created)
+    parts: dict[str, ServiceParts]  # project -> what its gc task and alarms use
+    cluster_arn: pulumi.Output[str]
+    load_balancer_arn_suffix: pulumi.Output[str]
+    task_security_groups: list[pulumi.Output[str]]
     upgrade_reports: dict[str, pulumi.Output[Any]]  # project -> the last upgrade's steps
     load_balancer_security_group_id: pulumi.Output[str]
     task_security_group_id: pulumi.Output[str]
@@ -517,6 +534,7 @@ class TrackingService(pulumi.ComponentResource):
         priorities = rule_priorities([p.name for p in args.projects])
         self.service_names = {}
         self.services = {}
+        self.parts = {}
         self.upgrade_reports = {}
         for project in args.projects:
             self.services[project.name] = self._project_service(
@@ -529,6 +547,12 @@ class TrackingService(pulumi.ComponentResource):
         self.load_balancer_dns_name = lb.dns_name
         self.certificate_arn = certificate_arn
         self.cluster_name = cluster.name
+        self.cluster_arn = cluster.arn
+        self.load_balancer_arn_suffix = lb.arn_suffix
+        self.task_security_groups = [
+            task_sg.id,
+            pulumi.Output.from_input(args.database_client_security_group_id),
+        ]
         self.load_balancer_security_group_id = lb_sg.id
         self.task_security_group_id = task_sg.id
         self.register_outputs(
@@ -784,6 +808,14 @@ class TrackingService(pulumi.ComponentResource):
             ),
         )
 
+        self.parts[p] = ServiceParts(
+            execution_role_arn=execution_role.arn,
+            task_role_arn=project.server_role_arn,
+            log_group_name=log_group.name,
+            log_group_arn=log_group.arn,
+            target_group_arn_suffix=target_group.arn_suffix,
+            service_name=service.name,
+        )
         scaling = aws.appautoscaling.Target(
             f"{prefix}-scaling",
             aws.appautoscaling.TargetArgs(
