@@ -325,6 +325,8 @@ class MlflowProject(pulumi.ComponentResource):
                 opts=child,
             )
             for role in p.iam_roles
+            # sso:<PermissionSet>: Identity Center's roles take policies from the permission set
+            if not role.startswith("sso:")
         ]
 
         artifact_root = pulumi.Output.concat("s3://", args.bucket_name, "/", ids.s3_prefix)
