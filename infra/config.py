@@ -148,6 +148,10 @@ _CERTIFICATE_ARN = re.compile(
     r"arn:aws(?:-[a-z]+)*:acm:([a-z0-9-]+):\d{12}:certificate/[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}"
 )
 _SUBNET_ID = re.compile(r"subnet-[0-9a-f]+")
+# iamRoles entries naming an IAM Identity Center permission set (sso:DataScientist): the sign-in
+# app allows its AWSReservedSSO_<name>_<hex> roles, and no policy is attached to them.
+SSO_PREFIX = "sso:"
+_PERMISSION_SET = re.compile(r"[\w+=,.@-]{1,32}")
 
 
 class ConfigError(pulumi.RunError):
@@ -870,7 +874,7 @@ def _parse_project(item: Any, index: int, problems: _Problems) -> ProjectConfig 
             PROJECT_DEFAULTS.drop_data_on_remove,
         ),
         iam_groups=_as_str_list(item.get("iamGroups"), f"{key}.iamGroups", problems),
-        iam_roles=_as_str_list(item.get("iamRoles"), f"{key}.iamRoles", problems),
+        iam_roles=_checked_roles(item.get("iamRoles"), f"{key}.iamRoles", problems),
         password_version=_as_int(
             item.get("passwordVersion"),
             f"{key}.passwordVersion",
@@ -910,13 +914,28 @@ def _parse_projects(raw: str | None, problems: _Problems) -> tuple[ProjectConfig
     return tuple(parsed)
 
 
+def attached_roles(project: ProjectConfig) -> tuple[str, ...]:
+    """The iamRoles the project's policy is attached to: all but ``sso:<PermissionSet>`` entries
+    (Identity Center's roles get their policies from the permission set)."""
+    return tuple(role for role in project.iam_roles if not role.startswith(SSO_PREFIX))
+
+
+def _checked_roles(value: Any, key: str, problems: _Problems) -> tuple[str, ...]:
+    roles = _as_str_list(value, key, problems)
+    for role in roles:
+        if role.startswith(SSO_PREFIX) and not _PERMISSION_SET.fullmatch(role[len(SSO_PREFIX) :]):
+            problems.add(key, role, "sso:<PermissionSetName>: 1-32 of letters, digits and "
+                         "+=,.@_- (IAM Identity Center's CreatePermissionSet)")  # fmt: skip
+    return roles
+
+
 def _check_attachments(projects: list[ProjectConfig], problems: _Problems) -> None:
     """Each project attaches its own managed policy to each of its groups and roles: IAM's
     per-group and per-role limits bound how many projects may share one."""
     for kind, most in (("iamGroups", MAX_POLICIES_PER_GROUP), ("iamRoles", MAX_POLICIES_PER_ROLE)):
         sharing: dict[str, list[str]] = {}
         for p in projects:
-            for principal in p.iam_groups if kind == "iamGroups" else p.iam_roles:
+            for principal in p.iam_groups if kind == "iamGroups" else attached_roles(p):
                 sharing.setdefault(principal, []).append(p.name)
         for principal, names in sorted(sharing.items()):
             if len(names) > most:
@@ -933,7 +952,7 @@ def role_attachment_warnings(projects: tuple[ProjectConfig, ...]) -> list[str]:
     """Roles that get more project policies than IAM's default quota (10; up to 20 on request)."""
     counts: dict[str, int] = {}
     for p in projects:
-        for role in p.iam_roles:
+        for role in attached_roles(p):
             counts[role] = counts.get(role, 0) + 1
     return [
         f"role {role!r} gets the policies of {n} projects; IAM attaches at most "

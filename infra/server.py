@@ -41,7 +41,9 @@ from infra.config import ServerConfig, stack_slug
 from infra.database import PORT as MYSQL_PORT
 from infra.iam import image_pull_statements
 from infra.upgrade import UpgradeGate, upgrade_gate
+from mlflow_aws.auth.server import SSO_ENTRY, SSO_ROLE_PATH
 from mlflow_aws.auth.token import MARKER_NAME
+from mlflow_aws.bundle import KEY as BUNDLE_KEY
 from mlflow_aws.server_settings import container_port
 
 # The MLflow server app the tasks run: the AWS-IAM sign-in (mlflow_aws/auth/server.py;
@@ -129,7 +131,12 @@ def container_environment(
         "MLFLOW_AWS_IAM_AUDIENCE": f"{domain.lower()}/{project.name}",
         # Sign-in replays the caller's signed read of it: only the project policy's holders pass.
         "MLFLOW_AWS_IAM_MARKER_URL": marker_url(artifact_root, region),
-        "MLFLOW_AWS_IAM_ALLOWED_ROLES": ",".join(project.iam_roles),
+        # A JSON array when a name holds a comma (IAM allows it in role names).
+        "MLFLOW_AWS_IAM_ALLOWED_ROLES": (
+            json.dumps(list(project.iam_roles))
+            if any("," in role for role in project.iam_roles)
+            else ",".join(project.iam_roles)
+        ),
         "MLFLOW_AWS_IAM_ALLOWED_GROUPS": ",".join(project.iam_groups),
         "AWS_REGION": region,
         "AWS_DEFAULT_REGION": region,
@@ -139,8 +146,14 @@ def container_environment(
 def container_secrets(secret_arn: str) -> list[dict[str, str]]:
     """Keys of the project's connection secret, by reference: ECS reads them at task start."""
     return [
-        {"name": "MLFLOW_BACKEND_STORE_URI", "valueFrom": f"{secret_arn}:BackendStoreUri::"},
-        {"name": "MLFLOW_AWS_DB_CA_BUNDLE", "valueFrom": f"{secret_arn}:DatabaseCaBundle::"},
+        {
+            "name": "MLFLOW_BACKEND_STORE_URI",
+            "valueFrom": f"{secret_arn}:{BUNDLE_KEY['backend_store_uri']}::",
+        },
+        {
+            "name": "MLFLOW_AWS_DB_CA_BUNDLE",
+            "valueFrom": f"{secret_arn}:{BUNDLE_KEY['database_ca_bundle']}::",
+        },
     ]
 
 
@@ -186,21 +199,28 @@ def container_definitions(
     return json.dumps([container], sort_keys=True)
 
 
-def group_lookup_policy(account_id: str, partition: str = "aws") -> str:
-    """The sign-in app asks IAM which groups an IAM user is in (iamGroups): that, nothing more."""
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Sid": "AllowedGroupsOfCallers",
-                    "Effect": "Allow",
-                    "Action": ["iam:ListGroupsForUser"],
-                    "Resource": [f"arn:{partition}:iam::{account_id}:user/*"],
-                }
-            ],
-        }
-    )
+def group_lookup_policy(
+    account_id: str, partition: str = "aws", groups: bool = True, sso: bool = False
+) -> str:
+    """The sign-in app asks IAM which groups an IAM user is in (iamGroups) and, for
+    ``sso:<PermissionSet>`` entries of iamRoles, the path of an Identity Center role (only those
+    roles: anyone may name a role AWSReservedSSO_…, only Identity Center puts it there)."""
+    statements: list[dict[str, Any]] = []
+    if groups:
+        statements.append({
+            "Sid": "AllowedGroupsOfCallers",
+            "Effect": "Allow",
+            "Action": ["iam:ListGroupsForUser"],
+            "Resource": [f"arn:{partition}:iam::{account_id}:user/*"],
+        })  # fmt: skip
+    if sso:
+        statements.append({
+            "Sid": "IdentityCenterRolePaths",
+            "Effect": "Allow",
+            "Action": ["iam:GetRole"],
+            "Resource": [f"arn:{partition}:iam::{account_id}:role{SSO_ROLE_PATH}*"],
+        })  # fmt: skip
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 
 def execution_role_policy(repository_arn: str, secret_arn: str, log_group_arn: str) -> str:
@@ -666,9 +686,10 @@ class TrackingService(pulumi.ComponentResource):
             child,
         )
 
-        if project.iam_groups:
+        sso = any(role.startswith(SSO_ENTRY) for role in project.iam_roles)
+        if project.iam_groups or sso:
             # The task role is the project's server role (its prefix); the sign-in app also
-            # reads group membership for the allowed groups.
+            # reads group membership for the allowed groups (and Identity Center roles' paths).
             aws.iam.RolePolicy(
                 f"{prefix}-group-lookup",
                 aws.iam.RolePolicyArgs(
@@ -676,7 +697,9 @@ class TrackingService(pulumi.ComponentResource):
                         lambda arn: arn.rsplit("/", 1)[-1]
                     ),
                     policy=pulumi.Output.from_input(args.account_id).apply(
-                        lambda account: group_lookup_policy(account, args.partition)
+                        lambda account: group_lookup_policy(
+                            account, args.partition, bool(project.iam_groups), sso
+                        )
                     ),
                 ),
                 child,
