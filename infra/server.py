@@ -44,6 +44,7 @@ from infra.iam import image_pull_statements
 from infra.upgrade import UpgradeGate, upgrade_gate
 from mlflow_aws.auth.server import SSO_ENTRY, SSO_ROLE_PATH
 from mlflow_aws.auth.token import MARKER_NAME
+from mlflow_aws.bundle import KEY as BUNDLE_KEY
 from mlflow_aws.server_settings import container_port
 
 # The MLflow server app the tasks run: the AWS-IAM sign-in (mlflow_aws/auth/server.py;
@@ -146,8 +147,14 @@ def container_environment(
 def container_secrets(secret_arn: str) -> list[dict[str, str]]:
     """Keys of the project's connection secret, by reference: ECS reads them at task start."""
     return [
-        {"name": "MLFLOW_BACKEND_STORE_URI", "valueFrom": f"{secret_arn}:BackendStoreUri::"},
-        {"name": "MLFLOW_AWS_DB_CA_BUNDLE", "valueFrom": f"{secret_arn}:DatabaseCaBundle::"},
+        {
+            "name": "MLFLOW_BACKEND_STORE_URI",
+            "valueFrom": f"{secret_arn}:{BUNDLE_KEY['backend_store_uri']}::",
+        },
+        {
+            "name": "MLFLOW_AWS_DB_CA_BUNDLE",
+            "valueFrom": f"{secret_arn}:{BUNDLE_KEY['database_ca_bundle']}::",
+        },
     ]
 
 
