@@ -85,6 +85,7 @@ SERVER_KEYS = (
     "subnetIds",
     "taskSubnetIds",
     "assignPublicIp",
+    "aiGateway",
 )
 
 # Surrounding ASCII whitespace is forgiven ("churn, fraud"); any other (a no-break space, say)
@@ -148,6 +149,10 @@ _CERTIFICATE_ARN = re.compile(
     r"arn:aws(?:-[a-z]+)*:acm:([a-z0-9-]+):\d{12}:certificate/[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}"
 )
 _SUBNET_ID = re.compile(r"subnet-[0-9a-f]+")
+# iamRoles entries naming an IAM Identity Center permission set (sso:DataScientist): the sign-in
+# app allows its AWSReservedSSO_<name>_<hex> roles, and no policy is attached to them.
+SSO_PREFIX = "sso:"
+_PERMISSION_SET = re.compile(r"[\w+=,.@-]{1,32}")
 
 
 class ConfigError(pulumi.RunError):
@@ -216,6 +221,9 @@ class ServerConfig:
     # Tasks need a route to ECR, S3, Secrets Manager and CloudWatch Logs: a public IP in a
     # public subnet, or a NAT. None: decided from the task subnets' routes.
     assign_public_ip: bool | None = None
+    # MLflow's AI Gateway on the central server (off: its passthrough routes forward callers'
+    # Authorization headers; on: each project's gateway secrets get a KEK passphrase of its own).
+    ai_gateway: bool = False
 
     @property
     def url(self) -> str | None:
@@ -632,6 +640,9 @@ def _parse_server(
     defaults = SERVER_DEFAULTS
     enabled = _as_bool(server.get("enabled"), "server.enabled", problems, defaults.enabled)
     internal = _as_bool(server.get("internal"), "server.internal", problems, defaults.internal)
+    ai_gateway = _as_bool(
+        server.get("aiGateway"), "server.aiGateway", problems, defaults.ai_gateway
+    )
     domain = _as_domain(server.get("domainName"), "server.domainName", problems)
 
     zone = server.get("hostedZoneId")
@@ -761,6 +772,7 @@ def _parse_server(
         subnet_ids=subnet_ids,
         task_subnet_ids=task_subnet_ids,
         assign_public_ip=assign_public_ip,
+        ai_gateway=ai_gateway,
     )
 
 
@@ -870,7 +882,7 @@ def _parse_project(item: Any, index: int, problems: _Problems) -> ProjectConfig 
             PROJECT_DEFAULTS.drop_data_on_remove,
         ),
         iam_groups=_as_str_list(item.get("iamGroups"), f"{key}.iamGroups", problems),
-        iam_roles=_as_str_list(item.get("iamRoles"), f"{key}.iamRoles", problems),
+        iam_roles=_checked_roles(item.get("iamRoles"), f"{key}.iamRoles", problems),
         password_version=_as_int(
             item.get("passwordVersion"),
             f"{key}.passwordVersion",
@@ -910,13 +922,28 @@ def _parse_projects(raw: str | None, problems: _Problems) -> tuple[ProjectConfig
     return tuple(parsed)
 
 
+def attached_roles(project: ProjectConfig) -> tuple[str, ...]:
+    """The iamRoles the project's policy is attached to: all but ``sso:<PermissionSet>`` entries
+    (Identity Center's roles get their policies from the permission set)."""
+    return tuple(role for role in project.iam_roles if not role.startswith(SSO_PREFIX))
+
+
+def _checked_roles(value: Any, key: str, problems: _Problems) -> tuple[str, ...]:
+    roles = _as_str_list(value, key, problems)
+    for role in roles:
+        if role.startswith(SSO_PREFIX) and not _PERMISSION_SET.fullmatch(role[len(SSO_PREFIX) :]):
+            problems.add(key, role, "sso:<PermissionSetName>: 1-32 of letters, digits and "
+                         "+=,.@_- (IAM Identity Center's CreatePermissionSet)")  # fmt: skip
+    return roles
+
+
 def _check_attachments(projects: list[ProjectConfig], problems: _Problems) -> None:
     """Each project attaches its own managed policy to each of its groups and roles: IAM's
     per-group and per-role limits bound how many projects may share one."""
     for kind, most in (("iamGroups", MAX_POLICIES_PER_GROUP), ("iamRoles", MAX_POLICIES_PER_ROLE)):
         sharing: dict[str, list[str]] = {}
         for p in projects:
-            for principal in p.iam_groups if kind == "iamGroups" else p.iam_roles:
+            for principal in p.iam_groups if kind == "iamGroups" else attached_roles(p):
                 sharing.setdefault(principal, []).append(p.name)
         for principal, names in sorted(sharing.items()):
             if len(names) > most:
@@ -933,7 +960,7 @@ def role_attachment_warnings(projects: tuple[ProjectConfig, ...]) -> list[str]:
     """Roles that get more project policies than IAM's default quota (10; up to 20 on request)."""
     counts: dict[str, int] = {}
     for p in projects:
-        for role in p.iam_roles:
+        for role in attached_roles(p):
             counts[role] = counts.get(role, 0) + 1
     return [
         f"role {role!r} gets the policies of {n} projects; IAM attaches at most "

@@ -36,12 +36,15 @@ from typing import Any
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_random as random
 
 from infra.config import ServerConfig, stack_slug
 from infra.database import PORT as MYSQL_PORT
 from infra.iam import image_pull_statements
 from infra.upgrade import UpgradeGate, upgrade_gate
+from mlflow_aws.auth.server import SSO_ENTRY, SSO_ROLE_PATH
 from mlflow_aws.auth.token import MARKER_NAME
+from mlflow_aws.bundle import KEY as BUNDLE_KEY
 from mlflow_aws.server_settings import container_port
 
 # The MLflow server app the tasks run: the AWS-IAM sign-in (mlflow_aws/auth/server.py;
@@ -129,7 +132,12 @@ def container_environment(
         "MLFLOW_AWS_IAM_AUDIENCE": f"{domain.lower()}/{project.name}",
         # Sign-in replays the caller's signed read of it: only the project policy's holders pass.
         "MLFLOW_AWS_IAM_MARKER_URL": marker_url(artifact_root, region),
-        "MLFLOW_AWS_IAM_ALLOWED_ROLES": ",".join(project.iam_roles),
+        # A JSON array when a name holds a comma (IAM allows it in role names).
+        "MLFLOW_AWS_IAM_ALLOWED_ROLES": (
+            json.dumps(list(project.iam_roles))
+            if any("," in role for role in project.iam_roles)
+            else ",".join(project.iam_roles)
+        ),
         "MLFLOW_AWS_IAM_ALLOWED_GROUPS": ",".join(project.iam_groups),
         "AWS_REGION": region,
         "AWS_DEFAULT_REGION": region,
@@ -139,8 +147,14 @@ def container_environment(
 def container_secrets(secret_arn: str) -> list[dict[str, str]]:
     """Keys of the project's connection secret, by reference: ECS reads them at task start."""
     return [
-        {"name": "MLFLOW_BACKEND_STORE_URI", "valueFrom": f"{secret_arn}:BackendStoreUri::"},
-        {"name": "MLFLOW_AWS_DB_CA_BUNDLE", "valueFrom": f"{secret_arn}:DatabaseCaBundle::"},
+        {
+            "name": "MLFLOW_BACKEND_STORE_URI",
+            "valueFrom": f"{secret_arn}:{BUNDLE_KEY['backend_store_uri']}::",
+        },
+        {
+            "name": "MLFLOW_AWS_DB_CA_BUNDLE",
+            "valueFrom": f"{secret_arn}:{BUNDLE_KEY['database_ca_bundle']}::",
+        },
     ]
 
 
@@ -154,8 +168,17 @@ def container_definitions(
     region: str,
     artifact_root: str,
     connection_version: str | None = None,
+    gateway_kek_arn: str | None = None,
 ) -> str:
     environment = container_environment(project, domain, region, artifact_root)
+    secrets = container_secrets(secret_arn)
+    if gateway_kek_arn:
+        # server.aiGateway: on (server.env turns it off), its stored API keys encrypted with a
+        # passphrase of the project's own, never MLflow's default one.
+        environment["MLFLOW_ENABLE_AI_GATEWAY"] = "true"
+        secrets.append(
+            {"name": "MLFLOW_CRYPTO_KEK_PASSPHRASE", "valueFrom": f"{gateway_kek_arn}:Passphrase::"}
+        )
     if connection_version:
         # ECS reads the secret once, at task start: naming its version makes a new bundle (a
         # rotated password) a new task definition, so a new deployment rolls the tasks.
@@ -169,7 +192,7 @@ def container_definitions(
         ],
         # ECS drops variables with an empty value, which would make every update a diff.
         "environment": [{"name": k, "value": v} for k, v in sorted(environment.items()) if v],
-        "secrets": container_secrets(secret_arn),
+        "secrets": secrets,
         "logConfiguration": {
             "logDriver": "awslogs",
             "options": {
@@ -186,25 +209,35 @@ def container_definitions(
     return json.dumps([container], sort_keys=True)
 
 
-def group_lookup_policy(account_id: str, partition: str = "aws") -> str:
-    """The sign-in app asks IAM which groups an IAM user is in (iamGroups): that, nothing more."""
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Sid": "AllowedGroupsOfCallers",
-                    "Effect": "Allow",
-                    "Action": ["iam:ListGroupsForUser"],
-                    "Resource": [f"arn:{partition}:iam::{account_id}:user/*"],
-                }
-            ],
-        }
-    )
+def group_lookup_policy(
+    account_id: str, partition: str = "aws", groups: bool = True, sso: bool = False
+) -> str:
+    """The sign-in app asks IAM which groups an IAM user is in (iamGroups) and, for
+    ``sso:<PermissionSet>`` entries of iamRoles, the path of an Identity Center role (only those
+    roles: anyone may name a role AWSReservedSSO_…, only Identity Center puts it there)."""
+    statements: list[dict[str, Any]] = []
+    if groups:
+        statements.append({
+            "Sid": "AllowedGroupsOfCallers",
+            "Effect": "Allow",
+            "Action": ["iam:ListGroupsForUser"],
+            "Resource": [f"arn:{partition}:iam::{account_id}:user/*"],
+        })  # fmt: skip
+    if sso:
+        statements.append({
+            "Sid": "IdentityCenterRolePaths",
+            "Effect": "Allow",
+            "Action": ["iam:GetRole"],
+            "Resource": [f"arn:{partition}:iam::{account_id}:role{SSO_ROLE_PATH}*"],
+        })  # fmt: skip
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 
-def execution_role_policy(repository_arn: str, secret_arn: str, log_group_arn: str) -> str:
-    """Pull the image, read the project's connection secret, write the project's logs."""
+def execution_role_policy(
+    repository_arn: str, secret_arn: str, log_group_arn: str, gateway_kek_arn: str | None = None
+) -> str:
+    """Pull the image, read the project's connection secret (and its gateway passphrase, with
+    server.aiGateway), write the project's logs."""
     return json.dumps(
         {
             "Version": "2012-10-17",
@@ -214,7 +247,7 @@ def execution_role_policy(repository_arn: str, secret_arn: str, log_group_arn: s
                     "Sid": "ReadConnectionSecret",
                     "Effect": "Allow",
                     "Action": ["secretsmanager:GetSecretValue"],
-                    "Resource": [secret_arn],
+                    "Resource": [secret_arn, *([gateway_kek_arn] if gateway_kek_arn else [])],
                 },
                 {
                     "Sid": "WriteLogs",
@@ -655,20 +688,52 @@ class TrackingService(pulumi.ComponentResource):
             ),
             child,
         )
+        gateway_ready: list[pulumi.Resource] = []
+        gateway_kek_arn: pulumi.Output[str | None] = pulumi.Output.from_input(None)
+        if server.ai_gateway:
+            passphrase = random.RandomPassword(
+                f"{prefix}-gateway-kek-passphrase",
+                random.RandomPasswordArgs(length=48, special=False),
+                child,
+            )
+            kek = aws.secretsmanager.Secret(
+                f"{prefix}-gateway-kek",
+                aws.secretsmanager.SecretArgs(
+                    name_prefix=f"mlflow-aws-{stack_slug(args.stack)}-{p}-gateway-kek-"[:128],
+                    description=f"MLflow AI Gateway KEK passphrase of project {p} "
+                    f"(stack {args.stack}): encrypts the gateway's stored API keys",
+                    tags=tags,
+                ),
+                child,
+            )
+            kek_version = aws.secretsmanager.SecretVersion(
+                f"{prefix}-gateway-kek-version",
+                aws.secretsmanager.SecretVersionArgs(
+                    secret_id=kek.id,
+                    secret_string=pulumi.Output.secret(
+                        passphrase.result.apply(lambda v: json.dumps({"Passphrase": v}))
+                    ),
+                ),
+                child,
+            )
+            gateway_ready.append(kek_version)
+            gateway_kek_arn = kek.arn
         execution_policy = aws.iam.RolePolicy(
             f"{prefix}-execution-policy",
             aws.iam.RolePolicyArgs(
                 role=execution_role.id,
                 policy=pulumi.Output.all(
-                    args.repository_arn, project.connection_secret_arn, log_group.arn
-                ).apply(lambda v: execution_role_policy(v[0], v[1], v[2])),
+                    args.repository_arn, project.connection_secret_arn, log_group.arn,
+                    gateway_kek_arn,
+                ).apply(lambda v: execution_role_policy(v[0], v[1], v[2], v[3])),
             ),
             child,
-        )
+        )  # fmt: skip
 
-        if project.iam_groups:
+        sso = any(role.startswith(SSO_ENTRY) for role in project.iam_roles)
+        if project.iam_groups or sso:
             # The task role is the project's server role (its prefix); the sign-in app also
-            # reads group membership for the allowed groups.
+            # reads group membership for the allowed groups (and Identity Center roles' paths).
             aws.iam.RolePolicy(
                 f"{prefix}-group-lookup",
                 aws.iam.RolePolicyArgs(
@@ -676,7 +741,9 @@ class TrackingService(pulumi.ComponentResource):
                         lambda arn: arn.rsplit("/", 1)[-1]
                     ),
                     policy=pulumi.Output.from_input(args.account_id).apply(
-                        lambda account: group_lookup_policy(account, args.partition)
+                        lambda account: group_lookup_policy(
+                            account, args.partition, bool(project.iam_groups), sso
+                        )
                     ),
                 ),
                 child,
@@ -689,6 +756,7 @@ class TrackingService(pulumi.ComponentResource):
             args.region,
             project.artifact_root,
             project.connection_version,
+            gateway_kek_arn,
         ).apply(
             lambda v: container_definitions(
                 project,
@@ -699,6 +767,7 @@ class TrackingService(pulumi.ComponentResource):
                 region=v[3],
                 artifact_root=v[4],
                 connection_version=v[5],
+                gateway_kek_arn=v[6],
             )
         )
         # What a token's marker read reads (mlflow_aws/auth/token.py): under the project's prefix,
@@ -797,7 +866,15 @@ class TrackingService(pulumi.ComponentResource):
                 # tasks must be able to pull the image, read the secret's value (written once
                 # the project's MySQL user exists) and use the server role.
                 # An MLflow upgrade (the gate) completes before the service takes the new tasks.
-                depends_on=[rule, execution_policy, marker, *project.ready, *account_ready, *gate],
+                depends_on=[
+                    rule,
+                    execution_policy,
+                    marker,
+                    *gateway_ready,
+                    *project.ready,
+                    *account_ready,
+                    *gate,
+                ],
                 # Autoscaling owns the task count between minTasks and maxTasks.
                 ignore_changes=["desiredCount"],
                 # Past this, `pulumi up` fails naming the service: its events (aws ecs

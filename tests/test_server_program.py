@@ -517,3 +517,47 @@ def test_a_password_rotation_rolls_the_tasks_and_then_retires_the_old_password()
     from tests.grpc_provider import is_secret
 
     assert is_secret(retirement.inputs["password"])  # the engine keeps it encrypted
+
+
+def test_sso_entries_are_allowed_by_path_and_never_attached() -> None:
+    """``sso:<PermissionSet>`` in iamRoles: the sign-in app allows Identity Center's roles of
+    that permission set (it may read their path), and no policy attachment is tried on them;
+    a role name with a comma reaches the app as a JSON array, not split in two."""
+    projects = [{"name": "churn", "iamRoles": ["sso:DataScientist", "ml,team"]}]
+    r = run({**ON, "mlflow-aws:projects": projects})
+    assert json.loads(environment(r, "churn")["MLFLOW_AWS_IAM_ALLOWED_ROLES"]) == [
+        "sso:DataScientist", "ml,team",
+    ]  # fmt: skip
+    attached = [x.inputs["role"] for x in r.resources
+                if x.typ == "aws:iam/rolePolicyAttachment:RolePolicyAttachment"]  # fmt: skip
+    assert attached == ["ml,team"]
+    lookup = json.loads(named(r, "tracking-churn-group-lookup").inputs["policy"])["Statement"]
+    sso_roles = f"arn:aws:iam::{ACCOUNT}:role/aws-reserved/sso.amazonaws.com/*"
+    assert lookup == [{"Sid": "IdentityCenterRolePaths", "Effect": "Allow",
+                       "Action": ["iam:GetRole"], "Resource": [sso_roles]}]  # fmt: skip
+
+
+def test_the_ai_gateway_is_off_unless_the_stack_turns_it_on_with_a_kek_of_its_own() -> None:
+    """High 2: MLflow's gateway is on by default; server.env turns it off (nothing in the task
+    definition turns it back on). server.aiGateway true turns it on with a random KEK passphrase
+    per project from Secrets Manager, not MLflow's default."""
+    r = on()
+    assert "MLFLOW_ENABLE_AI_GATEWAY" not in environment(r, "churn")
+    assert [s["name"] for s in container(r, "churn")["secrets"]] == [
+        "MLFLOW_BACKEND_STORE_URI", "MLFLOW_AWS_DB_CA_BUNDLE",
+    ]  # fmt: skip
+    assert not [x for x in r.resources if "gateway-kek" in x.name]
+
+    r = run({**ON, "mlflow-aws:server": {**SERVER_ON, "aiGateway": True}})
+    env = environment(r, "churn")
+    assert env["MLFLOW_ENABLE_AI_GATEWAY"] == "true"
+    kek = named(r, "tracking-churn-gateway-kek").state["arn"]
+    secrets = {s["name"]: s["valueFrom"] for s in container(r, "churn")["secrets"]}
+    assert secrets["MLFLOW_CRYPTO_KEK_PASSPHRASE"] == f"{kek}:Passphrase::"
+    assert "MLFLOW_CRYPTO_KEK_PASSPHRASE" not in env  # never a plain value
+    passphrase = named(r, "tracking-churn-gateway-kek-passphrase").inputs
+    assert passphrase["length"] == 48
+    policy = json.loads(plain(named(r, "tracking-churn-execution-policy").inputs["policy"]))
+    [read] = [st for st in policy["Statement"] if st["Sid"] == "ReadConnectionSecret"]
+    assert kek in read["Resource"]
+    assert named(r, "tracking-fraud-gateway-kek").state["arn"] != kek  # one per project
