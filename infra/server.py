@@ -36,6 +36,7 @@ from typing import Any
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_random as random
 
 from infra.config import ServerConfig, stack_slug
 from infra.database import PORT as MYSQL_PORT
@@ -167,8 +168,17 @@ def container_definitions(
     region: str,
     artifact_root: str,
     connection_version: str | None = None,
+    gateway_kek_arn: str | None = None,
 ) -> str:
     environment = container_environment(project, domain, region, artifact_root)
+    secrets = container_secrets(secret_arn)
+    if gateway_kek_arn:
+        # server.aiGateway: on (server.env turns it off), its stored API keys encrypted with a
+        # passphrase of the project's own, never MLflow's default one.
+        environment["MLFLOW_ENABLE_AI_GATEWAY"] = "true"
+        secrets.append(
+            {"name": "MLFLOW_CRYPTO_KEK_PASSPHRASE", "valueFrom": f"{gateway_kek_arn}:Passphrase::"}
+        )
     if connection_version:
         # ECS reads the secret once, at task start: naming its version makes a new bundle (a
         # rotated password) a new task definition, so a new deployment rolls the tasks.
@@ -182,7 +192,7 @@ def container_definitions(
         ],
         # ECS drops variables with an empty value, which would make every update a diff.
         "environment": [{"name": k, "value": v} for k, v in sorted(environment.items()) if v],
-        "secrets": container_secrets(secret_arn),
+        "secrets": secrets,
         "logConfiguration": {
             "logDriver": "awslogs",
             "options": {
@@ -223,8 +233,11 @@ def group_lookup_policy(
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 
-def execution_role_policy(repository_arn: str, secret_arn: str, log_group_arn: str) -> str:
-    """Pull the image, read the project's connection secret, write the project's logs."""
+def execution_role_policy(
+    repository_arn: str, secret_arn: str, log_group_arn: str, gateway_kek_arn: str | None = None
+) -> str:
+    """Pull the image, read the project's connection secret (and its gateway passphrase, with
+    server.aiGateway), write the project's logs."""
     return json.dumps(
         {
             "Version": "2012-10-17",
@@ -234,7 +247,7 @@ def execution_role_policy(repository_arn: str, secret_arn: str, log_group_arn: s
                     "Sid": "ReadConnectionSecret",
                     "Effect": "Allow",
                     "Action": ["secretsmanager:GetSecretValue"],
-                    "Resource": [secret_arn],
+                    "Resource": [secret_arn, *([gateway_kek_arn] if gateway_kek_arn else [])],
                 },
                 {
                     "Sid": "WriteLogs",
@@ -675,16 +688,47 @@ class TrackingService(pulumi.ComponentResource):
             ),
             child,
         )
+        gateway_ready: list[pulumi.Resource] = []
+        gateway_kek_arn: pulumi.Output[str | None] = pulumi.Output.from_input(None)
+        if server.ai_gateway:
+            passphrase = random.RandomPassword(
+                f"{prefix}-gateway-kek-passphrase",
+                random.RandomPasswordArgs(length=48, special=False),
+                child,
+            )
+            kek = aws.secretsmanager.Secret(
+                f"{prefix}-gateway-kek",
+                aws.secretsmanager.SecretArgs(
+                    name_prefix=f"mlflow-aws-{stack_slug(args.stack)}-{p}-gateway-kek-"[:128],
+                    description=f"MLflow AI Gateway KEK passphrase of project {p} "
+                    f"(stack {args.stack}): encrypts the gateway's stored API keys",
+                    tags=tags,
+                ),
+                child,
+            )
+            kek_version = aws.secretsmanager.SecretVersion(
+                f"{prefix}-gateway-kek-version",
+                aws.secretsmanager.SecretVersionArgs(
+                    secret_id=kek.id,
+                    secret_string=pulumi.Output.secret(
+                        passphrase.result.apply(lambda v: json.dumps({"Passphrase": v}))
+                    ),
+                ),
+                child,
+            )
+            gateway_ready.append(kek_version)
+            gateway_kek_arn = kek.arn
         execution_policy = aws.iam.RolePolicy(
             f"{prefix}-execution-policy",
             aws.iam.RolePolicyArgs(
                 role=execution_role.id,
                 policy=pulumi.Output.all(
-                    args.repository_arn, project.connection_secret_arn, log_group.arn
-                ).apply(lambda v: execution_role_policy(v[0], v[1], v[2])),
+                    args.repository_arn, project.connection_secret_arn, log_group.arn,
+                    gateway_kek_arn,
+                ).apply(lambda v: execution_role_policy(v[0], v[1], v[2], v[3])),
             ),
             child,
-        )
+        )  # fmt: skip
 
         sso = any(role.startswith(SSO_ENTRY) for role in project.iam_roles)
         if project.iam_groups or sso:
@@ -712,6 +756,7 @@ class TrackingService(pulumi.ComponentResource):
             args.region,
             project.artifact_root,
             project.connection_version,
+            gateway_kek_arn,
         ).apply(
             lambda v: container_definitions(
                 project,
@@ -722,6 +767,7 @@ class TrackingService(pulumi.ComponentResource):
                 region=v[3],
                 artifact_root=v[4],
                 connection_version=v[5],
+                gateway_kek_arn=v[6],
             )
         )
         # What a token's marker read reads (mlflow_aws/auth/token.py): under the project's prefix,
@@ -820,7 +866,15 @@ class TrackingService(pulumi.ComponentResource):
                 # tasks must be able to pull the image, read the secret's value (written once
                 # the project's MySQL user exists) and use the server role.
                 # An MLflow upgrade (the gate) completes before the service takes the new tasks.
-                depends_on=[rule, execution_policy, marker, *project.ready, *account_ready, *gate],
+                depends_on=[
+                    rule,
+                    execution_policy,
+                    marker,
+                    *gateway_ready,
+                    *project.ready,
+                    *account_ready,
+                    *gate,
+                ],
                 # Autoscaling owns the task count between minTasks and maxTasks.
                 ignore_changes=["desiredCount"],
                 # Past this, `pulumi up` fails naming the service: its events (aws ecs
