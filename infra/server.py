@@ -42,6 +42,7 @@ from infra.config import ServerConfig, stack_slug
 from infra.database import PORT as MYSQL_PORT
 from infra.iam import image_pull_statements
 from infra.upgrade import UpgradeGate, upgrade_gate
+from mlflow_aws import environment as env_names
 from mlflow_aws.auth.server import SSO_ENTRY, SSO_ROLE_PATH
 from mlflow_aws.auth.token import MARKER_NAME
 from mlflow_aws.bundle import KEY as BUNDLE_KEY
@@ -129,16 +130,16 @@ def container_environment(
         "MLFLOW_SERVER_ALLOWED_HOSTS": f"{domain},{domain}:{HTTPS_PORT}",
         "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": f"https://{domain}",
         # Each project's server accepts only tokens made for it (mlflow_aws/auth/token.py).
-        "MLFLOW_AWS_IAM_AUDIENCE": f"{domain.lower()}/{project.name}",
+        env_names.IAM_AUDIENCE: f"{domain.lower()}/{project.name}",
         # Sign-in replays the caller's signed read of it: only the project policy's holders pass.
-        "MLFLOW_AWS_IAM_MARKER_URL": marker_url(artifact_root, region),
+        env_names.IAM_MARKER_URL: marker_url(artifact_root, region),
         # A JSON array when a name holds a comma (IAM allows it in role names).
-        "MLFLOW_AWS_IAM_ALLOWED_ROLES": (
+        env_names.IAM_ALLOWED_ROLES: (
             json.dumps(list(project.iam_roles))
             if any("," in role for role in project.iam_roles)
             else ",".join(project.iam_roles)
         ),
-        "MLFLOW_AWS_IAM_ALLOWED_GROUPS": ",".join(project.iam_groups),
+        env_names.IAM_ALLOWED_GROUPS: ",".join(project.iam_groups),
         "AWS_REGION": region,
         "AWS_DEFAULT_REGION": region,
     }
@@ -152,7 +153,7 @@ def container_secrets(secret_arn: str) -> list[dict[str, str]]:
             "valueFrom": f"{secret_arn}:{BUNDLE_KEY['backend_store_uri']}::",
         },
         {
-            "name": "MLFLOW_AWS_DB_CA_BUNDLE",
+            "name": env_names.DB_CA_BUNDLE,
             "valueFrom": f"{secret_arn}:{BUNDLE_KEY['database_ca_bundle']}::",
         },
     ]
@@ -182,7 +183,7 @@ def container_definitions(
     if connection_version:
         # ECS reads the secret once, at task start: naming its version makes a new bundle (a
         # rotated password) a new task definition, so a new deployment rolls the tasks.
-        environment["MLFLOW_AWS_CONNECTION_VERSION"] = connection_version
+        environment[env_names.CONNECTION_VERSION] = connection_version
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image_uri,
