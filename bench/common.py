@@ -44,7 +44,7 @@ from tests.services import MariaDB, MotoServer, free_port  # noqa: E402
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 MLFLOW = str(VENV_BIN / "mlflow") if (VENV_BIN / "mlflow").exists() else "mlflow"
-BUCKET = "mlflow-aws-bench"
+BUCKET = "mlflow-aws-bench-artifacts"  # the stack's bucket prefix (helper/trust.py)
 GIB = 1024**3
 
 

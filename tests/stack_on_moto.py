@@ -21,7 +21,14 @@ from tests.services import MariaDB
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"  # moto's default account
-IMAGE_URI = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/mlflow-aws@sha256:" + "0" * 64
+
+
+def image_uri(stack: str) -> str:
+    """The server image of ``stack`` as the program names it: its ECR repository, by digest."""
+    return f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/mlflow-aws/{stack}/server@sha256:" + "0" * 64
+
+
+IMAGE_URI = image_uri("e2e")
 SERVER_ROLE_NAME = "mlflow-aws-test-server"
 PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, REFERENCES, TRIGGER"
 
@@ -116,7 +123,7 @@ def bundle_for(
         "DatabaseEndpoint": project.mariadb.host,
         "DatabasePort": port or project.mariadb.port,
         "Region": REGION,
-        "ImageUri": IMAGE_URI,
+        "ImageUri": image_uri(stack),
         "MlflowVersion": metadata.version("mlflow"),
         "DatabaseCaBundle": ca_pem if ca_pem is not None else project.mariadb.ca_path.read_text(),
         "ServerRoleArn": role_arn,

@@ -34,6 +34,7 @@ from tests.stack_on_moto import (
     bundle_for,
     create_project,
     ensure_bucket,
+    image_uri,
     put_connection_secret,
     server_role,
     write_outputs,
@@ -44,7 +45,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 TRACKING_SCRIPT = Path(__file__).resolve().parent / "tracking_script.py"
 AWS_SECRET_KEY = "moto-Secret-Key-5e4d3c2b1a"  # moto accepts any; distinctive, to look for leaks
-BUCKET = "mlflow-aws-e2e"
+BUCKET = "mlflow-aws-e2e-artifacts"  # the stack's bucket prefix (helper/trust.py)
 REGION = "eu-west-1"
 SERVE_TIMEOUT = 120.0
 
@@ -72,8 +73,9 @@ def role_arn(aws: dict[str, str]) -> str:
 
 def publish(aws: dict[str, str], project: Project, stack: str = "e2e", **bundle: Any) -> str:
     """The project's connection secret (ARN), as the program writes it."""
+    bucket = BUCKET if stack == "e2e" else f"mlflow-aws-{stack}-artifacts"  # the stack's own
     return put_connection_secret(
-        aws, bundle_for(project, stack, BUCKET, server_role(aws), **bundle)
+        aws, bundle_for(project, stack, bucket, server_role(aws), **bundle)
     )
 
 
@@ -382,7 +384,7 @@ def test_from_aws_with_several_stacks_needs_secret_id(
         env,
     )
     assert chosen.returncode == 0, chosen.stderr
-    assert chosen.stdout.strip().endswith(IMAGE_URI)
+    assert chosen.stdout.strip().endswith(image_uri("prod"))
     assert project.password not in chosen.stdout + chosen.stderr
     missing = run_helper(["command", "--project", "e2e-nosuch", "--from-aws"], env)
     assert missing.returncode == 1 and "no connection secret tagged" in missing.stderr
