@@ -47,6 +47,13 @@ from mlflow_aws.server_settings import container_port
 AUTH_APP = "aws-iam"
 
 CONTAINER_NAME = "mlflow"
+# The container's root file system is read-only; these are its only writable places, each a
+# task-local volume (Fargate ephemeral storage, gone with the task): /tmp for MLflow's
+# spooled uploads, Python's and the entrypoint's temporary files (the database CA), and the
+# user's home for anything MLflow or its libraries cache there (~/.cache, ~/.mlflow). The
+# image declares both as VOLUME so ECS copies their ownership (the mlflow user) into the
+# volumes; the helper's docker runtime mounts the same two (helper/runtimes.py).
+WRITABLE_PATHS = {"tmp": "/tmp", "home": "/home/mlflow"}  # noqa: S108 (inside the container)
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-Res-2021-06"  # TLS 1.3 and 1.2 with forward secrecy
 HSTS = "max-age=31536000"
 LOG_RETENTION_DAYS = 30
@@ -151,6 +158,11 @@ def container_definitions(
             },
         },
         "linuxParameters": {"capabilities": {"drop": ["ALL"]}, "initProcessEnabled": True},
+        "readonlyRootFilesystem": True,
+        "mountPoints": [
+            {"sourceVolume": volume, "containerPath": path, "readOnly": False}
+            for volume, path in sorted(WRITABLE_PATHS.items())
+        ],
         "stopTimeout": 30,
         # The entrypoint passes its arguments to `mlflow server`.
         "command": ["--app-name", AUTH_APP],
@@ -217,18 +229,48 @@ def execution_trust_policy(account_id: str, principal: str = "ecs-tasks.amazonaw
     )
 
 
+def task_trust_policy(
+    account_id: str, region: str, partition: str = "aws", principal: str = "ecs-tasks.amazonaws.com"
+) -> str:
+    """Only ECS tasks of this account and region may become a project's task role; the
+    conditions are the confused-deputy guard the ECS task IAM role documentation gives
+    (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/task-iam-roles.html)."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "TasksOfThisAccount",
+                    "Effect": "Allow",
+                    "Principal": {"Service": principal},
+                    "Action": "sts:AssumeRole",
+                    "Condition": {
+                        "ArnLike": {
+                            "aws:SourceArn": f"arn:{partition}:ecs:{region}:{account_id}:*"
+                        },
+                        "StringEquals": {"aws:SourceAccount": account_id},
+                    },
+                }
+            ],
+        },
+        sort_keys=True,
+    )
+
+
 @dataclass
 class ServiceProject:
     """What the service of one project needs from its ``MlflowProject``."""
 
     name: str
     connection_secret_arn: pulumi.Input[str]
-    server_role_arn: pulumi.Input[str]  # the task role: the project's S3 prefix only
+    # The policy of the tasks' own role (only ECS may assume it): the project's S3 prefix,
+    # what the project's server role holds (projects/project.py).
+    task_policy: pulumi.Input[str]
     artifact_root: pulumi.Input[str]  # s3://<bucket>/<project>
     iam_roles: tuple[str, ...] = ()
     iam_groups: tuple[str, ...] = ()
     # What a task reads when it starts: the connection secret's value (written once the
-    # project's MySQL user exists) and the server role's policy. The service waits for them.
+    # project's MySQL user exists). The service waits for them.
     ready: Sequence[pulumi.Resource] = ()
 
 
@@ -605,20 +647,42 @@ class TrackingService(pulumi.ComponentResource):
             child,
         )
 
-        if project.iam_groups:
-            # The task role is the project's server role (its prefix); the sign-in app also
-            # reads group membership for the allowed groups.
-            aws.iam.RolePolicy(
-                f"{prefix}-group-lookup",
-                aws.iam.RolePolicyArgs(
-                    role=pulumi.Output.from_input(project.server_role_arn).apply(
-                        lambda arn: arn.rsplit("/", 1)[-1]
-                    ),
-                    policy=pulumi.Output.from_input(args.account_id).apply(
-                        lambda account: group_lookup_policy(account, args.partition)
-                    ),
+        # The tasks' own role: the project's prefix, plus (allowed groups) the sign-in's group
+        # lookup. Only ECS can assume it; teammates become the project's server role, which
+        # holds the prefix alone, so they never get the lookup.
+        task_role = aws.iam.Role(
+            f"{prefix}-task-role",
+            aws.iam.RoleArgs(
+                name_prefix=f"mlflow-aws-{p}-task-"[:38],
+                description=f"ECS: project {p}'s MLflow tasks (stack {args.stack}): its S3 prefix",
+                assume_role_policy=pulumi.Output.all(args.account_id, args.region).apply(
+                    lambda v: task_trust_policy(
+                        v[0], v[1], args.partition, args.ecs_tasks_principal
+                    )
                 ),
+                tags=tags,
+            ),
+            child,
+        )
+        task_policies = [
+            aws.iam.RolePolicy(
+                f"{prefix}-task-policy",
+                aws.iam.RolePolicyArgs(role=task_role.id, policy=project.task_policy),
                 child,
+            )
+        ]
+        if project.iam_groups:
+            task_policies.append(
+                aws.iam.RolePolicy(
+                    f"{prefix}-group-lookup",
+                    aws.iam.RolePolicyArgs(
+                        role=task_role.id,
+                        policy=pulumi.Output.from_input(args.account_id).apply(
+                            lambda account: group_lookup_policy(account, args.partition)
+                        ),
+                    ),
+                    child,
+                )
             )
 
         definitions = pulumi.Output.all(
@@ -650,7 +714,11 @@ class TrackingService(pulumi.ComponentResource):
                     operating_system_family="LINUX", cpu_architecture="X86_64"
                 ),
                 execution_role_arn=execution_role.arn,
-                task_role_arn=project.server_role_arn,
+                task_role_arn=task_role.arn,
+                volumes=[
+                    aws.ecs.TaskDefinitionVolumeArgs(name=volume)
+                    for volume in sorted(WRITABLE_PATHS)
+                ],
                 container_definitions=definitions,
                 tags=tags,
             ),
@@ -697,8 +765,8 @@ class TrackingService(pulumi.ComponentResource):
                 parent=self,
                 # The target group must be attached to the load balancer first; the first
                 # tasks must be able to pull the image, read the secret's value (written once
-                # the project's MySQL user exists) and use the server role.
-                depends_on=[rule, execution_policy, *project.ready, *account_ready],
+                # the project's MySQL user exists) and use their task role's rights.
+                depends_on=[rule, execution_policy, *task_policies, *project.ready, *account_ready],
                 # Autoscaling owns the task count between minTasks and maxTasks.
                 ignore_changes=["desiredCount"],
                 # Past this, `pulumi up` fails naming the service: its events (aws ecs
