@@ -1,7 +1,7 @@
 """mlflow-aws: shared MLflow experiment tracking on AWS.
 
 Reads the stack config, builds the shared infrastructure and one MlflowProject per configured
-project, and exports the outputs the helper reads (DESIGN.md "Stack outputs").
+project, and exports the outputs the helper reads (README.md "Stack outputs").
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from infra.config import load_stack_config, role_attachment_warnings
 from infra.database import MetadataDatabase, MetadataDatabaseArgs
 from infra.server import ServiceProject, TrackingService, TrackingServiceArgs
 from infra.server_image import ServerImage, ServerImageArgs
+from infra.upgrade import UpgradeGate
+from projects.password_retirement import MysqlPasswordRetirement, MysqlPasswordRetirementArgs
 from projects.project import MlflowProject, MlflowProjectArgs
 
 REPO_ROOT = Path(__file__).resolve().parent  # the server image's build context
@@ -57,8 +59,9 @@ image = ServerImage(
 
 region, account_id = account.region, account.account_id
 
-# One MlflowProject per configured project; its outputs are the DESIGN.md Projects entry.
+# One MlflowProject per configured project; its outputs are its entry of the Projects output.
 project_outputs: dict[str, pulumi.Output[dict]] = {}
+mlflow_projects: dict[str, MlflowProject] = {}
 service_projects: list[ServiceProject] = []
 for p in config.projects:
     project = MlflowProject(
@@ -101,8 +104,10 @@ for p in config.projects:
             # A task starts only once its secret holds the bundle (the project's MySQL user
             # exists); the service also waits for its task role's policies.
             ready=[project.secret_version, project.schema],
+            connection_version=project.secret_version.version_id,
         )
     )
+    mlflow_projects[p.name] = project
 
 # The central server (optional): one HTTPS URL per project on ECS Fargate, sign-in required.
 if config.server.enabled:
@@ -134,9 +139,37 @@ if config.server.enabled:
             partition=account.partition,
             ecs_tasks_principal=account.ecs_tasks_principal,
             ecs_service_linked_role=account.ecs_service_linked_role,
+            upgrade=UpgradeGate(
+                mlflow_version=config.mlflow_version,
+                database_cluster_arn=database.cluster_arn,
+                admin_secret_arn=database.admin_secret_arn,
+                settings=config.upgrade,
+                aws_profile=config.aws_profile,
+                assume_roles=[role.as_input() for role in config.assume_roles],
+            ),
         ),
     )
     pulumi.export("ServerUrl", service.url)
+    # Each project's last MLflow upgrade: its steps and their times (none: nothing to do).
+    pulumi.export("Upgrades", service.upgrade_reports)
+
+# A rotated password's second half: only the new one stays valid, once nothing uses the old -
+# the central service rolled to tasks with the new bundle (steady state), or, without it, the
+# bundle was published.
+for name, project in mlflow_projects.items():
+    users = [service.services[name]] if config.server.enabled else [project.secret_version]
+    MysqlPasswordRetirement(
+        f"project-{name}-password-retirement",
+        MysqlPasswordRetirementArgs(
+            project=name,
+            password=project.current_password,
+            cluster_arn=database.cluster_arn,
+            admin_secret_arn=database.admin_secret_arn,
+            aws_profile=config.aws_profile,
+            assume_roles=[role.as_input() for role in config.assume_roles],
+        ),
+        pulumi.ResourceOptions(parent=project, depends_on=[project.schema, *users]),
+    )
 
 pulumi.export("ArtifactRoot", store.artifact_root)
 pulumi.export("DatabaseEndpoint", database.endpoint)

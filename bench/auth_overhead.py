@@ -33,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
+    HELPER_SECRET,
     PYTHON,
     ROOT,
     cpu_seconds,
@@ -100,20 +101,24 @@ def signing_proxy(
     db: MariaDB, project: Any, moto: MotoServer, central: CentralServer, credentials: Any,
     directory: Path,
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:  # fmt: skip
-    """``python -m helper serve --remote`` as ``credentials``; stopped with Ctrl-C after."""
+    """``python -m helper serve --remote`` as ``credentials``; stopped with Ctrl-C after. Its
+    run's secret is this process's MLFLOW_TRACKING_TOKEN (HELPER_SECRET), which this process's
+    clients send to every target (the plugin replaces it; the server without auth ignores it)."""
     outputs = directory / "outputs.json"
     outputs.write_text(outputs_with_tracking_uri(moto, project, BUCKET, central.tracking_uri))
     port = free_port()
-    env = clean_env(**client_aws_env(moto, credentials), PYTHONUNBUFFERED="1")
+    env = clean_env(**client_aws_env(moto, credentials), PYTHONUNBUFFERED="1",
+                    MLFLOW_TRACKING_TOKEN=HELPER_SECRET)  # fmt: skip
+    os.environ["MLFLOW_TRACKING_TOKEN"] = HELPER_SECRET
     argv = [PYTHON, "-m", "helper", "serve", "--project", PROJECT, "--outputs", str(outputs),
             "--remote", "--port", str(port)]  # fmt: skip
     process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
-        want = f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}"
+        want = f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port} MLFLOW_TRACKING_TOKEN="
         deadline = time.monotonic() + 60
         for line in process.stdout:
-            if line.strip() == want:
+            if line.startswith(want):
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError("the signing proxy did not start")

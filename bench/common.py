@@ -45,6 +45,8 @@ VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 MLFLOW = str(VENV_BIN / "mlflow") if (VENV_BIN / "mlflow").exists() else "mlflow"
 BUCKET = "mlflow-aws-bench-artifacts"  # the stack's bucket prefix (helper/trust.py)
+# The run secret of every helper this process starts (mlflow_aws.run_secret), made per process.
+HELPER_SECRET = secrets.token_urlsafe(32)
 GIB = 1024**3
 
 
@@ -517,10 +519,14 @@ def start_tuned(
 def start_helper(
     label: str, options: list[str], workdir: Path, env: dict[str, str] | None, port: int
 ) -> Server:
-    """Literally ``python -m helper serve OPTIONS --port P`` (cwd: the repository)."""
+    """Literally ``python -m helper serve OPTIONS --port P`` (cwd: the repository), with this
+    process's run secret in MLFLOW_TRACKING_TOKEN on both sides: the helper takes it as its
+    run's secret and this process's MLflow clients send it (servers without one ignore it)."""
     argv = [PYTHON, "-m", "helper", "serve", *options, "--port", str(port)]
     server_env = _base_env(env)
     server_env["PYTHONPATH"] = str(ROOT)
+    server_env["MLFLOW_TRACKING_TOKEN"] = HELPER_SECRET
+    os.environ["MLFLOW_TRACKING_TOKEN"] = HELPER_SECRET
     return _spawn(label, argv, server_env, port, workdir, cwd=ROOT)
 
 

@@ -6,8 +6,17 @@
 # already in the environment, so `docker run --env-file` or `-e` always wins. Every server
 # option is read from an MLFLOW_* variable, so nothing (least of all a secret) needs argv.
 #   entrypoint.sh [extra mlflow server options]   run the server
+#
+# With MLFLOW_AWS_RUN_SECRET set (the helper's docker runtime: a teammate's laptop server), the
+# server is `mlflow server --app-name mlflow-aws-run-secret`: only clients holding the run's
+# secret are served (mlflow_aws/run_secret.py; it listens on 0.0.0.0 inside the container). The
+# helper names the app itself; the entrypoint adds it when the options name no app, so a set
+# secret is never silently ignored, and refuses another app with a secret.
 #   entrypoint.sh healthcheck                     exit 0 when /health answers (HEALTHCHECK)
 #   entrypoint.sh gc                              one gc of the project (python -m mlflow_aws.gc)
+#   entrypoint.sh migrate                         create or upgrade the schema, then exit (the
+#                                                 upgrade's one migration task, whatever
+#                                                 MLFLOW_AWS_DB_MIGRATE_ON_START says)
 #
 # Before the server starts, on a MySQL backend store (MLFLOW_BACKEND_STORE_URI mysql*):
 #   * TLS is verified: without ssl_ca in the URI, the CA bundle (PEM) in MLFLOW_AWS_DB_CA_BUNDLE
@@ -108,17 +117,31 @@ case "${MLFLOW_BACKEND_STORE_URI:-}" in
     close_idle_connections
     # Refuses a schema of another MLflow version; with MLFLOW_AWS_DB_MIGRATE_ON_START=true it
     # first creates or upgrades an older one. -P: the working directory is not on sys.path.
-    if [ "${1:-}" != "gc" ]; then
-      run_module mlflow_aws.server.prepare
-    fi
+    case "${1:-}" in
+      gc) ;;
+      migrate) MLFLOW_AWS_DB_MIGRATE_ON_START=true run_module mlflow_aws.server.prepare; exit $? ;;
+      *) run_module mlflow_aws.server.prepare ;;
+    esac
     ;;
 esac
+
+if [ "${1:-}" = "migrate" ]; then
+  refuse "migrate needs a MySQL backend store (MLFLOW_BACKEND_STORE_URI mysql*)"
+fi
 
 if [ "${1:-}" = "gc" ]; then
   # One garbage collection of the project (python -m mlflow_aws.gc: settings in its docstring).
   shift
   run_module mlflow_aws.gc "$@"
   exit $?
+fi
+
+if [ -n "${MLFLOW_AWS_RUN_SECRET:-}" ]; then
+  case " $* " in
+    *" --app-name mlflow-aws-run-secret "*) ;;
+    *" --app-name"*) refuse "MLFLOW_AWS_RUN_SECRET is set: the server must be --app-name mlflow-aws-run-secret" ;;
+    *) set -- --app-name mlflow-aws-run-secret "$@" ;;
+  esac
 fi
 
 exec mlflow server "$@"

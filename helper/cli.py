@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .artifacts import add_artifacts_option
 from .errors import HelperError
 from .invocation import helper_command
 from .outputs import ProjectConnection, ProjectOutputs, StackOutputs
@@ -42,7 +43,9 @@ def _add_sources(parser: argparse.ArgumentParser) -> None:
     )
     exclusive = group.add_mutually_exclusive_group()
     exclusive.add_argument(
-        "--stack", metavar="S", help="read stack S's outputs with the pulumi CLI (Automation API)"
+        "--stack",
+        metavar="S",
+        help="read stack S's outputs with the pulumi CLI (`pulumi stack output --json --stack S`)",
     )
     exclusive.add_argument(
         "--outputs",
@@ -96,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "use the stack's central server: a local proxy that signs each request with your AWS "
         "identity (no Docker, no database access, no MLflow server here)",
     )
+    add_artifacts_option(serve)
 
     command = commands.add_parser(
         "command", help="print the docker run command serve would use (no secret values)"
@@ -113,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     env.add_argument("--project", metavar="NAME", help="with --remote: the project")
     _add_sources(env)
+    add_artifacts_option(env)
 
     upgrade = commands.add_parser(
         "upgrade", help="migrate the project's schema to this MLflow version (mlflow db upgrade)"
@@ -197,10 +202,14 @@ def _serve_remote(args: argparse.Namespace) -> int:
     if given:
         raise HelperError(f"--remote uses the central server; drop {', '.join(given)}", 2)
     _require_project(args)
+    from . import artifacts
     from .proxy import serve_remote
 
     connection = load_connection(args)
-    return serve_remote(_remote_tracking_uri(connection), args.port, connection.region)
+    tracking_uri = _remote_tracking_uri(connection)
+    # The client runs here and the server in the cloud: presigned only if S3 answers here.
+    mode, why = artifacts.choose(args.artifacts, connection.region, probe=True)
+    return serve_remote(tracking_uri, args.port, connection.region, artifacts=(mode, why))
 
 
 def _add_local(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -357,6 +366,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.remote:
         return _serve_remote(args)
+    if args.artifacts != "auto":
+        raise HelperError(
+            "--artifacts goes with --remote: a server on this machine reaches S3 from here, "
+            "and so does its client (presigned)",
+            2,
+        )
     if args.local:
         store = _local(args)
         return runtimes.serve_local(store, args.port, _upgrade_hint(args, store.project))
@@ -394,11 +409,31 @@ def cmd_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_artifact_lines(mode: str, why: str, remote: bool) -> None:
+    from mlflow_aws.artifact_settings import PRESIGNED, S3_ROUTE_HINT, describe
+
+    from .artifacts import export_lines
+
+    for line in export_lines(mode):
+        print(line)
+    # Not in the export lines themselves: a comment there would end `eval $(...)` early.
+    sys.stderr.write(f"# {describe(mode)}: {why}\n")
+    if remote and mode == PRESIGNED:
+        sys.stderr.write(f"# {S3_ROUTE_HINT}; or print the lines with --artifacts proxied\n")
+
+
 def cmd_env(args: argparse.Namespace) -> int:
+    from .artifacts import choose
+
     if not args.remote:
         if args.project or args.stack or args.outputs or args.from_aws or args.secret_id:
             raise HelperError("--project and the source options go with --remote", 2)
         print(export_line(args.port))
+        sys.stderr.write(
+            "# also export MLFLOW_TRACKING_TOKEN: the secret of the server's run, which serve "
+            "prints in its own export line (the server answers nothing else)\n"
+        )
+        _print_artifact_lines(*choose(args.artifacts, None, probe=False), remote=False)
         return 0
     _require_project(args)
     connection = load_connection(args)
@@ -411,6 +446,8 @@ def cmd_env(args: argparse.Namespace) -> int:
         (STS_REGION_ENV, connection.region),
     ):
         print(f"export {key}={shlex.quote(value)}")
+    # The job runs elsewhere: what it can reach is not known here.
+    _print_artifact_lines(*choose(args.artifacts, None, probe=False), remote=True)
     return 0
 
 

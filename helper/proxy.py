@@ -8,9 +8,15 @@ each with its own kept-alive upstream connection; bodies stream both ways in blo
 ``BLOCK_BYTES``, so a multi-GB artifact never sits in memory.
 
 The proxy holds the teammate's identity, so it is the trust boundary: it answers only requests
-whose Host is itself (no DNS rebinding) and whose Origin, if any, is itself (no cross-site
-requests from other web pages), then drops Origin, Referer and any Authorization before adding
-its own token.
+that carry the run's secret (``mlflow_aws.run_secret``: the client's MLFLOW_TRACKING_TOKEN or the
+browser's cookie), whose Host is itself (no DNS rebinding) and whose Origin, if any, is itself
+(no cross-site requests from other web pages), then drops Origin, Referer, cookies and any
+Authorization before adding its own token; no cookie of the server comes back either.
+
+Every refusal and every error reply closes the connection: a body the proxy did not read (or
+read only in part) is never taken for the next request (HTTP/1.1 keep-alive desync), and a body
+whose framing is ambiguous (Content-Length and Transfer-Encoding, a bad length, a coding other
+than chunked, a malformed chunk) is refused before anything is signed.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import contextlib
 import functools
 import http.client
 import io
+import re
 import select
 import socket
 import ssl
@@ -30,6 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from mlflow_aws import run_secret
 from mlflow_aws.auth.token import host_header
 
 from .errors import HelperError
@@ -44,10 +52,23 @@ HOP_BY_HOP = frozenset(
      "te", "trailer", "transfer-encoding", "upgrade"}
 )  # fmt: skip
 # Replaced by the proxy (host, authorization), or not for the server (origin and referer name
-# 127.0.0.1, which MLflow's CORS check would treat as another site; expect is the proxy's business).
-DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {"host", "authorization", "origin", "referer", "expect"}
-DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {"content-length"}
+# 127.0.0.1, which MLflow's CORS check would treat as another site; expect is the proxy's
+# business; cookies are the browser's for 127.0.0.1, the proxy's own secret among them, and no
+# business of the server's).
+DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {
+    "host", "authorization", "origin", "referer", "expect", "cookie"
+}  # fmt: skip
+# No cookie of the server lands in the browser under 127.0.0.1, where every local server reads it.
+DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {"content-length", "set-cookie"}
 NO_BODY_STATUSES = frozenset({204, 304})
+LINGER_SECONDS = 1.0  # after a refusal, unread body bytes are discarded this long (then closed)
+LINGER_BYTES = 1 << 20
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(;[^\r\n]*)?\r?\n")
+
+
+class BadRequestBody(Exception):
+    """The request's body framing is ambiguous or malformed: refused, the connection closed."""
 
 
 @dataclass(frozen=True)
@@ -107,27 +128,26 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def local_request_problem(host: str | None, origin: str | None, port: int) -> str | None:
-    """Why a request reaching the proxy must not be signed, or None."""
-    ours = {f"127.0.0.1:{port}", f"localhost:{port}"}
-    if (host or "").lower() not in ours:
-        return f"Host {host!r} is not this proxy (use http://127.0.0.1:{port})"
-    if origin is not None and origin.lower() not in {f"http://{h}" for h in ours}:
-        return f"cross-origin request from {origin!r} refused: the proxy signs as you"
-    return None
-
-
 def _chunked_body(stream: io.BufferedIOBase) -> Iterator[bytes]:
-    """Decode a chunked request body from the client, block by block."""
+    """Decode a chunked request body from the client, block by block (strictly: anything but
+    well-formed chunks raises BadRequestBody, and the connection is closed)."""
     while True:
         size_line = stream.readline(1024)
-        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        match = _CHUNK_SIZE.fullmatch(size_line)
+        if match is None:
+            raise BadRequestBody(f"malformed chunk size line {size_line[:40]!r}")
+        size = int(match.group(1), 16)
         if size == 0:
-            while stream.readline(1024) not in (b"\r\n", b"\n", b""):
-                pass  # trailers: dropped
-            return
+            for _ in range(100):
+                trailer = stream.readline(1024)
+                if trailer in (b"\r\n", b"\n"):
+                    return  # trailers: dropped
+                if not trailer.endswith(b"\n"):
+                    raise BadRequestBody("malformed chunked trailer")
+            raise BadRequestBody("too many chunked trailers")
         yield from _sized_body(stream, size)
-        stream.readline(1024)  # the CRLF after the chunk
+        if stream.readline(3) not in (b"\r\n", b"\n"):
+            raise BadRequestBody("a chunk does not end with CRLF")
 
 
 def _sized_body(stream: io.BufferedIOBase, length: int) -> Iterator[bytes]:
@@ -152,11 +172,14 @@ class SigningProxy(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, port: int, upstream: Upstream, tokens: Any, log: IO[str]) -> None:
+    def __init__(
+        self, port: int, upstream: Upstream, tokens: Any, log: IO[str], secret: str
+    ) -> None:
         self.upstream = upstream
         self.tokens = tokens  # mlflow_aws.auth.signer.TokenSource
         self.log = log
         self.local_port = port
+        self.gate = run_secret.Gate(secret, port)  # no path without the secret
         super().__init__(("127.0.0.1", port), ProxyHandler)
 
 
@@ -183,22 +206,30 @@ class ProxyHandler(BaseHTTPRequestHandler):
     # -- one request ---------------------------------------------------------------------------
 
     def forward(self) -> None:
-        problem = local_request_problem(
-            self.headers.get("Host"), self.headers.get("Origin"), self.server.local_port
+        path, _, query = self.path.partition("?")
+        verdict = self.server.gate.decide(
+            self.command, path, query, run_secret.header_lists(self.headers.items())
         )
-        if problem is not None:
-            self.reply_error(403, problem)
+        if not verdict.allowed:
+            self.refuse(verdict)
             return
-        body, headers = self.request_body_and_headers()
+        try:
+            body, headers = self.request_body_and_headers()
+        except BadRequestBody as exc:
+            self.reply_error(400, f"refused: {exc}")
+            return
         try:
             headers["Authorization"] = f"Bearer {self.server.tokens.token()}"
         except Exception as exc:  # no credentials, expired SSO session: say so, sign nothing
-            self.drain(body)
             self.reply_error(503, f"cannot sign the request with your AWS identity: {exc}")
             return
-        path = self.server.upstream.path_for(self.path)
+        upstream_path = self.server.upstream.path_for(self.path)
         try:
-            response = self.send_upstream(path, headers, body)
+            response = self.send_upstream(upstream_path, headers, body)
+        except BadRequestBody as exc:
+            self.drop_upstream()  # it has part of a body: never reused
+            self.reply_error(400, f"refused: {exc}")
+            return
         except (OSError, http.client.HTTPException) as exc:
             self.drop_upstream()
             self.reply_error(502, f"cannot reach {self.server.upstream.origin}: {exc}")
@@ -215,23 +246,37 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 self.drop_upstream()
 
     def request_body_and_headers(self) -> tuple[bytes | Iterator[bytes] | None, dict[str, str]]:
+        """The headers for the server and the body, read as it is framed, strictly: whatever
+        does not say exactly one way where the body ends raises BadRequestBody."""
         headers = {
             name: value
             for name, value in self.headers.items()
             if name.lower() not in DROPPED_REQUEST_HEADERS
         }
         headers["Host"] = self.server.upstream.host_header
-        body: bytes | Iterator[bytes] | None = None
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+        codings = self.headers.get_all("Transfer-Encoding") or []
+        lengths = self.headers.get_all("Content-Length") or []
+        if codings and lengths:
+            raise BadRequestBody("both Content-Length and Transfer-Encoding")
+        if codings:
+            if [c.strip().lower() for c in codings] != ["chunked"]:
+                raise BadRequestBody(f"Transfer-Encoding {', '.join(codings)!r} (only chunked)")
             headers.pop("Content-Length", None)
             headers["Transfer-Encoding"] = "chunked"
-            body = _chunked_body(self.rfile)
-        elif self.headers.get("Content-Length"):
-            length = int(self.headers["Content-Length"])  # http.server refused a bad one
-            body = self.rfile.read(length) if length <= SMALL_BODY_BYTES else _sized_body(
-                self.rfile, length
-            )  # fmt: skip
-        return body, headers
+            return _chunked_body(self.rfile), headers
+        if not lengths:
+            return None, headers
+        if len(set(lengths)) != 1 or not _DIGITS.fullmatch(lengths[0].strip().encode()):
+            raise BadRequestBody(f"Content-Length {', '.join(lengths)!r}")
+        length = int(lengths[0])
+        headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
+        headers["Content-Length"] = str(length)
+        if length <= SMALL_BODY_BYTES:
+            body = self.rfile.read(length)
+            if len(body) != length:
+                raise BadRequestBody("the client closed the connection mid-body")
+            return body, headers
+        return _sized_body(self.rfile, length), headers
 
     def send_upstream(
         self, path: str, headers: dict[str, str], body: bytes | Iterator[bytes] | None
@@ -279,7 +324,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 value = self.server.upstream.local_location(value)
             head.append(f"{name}: {value}")
         if response.status >= 400:
-            self.server.log.write(f"proxy: {self.command} {self.path} -> {response.status}\n")
+            self.server.log.write(
+                f"proxy: {self.command} {self.path_for_log()} -> {response.status}\n"
+            )
         sized = response.length is not None and not response.chunked
         if self.command == "HEAD" or response.status in NO_BODY_STATUSES:
             length = response.getheader("Content-Length")
@@ -309,25 +356,55 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     # -- small parts ---------------------------------------------------------------------------
 
-    def drain(self, body: bytes | Iterator[bytes] | None) -> None:
-        if body is not None and not isinstance(body, bytes):
-            for _ in body:
-                pass
-
     def drop_upstream(self) -> None:
         if self.upstream_connection is not None:
             self.upstream_connection.close()
             self.upstream_connection = None
 
-    def reply_error(self, status: int, message: str) -> None:
-        self.server.log.write(f"proxy: {self.command} {self.path} -> {status}: {message}\n")
+    def refuse(self, verdict: run_secret.Verdict) -> None:
+        head = run_secret.refusal_head(verdict)
+        self.reply_error(verdict.status, verdict.message, head, log=verdict.status != 302)
+
+    def reply_error(
+        self,
+        status: int,
+        message: str,
+        head: list[tuple[str, str]] | None = None,
+        log: bool = True,
+    ) -> None:
+        """Answer and close the connection, whatever of the request's body was or was not read:
+        its unread bytes must never be parsed as another request."""
+        if log:
+            self.server.log.write(
+                f"proxy: {self.command} {self.path_for_log()} -> {status}: {message}\n"
+            )
         data = (message + "\n").encode()
+        self.close_connection = True
         self.send_response_only(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        for name, value in head or [("Content-Type", "text/plain; charset=utf-8")]:
+            if name.lower() != "connection":
+                self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+        self.wfile.flush()
+        self.linger()
+
+    def linger(self) -> None:
+        """Half-close, then discard what the client still sends for a moment, so the answer is
+        not lost to a reset (closing with unread bytes sends one) before the client reads it."""
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(LINGER_SECONDS)
+            discarded = 0
+            while discarded < LINGER_BYTES and (block := self.rfile.read1(BLOCK_BYTES)):
+                discarded += len(block)
+
+    def path_for_log(self) -> str:
+        """The request's path without its query (the one-time URL's token is never logged)."""
+        return self.path.partition("?")[0]
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -369,22 +446,23 @@ def check_signed_in(upstream: Upstream, tokens: Any) -> None:
 
 
 def serve_remote(
-    tracking_uri: str, port: int, region: str, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr
-) -> int:
-    from mlflow_aws.auth.signer import SigningError, TokenSource, server_id_for
+    tracking_uri: str, port: int, region: str, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr,
+    artifacts: tuple[str, str] | None = None,
+) -> int:  # fmt: skip
+    from mlflow_aws.auth.signer import SigningError, TokenSource
 
     from . import checks
-    from .supervise import StopRequested, export_line, stop_signals
-    from .supervise import tracking_uri as local_uri
+    from .supervise import StopRequested, choose_run_secret, stop_signals, url_lines
 
+    secret = choose_run_secret()
     checks.check_port_free(port)
     upstream = Upstream.from_uri(tracking_uri)
     try:
-        tokens = TokenSource(server_id_for(upstream.hostname), region=region)
+        tokens = TokenSource(tracking_uri, region=region)  # bound to this project's server
     except SigningError as exc:
         raise HelperError(str(exc)) from None
     check_signed_in(upstream, tokens)
-    proxy = SigningProxy(port, upstream, tokens, err)
+    proxy = SigningProxy(port, upstream, tokens, err, secret)
     thread = threading.Thread(target=proxy.serve_forever, name="signing-proxy", daemon=True)
     with stop_signals():
         thread.start()
@@ -393,7 +471,9 @@ def serve_remote(
                 f"signing proxy to {tracking_uri} is up, signing with your AWS identity; "
                 "Ctrl-C stops it\n"
             )
-            out.write(f"MLflow UI and tracking URI: {local_uri(port)}\n{export_line(port)}\n")
+            out.write(url_lines(port, secret))
+            if artifacts is not None:
+                _say_artifacts(*artifacts, out, err)
             out.flush()
             while thread.is_alive():
                 thread.join(0.5)
@@ -405,3 +485,12 @@ def serve_remote(
             with contextlib.suppress(Exception):
                 proxy.shutdown()
             proxy.server_close()
+
+
+def _say_artifacts(mode: str, why: str, out: IO[str], err: IO[str]) -> None:
+    from mlflow_aws.artifact_settings import describe
+
+    from .artifacts import export_lines
+
+    out.write("".join(f"{line}\n" for line in export_lines(mode)))
+    err.write(f"{describe(mode)}: {why}\n")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HelperError
+from .invocation import helper_command
 from .outputs import OutputsError, read_outputs_file, read_stack_outputs
 
 # <cluster-id>.cluster-<hash>.<region>.rds.amazonaws.com (Aurora's cluster endpoint)
@@ -119,6 +120,7 @@ def plan(facts: StackFacts, at: datetime, source_args: list[str]) -> list[str]:
     r = ["--region", facts.region]
     project = ["--project", facts.project, *source_args]
     j = shlex.join
+    helper = helper_command().split()  # as the user ran it
     lines = [
         f"# Restore project {facts.project} of stack {facts.stack} to {when} (UTC), without "
         "touching the other projects.",
@@ -286,17 +288,17 @@ def plan(facts: StackFacts, at: datetime, source_args: list[str]) -> list[str]:
         "",
         f"# 4. The schema back from the temporary cluster (the live one is kept as "
         f"{facts.prefix.replace('-', '_')}__before_{stamp}):",
-        j(["python", "-m", "helper", "restore-schema", *project, "--from-endpoint"])
+        j([*helper, "restore-schema", *project, "--from-endpoint"])
         + ' "$RESTORED" '
         + j(["--stamp", stamp, "--dry-run"]),
-        j(["python", "-m", "helper", "restore-schema", *project, "--from-endpoint"])
+        j([*helper, "restore-schema", *project, "--from-endpoint"])
         + ' "$RESTORED" '
         + j(["--stamp", stamp]),
         "",
         f"# 5. The artifacts under s3://{facts.bucket}/{facts.prefix}/ as they were then, from "
         f"noncurrent versions (kept {NONCURRENT_DAYS_NOTE}):",
-        j(["python", "-m", "helper", "restore-artifacts", *project, "--time", when, "--dry-run"]),
-        j(["python", "-m", "helper", "restore-artifacts", *project, "--time", when]),
+        j([*helper, "restore-artifacts", *project, "--time", when, "--dry-run"]),
+        j([*helper, "restore-artifacts", *project, "--time", when]),
         "",
         "# 6. Writers back on:",
     ]

@@ -7,7 +7,9 @@
 * local: the process runtime on SQLite and a local artifact directory (no AWS, no Docker).
 
 Every runtime verifies the database's TLS certificate (helper/tls.py) and serves on
-127.0.0.1 only, with Host headers and CORS origins pinned to that address and port.
+127.0.0.1 only, with Host headers and CORS origins pinned to that address and port, and only to
+clients that hold the run's secret (``mlflow server --app-name mlflow-aws-run-secret``,
+mlflow_aws/run_secret.py: the secret reaches the server in its environment, never argv).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from mlflow_aws import run_secret
+from mlflow_aws.artifact_settings import PRESIGNED
 
 from . import checks, supervise, tls
 from .errors import HelperError
@@ -37,8 +42,23 @@ CONTAINER_HOME = "/home/mlflow"
 
 
 def mlflow_server_argv() -> list[str]:
-    """The server of this interpreter; its options all come from MLFLOW_* variables."""
-    return [sys.executable, "-m", "mlflow", "server"]
+    """The server of this interpreter behind the run's secret; its other options all come from
+    MLFLOW_* variables."""
+    return [sys.executable, "-m", "mlflow", "server", *secret_app_argv()]
+
+
+def secret_app_argv() -> list[str]:
+    return ["--app-name", run_secret.APP_NAME]
+
+
+def secret_environment(secret: str, public_port: int) -> dict[str, str]:
+    """What the server's app (mlflow_aws.run_secret) needs: the secret and the port clients use."""
+    return {run_secret.SECRET_ENV: secret, run_secret.PUBLIC_PORT_ENV: str(public_port)}
+
+
+def without_client_token(environ: Mapping[str, str]) -> dict[str, str]:
+    """The caller's environment without the client's copy of the secret."""
+    return {k: v for k, v in environ.items() if k != run_secret.CLIENT_TOKEN_ENV}
 
 
 def server_role_arn(connection: ProjectConnection) -> str:
@@ -60,10 +80,11 @@ def process_environment(
     inherited: Mapping[str, str],
     backend_store_uri: str,
     credentials_env: Mapping[str, str],
+    secret: str,
 ) -> dict[str, str]:
     """The child's environment: the caller's, without any of the caller's AWS credentials,
-    plus the tuned settings, the project's store (TLS verified) and artifact root, and the
-    server role's credentials endpoint."""
+    plus the tuned settings, the project's store (TLS verified) and artifact root, the
+    server role's credentials endpoint and the run's secret."""
     from .credentials import without_user_credentials
 
     return {
@@ -72,8 +93,9 @@ def process_environment(
             artifacts_destination=connection.artifact_root,
             host=checks.LOOPBACK,
             port=port,
-            inherited=without_user_credentials(dict(inherited)),
+            inherited=without_client_token(without_user_credentials(dict(inherited))),
         ),
+        **secret_environment(secret, port),
         # The bucket's region, whatever the caller's default is.
         "AWS_REGION": connection.region,
         "AWS_DEFAULT_REGION": connection.region,
@@ -87,14 +109,19 @@ def process_launch(
     upgrade_hint: str,
     backend_store_uri: str,
     credentials_env: Mapping[str, str],
+    secret: str,
 ) -> ServerLaunch:
     return ServerLaunch(
         description=f"MLflow server of project {connection.project} (process)",
         argv=mlflow_server_argv(),
-        env=process_environment(connection, port, os.environ, backend_store_uri, credentials_env),
+        env=process_environment(
+            connection, port, os.environ, backend_store_uri, credentials_env, secret
+        ),
         port=port,
         upgrade_hint=upgrade_hint,
         project=connection.project,
+        secret=secret,
+        artifacts=PRESIGNED,  # the client is on the server's machine: it reaches S3 too
     )
 
 
@@ -131,24 +158,30 @@ def local_store(data_dir: Path, project: str) -> LocalStore:
     return LocalStore(project, data_dir / project)
 
 
-def local_environment(store: LocalStore, port: int, inherited: Mapping[str, str]) -> dict[str, str]:
-    return server_environment(
-        backend_store_uri=store.backend_store_uri,
-        artifacts_destination=str(store.artifacts_directory),
-        host=checks.LOOPBACK,
-        port=port,
-        inherited=inherited,
-    )
+def local_environment(
+    store: LocalStore, port: int, inherited: Mapping[str, str], secret: str
+) -> dict[str, str]:
+    return {
+        **server_environment(
+            backend_store_uri=store.backend_store_uri,
+            artifacts_destination=str(store.artifacts_directory),
+            host=checks.LOOPBACK,
+            port=port,
+            inherited=without_client_token(inherited),
+        ),
+        **secret_environment(secret, port),
+    }
 
 
-def local_launch(store: LocalStore, port: int, upgrade_hint: str) -> ServerLaunch:
+def local_launch(store: LocalStore, port: int, upgrade_hint: str, secret: str) -> ServerLaunch:
     return ServerLaunch(
         description=f"local MLflow server of project {store.project}",
         argv=mlflow_server_argv(),
-        env=local_environment(store, port, os.environ),
+        env=local_environment(store, port, os.environ, secret),
         port=port,
         upgrade_hint=upgrade_hint,
         project=store.project,
+        secret=secret,
     )
 
 
@@ -174,15 +207,21 @@ def docker_run_argv(connection: ProjectConnection, port: int, env_names: list[st
         "--tmpfs", f"{CONTAINER_HOME}:rw,nosuid,nodev,noexec,size=64m",
         *[arg for name in env_names for arg in ("-e", name)],
         connection.image_uri,
+        *secret_app_argv(),
     ]  # fmt: skip
 
 
 def container_environment(
-    connection: ProjectConnection, aws_env: Mapping[str, str], ca_pem: str, public_port: int
+    connection: ProjectConnection,
+    aws_env: Mapping[str, str],
+    ca_pem: str,
+    public_port: int,
+    secret: str,
 ) -> dict[str, str]:
     """The container's variables: the tuned settings (host and port as inside the image, the
     allowed hosts those of the published port), the project's store (the entrypoint verifies
-    it with ``ca_pem``), and the server role's credentials."""
+    it with ``ca_pem``), the server role's credentials and the run's secret (the server
+    listens on 0.0.0.0 inside the container: the secret, not the address, keeps others out)."""
     image_defaults = server_env_defaults()
     return {
         **server_environment(
@@ -193,6 +232,7 @@ def container_environment(
             public_port=public_port,
         ),
         CA_BUNDLE_VARIABLE: ca_pem,
+        **secret_environment(secret, public_port),
         **aws_env,
         "AWS_REGION": connection.region,
         "AWS_DEFAULT_REGION": connection.region,
@@ -201,7 +241,7 @@ def container_environment(
 
 def container_variable_names(connection: ProjectConnection, port: int) -> list[str]:
     placeholder = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": ""}
-    return list(container_environment(connection, placeholder, "", port))
+    return list(container_environment(connection, placeholder, "", port, ""))
 
 
 def docker_command_text(connection: ProjectConnection, port: int) -> str:
@@ -343,7 +383,8 @@ def _run_container(
     docker_login(docker, registry, aws.ecr_login_password(connection.region))
     docker_pull(docker, connection.image_uri)
     name = container_name(connection.project, port)
-    values = container_environment(connection, credentials.as_env(), ca_pem, port)
+    secret = supervise.choose_run_secret()
+    values = container_environment(connection, credentials.as_env(), ca_pem, port, secret)
     launch = ServerLaunch(
         description=f"MLflow server of project {connection.project} (container {name})",
         argv=[docker, *docker_run_argv(connection, port, list(values))[1:]],
@@ -353,6 +394,8 @@ def _run_container(
         upgrade_hint=upgrade_hint,
         project=connection.project,
         on_orphan=docker_stop_argv(docker, name),
+        secret=secret,
+        artifacts=PRESIGNED,
     )
     return run_server(launch)
 
@@ -363,6 +406,7 @@ def serve_process(
     from .credentials import RoleCredentialSource, credentials_endpoint
 
     checks.check_mlflow_version(connection.mlflow_version)
+    secret = supervise.choose_run_secret()
     _free_port(port)
     with verified_store(connection, db_ca) as store:
         checks.check_schema_version(store.uri, _schema_of(connection), upgrade_hint)
@@ -370,11 +414,14 @@ def serve_process(
             server_role_arn(connection), connection.region, connection.project
         )
         with credentials_endpoint(role) as credentials_env:
-            launch = process_launch(connection, port, upgrade_hint, store.uri, credentials_env)
+            launch = process_launch(
+                connection, port, upgrade_hint, store.uri, credentials_env, secret
+            )
             return run_server(launch)
 
 
 def serve_local(store: LocalStore, port: int, upgrade_hint: str) -> int:
+    secret = supervise.choose_run_secret()
     _free_port(port)
     checks.check_mlflow_installed("serve --local")
     if store.database_path.exists():
@@ -392,4 +439,4 @@ def serve_local(store: LocalStore, port: int, upgrade_hint: str) -> int:
         store.artifacts_directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise HelperError(f"cannot create the local store at {store.directory}: {exc}") from None
-    return run_server(local_launch(store, port, upgrade_hint))
+    return run_server(local_launch(store, port, upgrade_hint, secret))

@@ -47,6 +47,28 @@ def export_line(port: int) -> str:
     return f"export MLFLOW_TRACKING_URI={tracking_uri(port)}"
 
 
+def choose_run_secret(environ: Mapping[str, str] = os.environ) -> str:
+    """This run's secret (mlflow_aws.run_secret): only clients that hold it are served."""
+    from mlflow_aws.run_secret import run_secret_for
+
+    try:
+        return run_secret_for(environ)
+    except ValueError as exc:
+        raise HelperError(str(exc), 2) from None
+
+
+def url_lines(port: int, secret: str) -> str:
+    """What serve prints once its server (or proxy) answers: the browser's one-time URL and the
+    export line, both with the run's secret (mlflow_aws.run_secret); stdout only, never a log."""
+    from mlflow_aws import run_secret
+
+    return (
+        f"MLflow UI (open this URL once; it signs your browser in): "
+        f"{run_secret.browser_url(tracking_uri(port), secret)}\n"
+        f"{run_secret.export_line(tracking_uri(port), secret)}\n"
+    )
+
+
 @contextlib.contextmanager
 def stop_signals() -> Iterator[None]:
     """SIGTERM and SIGHUP raise StopRequested, SIGINT KeyboardInterrupt."""
@@ -178,13 +200,19 @@ class ServerLaunch:
     # What stops the server when the helper is gone (docker stop NAME); the group is stopped
     # in any case.
     on_orphan: list[str] = field(default_factory=list)
+    # The run's secret (in env already); printed once the server answers, in the URL lines.
+    secret: str = field(default="", repr=False)
+    # The artifact path the printed lines choose (mlflow_aws.artifact_settings); None for a
+    # server whose artifacts are local files.
+    artifacts: str | None = None
 
 
 def watchdog_argv(launch: ServerLaunch) -> list[str]:
-    """The launch's argv under the watchdog (this package's, in either layout)."""
-    package = __name__.rpartition(".")[0]
+    """The launch's argv under the watchdog: its file, run as a script (it imports only the
+    standard library), so it starts however this package is importable; ``-P``: without
+    this directory on its path, where a module could shadow one of the standard library's."""
     return [
-        sys.executable, "-m", f"{package}.watchdog",
+        sys.executable, "-P", str(Path(__file__).with_name("watchdog.py")),
         "--on-orphan", json.dumps(launch.on_orphan), "--", *launch.argv,
     ]  # fmt: skip
 
@@ -304,12 +332,49 @@ def _group_commands(pgid: int) -> list[str]:
     return commands
 
 
+def process_identity(pid: int) -> str | None:
+    """What tells process ``pid`` apart from a later one reusing its number: its start time
+    (Linux /proc, else ``ps``); None when no such process runs."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        stat_line = ""
+    if stat_line:
+        # Field 22 (starttime) counts after the parenthesised command, which may hold spaces.
+        return stat_line.rpartition(")")[2].split()[19]
+    try:
+        started = subprocess.run(
+            ["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True, timeout=10,
+            check=False,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return started or None
+
+
+def _helper_alive(record: Mapping[str, object]) -> bool:
+    helper_pid = record.get("helper_pid")
+    if not isinstance(helper_pid, int) or helper_pid <= 0:
+        return False  # a record from before helpers recorded themselves: theirs is gone
+    identity = process_identity(helper_pid)
+    return identity is not None and identity == record.get("helper_identity")
+
+
 def reclaim_port(port: int, err: IO[str] = sys.stderr) -> None:
-    """Stop the server an earlier helper left on ``port`` (it was killed before it could)."""
+    """Stop the server an earlier helper left on ``port`` (it was killed before it could);
+    a server whose helper still runs is that helper's: refuse the port instead."""
     path = _record_path(port)
     record = _read_record(path)
     if record is None:
         return
+    if _helper_alive(record):
+        raise HelperError(
+            f"port {port} is in use by another helper serving project {record.get('project')} "
+            f"(pid {record.get('helper_pid')}, since {record.get('started')}); stop that one "
+            f"or pick another port with --port {port + 1}"
+        )
     pgid = record.get("pgid", 0)
     if not isinstance(pgid, int) or isinstance(pgid, bool) or pgid < 0:
         pgid = 0
@@ -339,10 +404,15 @@ def reclaim_port(port: int, err: IO[str] = sys.stderr) -> None:
 
 
 @contextlib.contextmanager
-def recorded(launch: ServerLaunch, pgid: int) -> Iterator[None]:
+def recorded(launch: ServerLaunch, pgid: int, helper_pid: int | None = None) -> Iterator[None]:
+    """Record the server of group ``pgid`` on its port while the block runs, with the helper
+    that owns it (this process unless said): a later helper reclaims only what a dead one left."""
     path = _record_path(launch.port)
+    owner = os.getpid() if helper_pid is None else helper_pid
     record = {
         "pgid": pgid,
+        "helper_pid": owner,
+        "helper_identity": process_identity(owner),
         "project": launch.project,
         "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
         "on_orphan": launch.on_orphan,
@@ -420,8 +490,14 @@ def _supervise(
     seconds = progress.done()
     became_healthy.append(True)
     err.write(f"{launch.description} is healthy after {seconds:.1f}s; Ctrl-C stops it\n")
-    out.write(f"MLflow UI and tracking URI: {tracking_uri(launch.port)}\n")
-    out.write(f"{export_line(launch.port)}\n")
+    out.write(url_lines(launch.port, launch.secret))
+    if launch.artifacts is not None:
+        from mlflow_aws.artifact_settings import describe
+
+        from .artifacts import export_lines
+
+        out.write("".join(f"{line}\n" for line in export_lines(launch.artifacts)))
+        err.write(f"{describe(launch.artifacts)}\n")
     out.flush()
     process.wait()
     relay.join(5)

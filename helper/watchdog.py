@@ -1,6 +1,6 @@
 """Keeps a server from outliving the helper that started it, even when the helper is SIGKILLed.
 
-The helper runs ``python -m <package>.watchdog [--on-orphan JSON] -- <server argv>`` as the
+The helper runs ``python -P <this file> [--on-orphan JSON] -- <server argv>`` as the
 leader of a new process group, with a pipe on its stdin whose write end only the helper holds.
 The watchdog starts the server in that same group and waits. If the server ends, the watchdog
 ends with its exit code. If the pipe reports end-of-file, the helper is gone however it died:

@@ -15,7 +15,11 @@ import pulumi_aws as aws
 from mlflow_aws import names
 
 NONCURRENT_VERSION_DAYS = 30  # how long an overwritten or deleted artifact can be recovered
-ABORT_MULTIPART_DAYS = 7  # parts of failed uploads are billed until aborted
+# Parts of an upload that never completed (a killed training job, a lost laptop link) are
+# invisible as artifacts but billed until aborted: MLflow's presigned multipart uploads leave
+# them behind whenever the client dies between the first part and "complete". A day is the
+# shortest S3 allows, and longer than any upload MLflow's presigned part URLs (1 h) permit.
+ABORT_MULTIPART_DAYS = 1
 
 
 def bucket_prefix(stack: str) -> str:

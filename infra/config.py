@@ -26,7 +26,7 @@ from mlflow_aws.server_settings import connections_per_server
 NAMESPACE = "mlflow-aws"
 DOCKER_REQUIREMENTS = Path(__file__).resolve().parent.parent / "docker" / "requirements.txt"
 
-TOP_LEVEL_KEYS = ("projects", "mlflowVersion", "db", "server", "protect")
+TOP_LEVEL_KEYS = ("projects", "mlflowVersion", "db", "server", "protect", "upgrade")
 DB_KEYS = (
     "minCapacity",
     "maxCapacity",
@@ -38,7 +38,9 @@ DB_KEYS = (
     "subnetIds",
     "caBundle",
     "engineVersion",
+    "adminPasswordVersion",
 )
+UPGRADE_KEYS = ("ignoreConnectedClients", "snapshot")
 PROJECT_KEYS = (
     "name",
     "dropDataOnRemove",
@@ -152,17 +154,23 @@ class DatabaseConfig:
     max_capacity: float = 2.0
     seconds_until_auto_pause: int = 300
     allowed_cidrs: tuple[str, ...] = ()  # who may reach MySQL from outside the VPC
-    backup_retention_days: int = 1
+    backup_retention_days: int = 1  # on a protected stack: PROTECTED_BACKUP_RETENTION_DAYS
     deletion_protection: bool = False
     vpc_id: str | None = None  # None: the account's default VPC
     subnet_ids: tuple[str, ...] = ()  # empty: the subnets of that VPC
     # PEM of the CAs of the database's certificate; None: AWS's bundle, fetched at deploy time
     ca_bundle: str | None = field(default=None, repr=False)
     engine_version: str = DEFAULT_ENGINE_VERSION  # for a new cluster (Aurora upgrades it later)
+    admin_password_version: int = 1  # bump to rotate the master user's password
 
     @property
     def publicly_accessible(self) -> bool:
         return bool(self.allowed_cidrs)
+
+
+# The defaults of each section: what an unset key means (Pulumi.yaml documents the same).
+DB_DEFAULTS = DatabaseConfig()
+PROTECTED_BACKUP_RETENTION_DAYS = 7
 
 
 @dataclass(frozen=True)
@@ -174,7 +182,9 @@ class ServerConfig:
     hosted_zone_id: str | None = None  # set: the program issues the certificate and the alias
     certificate_arn: str | None = None  # set: an existing ACM certificate; DNS is yours
     internal: bool = False  # public (every request signs in), or only inside the VPC
-    allowed_cidrs: tuple[str, ...] = ()  # who may reach the load balancer; empty: the VPC
+    # Who may reach the load balancer; empty: the internet for a public one (sign-in required),
+    # the VPC for an internal one.
+    allowed_cidrs: tuple[str, ...] = ()
     cpu: int = 512  # Fargate CPU units per task
     memory: int = 1024  # MiB per task
     min_tasks: int = 1  # per project
@@ -192,6 +202,20 @@ class ServerConfig:
     def tracking_uri(self, project: str) -> str | None:
         """``https://<domain>/<project>`` when the server is enabled, else None."""
         return f"{self.url}/{project}" if self.url else None
+
+
+SERVER_DEFAULTS = ServerConfig()
+PROJECT_DEFAULTS = ProjectConfig(name="")  # the name has no default: it is required
+
+
+@dataclass(frozen=True)
+class UpgradeConfig:
+    """How an ``mlflowVersion`` change upgrades each project (projects/upgrade_provider.py)."""
+
+    # Upgrade even while servers other than the central tasks (teammates' laptop servers) are
+    # connected to the project's database: their writes may be lost or break the migration.
+    ignore_connected_clients: bool = False
+    snapshot: bool = True  # a manual cluster snapshot before migrating (else a restore point)
 
 
 @dataclass(frozen=True)
@@ -235,6 +259,7 @@ class StackConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     # aws:assumeRoles, in order: the schema provider assumes them as the AWS provider does
     assume_roles: tuple[AssumeRole, ...] = ()
+    upgrade: UpgradeConfig = field(default_factory=UpgradeConfig)
 
     @property
     def max_user_connections(self) -> int:
@@ -343,8 +368,13 @@ def _as_str_list(value: Any, key: str, problems: _Problems) -> tuple[str, ...]:
 
 
 def _parse_capacity(db: Mapping[str, Any], problems: _Problems) -> tuple[float, float]:
-    lo = _as_number(db.get("minCapacity"), "db.minCapacity", problems, 0.0, MIN_ACU, MAX_ACU)
-    hi = _as_number(db.get("maxCapacity"), "db.maxCapacity", problems, 2.0, 1.0, MAX_ACU)
+    lo, hi = (
+        _as_number(db.get(key), f"db.{key}", problems, default, least, MAX_ACU)
+        for key, default, least in (
+            ("minCapacity", DB_DEFAULTS.min_capacity, MIN_ACU),
+            ("maxCapacity", DB_DEFAULTS.max_capacity, 1.0),
+        )
+    )
     for key, value in (("db.minCapacity", lo), ("db.maxCapacity", hi)):
         if (value * 2) != int(value * 2):
             problems.add(key, value, "must be a multiple of 0.5 ACU")
@@ -464,7 +494,7 @@ def _parse_db(raw: str | None, protect: bool, problems: _Problems) -> DatabaseCo
             db.get("secondsUntilAutoPause"),
             "db.secondsUntilAutoPause",
             problems,
-            300,
+            DB_DEFAULTS.seconds_until_auto_pause,
             AUTO_PAUSE_MIN_S,
             AUTO_PAUSE_MAX_S,
         ),
@@ -473,7 +503,7 @@ def _parse_db(raw: str | None, protect: bool, problems: _Problems) -> DatabaseCo
             db.get("backupRetentionDays"),
             "db.backupRetentionDays",
             problems,
-            7 if protect else 1,
+            PROTECTED_BACKUP_RETENTION_DAYS if protect else DB_DEFAULTS.backup_retention_days,
             1,
             35,
         ),
@@ -484,6 +514,14 @@ def _parse_db(raw: str | None, protect: bool, problems: _Problems) -> DatabaseCo
         subnet_ids=subnet_ids,
         ca_bundle=ca_bundle,
         engine_version=engine_version,
+        admin_password_version=_as_int(
+            db.get("adminPasswordVersion"),
+            "db.adminPasswordVersion",
+            problems,
+            DB_DEFAULTS.admin_password_version,
+            1,
+            1_000_000,
+        ),
     )
 
 
@@ -495,7 +533,7 @@ def engine_version_numbers(version: str) -> tuple[int, int, int] | None:
 
 def _parse_engine_version(value: Any, min_capacity: float, problems: _Problems) -> str:
     if value is None:
-        return DEFAULT_ENGINE_VERSION
+        return DB_DEFAULTS.engine_version
     numbers = engine_version_numbers(value) if isinstance(value, str) else None
     if numbers is None:
         problems.add(
@@ -549,8 +587,9 @@ def _parse_server(
     server = _as_section(raw, "server", SERVER_KEYS, "server.enabled true", problems)
     if server is None:
         return ServerConfig()
-    enabled = _as_bool(server.get("enabled"), "server.enabled", problems, False)
-    internal = _as_bool(server.get("internal"), "server.internal", problems, False)
+    defaults = SERVER_DEFAULTS
+    enabled = _as_bool(server.get("enabled"), "server.enabled", problems, defaults.enabled)
+    internal = _as_bool(server.get("internal"), "server.internal", problems, defaults.internal)
     domain = _as_domain(server.get("domainName"), "server.domainName", problems)
 
     zone = server.get("hostedZoneId")
@@ -584,8 +623,8 @@ def _parse_server(
             "(your certificate, your DNS), not both",
         )
 
-    cpu = _as_int(server.get("cpu"), "server.cpu", problems, 512, 256, 16384)
-    memory = _as_int(server.get("memory"), "server.memory", problems, 1024, 512, 122880)
+    cpu = _as_int(server.get("cpu"), "server.cpu", problems, defaults.cpu, 256, 16384)
+    memory = _as_int(server.get("memory"), "server.memory", problems, defaults.memory, 512, 122880)
     if cpu not in FARGATE_SIZES:
         problems.add("server.cpu", cpu, f"must be a Fargate CPU size: {sorted(FARGATE_SIZES)}")
     elif memory not in FARGATE_SIZES[cpu]:
@@ -596,8 +635,12 @@ def _parse_server(
             f"is not a Fargate size for cpu {cpu}: {allowed[0]}-{allowed[-1]} MiB in steps of "
             f"{allowed[1] - allowed[0] if len(allowed) > 1 else allowed[0]}",
         )
-    min_tasks = _as_int(server.get("minTasks"), "server.minTasks", problems, 1, 1, MAX_TASKS)
-    max_tasks = _as_int(server.get("maxTasks"), "server.maxTasks", problems, 3, 1, MAX_TASKS)
+    min_tasks = _as_int(
+        server.get("minTasks"), "server.minTasks", problems, defaults.min_tasks, 1, MAX_TASKS
+    )
+    max_tasks = _as_int(
+        server.get("maxTasks"), "server.maxTasks", problems, defaults.max_tasks, 1, MAX_TASKS
+    )
     if min_tasks > max_tasks:
         problems.add("server.minTasks", min_tasks, f"must not exceed server.maxTasks ({max_tasks})")
 
@@ -616,7 +659,7 @@ def _parse_server(
     # Unset: decided from the task subnets' routes (infra/account.py): a public IP in a public
     # subnet (the default VPC), none behind a NAT.
     assign_public_ip = (
-        None
+        defaults.assign_public_ip
         if server.get("assignPublicIp") is None
         else _as_bool(server.get("assignPublicIp"), "server.assignPublicIp", problems, False)
     )
@@ -679,6 +722,25 @@ def _parse_server(
     )
 
 
+def _parse_upgrade(raw: str | None, problems: _Problems) -> UpgradeConfig:
+    section = _as_section(
+        raw, "upgrade", UPGRADE_KEYS, "upgrade.ignoreConnectedClients true", problems
+    )
+    if section is None:
+        return UpgradeConfig()
+    return UpgradeConfig(
+        ignore_connected_clients=_as_bool(
+            section.get("ignoreConnectedClients"),
+            "upgrade.ignoreConnectedClients",
+            problems,
+            UpgradeConfig.ignore_connected_clients,
+        ),
+        snapshot=_as_bool(
+            section.get("snapshot"), "upgrade.snapshot", problems, UpgradeConfig.snapshot
+        ),
+    )
+
+
 def _parse_project(item: Any, index: int, problems: _Problems) -> ProjectConfig | None:
     key = f"projects[{index}]"
     if isinstance(item, str):
@@ -699,15 +761,26 @@ def _parse_project(item: Any, index: int, problems: _Problems) -> ProjectConfig 
     return ProjectConfig(
         name=name,
         drop_data_on_remove=_as_bool(
-            item.get("dropDataOnRemove"), f"{key}.dropDataOnRemove", problems, False
+            item.get("dropDataOnRemove"),
+            f"{key}.dropDataOnRemove",
+            problems,
+            PROJECT_DEFAULTS.drop_data_on_remove,
         ),
         iam_groups=_as_str_list(item.get("iamGroups"), f"{key}.iamGroups", problems),
         iam_roles=_as_str_list(item.get("iamRoles"), f"{key}.iamRoles", problems),
         password_version=_as_int(
-            item.get("passwordVersion"), f"{key}.passwordVersion", problems, 1, 1, 1_000_000
+            item.get("passwordVersion"),
+            f"{key}.passwordVersion",
+            problems,
+            PROJECT_DEFAULTS.password_version,
+            1,
+            1_000_000,
         ),
         adopt_existing_schema=_as_bool(
-            item.get("adoptExistingSchema"), f"{key}.adoptExistingSchema", problems, False
+            item.get("adoptExistingSchema"),
+            f"{key}.adoptExistingSchema",
+            problems,
+            PROJECT_DEFAULTS.adopt_existing_schema,
         ),
     )
 
@@ -901,6 +974,7 @@ def parse_stack_config(values: Mapping[str, str], stack: str) -> StackConfig:
         aws_profile=values.get("aws:profile") or None,
         server=_parse_server(ours.get("server"), values.get("aws:region"), db, problems),
         assume_roles=_parse_assume_roles(values.get("aws:assumeRoles"), problems),
+        upgrade=_parse_upgrade(ours.get("upgrade"), problems),
     )
     _check_provider_identity(values, problems)
     if problems.items:

@@ -135,6 +135,14 @@ class MetadataDatabase(pulumi.ComponentResource):
                 min_lower=1,
                 min_upper=1,
                 min_numeric=1,
+                # db.adminPasswordVersion: bumping it makes a new password, which Aurora takes
+                # in place (ModifyDBCluster) and the admin secret then holds. Version 1 keeps
+                # no keeper, so stacks made before the setting keep their password.
+                keepers=(
+                    {"version": str(args.db.admin_password_version)}
+                    if args.db.admin_password_version != 1
+                    else None
+                ),
             ),
             child,
         )

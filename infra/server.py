@@ -13,8 +13,9 @@ Load Balancer, as ``https://<server.domainName>/<project>``:
   ``MLFLOW_STATIC_PREFIX``), a 404 for every other path, health checks on
   ``/<project>/health`` (which never touches the database, so Aurora still pauses);
 * security groups: the load balancer admits 443 and 80 from ``server.allowedCidrs`` (default:
-  the VPC); the tasks admit only the load balancer; the database admits the tasks through its
-  client group (``MetadataDatabase.client_security_group_id``);
+  the internet for a public load balancer, where every request but health must sign in; the VPC
+  for an internal one); the tasks admit only the load balancer; the database admits the tasks
+  through its client group (``MetadataDatabase.client_security_group_id``);
 * per project the task role is the project's own server role (``MlflowProject.server_role``:
   its S3 prefix, nothing else) and an execution role that can pull the image, read the
   project's connection secret and write the project's logs. The backend store URI and the
@@ -39,11 +40,14 @@ import pulumi_aws as aws
 from infra.config import ServerConfig, stack_slug
 from infra.database import PORT as MYSQL_PORT
 from infra.iam import image_pull_statements
+from infra.upgrade import UpgradeGate, upgrade_gate
+from mlflow_aws.auth.token import MARKER_NAME
 from mlflow_aws.server_settings import container_port
 
-# The MLflow server app the tasks run: the AWS-IAM sign-in (DESIGN.md "Auth for the central
-# server", mlflow_aws/auth/server.py). Always: there is no central server without sign-in, so a
-# public load balancer is safe to have (every route but health needs a valid AWS identity).
+# The MLflow server app the tasks run: the AWS-IAM sign-in (mlflow_aws/auth/server.py;
+# README.md "Central server: sign in with your AWS identity"). Always: there is no central
+# server without sign-in, so a public load balancer is safe to have (every route but health
+# needs a valid AWS identity).
 AUTH_APP = "aws-iam"
 
 CONTAINER_NAME = "mlflow"
@@ -100,6 +104,22 @@ def path_patterns(project: str) -> list[str]:
     return [f"/{project}", f"/{project}/*"]
 
 
+def marker_location(artifact_root: str) -> tuple[str, str]:
+    """``s3://<bucket>/<prefix>`` -> the bucket and key of the project's sign-in marker."""
+    bucket, _, prefix = artifact_root.removeprefix("s3://").partition("/")
+    return bucket, f"{prefix.strip('/')}/{MARKER_NAME}"
+
+
+def marker_url(artifact_root: str, region: str) -> str:
+    """The marker's virtual-hosted HTTPS URL (path style for a bucket name with dots, which
+    the wildcard certificate of ``*.s3.<region>.amazonaws.com`` does not cover)."""
+    bucket, key = marker_location(artifact_root)
+    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    if "." in bucket:
+        return f"https://s3.{region}.{suffix}/{bucket}/{key}"
+    return f"https://{bucket}.s3.{region}.{suffix}/{key}"
+
+
 def container_environment(
     project: ServiceProject, domain: str, region: str, artifact_root: str
 ) -> dict[str, str]:
@@ -112,7 +132,10 @@ def container_environment(
         # Host is the task's IP, still pass.
         "MLFLOW_SERVER_ALLOWED_HOSTS": f"{domain},{domain}:{HTTPS_PORT}",
         "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": f"https://{domain}",
-        "MLFLOW_AWS_IAM_SERVER_ID": domain,
+        # Each project's server accepts only tokens made for it (mlflow_aws/auth/token.py).
+        "MLFLOW_AWS_IAM_AUDIENCE": f"{domain.lower()}/{project.name}",
+        # Sign-in replays the caller's signed read of it: only the project policy's holders pass.
+        "MLFLOW_AWS_IAM_MARKER_URL": marker_url(artifact_root, region),
         "MLFLOW_AWS_IAM_ALLOWED_ROLES": ",".join(project.iam_roles),
         "MLFLOW_AWS_IAM_ALLOWED_GROUPS": ",".join(project.iam_groups),
         "AWS_REGION": region,
@@ -137,8 +160,13 @@ def container_definitions(
     domain: str,
     region: str,
     artifact_root: str,
+    connection_version: str | None = None,
 ) -> str:
     environment = container_environment(project, domain, region, artifact_root)
+    if connection_version:
+        # ECS reads the secret once, at task start: naming its version makes a new bundle (a
+        # rotated password) a new task definition, so a new deployment rolls the tasks.
+        environment["MLFLOW_AWS_CONNECTION_VERSION"] = connection_version
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image_uri,
@@ -272,6 +300,9 @@ class ServiceProject:
     # What a task reads when it starts: the connection secret's value (written once the
     # project's MySQL user exists). The service waits for them.
     ready: Sequence[pulumi.Resource] = ()
+    # The connection secret's current version id: part of the task definition (a rotation
+    # rolls the tasks); None leaves it out (tests of other parts).
+    connection_version: pulumi.Input[str] | None = None
 
 
 @dataclass
@@ -295,15 +326,19 @@ class TrackingServiceArgs:
     ecs_tasks_principal: str = "ecs-tasks.amazonaws.com"
     # Create the ECS service-linked role: an account that never ran ECS has none.
     ecs_service_linked_role: bool = False
+    # An mlflowVersion change stops the writers and migrates once (infra/upgrade.py); None
+    # leaves the gate out (tests of other parts).
+    upgrade: UpgradeGate | None = None
 
 
 class TrackingService(pulumi.ComponentResource):
     url: pulumi.Output[str]  # https://<domain>
-    tracking_uris: dict[str, str]  # project -> https://<domain>/<project>
     load_balancer_dns_name: pulumi.Output[str]
     certificate_arn: pulumi.Output[str]
     cluster_name: pulumi.Output[str]
     service_names: dict[str, pulumi.Output[str]]
+    services: dict[str, aws.ecs.Service]  # project -> its ECS service (steady once created)
+    upgrade_reports: dict[str, pulumi.Output[Any]]  # project -> the last upgrade's steps
     load_balancer_security_group_id: pulumi.Output[str]
     task_security_group_id: pulumi.Output[str]
 
@@ -523,14 +558,16 @@ class TrackingService(pulumi.ComponentResource):
 
         priorities = rule_priorities([p.name for p in args.projects])
         self.service_names = {}
+        self.services = {}
+        self.upgrade_reports = {}
         for project in args.projects:
-            self.service_names[project.name] = self._project_service(
+            self.services[project.name] = self._project_service(
                 name, project, args, cluster, lb, https, task_sg, priorities, domain, tags,
                 [linked_role] if linked_role else [],
             )  # fmt: skip
+            self.service_names[project.name] = self.services[project.name].name
 
         self.url = pulumi.Output.from_input(f"https://{domain}")
-        self.tracking_uris = {p.name: f"https://{domain}/{p.name}" for p in args.projects}
         self.load_balancer_dns_name = lb.dns_name
         self.certificate_arn = certificate_arn
         self.cluster_name = cluster.name
@@ -539,11 +576,11 @@ class TrackingService(pulumi.ComponentResource):
         self.register_outputs(
             {
                 "url": self.url,
-                "tracking_uris": self.tracking_uris,
                 "load_balancer_dns_name": self.load_balancer_dns_name,
                 "certificate_arn": self.certificate_arn,
                 "cluster_name": self.cluster_name,
                 "service_names": self.service_names,
+                "upgrade_reports": self.upgrade_reports,
                 "load_balancer_security_group_id": self.load_balancer_security_group_id,
                 "task_security_group_id": self.task_security_group_id,
             }
@@ -562,9 +599,9 @@ class TrackingService(pulumi.ComponentResource):
         domain: str,
         tags: Mapping[str, str],
         account_ready: Sequence[pulumi.Resource],
-    ) -> pulumi.Output[str]:
+    ) -> aws.ecs.Service:
         """One project's target group, path rule, roles, logs, task definition, service and
-        scaling; returns the service's name."""
+        scaling; returns the service."""
         server = args.server
         p = project.name
         child = pulumi.ResourceOptions(parent=self)
@@ -691,6 +728,7 @@ class TrackingService(pulumi.ComponentResource):
             log_group.name,
             args.region,
             project.artifact_root,
+            project.connection_version,
         ).apply(
             lambda v: container_definitions(
                 project,
@@ -700,7 +738,22 @@ class TrackingService(pulumi.ComponentResource):
                 domain=domain,
                 region=v[3],
                 artifact_root=v[4],
+                connection_version=v[5],
             )
+        )
+        # What a token's marker read reads (mlflow_aws/auth/token.py): under the project's prefix,
+        # so exactly the holders of the project's policy (and its server role) may read it.
+        location = pulumi.Output.from_input(project.artifact_root).apply(marker_location)
+        marker = aws.s3.BucketObjectv2(
+            f"{prefix}-sign-in-marker",
+            aws.s3.BucketObjectv2Args(
+                bucket=location.apply(lambda v: v[0]),
+                key=location.apply(lambda v: v[1]),
+                content=f"mlflow-aws sign-in marker of project {p}: a token's signed read of it "
+                "proves its signer may read the project's prefix now. Do not delete.\n",
+                content_type="text/plain; charset=utf-8",
+            ),
+            child,
         )
         task_definition = aws.ecs.TaskDefinition(
             f"{prefix}-task",
@@ -724,6 +777,27 @@ class TrackingService(pulumi.ComponentResource):
             ),
             child,
         )
+        security_groups = [task_sg.id, args.database_client_security_group_id]
+        gate = []
+        if args.upgrade is not None:
+            upgrade = upgrade_gate(
+                f"{prefix}-upgrade",
+                project=p,
+                stack=args.stack,
+                gate=args.upgrade,
+                ecs_cluster_arn=cluster.arn,
+                task_definition_arn=task_definition.arn,
+                subnets=list(args.task_subnets),
+                security_groups=security_groups,
+                assign_public_ip=args.assign_public_ip,
+                min_tasks=server.min_tasks,
+                # The migration task reads the secret and runs as the execution role.
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=[execution_policy, *project.ready]
+                ),
+            )
+            self.upgrade_reports[p] = upgrade.report
+            gate = [upgrade]
         service = aws.ecs.Service(
             f"{prefix}-service",
             aws.ecs.ServiceArgs(
@@ -734,7 +808,7 @@ class TrackingService(pulumi.ComponentResource):
                 platform_version="LATEST",
                 network_configuration=aws.ecs.ServiceNetworkConfigurationArgs(
                     subnets=list(args.task_subnets),
-                    security_groups=[task_sg.id, args.database_client_security_group_id],
+                    security_groups=security_groups,
                     assign_public_ip=args.assign_public_ip,
                 ),
                 load_balancers=[
@@ -766,7 +840,16 @@ class TrackingService(pulumi.ComponentResource):
                 # The target group must be attached to the load balancer first; the first
                 # tasks must be able to pull the image, read the secret's value (written once
                 # the project's MySQL user exists) and use their task role's rights.
-                depends_on=[rule, execution_policy, *task_policies, *project.ready, *account_ready],
+                # An MLflow upgrade (the gate) completes before the service takes the new tasks.
+                depends_on=[
+                    rule,
+                    execution_policy,
+                    *task_policies,
+                    marker,
+                    *project.ready,
+                    *account_ready,
+                    *gate,
+                ],
                 # Autoscaling owns the task count between minTasks and maxTasks.
                 ignore_changes=["desiredCount"],
                 # Past this, `pulumi up` fails naming the service: its events (aws ecs
@@ -815,4 +898,4 @@ class TrackingService(pulumi.ComponentResource):
                 ),
                 child,
             )
-        return service.name
+        return service

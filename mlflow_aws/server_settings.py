@@ -2,7 +2,7 @@
 
 The image bakes the file, the helper's runtimes build their environment from it, and the Pulumi
 program reads the container port and the pool size from it: all three use this parser, and
-the program never imports ``helper/`` for it (DESIGN.md "The server, tuned").
+the program never imports ``helper/`` for it (README.md "The server, tuned").
 """
 
 from __future__ import annotations

@@ -237,11 +237,11 @@ def _assumed(session: Any, region: str, role: Mapping[str, Any], index: int) -> 
     )
 
 
-def _client(
+def aws_session(
     region: str, aws_profile: str | None, assume_roles: Sequence[Mapping[str, Any]] = ()
 ) -> Any:
+    """A boto3 session as the stack's AWS provider: its profile, then its roles in order."""
     import boto3
-    from botocore.config import Config
     from botocore.exceptions import ProfileNotFound
 
     try:
@@ -252,6 +252,15 @@ def _client(
         ) from None
     for index, role in enumerate(assume_roles):
         session = _assumed(session, region, role, index)
+    return session
+
+
+def _client(
+    region: str, aws_profile: str | None, assume_roles: Sequence[Mapping[str, Any]] = ()
+) -> Any:
+    from botocore.config import Config
+
+    session = aws_session(region, aws_profile, assume_roles)
     return session.client(
         "rds-data",
         config=Config(

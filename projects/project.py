@@ -1,4 +1,4 @@
-"""``MlflowProject``: everything one project gets (DESIGN.md "Projects").
+"""``MlflowProject``: everything one project gets (README.md "Adding a project").
 
 Children (all parented to the component, named ``<name>-…``):
 
@@ -15,8 +15,9 @@ Children (all parented to the component, named ``<name>-…``):
   connection secret, assuming the server role and pulling the server image;
 * ``<name>-group-<g>`` / ``<name>-role-<r>`` attachments of that policy.
 
-``outputs`` is the DESIGN.md Projects entry: names and ARNs, no password (the password lives
-only in the connection secret, which teammates read with their own AWS credentials).
+``outputs`` is the project's entry of the ``Projects`` stack output (README.md "Stack outputs"):
+names and ARNs, no password (the password lives only in the connection secret, which teammates
+read with their own AWS credentials).
 """
 
 from __future__ import annotations
@@ -231,6 +232,7 @@ class MlflowProject(pulumi.ComponentResource):
             opts=child,
         )
         password: pulumi.Output[str] = pulumi.Output.secret(self.password.result)
+        self.current_password = password
 
         # The schema needs a database that accepts statements and the admin secret the Data
         # API reads: forward the component's own depends_on (children do not inherit it).
@@ -246,6 +248,9 @@ class MlflowProject(pulumi.ComponentResource):
                 aws_profile=args.aws_profile,
                 assume_roles=list(args.assume_roles),
                 max_user_connections=args.max_user_connections,
+                # A rotation keeps the previous password valid until the servers using it are
+                # gone (project-<p>-password-retirement, __main__.py).
+                retain_previous_password=True,
             ),
             opts=pulumi.ResourceOptions(
                 parent=self,

@@ -37,6 +37,7 @@ lists it in ``additional_secret_outputs``). Passwords never appear in messages o
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -62,6 +63,7 @@ from projects.data_api import DEFAULT_RESUME_WAIT_SECONDS, DataApiExecutor
 from projects.schema_sql import (
     COLLATION,
     DEFAULT_MAX_USER_CONNECTIONS,
+    ENGINE_QUERY,
     Desired,
     Observed,
     SchemaProviderError,
@@ -69,6 +71,7 @@ from projects.schema_sql import (
     decide_change,
     decide_create,
     decide_delete,
+    engine_of,
     inspection,
     kill_session,
     observed_from,
@@ -98,6 +101,7 @@ INPUT_KEYS = (
     "resume_wait_seconds",
     "aws_profile",
     "assume_roles",
+    "retain_previous_password",
 )
 SECRET_KEYS = ("password",)
 REPLACE_KEYS = ("project", "schema", "username")  # a different schema or user is another thing
@@ -147,6 +151,8 @@ class _Target:
     resume_wait_seconds: float
     aws_profile: str | None
     assume_roles: tuple[dict[str, Any], ...] = ()
+    # A password change keeps the old one valid until MysqlPasswordRetirement discards it.
+    retain_previous_password: bool = False
 
     def __repr__(self) -> str:  # never show the password, even in a debugger or traceback
         return f"_Target(project={self.ids.name!r}, cluster={self.cluster_arn!r})"
@@ -189,6 +195,7 @@ class _Target:
             ),
             aws_profile=str(profile) if profile else None,
             assume_roles=tuple(dict(r) for r in (_plain(props.get("assume_roles")) or [])),
+            retain_previous_password=bool(_plain(props.get("retain_previous_password", False))),
         )
 
     def executor(self) -> DataApiExecutor:
@@ -220,6 +227,7 @@ class _Target:
             "resume_wait_seconds": self.resume_wait_seconds,
             "aws_profile": self.aws_profile,
             "assume_roles": [dict(r) for r in self.assume_roles],
+            "retain_previous_password": self.retain_previous_password,
             **state,
         }
 
@@ -286,10 +294,18 @@ def _state(seen: Observed, ids: ProjectIdentifiers) -> dict[str, Any]:
     }
 
 
-def _converge(t: _Target, new: bool) -> tuple[Observed, dict[str, Any]]:
+def _converge(
+    t: _Target, new: bool, previous_password: str | None = None
+) -> tuple[Observed, dict[str, Any]]:
     executor = t.executor()
     seen = _observe(executor, t.ids)
-    steps = (decide_create if new else decide_change)(t.desired, seen)
+    desired = t.desired
+    if previous_password is not None:
+        [(version,)] = executor.run(ENGINE_QUERY)
+        desired = dataclasses.replace(
+            desired, previous_password=previous_password, engine=engine_of(str(version))
+        )
+    steps = (decide_create if new else decide_change)(desired, seen)
     _apply(executor, steps)
     if seen.collation_differs:
         _warn(
@@ -349,7 +365,7 @@ def _check(news: dict[str, Any]) -> tuple[dict[str, Any], list[CheckFailure]]:
         elif not _is_unknown(value) and not (isinstance(value, str) and pattern.fullmatch(value)):
             fail(key, f"{key} {value!r} must be an ARN like {example}")
 
-    for key in ("drop_data_on_remove", "adopt_existing_schema"):
+    for key in ("drop_data_on_remove", "adopt_existing_schema", "retain_previous_password"):
         value = news.get(key)
         if value is None:
             inputs[key] = False
@@ -476,7 +492,12 @@ class MysqlSchemaProvider(ResourceProvider):
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         t = _Target.from_props(news)
-        _, state = _converge(t, new=False)  # idempotent: rotates, repairs drift, records
+        old_password = _plain(olds.get("password"))
+        previous = None
+        if t.retain_previous_password and old_password and str(old_password) != t.password:
+            previous = str(old_password)  # valid too, until the retirement resource runs
+        # idempotent: rotates, repairs drift, records
+        _, state = _converge(t, new=False, previous_password=previous)
         state["adopted_schema"] = olds.get("adopted_schema", False)
         return UpdateResult(t.outputs(state))
 
@@ -508,6 +529,8 @@ class MysqlSchemaArgs:
     assume_roles: list[dict[str, Any]] | None = None
     schema: pulumi.Input[str] | None = None  # derived from project when None
     username: pulumi.Input[str] | None = None  # derived from project when None
+    # A password change keeps the previous one valid until MysqlPasswordRetirement runs.
+    retain_previous_password: bool = False
 
 
 class MysqlSchema(pulumi.dynamic.Resource, module="mysql", name="Schema"):
@@ -547,6 +570,7 @@ class MysqlSchema(pulumi.dynamic.Resource, module="mysql", name="Schema"):
             "resume_wait_seconds": args.resume_wait_seconds,
             "aws_profile": args.aws_profile,
             "assume_roles": args.assume_roles or [],
+            "retain_previous_password": args.retain_previous_password,
             # outputs only
             **{key: None for key in STATE_KEYS},
         }

@@ -8,11 +8,11 @@ placeholder there), so ``password_literal`` admits only ``[A-Za-z0-9._~-]`` (wha
 ``MlflowProject`` generates), which cannot end the literal or escape from it. Statements that
 carry it are marked ``secret`` and never shown.
 
-The guards of DESIGN.md "Projects" live in ``decide_create`` / ``decide_change``: the provider
-never touches the account it runs as (the master user), never adopts an account that holds a
-global privilege or that it did not record as its own, and never takes over an unrecorded
-schema unless the project says ``adoptExistingSchema``. Each refusal happens after looking and
-before the first statement that changes anything.
+The guards of README.md "Adding a project" live in ``decide_create`` / ``decide_change``: the
+provider never touches the account it runs as (the master user), never adopts an account that holds
+a global privilege or that it did not record as its own, and never takes over an unrecorded schema
+unless the project says ``adoptExistingSchema``. Each refusal happens after looking and before the
+first statement that changes anything.
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ class Statement:
 
     def __str__(self) -> str:
         if self.secret:
-            return re.sub(r"IDENTIFIED BY '[^']*'", "IDENTIFIED BY '***'", self.sql)
+            masked = re.sub(r"IDENTIFIED BY '[^']*'", "IDENTIFIED BY '***'", self.sql)
+            return re.sub(r"PASSWORD\('[^']*'\)", "PASSWORD('***')", masked)
         return self.sql
 
     def __repr__(self) -> str:
@@ -267,6 +268,53 @@ class Desired:
     password: str = field(repr=False)
     max_user_connections: int = DEFAULT_MAX_USER_CONNECTIONS
     adopt_existing_schema: bool = False
+    # A rotation that keeps the previous password valid too, until ``retire_previous_password``
+    # (the central tasks still connect with it until their replacements are healthy).
+    previous_password: str | None = field(default=None, repr=False)
+    engine: str = "mysql"  # "mysql" (Aurora MySQL 3) or "mariadb": their dual-password syntax
+
+
+def engine_of(version: str) -> str:
+    """``SELECT VERSION()`` -> the dialect of dual passwords."""
+    return "mariadb" if "mariadb" in version.lower() else "mysql"
+
+
+ENGINE_QUERY = Statement("SELECT VERSION()")
+
+
+def set_password(
+    acct: str, password: str, limit: int, previous: str | None, engine: str
+) -> Statement:
+    """``ALTER USER`` to ``password``, keeping ``previous`` valid as well when given.
+
+    MySQL 8.0.14+ (Aurora MySQL 3) keeps one secondary password: ``RETAIN CURRENT PASSWORD``
+    (https://dev.mysql.com/doc/refman/8.0/en/password-management.html#dual-passwords), so the
+    account's current password must be ``previous``. MariaDB has no secondary password but
+    takes several authentication methods joined by OR (MariaDB 10.4+, ``IDENTIFIED VIA ... OR``).
+    """
+    new = password_literal(password)
+    if previous is None or previous == password:
+        sql = f"ALTER USER {acct} IDENTIFIED BY {new} WITH MAX_USER_CONNECTIONS {limit}"
+    elif engine == "mariadb":
+        old = password_literal(previous)
+        sql = (
+            f"ALTER USER {acct} IDENTIFIED VIA mysql_native_password USING PASSWORD({new}) "
+            f"OR mysql_native_password USING PASSWORD({old}) WITH MAX_USER_CONNECTIONS {limit}"
+        )
+    else:
+        sql = (
+            f"ALTER USER {acct} IDENTIFIED BY {new} RETAIN CURRENT PASSWORD "
+            f"WITH MAX_USER_CONNECTIONS {limit}"
+        )
+    return _change(sql, secret=True)
+
+
+def retire_previous_password(username: str, password: str, engine: str) -> Statement:
+    """Only ``password`` stays valid: the rotation's second half, once nothing uses the old."""
+    acct = account(username)
+    if engine == "mariadb":
+        return _change(f"ALTER USER {acct} IDENTIFIED BY {password_literal(password)}", secret=True)
+    return _change(f"ALTER USER {acct} DISCARD OLD PASSWORD")
 
 
 @dataclass(frozen=True)
@@ -347,14 +395,18 @@ def _converge(want: Desired, seen: Observed, new: bool) -> list[Step]:
         )
     password = password_literal(want.password)
     limit = int(want.max_user_connections)
-    # An existing user gets the password and the limit set in place (rotation, repair).
-    verb = "ALTER" if seen.user_exists else "CREATE"
+    # An existing user gets the password and the limit set in place (rotation, repair); a
+    # rotation may keep the previous password valid too (set_password).
+    if seen.user_exists:
+        statement = set_password(acct, want.password, limit, want.previous_password, want.engine)
+    else:
+        statement = _change(
+            f"CREATE USER {acct} IDENTIFIED BY {password} WITH MAX_USER_CONNECTIONS {limit}",
+            secret=True,
+        )
     steps.append(
         Step(
-            _change(
-                f"{verb} USER {acct} IDENTIFIED BY {password} WITH MAX_USER_CONNECTIONS {limit}",
-                secret=True,
-            ),
+            statement,
             undo=_change(f"DROP USER IF EXISTS {acct}") if new and not seen.user_exists else None,
         )
     )

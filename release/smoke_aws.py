@@ -372,8 +372,9 @@ class AwsAccount:
         return f"tracking.py logged its run ({counted.stdout.strip()} run(s) there)"
 
     @contextlib.contextmanager
-    def _served(self, argv: list[str]) -> Iterator[str]:
-        """A helper serving until the block ends; the tracking URI it printed."""
+    def _served(self, argv: list[str]) -> Iterator[dict[str, str]]:
+        """A helper serving until the block ends; the variables of the export line it printed
+        (MLFLOW_TRACKING_URI and the run's secret, MLFLOW_TRACKING_TOKEN)."""
         process = subprocess.Popen(
             argv,
             cwd=ROOT,
@@ -389,7 +390,8 @@ class AwsAccount:
             for line in process.stdout:
                 seen.append(line.rstrip())
                 if line.startswith("export MLFLOW_TRACKING_URI="):
-                    yield line.strip().partition("=")[2]
+                    words = shlex.split(line.removeprefix("export "))
+                    yield dict(word.partition("=")[::2] for word in words)
                     return
                 if time.monotonic() > deadline:
                     break
@@ -415,8 +417,8 @@ class AwsAccount:
             "--port",
             str(_free_port()),
         )
-        with self._served(argv) as uri:
-            return self._tutorial({"MLFLOW_TRACKING_URI": uri}, 120)
+        with self._served(argv) as exported:
+            return self._tutorial(exported, 120)
 
     def tutorial_through_plugin(self, tracking_uri: str, region: str) -> str:
         if not tracking_uri.startswith("https://"):
@@ -434,8 +436,8 @@ class AwsAccount:
         argv = helper_argv(
             "serve", "--project", project, "--stack", stack, "--remote", "--port", str(_free_port())
         )
-        with self._served(argv) as uri:
-            return self._tutorial({"MLFLOW_TRACKING_URI": uri}, 120)
+        with self._served(argv) as exported:
+            return self._tutorial(exported, 120)
 
     def wait_until_paused(self, cluster_id: str, region: str, timeout: float) -> str:
         import datetime

@@ -224,6 +224,10 @@ S3_BLOCK = (
 )
 S3_POLICY = "https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucket-policies.html"
 S3_LIFECYCLE = "https://docs.aws.amazon.com/AmazonS3/latest/API/API_LifecycleRule.html"
+S3_ABORT_MPU = (
+    "https://docs.aws.amazon.com/AmazonS3/latest/API/API_AbortIncompleteMultipartUpload.html; "
+    "https://docs.aws.amazon.com/AmazonS3/latest/userguide/mpu-abort-incomplete-mpu-lifecycle-config.html"
+)
 RDS_CLUSTER = "https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_CreateDBCluster.html"
 RDS_INSTANCE = "https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_CreateDBInstance.html"
 RDS_DELETE = "https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_DeleteDBCluster.html"
@@ -344,6 +348,7 @@ VERSIONING = "aws:s3/bucketVersioning:BucketVersioning"
 BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
 BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
 LIFECYCLE = "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration"
+OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
 SG = "aws:ec2/securityGroup:SecurityGroup"
 SUBNET_GROUP = "aws:rds/subnetGroup:SubnetGroup"
 PARAMS = "aws:rds/clusterParameterGroup:ClusterParameterGroup"
@@ -376,6 +381,8 @@ SERVICE = "aws:ecs/service:Service"
 SCALING_TARGET = "aws:appautoscaling/target:Target"
 SCALING_POLICY = "aws:appautoscaling/policy:Policy"
 SCHEMA = "pulumi-python:dynamic/mysql:Schema"
+UPGRADE = "pulumi-python:dynamic/mlflow:Upgrade"
+RETIREMENT = "pulumi-python:dynamic/mysql:PasswordRetirement"
 
 # -- shared rules -------------------------------------------------------------------------------
 
@@ -1117,6 +1124,36 @@ def break_lifecycle(r: Registered, ctx: Context) -> None:
     r.inputs["rules"][1]["id"] = r.inputs["rules"][0]["id"]
 
 
+def abort_multipart_ok(r: Registered, ctx: Context) -> list[str]:
+    """S3 refuses AbortIncompleteMultipartUpload in a rule that filters on object tags (an
+    upload in progress has none yet); DaysAfterInitiation is a whole number of days, and the
+    bucket must have exactly one rule that aborts uploads for every key."""
+    problems = []
+    aborting = [rule for rule in r.inputs["rules"] if "abortIncompleteMultipartUpload" in rule]
+    for rule in aborting:
+        days = rule["abortIncompleteMultipartUpload"].get("daysAfterInitiation")
+        # Numbers arrive as floats through the engine's protobuf: a whole number is an integer.
+        whole_days = isinstance(days, int | float) and not isinstance(days, bool) and days % 1 == 0
+        if not whole_days or days < 1:
+            problems.append("abortIncompleteMultipartUpload.daysAfterInitiation: an integer >= 1")
+        selector = rule.get("filter") or {}
+        if "tag" in selector or "tags" in (selector.get("and") or {}):
+            problems.append("abortIncompleteMultipartUpload cannot be combined with a tag filter")
+    everywhere = [
+        rule
+        for rule in aborting
+        if not (rule.get("filter") or {}).get("prefix") and rule["status"] == "Enabled"
+    ]
+    if len(everywhere) != 1:
+        problems.append("one enabled rule must abort incomplete multipart uploads under every key")
+    return problems
+
+
+def break_abort_multipart(r: Registered, ctx: Context) -> None:
+    rule = next(rule for rule in r.inputs["rules"] if "abortIncompleteMultipartUpload" in rule)
+    rule["filter"] = {"tag": {"key": "k", "value": "v"}}
+
+
 def schema_ok(r: Registered, ctx: Context) -> list[str]:
     problems = []
     if not re.fullmatch(r"[a-z0-9_]{1,64}", str(r.inputs["schema"])):
@@ -1128,6 +1165,56 @@ def schema_ok(r: Registered, ctx: Context) -> list[str]:
 
 def break_schema(r: Registered, ctx: Context) -> None:
     r.inputs["username"] = "mlflow_" + "x" * 30
+
+
+ECS_AWSVPC = (
+    "https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_AwsVpcConfiguration.html"
+)
+ECS_RUN_TASK = "https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RunTask.html"
+RDS_CLUSTER_SNAPSHOT = (
+    "https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_CreateDBClusterSnapshot.html"
+)
+
+
+def upgrade_ok(r: Registered, ctx: Context) -> list[str]:
+    """The upgrade's RunTask (its network) and the snapshot it names for this stack/project."""
+    import datetime
+
+    from projects.upgrade_provider import SNAPSHOT_IDENTIFIER, snapshot_identifier
+
+    problems = []
+    subnets, groups = r.inputs.get("subnets") or [], r.inputs.get("security_groups") or []
+    if not 1 <= len(subnets) <= 16:
+        problems.append(f"subnets: RunTask's awsvpcConfiguration takes 1-16, got {len(subnets)}")
+    if len(groups) > 5:
+        problems.append(f"security_groups: at most 5 per awsvpcConfiguration, got {len(groups)}")
+    if r.inputs.get("min_tasks", 1) < 1:
+        problems.append("min_tasks: the service starts at least one task again")
+    when = datetime.datetime(2099, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
+    name = snapshot_identifier(
+        str(r.inputs["stack"]), str(r.inputs["project"]), str(r.inputs["mlflow_version"]), when
+    )
+    if not SNAPSHOT_IDENTIFIER.fullmatch(name):
+        problems.append(f"snapshot identifier {name!r}: letters, digits, single hyphens, <= 255")
+    return problems
+
+
+def retirement_ok(r: Registered, ctx: Context) -> list[str]:
+    """It alters the same MySQL account as the project's schema resource, and no other."""
+    schemas = [s for s in ctx.of(SCHEMA) if s.inputs.get("project") == r.inputs.get("project")]
+    if len(schemas) != 1:
+        return [f"project {r.inputs.get('project')!r}: no schema resource alters that account"]
+    if len(str(schemas[0].inputs["username"])) > 32:
+        return ["username: MySQL 8 user names are at most 32 characters"]
+    return []
+
+
+def break_retirement(r: Registered, ctx: Context) -> None:
+    r.inputs["project"] = "not-a-project"
+
+
+def break_upgrade(r: Registered, ctx: Context) -> None:
+    r.inputs["subnets"] = [f"subnet-{i:08x}" for i in range(17)]
 
 
 def password_ok(r: Registered, ctx: Context) -> list[str]:
@@ -1177,6 +1264,23 @@ def break_slr(r: Registered, ctx: Context) -> None:
 # -- the table ------------------------------------------------------------------------------------
 
 RULES: list[Rule] = [
+    each(
+        OBJECT,
+        "key",
+        lambda v: isinstance(v, str) and 1 <= len(v.encode()) <= 1024,
+        "an object key is 1-1024 bytes of UTF-8",
+        "https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html",
+        "k" * 1025,
+    ),
+    each(
+        OBJECT,
+        "key",
+        lambda v: isinstance(v, str) and not v.startswith("/") and "//" not in v,
+        "no empty path segment (S3 keeps it: a key '/x' or 'a//b' is not under 'a/' as IAM's "
+        "'<prefix>/*' resource sees it)",
+        "https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html",
+        "/churn/.mlflow-aws-sign-in",
+    ),
     Rule(
         "*",
         "tags: at most 50; key 1-128 and value at most 256 characters; no aws: prefix; "
@@ -1226,6 +1330,14 @@ RULES: list[Rule] = [
         "ExpiredObjectDeleteMarker alone in its expiration; days at least 1",
         S3_LIFECYCLE,
         break_lifecycle,
+    ),
+    whole(
+        LIFECYCLE,
+        abort_multipart_ok,
+        "AbortIncompleteMultipartUpload: DaysAfterInitiation an integer >= 1, never with a tag "
+        "filter; one enabled rule for every key (killed presigned uploads)",
+        S3_ABORT_MPU,
+        break_abort_multipart,
     ),
     # EC2
     each(
@@ -1821,6 +1933,23 @@ RULES: list[Rule] = [
         "schema a MySQL identifier (at most 64); user at most 32",
         f"{MYSQL_IDENTIFIERS}; {MYSQL_USERS}",
         break_schema,
+    ),
+    # The rotation's second half (projects/password_retirement.py)
+    whole(
+        RETIREMENT,
+        retirement_ok,
+        "ALTER USER of the project's own account (a MySQL 8 user name, at most 32 characters)",
+        MYSQL_USERS,
+        break_retirement,
+    ),
+    # The upgrade gate (projects/upgrade_provider.py)
+    whole(
+        UPGRADE,
+        upgrade_ok,
+        "its migration task's network: 1-16 subnets, at most 5 security groups; the cluster "
+        "snapshot identifier: a letter first, letters, digits and single hyphens, at most 255",
+        f"{ECS_AWSVPC}; {ECS_RUN_TASK}; {RDS_CLUSTER_SNAPSHOT}",
+        break_upgrade,
     ),
 ]
 

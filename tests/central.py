@@ -26,11 +26,11 @@ from typing import Any
 import boto3
 
 from helper.server_settings import server_environment
+from mlflow_aws.auth.token import MARKER_NAME
 from tests.services import MotoServer, free_port
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"  # moto's default account
-SERVER_ID = "127.0.0.1"  # the host of the tracking URI http://127.0.0.1:<port>/<project>
 ALLOWED_ROLE = "ml-team"
 OUTSIDER_ROLE = "outsider"
 SSO_PERMISSION_SET = "DataScientist"
@@ -117,6 +117,8 @@ def client_aws_env(moto: MotoServer, credentials: Credentials) -> dict[str, str]
         "AWS_DEFAULT_REGION": REGION,
         "AWS_ENDPOINT_URL_STS": moto.endpoint_url,
         "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto.endpoint_url,
+        # S3's endpoint only as the place of the sign-in marker the token's read is signed for.
+        "AWS_ENDPOINT_URL_S3": moto.endpoint_url,
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         "AWS_EC2_METADATA_DISABLED": "true",
@@ -145,6 +147,7 @@ class CentralServer:
     port: int
     project: str
     log_path: Path
+    marker_url: str = ""  # the project's sign-in marker (auth on)
 
     @property
     def root(self) -> str:
@@ -154,6 +157,11 @@ class CentralServer:
     def tracking_uri(self) -> str:
         return f"{self.root}/{self.project}"
 
+    @property
+    def audience(self) -> str:
+        """What tokens for this server are bound to: ``<host>/<project>`` of its tracking URI."""
+        return audience(self.port, self.project)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -161,6 +169,23 @@ class CentralServer:
         from tests.test_helper_e2e import descendants
 
         return [self.process.pid, *descendants(self.process.pid)]
+
+
+def audience(port: int, project: str) -> str:
+    return f"127.0.0.1:{port}/{project}"
+
+
+def marker_url(moto: MotoServer, artifact_root: str) -> str:
+    """The project's sign-in marker in moto's S3, path style (what the program writes)."""
+    bucket, _, prefix = artifact_root.removeprefix("s3://").partition("/")
+    return f"{moto.endpoint_url}/{bucket}/{prefix}/{MARKER_NAME}"
+
+
+def put_marker(moto: MotoServer, artifact_root: str) -> None:
+    bucket, _, prefix = artifact_root.removeprefix("s3://").partition("/")
+    moto_clients(moto, "s3").put_object(
+        Bucket=bucket, Key=f"{prefix}/{MARKER_NAME}", Body=b"mlflow-aws sign-in marker\n"
+    )
 
 
 def server_env(
@@ -180,9 +205,11 @@ def server_env(
     )
     env.pop("AWS_ENDPOINT_URL")  # only the endpoints a central server would be given
     env["AWS_ENDPOINT_URL_STS"] = env["AWS_ENDPOINT_URL_IAM"] = moto.endpoint_url
+    env["AWS_ENDPOINT_URL_S3"] = moto.endpoint_url
     if auth:
         env.update(
-            MLFLOW_AWS_IAM_SERVER_ID=SERVER_ID,
+            MLFLOW_AWS_IAM_AUDIENCE=audience(port, project),
+            MLFLOW_AWS_IAM_MARKER_URL=marker_url(moto, artifact_root),
             MLFLOW_AWS_IAM_ALLOWED_ROLES=f"{ALLOWED_ROLE},{SSO_PERMISSION_SET}",
             MLFLOW_AWS_IAM_ALLOWED_GROUPS=ALLOWED_GROUP,
         )
@@ -197,13 +224,17 @@ def running_central_server(
     """``mlflow server --app-name aws-iam`` (or the plain server, ``auth=False``), stopped after."""
     port = free_port()
     env = server_env(moto, backend_store_uri, artifact_root, project, port, auth)
+    if auth:
+        put_marker(moto, artifact_root)  # what the program writes with the project's service
     argv = [sys.executable, "-m", "mlflow", "server", *(["--app-name", "aws-iam"] if auth else [])]
     log_path = log_dir / f"central-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    server = CentralServer(process, port, project, log_path)
+    server = CentralServer(
+        process, port, project, log_path, marker_url(moto, artifact_root) if auth else ""
+    )
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:

@@ -33,7 +33,7 @@ import secrets as random_tokens
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -190,7 +190,6 @@ def value_of(field: dict[str, Any]) -> Any:
 @dataclass
 class Transaction:
     conn: pymysql.connections.Connection[Any]
-    last_used: float = field(default_factory=time.monotonic)
 
 
 class DataApiEmulator:
@@ -204,7 +203,6 @@ class DataApiEmulator:
         self._lock = threading.Lock()
         self._transactions: dict[str, Transaction] = {}
         self._idle: dict[tuple[str, str], list[pymysql.connections.Connection[Any]]] = {}
-        self._secret_cache: dict[str, tuple[float, tuple[str, str]]] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._secrets = boto3.client(
@@ -259,9 +257,6 @@ class DataApiEmulator:
     def pause(self, seconds: float) -> None:
         """Act like a paused Serverless v2 cluster that is back ``seconds`` from now."""
         self._resume_at = time.monotonic() + seconds
-
-    def operations(self) -> list[str]:
-        return [op for op, _ in self.requests]
 
     def statements(self) -> list[str]:
         return [body["sql"] for op, body in self.requests if op == "ExecuteStatement"]
@@ -412,7 +407,6 @@ class DataApiEmulator:
                 tx = self._transactions.get(tid)
             if tx is None:
                 raise ApiError("TransactionNotFoundException", "Transaction not found")
-            tx.last_used = time.monotonic()
             return self._run(tx.conn, sql, [params[n] for n in names], body)
         self._check_awake()
         with self._pooled(credentials) as conn:

@@ -11,6 +11,7 @@ The stock ``MockMonitor`` ignores ``additional_secret_outputs``, so a resource o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import runpy
@@ -281,7 +282,8 @@ class RecordingMocks(pulumi_mocks.Mocks):
             digest = hashlib.sha256(image_name.encode()).hexdigest()
             state.update(repoDigest=f"{repository}@sha256:{digest}", baseImageName=image_name)
         elif typ == "random:index/randomPassword:RandomPassword":
-            password = mock_password(name)
+            # A new password when its keepers change (passwordVersion), as the provider does.
+            password = mock_password(name + json.dumps(inputs.get("keepers", {}), sort_keys=True))
             self.passwords.append(password)
             state.update(result=password, bcryptHash="$2a$10$mock")
         elif typ == "random:index/randomId:RandomId":
@@ -342,6 +344,10 @@ class RecordingMocks(pulumi_mocks.Mocks):
             state.update(arn=a.arn("ecs", f"task-definition/{family}:1"))
         elif typ == "aws:cloudwatch/logGroup:LogGroup":
             state.update(arn=a.arn("logs", f"log-group:{inputs['name']}"))
+        elif typ == "aws:secretsmanager/secretVersion:SecretVersion":
+            # Secrets Manager gives each new value a new version id.
+            value = str(inputs.get("secretString", ""))
+            state.update(versionId=hashlib.sha256(value.encode()).hexdigest()[:32])
         elif typ.startswith("aws:"):
             state.setdefault("arn", a.arn("mock", f"{typ}/{name}"))
         if "name" not in state and typ.startswith("aws:"):
@@ -564,6 +570,12 @@ def run_program(
     Pass ``recording`` to inspect what was registered even when the program raises.
     """
     recording = recording or RecordingMocks(account)
+    # The SDK schedules on the current event loop; an asyncio.run() earlier in the session (the
+    # ASGI tests) leaves none behind.
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
     monitor = SecretAwareMonitor(recording)
     pulumi_settings.ROOT.set(None)  # a fresh root stack for every run
     pulumi.runtime.set_mocks(

@@ -189,10 +189,6 @@ class MariaDB:
                 self.kill()
         self.process = None
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.base_dir, ignore_errors=True)
@@ -216,9 +212,6 @@ class MariaDB:
             connect_timeout=5,
             autocommit=True,
         )
-
-    def admin_url(self) -> str:
-        return self.url(self.admin_user, self.admin_password, None)
 
     def url(self, user: str, password: str, database: str | None) -> str:
         """A SQLAlchemy URL (pymysql) with TLS verified against the test CA."""

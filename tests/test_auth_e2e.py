@@ -29,8 +29,8 @@ from unittest import mock
 import pytest
 
 from mlflow_aws.auth.token import (
+    AUDIENCE_HEADER,
     CONTENT_TYPE,
-    SERVER_ID_HEADER,
     STS_BODY,
     TOKEN_PREFIX,
     make_token,
@@ -39,7 +39,6 @@ from mlflow_aws.auth.token import (
 from tests.central import (
     ACCOUNT,
     REGION,
-    SERVER_ID,
     CentralServer,
     Credentials,
     Identities,
@@ -47,6 +46,7 @@ from tests.central import (
     client_aws_env,
     get,
     make_identities,
+    marker_url,
     outputs_with_tracking_uri,
     running_central_server,
 )
@@ -94,11 +94,19 @@ def sts_url(moto: MotoServer) -> str:
         return sts_endpoint_url(REGION)
 
 
-def token_for(moto: MotoServer, credentials: Credentials, server_id: str = SERVER_ID) -> str:
+def token_for(
+    moto: MotoServer, credentials: Credentials, audience: str, marker_url: str | None = None
+) -> str:
+    """A token for ``audience`` reading the marker ``marker_url`` (default: the central one)."""
     return make_token(
         credentials.access_key_id, credentials.secret_access_key, credentials.session_token,
-        REGION, sts_url(moto), server_id,
+        REGION, sts_url(moto), audience,
+        marker_url or central_marker(moto),
     )  # fmt: skip
+
+
+def central_marker(moto: MotoServer) -> str:
+    return marker_url(moto, f"s3://{BUCKET}/{PROJECT}")
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -175,8 +183,11 @@ def test_tutorial_script_through_the_helper_proxy(
         uri,
         running,
     ):
-        # Nothing but the local URL: no AWS settings, no auth plugin in the script's environment.
-        run_tracking_script({"MLFLOW_TRACKING_URI": uri}, tmp_path / "work")
+        # Nothing but the export line (the local URL and the run's secret): no AWS settings, no
+        # auth plugin in the script's environment.
+        run_tracking_script(
+            {"MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_TOKEN": running.secret}, tmp_path / "work"
+        )
         [run_id] = runs_of(project) - before
         # ... and the artifact back down, through the proxy and the server's streaming route.
         client = MlflowClient(tracking_uri=uri)
@@ -209,7 +220,7 @@ def test_tutorial_script_with_the_client_plugin(
 def test_an_sso_role_is_allowed_by_its_permission_set_name(
     central: CentralServer, moto: MotoServer, identities: Identities
 ) -> None:
-    status, body = search(central, bearer(token_for(moto, identities.sso_role)))
+    status, body = search(central, bearer(token_for(moto, identities.sso_role, central.audience)))
     assert status == 200, body
 
 
@@ -224,11 +235,15 @@ def test_helper_env_remote_prints_the_plugin_lines(
     result = run_helper(["env", "--remote", "--project", project.name, "--outputs", str(outputs)],
                         clean_env(**moto.aws_env()))  # fmt: skip
     assert result.returncode == 0, result.stderr
+    from mlflow_aws.artifact_settings import client_settings
+
     assert result.stdout.splitlines() == [
         f"export MLFLOW_TRACKING_URI={uri}",
         "export MLFLOW_TRACKING_AUTH=aws-iam",
         f"export MLFLOW_AWS_IAM_STS_REGION={REGION}",
+        *(f"export {key}={value}" for key, value in client_settings("presigned").items()),
     ]
+    assert "gateway endpoint" in result.stderr and "--artifacts proxied" in result.stderr
     outputs.write_text(outputs_with_tracking_uri(moto, project, BUCKET, None))
     for argv in (["env"], ["serve", "--port", str(free_port())]):
         missing = run_helper([*argv, "--remote", "--project", project.name, "--outputs",
@@ -269,12 +284,31 @@ def test_refuses_a_garbage_token(central: CentralServer) -> None:
         assert body.count("\n") == 1
 
 
-def test_refuses_a_token_for_another_server_id(
+def test_refuses_a_token_for_another_server(
     central: CentralServer, moto: MotoServer, identities: Identities
 ) -> None:
-    token = token_for(moto, identities.allowed_role, server_id="mlflow.other-team.example.com")
+    token = token_for(moto, identities.allowed_role, "mlflow.other-team.example.com/central")
     status, body = search(central, bearer(token))
-    assert status == 401 and "token is for server 'mlflow.other-team.example.com'" in body
+    assert status == 401 and "token is for 'mlflow.other-team.example.com/central'" in body
+
+
+def test_a_token_for_one_project_is_refused_by_another_projects_server(
+    central: CentralServer, moto: MotoServer, identities: Identities
+) -> None:
+    """High 2: a token minted for churn (same host, same allowed identity) at this server.
+    On the previous main the token was bound to the host only and this answered 200."""
+    churn = central.audience.rsplit("/", 1)[0] + "/churn"
+    status, body = search(central, bearer(token_for(moto, identities.allowed_role, churn)))
+    assert status == 401, body
+    assert body == (
+        f"token is for {churn!r}, this server is {central.audience!r}: a token is good on one "
+        "project's server only (sign in with this project's tracking URI, "
+        f"https://{central.audience})\n"
+    )
+    assert (
+        search(central, bearer(token_for(moto, identities.allowed_role, central.audience)))[0]
+        == 200
+    )
 
 
 def test_refuses_an_expired_token(
@@ -282,7 +316,7 @@ def test_refuses_an_expired_token(
 ) -> None:
     twenty_minutes_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=20)
     with mock.patch("botocore.auth.get_current_datetime", return_value=twenty_minutes_ago):
-        token = token_for(moto, identities.allowed_role)
+        token = token_for(moto, identities.allowed_role, central.audience)
     status, body = search(central, bearer(token))
     assert status == 401 and "token expired: signed 20 min ago" in body
 
@@ -321,7 +355,7 @@ def test_refuses_a_token_whose_url_points_at_another_host(
     with listener() as (port, connections):
         token = make_token(credentials.access_key_id, credentials.secret_access_key,
                            credentials.session_token, REGION, f"http://127.0.0.1:{port}/",
-                           SERVER_ID)  # fmt: skip
+                           central.audience)  # fmt: skip
         status, body = search(central, bearer(token))
     assert status == 401 and f"token is signed for 127.0.0.1:{port}" in body
     assert connections == []  # no SSRF: the token's host was never contacted
@@ -331,6 +365,7 @@ def signed_request_token(
     moto: MotoServer,
     credentials: Credentials,
     body: str,
+    audience: str,
     extra_headers: dict[str, str] | None = None,
 ) -> str:
     """A token signing an arbitrary request (what a hostile client could make)."""
@@ -340,7 +375,7 @@ def signed_request_token(
 
     url = sts_url(moto)
     host = url.split("//", 1)[1].rstrip("/")
-    headers = {"Host": host, "Content-Type": CONTENT_TYPE, SERVER_ID_HEADER: SERVER_ID,
+    headers = {"Host": host, "Content-Type": CONTENT_TYPE, AUDIENCE_HEADER: audience,
                **(extra_headers or {})}  # fmt: skip
     request = AWSRequest(method="POST", url=url, data=body, headers=headers)
     SigV4Auth(
@@ -356,11 +391,13 @@ def test_refuses_a_token_for_another_sts_action(
     central: CentralServer, moto: MotoServer, identities: Identities
 ) -> None:
     body = "Action=GetSessionToken&Version=2011-06-15"
-    token = signed_request_token(moto, identities.allowed_role, body)
+    token = signed_request_token(moto, identities.allowed_role, body, central.audience)
     status, answer = search(central, bearer(token))
     assert status == 401 and "not an sts:GetCallerIdentity request" in answer
     # The right action with a header that is not expected (signed, but still refused).
-    token = signed_request_token(moto, identities.allowed_role, STS_BODY, {"X-Forwarded-For": "1"})
+    token = signed_request_token(
+        moto, identities.allowed_role, STS_BODY, central.audience, {"X-Forwarded-For": "1"}
+    )
     status, answer = search(central, bearer(token))
     assert status == 401 and "unexpected headers: x-forwarded-for" in answer
 
@@ -368,7 +405,9 @@ def test_refuses_a_token_for_another_sts_action(
 def test_refuses_a_role_outside_the_allowed_roles(
     central: CentralServer, moto: MotoServer, identities: Identities
 ) -> None:
-    status, body = search(central, bearer(token_for(moto, identities.outsider_role)))
+    status, body = search(
+        central, bearer(token_for(moto, identities.outsider_role, central.audience))
+    )
     assert status == 403
     assert body == (
         f"arn:aws:sts::{ACCOUNT}:assumed-role/outsider/someone@example.com: "
@@ -379,9 +418,9 @@ def test_refuses_a_role_outside_the_allowed_roles(
 def test_refuses_a_user_outside_the_allowed_groups(
     central: CentralServer, moto: MotoServer, identities: Identities
 ) -> None:
-    status, body = search(central, bearer(token_for(moto, identities.lone_user)))
+    status, body = search(central, bearer(token_for(moto, identities.lone_user, central.audience)))
     assert status == 403 and "user/dave: user is in none of the allowed groups" in body
-    status, body = search(central, bearer(token_for(moto, identities.group_user)))
+    status, body = search(central, bearer(token_for(moto, identities.group_user, central.audience)))
     assert status == 200, body
 
 
@@ -540,7 +579,9 @@ def test_the_ui_through_the_proxy_in_a_headless_browser(
         driver = chromium_driver(tmp_path)
         try:
             driver.set_page_load_timeout(60)
-            driver.get(f"{uri}/#/experiments")
+            # The one-time URL the helper printed: a cookie, then the clean URL.
+            driver.get(f"{uri}/?token={running.secret}#/experiments")
+            assert "token" not in driver.current_url
             # The list comes from the ajax-api through the proxy: the experiment's name shows up.
             WebDriverWait(driver, 60).until(
                 lambda d: "seen-in-the-browser" in d.find_element(By.TAG_NAME, "body").text
@@ -560,3 +601,26 @@ def test_the_ui_through_the_proxy_in_a_headless_browser(
         assert refused == []
         # (The UI asks /users/current, a basic-auth route, and takes its 404 as "no users".)
         assert not re.search(r"-> (401|403|5\d\d)", running.stderr()), running.stderr()
+
+
+def test_the_ai_gateway_is_off(
+    central: CentralServer, moto: MotoServer, identities: Identities
+) -> None:
+    """High 2: the gateway (on by default in MLflow) forwards Authorization from its passthrough
+    routes to an endpoint's api_base. On the previous main a signed-in member listed (200) and
+    could create endpoints; now every gateway route answers 404, signed in or not."""
+    headers = bearer(token_for(moto, identities.allowed_role, central.audience))
+    for method, path in [
+        ("GET", "/ajax-api/3.0/mlflow/gateway/endpoints/list"),
+        ("GET", "/api/3.0/mlflow/gateway/endpoints/list"),
+        ("POST", "/ajax-api/3.0/mlflow/gateway/endpoints/create"),
+        ("POST", "/gateway/some-endpoint/mlflow/invocations"),
+        ("POST", "/gateway/mlflow/v1/chat/completions"),
+        ("POST", "/gateway/anthropic/v1/messages"),
+        ("GET", "/ajax-api/2.0/mlflow/gateway-proxy"),
+    ]:
+        data = b"{}" if method == "POST" else None
+        status, body = get(f"{central.tracking_uri}{path}", headers, method=method, data=data)
+        assert (status, body) == (404, b"the AI Gateway is off on this server\n"), path
+    # The rest of the API is unchanged for the same caller.
+    assert search(central, headers)[0] == 200

@@ -3,17 +3,23 @@ rule; no network (the e2e tests do the same through a real server, moto STS and 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from unittest import mock
 
 import pytest
+import requests
 
 from helper.outputs import OutputsError, parse_connection_bundle
-from helper.proxy import Upstream, local_request_problem
+from helper.proxy import Upstream
+from mlflow_aws.auth.client import AwsIamAuth
 from mlflow_aws.auth.server import (
     Authenticator,
+    AwsIamAuthMiddleware,
     AwsUnavailable,
     Settings,
     SettingsError,
@@ -22,29 +28,36 @@ from mlflow_aws.auth.server import (
     settings_from_environ,
     sso_permission_set,
 )
+from mlflow_aws.auth.signer import SigningError, TokenSource
 from mlflow_aws.auth.token import (
     STS_BODY,
     TOKEN_PREFIX,
     CallerIdentity,
     SignedRequest,
     TokenError,
+    audience_for,
     check_token,
     make_token,
     parse_caller_identity,
     sts_error,
 )
+from mlflow_aws.run_secret import Gate
 
 STS = "https://sts.eu-west-1.amazonaws.com/"
-SERVER = "mlflow.example.com"
+SERVER = "mlflow.example.com/churn"  # the audience of churn's server
+MARKER = "https://mlflow-aws-dev.s3.eu-west-1.amazonaws.com/churn/.mlflow-aws-sign-in"
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 OWN = "111122223333"
 
 
 def token(
-    server_id: str = SERVER, sts: str = STS, at: datetime = NOW, session: str | None = "s"
-) -> str:
+    audience: str = SERVER, sts: str = STS, at: datetime = NOW, session: str | None = "s",
+    marker: str | None = MARKER,
+) -> str:  # fmt: skip
     with mock.patch("botocore.auth.get_current_datetime", return_value=at.replace(tzinfo=None)):
-        return make_token("ASIAEXAMPLEKEY000001", "secret", session, "eu-west-1", sts, server_id)
+        return make_token(
+            "ASIAEXAMPLEKEY000001", "secret", session, "eu-west-1", sts, audience, marker
+        )
 
 
 def payload(tok: str) -> dict[str, object]:
@@ -58,7 +71,7 @@ def encode(data: dict[str, object]) -> str:
 
 
 def check(tok: str, now: datetime = NOW) -> SignedRequest:
-    return check_token(tok, sts_url=STS, server_id=SERVER, now=now)
+    return check_token(tok, sts_url=STS, audience=SERVER, now=now, marker_url=MARKER)
 
 
 def test_a_fresh_token_passes_and_holds_no_secret() -> None:
@@ -67,7 +80,7 @@ def test_a_fresh_token_passes_and_holds_no_secret() -> None:
     assert request.url == STS and request.body == STS_BODY
     assert set(request.headers) == {
         "host", "content-type", "x-amz-date", "x-amz-security-token", "authorization",
-        "x-mlflow-aws-iam-server-id",
+        "x-mlflow-aws-iam-audience",
     }  # fmt: skip
     assert request.expires_at == NOW + timedelta(minutes=15)
     assert "secret" not in json.dumps(payload(tok))
@@ -80,8 +93,8 @@ def test_a_fresh_token_passes_and_holds_no_secret() -> None:
         ("", "not an aws-iam token"),
         ("garbage", "not an aws-iam token"),
         (TOKEN_PREFIX + "!!!", "not base64url-encoded JSON"),
-        (TOKEN_PREFIX + "x" * 9000, "longer than 8192"),
-        (encode({"url": STS}), "exactly url, headers and body"),
+        (TOKEN_PREFIX + "x" * 13000, "longer than 12288"),
+        (encode({"url": STS}), "exactly url, headers, body"),
     ],
 )
 def test_refuses_malformed_tokens(tok: str, reason: str) -> None:
@@ -89,17 +102,59 @@ def test_refuses_malformed_tokens(tok: str, reason: str) -> None:
         check(tok)
 
 
-def test_refuses_another_server_id() -> None:
-    with pytest.raises(TokenError, match=r"token is for server 'other\.example\.com'"):
-        check(token(server_id="other.example.com"))
+def test_refuses_another_projects_or_hosts_audience() -> None:
+    with pytest.raises(TokenError, match=r"token is for 'mlflow\.example\.com/fraud', this server"):
+        check(token(audience="mlflow.example.com/fraud"))
+    with pytest.raises(TokenError, match=r"token is for 'mlflow\.example\.com', this server"):
+        check(token(audience="mlflow.example.com"))  # the old host-only binding
+
+
+def test_the_audience_is_host_and_project_of_the_tracking_uri() -> None:
+    assert audience_for("https://MLflow.Example.com/churn") == "mlflow.example.com/churn"
+    assert audience_for("https://mlflow.example.com:443/churn/api/2.0/x") == SERVER
+    assert audience_for("https://mlflow.example.com:8443/churn/") == "mlflow.example.com:8443/churn"
+    assert audience_for("http://127.0.0.1:5000/churn") == "127.0.0.1:5000/churn"
+    assert audience_for("http://[::1]:5000/churn") == "[::1]:5000/churn"
+    assert audience_for("http://localhost:5000/churn") == "localhost:5000/churn"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["http://mlflow.example.com/churn", "http://10.0.0.5:5000/churn", "ftp://127.0.0.1/churn",
+     "http://127.0.0.1.evil.example.com/churn"],
+)  # fmt: skip
+def test_refuses_to_sign_for_plain_http_except_loopback(uri: str) -> None:
+    """Low: the plugin and the proxy signed for http:// tracking URIs (a token in the clear).
+    On the previous main both signed for any of these."""
+    with pytest.raises(ValueError, match="must be https://"):
+        audience_for(uri)
+    with pytest.raises(SigningError, match="must be https://"):
+        TokenSource(uri, region="eu-west-1")
+    request = requests.Request("GET", f"{uri}/api/2.0/mlflow/experiments/search").prepare()
+    with pytest.raises(SigningError, match="must be https://"):
+        AwsIamAuth()(request)
 
 
 def test_refuses_expired_and_future_tokens() -> None:
     check(token(at=NOW - timedelta(minutes=14)))
     with pytest.raises(TokenError, match="token expired: signed 16 min ago"):
         check(token(at=NOW - timedelta(minutes=16)))
-    with pytest.raises(TokenError, match="in the future"):
-        check(token(at=NOW + timedelta(minutes=16)))
+    check(token(at=NOW + timedelta(minutes=4, seconds=59)))
+    # Medium 2: up to 15 min ahead was accepted on the previous main (a longer life).
+    with pytest.raises(TokenError, match="more than 5 min in the future"):
+        check(token(at=NOW + timedelta(minutes=5, seconds=1)))
+
+
+@pytest.mark.parametrize("bad", ["a\r\nx-evil: 1", "a\nb", "a\x00b", "a\x7fb", "a\x85b"])
+def test_refuses_control_characters_in_the_token(bad: str) -> None:
+    """Low: CR/LF in x-amz-security-token made the replay raise (an unhandled 500) on the
+    previous main; now a 401 that says why."""
+    data = payload(token())
+    headers = dict(data["headers"])  # type: ignore[call-overload]
+    with pytest.raises(TokenError, match="control characters"):
+        check(encode({**data, "headers": {**headers, "x-amz-security-token": bad}}))
+    with pytest.raises(TokenError, match="control characters"):
+        check(encode({**data, "headers": {**headers, f"x{bad}": "1"}}))
 
 
 def test_refuses_a_token_for_another_host() -> None:
@@ -124,7 +179,7 @@ def test_refuses_another_action_and_tampered_headers() -> None:
     cases.append(({**data, "headers": without_date}, "lacks headers: x-amz-date"))
     cases.append(({**data, "headers": {**headers, "host": "evil.example.com"}}, "Host header"))
     cases.append(({**data, "headers": {**headers, "content-type": "text/xml"}}, "Content-Type"))
-    unsigned = headers["authorization"].replace(";x-mlflow-aws-iam-server-id", "")
+    unsigned = headers["authorization"].replace(";x-mlflow-aws-iam-audience", "")
     cases.append(({**data, "headers": {**headers, "authorization": unsigned}}, "sign exactly"))
     cases.append(
         ({**data, "headers": {**headers, "authorization": "AWS4-HMAC-SHA256 nonsense"}}, "AWS4")
@@ -162,17 +217,23 @@ def test_sts_answers_are_parsed() -> None:
 
 def settings(roles: str = "", groups: str = "") -> Settings:
     return settings_from_environ(
-        {"MLFLOW_AWS_IAM_SERVER_ID": SERVER, "AWS_REGION": "eu-west-1",
+        {"MLFLOW_AWS_IAM_AUDIENCE": SERVER, "AWS_REGION": "eu-west-1",
+         "MLFLOW_AWS_IAM_MARKER_URL": MARKER,
          "MLFLOW_AWS_IAM_ALLOWED_ROLES": roles, "MLFLOW_AWS_IAM_ALLOWED_GROUPS": groups},
         endpoint_for=lambda region: f"https://sts.{region}.amazonaws.com/",
     )  # fmt: skip
 
 
 def test_settings_are_required() -> None:
-    with pytest.raises(SettingsError, match="MLFLOW_AWS_IAM_SERVER_ID is not set"):
+    with pytest.raises(SettingsError, match="MLFLOW_AWS_IAM_AUDIENCE is not set"):
         settings_from_environ({"AWS_REGION": "eu-west-1"})
     with pytest.raises(SettingsError, match="AWS_REGION is not set"):
-        settings_from_environ({"MLFLOW_AWS_IAM_SERVER_ID": SERVER})
+        settings_from_environ(
+            {"MLFLOW_AWS_IAM_AUDIENCE": SERVER, "MLFLOW_AWS_IAM_MARKER_URL": MARKER}
+        )
+    for shared in ("mlflow.example.com", "MLflow.example.com/churn"):  # every project's, or case
+        with pytest.raises(SettingsError, match="is not <domain>/<project> in lowercase"):
+            settings_from_environ({"MLFLOW_AWS_IAM_AUDIENCE": shared, "AWS_REGION": "eu-west-1"})
     with pytest.raises(SettingsError, match="not an IAM role ARN"):
         settings(roles="arn:aws:iam::1:user/x")
     assert settings(roles="a, b\nc").allowed_roles == {"a", "b", "c"}
@@ -230,7 +291,7 @@ def test_verified_identities_are_cached_until_the_token_expires() -> None:
 
     now = [NOW]
     authenticator = Authenticator(settings("ml-team"), replay, lambda: OWN, lambda u: frozenset(),
-                                  clock=lambda: now[0])  # fmt: skip
+                                  clock=lambda: now[0], read_marker=lambda m: None)  # fmt: skip
     header = f"Bearer {token()}"
     assert authenticator.cached(header) is None
     assert authenticator.decide(header).allowed
@@ -247,7 +308,7 @@ def test_verified_identities_are_cached_until_the_token_expires() -> None:
         raise AwsUnavailable("cannot reach STS")
 
     down = Authenticator(settings("ml-team"), unavailable, lambda: OWN, lambda u: frozenset(),
-                         clock=lambda: NOW)  # fmt: skip
+                         clock=lambda: NOW, read_marker=lambda m: None)  # fmt: skip
     assert down.decide(header).status == 503 and down.cached(header) is None
 
 
@@ -255,14 +316,18 @@ def test_verified_identities_are_cached_until_the_token_expires() -> None:
 
 
 def test_the_proxy_signs_only_its_own_origin() -> None:
-    assert local_request_problem("127.0.0.1:5000", None, 5000) is None
-    assert local_request_problem("localhost:5000", "http://localhost:5000", 5000) is None
-    assert "Host" in (local_request_problem("evil.example.com:5000", None, 5000) or "")
-    assert "Host" in (local_request_problem("127.0.0.1:5001", None, 5000) or "")
-    assert "cross-origin" in (
-        local_request_problem("127.0.0.1:5000", "https://evil.example.com", 5000) or ""
-    )
-    assert "cross-origin" in (local_request_problem("127.0.0.1:5000", "null", 5000) or "")
+    gate, secret = Gate("s" * 43, 5000), {"authorization": ["Bearer " + "s" * 43]}
+
+    def problem(host: str, origin: str | None) -> str:
+        headers = {"host": [host], **secret, **({"origin": [origin]} if origin else {})}
+        return gate.decide("POST", "/api/2.0/mlflow/runs/create", "", headers).message
+
+    assert problem("127.0.0.1:5000", None) == ""
+    assert problem("localhost:5000", "http://localhost:5000") == ""
+    assert "Host" in problem("evil.example.com:5000", None)
+    assert "Host" in problem("127.0.0.1:5001", None)
+    assert "cross-origin" in problem("127.0.0.1:5000", "https://evil.example.com")
+    assert "cross-origin" in problem("127.0.0.1:5000", "null")
 
 
 def test_upstream_paths_and_redirects() -> None:
@@ -290,3 +355,77 @@ def test_bundle_tracking_uri_is_optional() -> None:
     assert parse_connection_bundle({**bundle, "TrackingUri": uri}, "b").tracking_uri == uri
     with pytest.raises(OutputsError, match="TrackingUri must be an http"):
         parse_connection_bundle({**bundle, "TrackingUri": 42}, "b")
+
+
+# -- the middleware: what MLflow sees, what the log says ------------------------------------------
+
+
+ALICE = f"arn:aws:sts::{OWN}:assumed-role/ml-team/alice"
+
+
+def middleware(inner: Any) -> AwsIamAuthMiddleware:
+    def replay(request: SignedRequest) -> CallerIdentity:
+        return CallerIdentity(ALICE, OWN, "id")  # STS's answer (the e2e tests ask moto's STS)
+
+    config = settings("ml-team")
+    authenticator = Authenticator(config, replay, lambda: OWN, lambda u: frozenset(),
+                                  clock=lambda: NOW, read_marker=lambda m: None)  # fmt: skip
+    return AwsIamAuthMiddleware(inner, authenticator, config)
+
+
+def call(app: AwsIamAuthMiddleware, path: str, headers: list[tuple[bytes, bytes]]) -> int:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+             "headers": headers}  # fmt: skip
+    loop = asyncio.new_event_loop()  # not asyncio.run: it unsets the thread's loop (pulumi's)
+    try:
+        loop.run_until_complete(app(scope, receive, send))
+    finally:
+        loop.close()
+    return int(sent[0]["status"])
+
+
+def test_mlflow_never_sees_the_token() -> None:
+    """High 2: on the previous main the whole Authorization header reached MLflow (whose
+    gateway passthrough routes forward it to an endpoint's api_base)."""
+    seen: list[dict[str, Any]] = []
+
+    async def mlflow_side(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    tok = token()
+    headers = [(b"host", b"mlflow.example.com"), (b"authorization", f"Bearer {tok}".encode()),
+               (b"x-mlflow-aws-iam-audience", SERVER.encode()), (b"X-Amz-Security-Token", b"s"),
+               (b"accept", b"application/json")]  # fmt: skip
+    assert call(middleware(mlflow_side), "/churn/api/2.0/mlflow/experiments/search", headers) == 200
+    [scope] = seen
+    assert scope["headers"] == [(b"host", b"mlflow.example.com"), (b"accept", b"application/json")]
+    assert tok not in repr(scope)
+
+
+def test_the_auth_log_escapes_control_characters(caplog: pytest.LogCaptureFixture) -> None:
+    """Low: ``GET /churn/x%0a<fake line>`` wrote a forged second line on the previous main."""
+
+    async def mlflow_side(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    forged = "/churn/x\n2026-11-27 12:00:00 INFO aws-iam: arn:aws:iam::1:root GET /churn/\r\x1b[2J"
+    app = middleware(mlflow_side)
+    with caplog.at_level(logging.INFO, logger="mlflow_aws.auth"):
+        assert call(app, forged, []) == 401
+        assert call(app, forged, [(b"authorization", f"Bearer {token()}".encode())]) == 200
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2
+    for line in lines:
+        assert not any(ch in line for ch in "\n\r\x1b"), line
+        assert "/churn/x\\n2026-11-27" in line and "\\r\\x1b[2J" in line

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass
 from typing import Any
 
 import pytest
 import yaml
 
-from infra.config import ConfigError, StackConfig, parse_stack_config, pinned_mlflow_version
+from infra.config import (
+    DB_KEYS,
+    PROJECT_KEYS,
+    SERVER_KEYS,
+    TOP_LEVEL_KEYS,
+    UPGRADE_KEYS,
+    ConfigError,
+    DatabaseConfig,
+    ProjectConfig,
+    ServerConfig,
+    StackConfig,
+    UpgradeConfig,
+    parse_stack_config,
+    pinned_mlflow_version,
+)
 from tests.pulumi_mocks import ROOT, RecordingMocks, run_program
 
 
@@ -463,15 +482,171 @@ def test_valid_config_does_register_resources() -> None:
     assert len(recording.resources) > 10
 
 
-def test_every_key_is_documented_in_pulumi_yaml() -> None:
-    from infra.config import DB_KEYS, SERVER_KEYS, TOP_LEVEL_KEYS
+# ------------------------------------------------------------ Pulumi.yaml documents the config
 
-    documented = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
-    assert set(documented) == {f"mlflow-aws:{key}" for key in TOP_LEVEL_KEYS}
-    for top, keys in (("db", DB_KEYS), ("server", SERVER_KEYS)):
-        text = documented[f"mlflow-aws:{top}"]["description"]
-        missing = [key for key in keys if not re.search(rf"\b{key}\b", text)]
-        assert not missing, f"mlflow-aws:{top} does not document {missing}"
+
+@dataclass(frozen=True)
+class DocumentedKey:
+    """One key as Pulumi.yaml documents it: ``name (type, default D)``."""
+
+    name: str
+    type: str
+    default: str  # prose; a value in backquotes is the default itself
+    text: str
+
+    @property
+    def literal(self) -> Any:
+        """The default's value in backquotes (YAML), or MISSING when it is decided elsewhere."""
+        found = re.search(r"`([^`]*)`", self.default)
+        return yaml.safe_load(found.group(1)) if found else MISSING
+
+
+_TOP = re.compile(r"(?P<type>[a-z][a-z ]*?), default (?P<default>.+?)\.(?: |$)", re.S)
+_FIELD = re.compile(
+    r"- (?P<name>\w+) \((?P<type>[a-z][a-z ]*?), default (?P<default>.+?)\)[:.]", re.S
+)
+
+
+def documented_config() -> tuple[dict[str, DocumentedKey], dict[str, dict[str, DocumentedKey]]]:
+    """Pulumi.yaml's config section: the top-level keys, and each object's fields (the
+    ``- name (type, default D): ...`` entries of its description, continuation lines joined)."""
+    config = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    top: dict[str, DocumentedKey] = {}
+    fields: dict[str, dict[str, DocumentedKey]] = {}
+    for full_key, spec in config.items():
+        key = full_key.removeprefix("mlflow-aws:")
+        description = spec["description"]
+        head = _TOP.match(description)
+        assert head, f"{full_key}: the description must start with 'type, default D.'"
+        top[key] = DocumentedKey(key, head["type"], head["default"], description)
+        entries: list[str] = []
+        for line in description.splitlines():
+            if line.startswith("- "):
+                entries.append(line)
+            elif entries and line.startswith("  "):
+                entries[-1] += " " + line.strip()
+        for entry in entries:
+            match = _FIELD.match(entry)
+            assert match, f"{full_key}: {entry!r} is not '- name (type, default D): ...'"
+            name = match["name"]
+            assert name not in fields.get(key, {}), f"{full_key}.{name} is documented twice"
+            fields.setdefault(key, {})[name] = DocumentedKey(
+                name, match["type"], match["default"], entry
+            )
+    return top, fields
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+def is_documented_type(documented: str, annotation: Any) -> bool:
+    """The documented type names the typed config's annotation (None aside: unset)."""
+    if isinstance(annotation, types.UnionType):  # X | None: None is "unset"
+        arms = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(arms) != 1:
+            return False
+        (annotation,) = arms
+    kind = annotation
+    simple = {"boolean": bool, "integer": int, "number": float, "string": str}
+    if documented in simple:
+        return kind is simple[documented]
+    if documented == "list of strings":
+        return kind == tuple[str, ...]
+    if documented == "object":
+        return dataclasses.is_dataclass(kind)
+    if documented == "list of names or objects":
+        return kind == tuple[ProjectConfig, ...]
+    return False
+
+
+SECTIONS: dict[str, tuple[tuple[str, ...], type, Callable[[str, Any], dict[str, Any]]]] = {
+    # key: (its fields in infra/config.py, its dataclass, the config that sets one field)
+    "db": (DB_KEYS, DatabaseConfig, lambda field, value: {"db": {field: value}}),
+    "server": (SERVER_KEYS, ServerConfig, lambda field, value: {"server": {field: value}}),
+    "projects": (
+        PROJECT_KEYS,
+        ProjectConfig,
+        lambda field, value: {"projects": [{"name": "churn", field: value}]},
+    ),
+    "upgrade": (UPGRADE_KEYS, UpgradeConfig, lambda field, value: {"upgrade": {field: value}}),
+}
+
+
+def test_pulumi_yaml_documents_every_key_and_no_other() -> None:
+    top, fields = documented_config()
+    assert set(top) == set(TOP_LEVEL_KEYS)
+    for section, (keys, _, _) in SECTIONS.items():
+        assert list(fields.get(section, {})) == list(keys), f"mlflow-aws:{section}"
+    assert set(fields) == set(SECTIONS)
+
+
+def test_each_documented_type_is_the_typed_configs() -> None:
+    top, fields = documented_config()
+    hints = typing.get_type_hints(StackConfig)
+    wrong = [key for key in TOP_LEVEL_KEYS
+             if not is_documented_type(top[key].type, hints[snake(key)])]  # fmt: skip
+    for section, (keys, cls, _) in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        entries = fields[section]
+        wrong += [f"{section}.{key}" for key in keys
+                  if not is_documented_type(entries[key].type, hints[snake(key)])]  # fmt: skip
+    assert wrong == []
+    # Where Pulumi.yaml also gives Pulumi's own type and default, they say the same.
+    config = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    for key, documented in top.items():
+        spec = config[f"mlflow-aws:{key}"]
+        if "type" in spec:
+            assert spec["type"] == documented.type, key
+        if "default" in spec:
+            assert spec["default"] == documented.literal, key
+
+
+def test_each_documented_default_is_the_typed_configs() -> None:
+    """A default in backquotes, set explicitly, changes nothing (and the parser's unset value is
+    the dataclass's own default); a default decided at pulumi up is None or empty in the typed
+    config; a field without a default is documented as required."""
+    unset = parse({"projects": ["churn"]})
+    assert unset.db == DatabaseConfig()
+    assert unset.server == ServerConfig()
+    assert unset.projects == (ProjectConfig(name="churn"),)
+    top, fields = documented_config()
+    wrong: list[str] = []
+    for key, documented in top.items():
+        if documented.literal is MISSING:
+            wrong.append(f"{key}: no default in backquotes")
+        elif parse({key: documented.literal}) != parse({}):
+            wrong.append(f"{key} = {documented.literal!r} is not its default")
+    setting: Callable[[str, Any], dict[str, Any]]
+    for section, (keys, cls, setting) in SECTIONS.items():
+        defaults = {f.name: f for f in dataclasses.fields(cls)}
+        for key in keys:
+            documented, declared = fields[section][key], defaults[snake(key)]
+            if declared.default is MISSING and declared.default_factory is MISSING:
+                if documented.literal is not MISSING or "required" not in documented.text:
+                    wrong.append(f"{section}.{key}: has no default, so it is required")
+            elif documented.literal is MISSING:
+                if declared.default not in (None, ()):
+                    wrong.append(f"{section}.{key}: the typed config says {declared.default!r}")
+            elif parse(setting(key, documented.literal)) != parse(setting(key, None)):
+                wrong.append(f"{section}.{key} = {documented.literal!r} is not its default")
+    assert wrong == []
+
+
+def test_a_default_pulumi_yaml_misstates_is_caught() -> None:
+    """The comparison above can fail: a documented 3 where the typed config says 2."""
+    documented = DocumentedKey("maxCapacity", "number", "`3`", "")
+    assert parse({"db": {documented.name: documented.literal}}) != parse({})
+
+
+def test_the_upgrade_settings_default_to_refusing_connected_clients_and_a_snapshot() -> None:
+    assert parse({}).upgrade == UpgradeConfig(ignore_connected_clients=False, snapshot=True)
+    chosen = parse({"upgrade": {"ignoreConnectedClients": True, "snapshot": "false"}}).upgrade
+    assert chosen == UpgradeConfig(ignore_connected_clients=True, snapshot=False)
+    with pytest.raises(ConfigError) as bad:
+        parse({"upgrade": {"ignoreConnectedClient": True, "snapshot": "maybe"}})
+    assert "upgrade.ignoreConnectedClient" in str(bad.value) and "unknown key" in str(bad.value)
+    assert "upgrade.snapshot" in str(bad.value) and "must be true or false" in str(bad.value)
 
 
 def test_each_project_user_has_room_for_the_laptops_and_every_central_task() -> None:

@@ -23,6 +23,7 @@ def test_dev_without_a_command_prints_its_usage_and_nothing_else() -> None:
         "local",
         "test",
         "setup",
+        "mutate",
         "smoke-aws",
     ]
     assert all(line.startswith(("mlflow-aws", "  ")) for line in lines), lines
@@ -92,3 +93,22 @@ def test_setup_rebuilds_a_venv_another_python_made(tmp_path: Path) -> None:
                               "print(sys.version_info >= (3, 11))"], capture_output=True,
                              text=True, check=False)  # fmt: skip
     assert version.stdout.strip() == "True"
+
+
+@pytest.mark.slow
+def test_setup_leaves_no_build_output_in_the_tree(tmp_path: Path) -> None:
+    """The editable install's egg-info and a build/ from an in-tree build are removed: the
+    repository holds its sources once."""
+    repo = dev_copy(tmp_path)
+    (repo / "build" / "lib").mkdir(parents=True)
+    (repo / "build" / "lib" / "stale.py").write_text("")
+    result = setup(repo, Path(sys.base_prefix) / "bin" / "python3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in repo.iterdir()) == [
+        ".venv",
+        "constraints.txt",
+        "dev",
+        "docker",
+        "pyproject.toml",
+        "requirements.txt",
+    ]

@@ -323,6 +323,21 @@ def test_explicit_environment_wins_over_server_env(fake_bin: Path) -> None:
     assert "p%40ss" not in argv
 
 
+def test_a_run_secret_puts_the_server_behind_it(fake_bin: Path) -> None:
+    """The helper's docker runtime sets MLFLOW_AWS_RUN_SECRET: the server is the app that checks
+    it, whether or not the container's command names the app; another app is refused."""
+    secret = {"MLFLOW_AWS_RUN_SECRET": "s" * 43}
+    for args in ((), ("--app-name", "mlflow-aws-run-secret")):
+        result = run_entrypoint(fake_bin, secret, *args)
+        assert result.returncode == 0, result.stderr
+        argv, env = parse_fake_output(result.stdout)
+        assert argv == "server --app-name mlflow-aws-run-secret"
+        assert "s" * 43 not in argv and env["MLFLOW_AWS_RUN_SECRET"] == "s" * 43
+    other = run_entrypoint(fake_bin, secret, "--app-name", "aws-iam")
+    assert other.returncode == 2 and "mlflow-aws-run-secret" in other.stderr
+    assert parse_fake_output(run_entrypoint(fake_bin, {}).stdout)[0] == "server"  # no secret
+
+
 def test_entrypoint_refuses_a_malformed_server_env(fake_bin: Path, tmp_path: Path) -> None:
     copy = tmp_path / "entrypoint.sh"
     shutil.copy(ENTRYPOINT, copy)

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -105,6 +106,11 @@ class RunningHelper:
     stdout_lines: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     healthy_after: float | None = None
+    secret: str = ""  # the run's secret, from the export line the helper printed
+
+    def auth(self) -> dict[str, str]:
+        """The header the MLflow client sends with MLFLOW_TRACKING_TOKEN set."""
+        return {"Authorization": f"Bearer {self.secret}"}
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
@@ -136,10 +142,18 @@ def start_helper(argv: list[str], env: dict[str, str], log_dir: Path) -> Running
     return running
 
 
+def export_secret(lines: list[str], port: int) -> str | None:
+    """The secret of ``export MLFLOW_TRACKING_URI=<url> MLFLOW_TRACKING_TOKEN=<secret>``."""
+    want = f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port} MLFLOW_TRACKING_TOKEN="
+    for line in lines:
+        if line.startswith(want):
+            return line.removeprefix(want)
+    return None
+
+
 def wait_for_url(running: RunningHelper, port: int, timeout: float = SERVE_TIMEOUT) -> str:
-    want = f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
-    while want not in running.stdout_lines:
+    while (secret := export_secret(list(running.stdout_lines), port)) is None:
         if running.process.poll() is not None:
             pytest.fail(f"helper exited {running.process.returncode}:\n{running.stderr()[-4000:]}")
         if time.monotonic() > deadline:
@@ -147,7 +161,11 @@ def wait_for_url(running: RunningHelper, port: int, timeout: float = SERVE_TIMEO
             pytest.fail(f"helper not serving after {timeout}s:\n{running.stderr()[-4000:]}")
         time.sleep(0.05)
     running.healthy_after = time.monotonic() - running.started
-    return f"http://127.0.0.1:{port}"
+    running.secret = secret
+    url = f"http://127.0.0.1:{port}"
+    # ... and the browser's one-time URL, with the same secret, just before it.
+    assert f"{url}/?token={secret}" in "\n".join(running.stdout_lines)
+    return url
 
 
 def stop_helper(running: RunningHelper, sig: int = signal.SIGINT) -> int:
@@ -162,10 +180,13 @@ def stop_helper(running: RunningHelper, sig: int = signal.SIGINT) -> int:
 
 @contextlib.contextmanager
 def serving(argv: list[str], env: dict[str, str], log_dir: Path, port: int) -> Iterator[Any]:
+    """The helper serving; for the block, this process's MLflow clients hold the run's secret
+    (MLFLOW_TRACKING_TOKEN, as the teammate's shell after pasting the export line)."""
     running = start_helper(argv, env, log_dir)
     try:
         wait_for_url(running, port)
-        yield running
+        with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_TOKEN": running.secret}):
+            yield running
     finally:
         if running.process.poll() is None:
             pids = running.server_pids()
@@ -239,10 +260,13 @@ def alive(pid: int) -> bool:
 
 
 def run_tracking_script(uri: str, work_dir: Path) -> None:
-    """The tutorial's tracking.py, unmodified, with only MLFLOW_TRACKING_URI (no AWS keys)."""
+    """The tutorial's tracking.py, unmodified, with only the export line's MLFLOW_TRACKING_URI
+    and MLFLOW_TRACKING_TOKEN (the run's secret, when serving) (no AWS keys)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(TRACKING_SCRIPT, work_dir / "tracking.py")
     env = {"PATH": os.environ["PATH"], "HOME": str(work_dir), "MLFLOW_TRACKING_URI": uri}
+    if "MLFLOW_TRACKING_TOKEN" in os.environ:
+        env["MLFLOW_TRACKING_TOKEN"] = os.environ["MLFLOW_TRACKING_TOKEN"]
     result = subprocess.run(
         [sys.executable, "tracking.py"],
         cwd=work_dir,
@@ -342,7 +366,7 @@ def test_serve_from_aws_end_to_end(mariadb: MariaDB, aws: dict[str, str], tmp_pa
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/create",
             data=json.dumps({"name": "from-aws"}).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **running.auth()},
         )
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
             assert response.status == 200
@@ -352,7 +376,7 @@ def test_serve_from_aws_end_to_end(mariadb: MariaDB, aws: dict[str, str], tmp_pa
             forged = urllib.request.Request(
                 f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/create",
                 data=json.dumps({"name": "forged"}).encode(),
-                headers={"Content-Type": "application/json", **headers},
+                headers={"Content-Type": "application/json", **running.auth(), **headers},
             )
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(forged, timeout=30)  # noqa: S310
@@ -384,7 +408,7 @@ def test_from_aws_with_several_stacks_needs_secret_id(
         env,
     )
     assert chosen.returncode == 0, chosen.stderr
-    assert chosen.stdout.strip().endswith(image_uri("prod"))
+    assert chosen.stdout.strip().endswith(f"{image_uri('prod')} --app-name mlflow-aws-run-secret")
     assert project.password not in chosen.stdout + chosen.stderr
     missing = run_helper(["command", "--project", "e2e-nosuch", "--from-aws"], env)
     assert missing.returncode == 1 and "no connection secret tagged" in missing.stderr
@@ -416,6 +440,29 @@ def test_serve_local_end_to_end(tmp_path: Path) -> None:
     assert [p.read_text() for p in (data_dir / "default" / "artifacts").rglob("test.txt")] == [
         "hello world!"
     ]
+
+
+def test_a_second_serve_on_a_live_helpers_port_is_refused_and_the_first_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    """Issue 15 item 11: the second helper found the first one's run record and stopped its
+    server; a live helper's server is its own, the second one gets the port-in-use answer."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env["XDG_RUNTIME_DIR"] = str(tmp_path)
+    port = free_port()
+    first = ["serve", "--local", "--data-dir", str(tmp_path / "one"), "--port", str(port)]
+    with serving(first, env, tmp_path, port) as running:
+        server = running.server_pids()
+        second = run_helper(
+            ["serve", "--local", "--data-dir", str(tmp_path / "two"), "--port", str(port)], env
+        )
+        assert second.returncode == 1, second.stderr
+        assert f"port {port} is in use by another helper serving project default" in second.stderr
+        assert f"--port {port + 1}" in second.stderr
+        assert [pid for pid in server if alive(pid)] == server
+        assert running.process.poll() is None
+        run_tracking_script(f"http://127.0.0.1:{port}", tmp_path / "work")
+        assert stop_helper(running) == 0
 
 
 def test_upgrade_fresh_schema_then_out_of_date_schema_is_explained(
@@ -625,7 +672,11 @@ def test_serve_docker_runtime_with_a_stand_in_docker(
     assert run["argv"][:6] == ["run", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:5000"]
     for flag in ("--read-only", "no-new-privileges", "ALL"):
         assert flag in run["argv"]
-    assert run["argv"][-1] == IMAGE_URI
+    # The image's server behind the run's secret, which only the environment carries.
+    assert run["argv"][-3:] == [IMAGE_URI, "--app-name", "mlflow-aws-run-secret"]
+    assert run["env"]["MLFLOW_AWS_RUN_SECRET"] == running.secret
+    assert run["env"]["MLFLOW_AWS_PUBLIC_PORT"] == str(port)
+    assert running.secret not in json.dumps(run["argv"]) + running.stderr()
     assert not [a for a in run["argv"] if "=" in a and a.split("=")[0] in run["env"]]
     values = run["env"]
     assert values["MLFLOW_BACKEND_STORE_URI"] == (

@@ -53,11 +53,12 @@ ENDPOINT = "demo.cluster-abc.eu-west-1.rds.amazonaws.com"
 # As the stack writes them (helper/trust.py checks each against the secret it came from).
 IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlflow-aws/dev/server@sha256:" + "a" * 64
 CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBdemo\n-----END CERTIFICATE-----\n"
+RUN_SECRET = "run-secret-" + "r" * 32
 ROLE_ARN = "arn:aws:iam::123456789012:role/mlflow-aws-churn-0001"
 
 
 def sample_outputs() -> dict[str, Any]:
-    """``pulumi stack output --json`` of a stack (DESIGN.md's shape; no project password)."""
+    """``pulumi stack output --json`` of a stack (README.md "Stack outputs"; no password)."""
 
     def project(name: str) -> dict[str, Any]:
         schema = name.replace("-", "_")
@@ -149,11 +150,11 @@ def test_docker_run_is_hardened_loopback_only_and_carries_no_value(
     ):
         at = argv.index(flags[0])
         assert argv[at : at + len(flags)] == flags
-    assert argv[-1] == IMAGE
+    assert argv[-3:] == [IMAGE, "--app-name", "mlflow-aws-run-secret"]  # behind the run's secret
     given = [argv[i + 1] for i, a in enumerate(argv) if a == "-e"]
     assert given == names and all("=" not in name for name in given)  # names, never values
     assert {"MLFLOW_BACKEND_STORE_URI", "AWS_SECRET_ACCESS_KEY", "MLFLOW_AWS_DB_CA_BUNDLE",
-            "MLFLOW_SERVER_ALLOWED_HOSTS"} <= set(given)  # fmt: skip
+            "MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_AWS_RUN_SECRET"} <= set(given)  # fmt: skip
     assert container_port() == 5000
     assert_no_secret(" ".join(argv))
 
@@ -163,7 +164,7 @@ def test_container_environment_holds_store_ca_role_credentials_and_pinned_hosts(
 ) -> None:
     role = {"AWS_ACCESS_KEY_ID": "ASIAROLE", "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
             "AWS_SESSION_TOKEN": AWS_TOKEN}  # fmt: skip
-    env = runtimes.container_environment(churn, role, CA_PEM, 5123)
+    env = runtimes.container_environment(churn, role, CA_PEM, 5123, RUN_SECRET)
     # The entrypoint adds ssl_ca for the CAs it is given; the helper adds the idle timeout.
     assert env["MLFLOW_BACKEND_STORE_URI"] == (
         churn.backend_store_uri + "?init_command=SET%20SESSION%20wait_timeout%3D30"
@@ -202,6 +203,7 @@ def test_connection_bundle_carries_ca_and_tracking_uri_when_present() -> None:
 
 # -- the tuned settings -----------------------------------------------------------------------
 
+RUN_SECRET_ENV = {"MLFLOW_AWS_RUN_SECRET": RUN_SECRET, "MLFLOW_AWS_PUBLIC_PORT": "5123"}
 FORCED = {"MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION", "MLFLOW_HOST", "MLFLOW_PORT"}
 PINNED = set(loopback_only(1))
 
@@ -217,19 +219,22 @@ def test_server_settings_are_server_env(churn: ProjectConnection, tmp_path: Path
     assert defaults["MLFLOW_SERVE_ARTIFACTS"] == "true"
     store = runtimes.local_store(tmp_path, "default")
     for env in (
-        runtimes.process_environment(churn, 5123, {}, churn.backend_store_uri, {}),
-        runtimes.local_environment(store, 5123, {}),
-        runtimes.container_environment(churn, {}, CA_PEM, 5123),
+        runtimes.process_environment(churn, 5123, {}, churn.backend_store_uri, {}, RUN_SECRET),
+        runtimes.local_environment(store, 5123, {}, RUN_SECRET),
+        runtimes.container_environment(churn, {}, CA_PEM, 5123, RUN_SECRET),
     ):
         tuned = {
             k: v
             for k, v in env.items()
             if k not in FORCED | PINNED
             and not k.startswith("AWS_")
-            and k != "MLFLOW_AWS_DB_CA_BUNDLE"
+            and k not in ("MLFLOW_AWS_DB_CA_BUNDLE", *RUN_SECRET_ENV)
         }
         assert tuned == {k: v for k, v in defaults.items() if k not in FORCED}
         assert {k: env[k] for k in PINNED} == loopback_only(5123)
+        # Every runtime's server gets the run's secret and the port clients use, and only
+        # the app name (never the secret) is in its argv.
+        assert {k: env[k] for k in RUN_SECRET_ENV} == RUN_SECRET_ENV
 
 
 def test_process_environment_has_no_user_credentials_only_the_server_roles(
@@ -247,7 +252,8 @@ def test_process_environment_has_no_user_credentials_only_the_server_roles(
     served = {"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:1/role-credentials",
               "AWS_CONTAINER_AUTHORIZATION_TOKEN": "t0ken"}  # fmt: skip
     verified = tls.with_ssl_ca(churn.backend_store_uri, "/private/db-ca.pem")
-    env = runtimes.process_environment(churn, 5123, user, verified, served)
+    user["MLFLOW_TRACKING_TOKEN"] = RUN_SECRET  # the caller's client copy: not the server's
+    env = runtimes.process_environment(churn, 5123, user, verified, served, RUN_SECRET)
     assert env["MLFLOW_HOST"] == "127.0.0.1" and env["MLFLOW_PORT"] == "5123"
     assert env["MLFLOW_BACKEND_STORE_URI"] == (
         churn.backend_store_uri + "?ssl_ca=/private/db-ca.pem"
@@ -261,12 +267,15 @@ def test_process_environment_has_no_user_credentials_only_the_server_roles(
     assert env["AWS_EC2_METADATA_DISABLED"] == "true"
     assert {k: env[k] for k in served} == served
     assert_no_secret(json.dumps(env).replace(PROJECT_PASSWORD, ""))
-    assert runtimes.mlflow_server_argv() == [sys.executable, "-m", "mlflow", "server"]
+    assert "MLFLOW_TRACKING_TOKEN" not in env and env["MLFLOW_AWS_RUN_SECRET"] == RUN_SECRET
+    assert runtimes.mlflow_server_argv() == [
+        sys.executable, "-m", "mlflow", "server", "--app-name", "mlflow-aws-run-secret"
+    ]  # fmt: skip
 
 
 def test_local_store_layout(tmp_path: Path) -> None:
     store = runtimes.local_store(tmp_path, "default")
-    env = runtimes.local_environment(store, 5000, {})
+    env = runtimes.local_environment(store, 5000, {}, RUN_SECRET)
     assert env["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{tmp_path.resolve()}/default/mlflow.db"
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == f"{tmp_path.resolve()}/default/artifacts"
     assert runtimes.default_data_dir({"XDG_DATA_HOME": "/x"}) == Path("/x/mlflow-aws")
@@ -294,19 +303,26 @@ def test_upgrade_takes_the_uri_from_the_environment() -> None:
 def test_idle_timeout_reaches_mysql_uris_only(churn: ProjectConnection, tmp_path: Path) -> None:
     from urllib.parse import parse_qs, urlsplit
 
-    uri = runtimes.process_environment(churn, 5123, {}, churn.backend_store_uri, {})[
+    uri = runtimes.process_environment(churn, 5123, {}, churn.backend_store_uri, {}, RUN_SECRET)[
         "MLFLOW_BACKEND_STORE_URI"
     ]
     assert parse_qs(urlsplit(uri).query) == {"init_command": ["SET SESSION wait_timeout=30"]}
     faster = runtimes.process_environment(
-        churn, 5123, {"MLFLOW_AWS_DB_IDLE_SECONDS": "5"}, churn.backend_store_uri, {}
+        churn, 5123, {"MLFLOW_AWS_DB_IDLE_SECONDS": "5"}, churn.backend_store_uri, {}, RUN_SECRET
     )
     assert faster["MLFLOW_BACKEND_STORE_URI"].endswith("wait_timeout%3D5")
-    local = runtimes.local_environment(runtimes.local_store(tmp_path, "default"), 5123, {})
+    local = runtimes.local_environment(
+        runtimes.local_store(tmp_path, "default"), 5123, {}, RUN_SECRET
+    )
     assert "init_command" not in local["MLFLOW_BACKEND_STORE_URI"]  # SQLite has no sessions
     with pytest.raises(HelperError, match="MLFLOW_AWS_DB_IDLE_SECONDS must be a whole number"):
         runtimes.process_environment(
-            churn, 5123, {"MLFLOW_AWS_DB_IDLE_SECONDS": "soon"}, churn.backend_store_uri, {}
+            churn,
+            5123,
+            {"MLFLOW_AWS_DB_IDLE_SECONDS": "soon"},
+            churn.backend_store_uri,
+            {},
+            RUN_SECRET,
         )
 
 
@@ -537,7 +553,8 @@ def test_command_reads_the_secret_the_outputs_name_and_prints_no_value(
     )
     assert code == 0, err
     assert out.startswith("docker run --rm --name mlflow-churn-5123 -p 127.0.0.1:5123:5000 ")
-    assert out.strip().endswith(IMAGE) and "-e MLFLOW_BACKEND_STORE_URI" in out
+    assert out.strip().endswith(f"{IMAGE} --app-name mlflow-aws-run-secret")
+    assert "-e MLFLOW_BACKEND_STORE_URI" in out and "-e MLFLOW_AWS_RUN_SECRET" in out
     assert "no value is shown" in err
     assert_no_secret(out + err)
     assert CA_PEM.splitlines()[1] not in out
@@ -547,8 +564,71 @@ def test_command_reads_the_secret_the_outputs_name_and_prints_no_value(
 
 
 def test_env_prints_the_export_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli(["env"], capsys)[:2] == (0, "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000\n")
-    assert run_cli(["env", "--port", "5123"], capsys)[1].endswith("127.0.0.1:5123\n")
+    from mlflow_aws.artifact_settings import MIB
+
+    code, out, err = run_cli(["env"], capsys)
+    assert code == 0
+    assert out.splitlines() == [
+        "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000",
+        f"export MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE={8 * MIB}",
+        f"export MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE={16 * MIB}",
+        f"export MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE={32 * MIB}",
+    ]
+    assert "artifacts: presigned, straight to and from S3" in err
+    assert "#" not in out  # a comment would end `eval $(helper env)` early
+    assert run_cli(["env", "--port", "5123"], capsys)[1].startswith(
+        "export MLFLOW_TRACKING_URI=http://127.0.0.1:5123\n"
+    )
+
+
+def test_env_proxied_turns_presigned_transfer_off(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["env", "--artifacts", "proxied"], capsys)
+    assert code == 0
+    assert out.splitlines()[1:] == [
+        "export MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=false",
+        "export MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=false",
+    ]
+    assert "artifacts: proxied, every byte through the server" in err
+
+
+def test_serve_refuses_artifacts_without_remote(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["serve", "--project", "churn", "--artifacts", "proxied"], capsys)
+    assert code == 2 and "--artifacts goes with --remote" in err
+
+
+def test_the_plugin_sets_the_sizes_as_defaults_only() -> None:
+    from mlflow_aws.artifact_settings import apply_client_defaults, client_settings
+
+    environ: dict[str, str] = {"MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE": "104857600"}
+    apply_client_defaults(environ)
+    assert environ == {
+        **client_settings("presigned"),
+        "MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE": "104857600",
+    }
+    proxied = {"MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false"}
+    apply_client_defaults(proxied)
+    assert proxied == {"MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false"}
+
+
+def test_auto_artifacts_probe_the_s3_endpoint_of_this_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    from helper import artifacts
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+        assert artifacts.choose("auto", "eu-west-1", probe=True)[0] == "presigned"
+    mode, why = artifacts.choose("auto", "eu-west-1", probe=True)  # nothing listens now
+    assert mode == "proxied" and f"127.0.0.1:{port}" in why and "not reachable" in why
+    assert artifacts.choose("presigned", "eu-west-1", probe=True)[0] == "presigned"
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    assert artifacts.s3_endpoint("eu-west-1") == ("s3.eu-west-1.amazonaws.com", 443)
 
 
 @pytest.mark.parametrize(
@@ -798,8 +878,10 @@ def test_a_server_left_by_a_killed_helper_is_reclaimed_with_a_message(
     left = subprocess.Popen(
         supervise.watchdog_argv(launch), stdin=subprocess.PIPE, start_new_session=True
     )
+    killed_helper = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed_helper.wait()
     try:
-        with supervise.recorded(launch, left.pid):
+        with supervise.recorded(launch, left.pid, helper_pid=killed_helper.pid):
             record = tmp_path / "mlflow-aws" / "run" / f"port-{port}.json"
             assert stat.S_IMODE(record.stat().st_mode) == 0o600
             err = io.StringIO()
@@ -811,6 +893,38 @@ def test_a_server_left_by_a_killed_helper_is_reclaimed_with_a_message(
     finally:
         if left.poll() is None:
             os.killpg(left.pid, signal.SIGKILL)
+
+
+def test_a_live_helpers_server_is_never_reclaimed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record's helper (this process) still runs: its server stays, the port is refused;
+    a reused pid (same number, other start time) does not count as that helper."""
+    import signal
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    port = free_port()
+    launch = supervise.ServerLaunch("live", [sys.executable, "-c", "import time; time.sleep(300)"],
+                                    dict(os.environ), port, project="churn")  # fmt: skip
+    live = subprocess.Popen(
+        supervise.watchdog_argv(launch), stdin=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        with supervise.recorded(launch, live.pid):
+            with pytest.raises(HelperError, match=f"port {port} is in use by another helper "
+                               "serving project churn .*--port"):  # fmt: skip
+                supervise.reclaim_port(port, io.StringIO())
+            assert live.poll() is None
+            record = tmp_path / "mlflow-aws" / "run" / f"port-{port}.json"
+            assert record.exists()
+            stale = json.loads(record.read_text())
+            stale["helper_identity"] = "0"  # this pid, but not the process that wrote it
+            record.write_text(json.dumps(stale))
+            supervise.reclaim_port(port, io.StringIO())
+            assert live.wait(20) is not None
+    finally:
+        if live.poll() is None:
+            os.killpg(live.pid, signal.SIGKILL)
 
 
 def test_the_watchdog_stops_the_server_when_its_helper_is_killed(tmp_path: Path) -> None:

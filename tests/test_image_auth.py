@@ -18,14 +18,16 @@ import pytest
 from infra.server import AUTH_APP
 from mlflow_aws.auth.token import TOKEN_PREFIX, make_token, sts_endpoint_url
 from tests import image_server
-from tests.central import ALLOWED_ROLE, Identities, get, make_identities
+from tests.central import ALLOWED_ROLE, Identities, get, make_identities, marker_url, put_marker
 from tests.services import MariaDB, MotoServer, free_port
 from tests.stack_on_moto import REGION, create_project, ensure_bucket
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "mlflow-aws-image-auth"
-SERVER_ID = "mlflow.example.com"  # the load balancer's name, as MLFLOW_AWS_IAM_SERVER_ID
+SERVER_ID = "mlflow.example.com"  # the load balancer's name
+PROJECT = "img-auth"
+AUDIENCE = f"{SERVER_ID}/{PROJECT}"  # as infra/server.py sets MLFLOW_AWS_IAM_AUDIENCE
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def identities(moto: MotoServer) -> Identities:
 def task(
     image_venv: Path, mariadb: MariaDB, moto: MotoServer, tmp_path_factory: Any
 ) -> Iterator[image_server.ImageServer]:
-    project = create_project(mariadb, "img-auth")
+    project = create_project(mariadb, PROJECT)
     ensure_bucket(moto.aws_env(), BUCKET)
     port = free_port()
     aws = {k: v for k, v in moto.aws_env().items() if k != "AWS_ENDPOINT_URL"}
@@ -54,10 +56,13 @@ def task(
             "MLFLOW_S3_ENDPOINT_URL": moto.endpoint_url,
             "AWS_ENDPOINT_URL_STS": moto.endpoint_url,
             "AWS_ENDPOINT_URL_IAM": moto.endpoint_url,
-            "MLFLOW_AWS_IAM_SERVER_ID": SERVER_ID,
+            "AWS_ENDPOINT_URL_S3": moto.endpoint_url,
+            "MLFLOW_AWS_IAM_AUDIENCE": AUDIENCE,
+            "MLFLOW_AWS_IAM_MARKER_URL": marker_url(moto, f"s3://{BUCKET}/{PROJECT}"),
             "MLFLOW_AWS_IAM_ALLOWED_ROLES": ALLOWED_ROLE,
         },
     )
+    put_marker(moto, f"s3://{BUCKET}/{PROJECT}")
     home = tmp_path_factory.mktemp("task")
     with image_server.running(image_venv, env, home, home / "task.log",
                               ("--app-name", AUTH_APP)) as server:  # fmt: skip
@@ -68,7 +73,8 @@ def bearer(moto: MotoServer, credentials: Any) -> dict[str, str]:
     with mock.patch.dict(os.environ, {"AWS_ENDPOINT_URL_STS": moto.endpoint_url}):
         url = sts_endpoint_url(REGION)
     token = make_token(credentials.access_key_id, credentials.secret_access_key,
-                       credentials.session_token, REGION, url, SERVER_ID)  # fmt: skip
+                       credentials.session_token, REGION, url, AUDIENCE,
+                       marker_url(moto, f"s3://{BUCKET}/{PROJECT}"))  # fmt: skip
     return {"Authorization": f"Bearer {token}", "Host": SERVER_ID}
 
 

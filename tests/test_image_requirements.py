@@ -1,4 +1,4 @@
-"""The server image's own packages, for real (DESIGN.md, test layer 4).
+"""The server image's own packages, for real (README.md "Tests": the image).
 
 No Docker engine here, so the image is not built. Instead a venv gets docker/requirements.txt
 installed exactly as the Dockerfile installs it (the same pip flags, read from the Dockerfile),
@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -32,7 +33,8 @@ import boto3
 import pytest
 
 from helper.outputs import ProjectConnection
-from helper.runtimes import container_environment
+from helper.runtimes import container_environment, secret_app_argv
+from mlflow_aws.run_secret import new_secret
 from tests.services import MariaDB, MotoServer, free_port
 from tests.stack_on_moto import create_project
 from tests.test_helper_e2e import cmdline, descendants, run_tracking_script
@@ -242,9 +244,14 @@ def bucket(moto: MotoServer) -> dict[str, str]:
     return env
 
 
-def get(url: str) -> tuple[int, str, bytes]:
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (loopback)
-        return response.status, response.headers.get("Content-Type", ""), response.read()
+def get(url: str, secret: str | None = None) -> tuple[int, str, bytes]:
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 (loopback)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback)
+            return response.status, response.headers.get("Content-Type", ""), response.read()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.headers.get("Content-Type", ""), refused.read()
 
 
 @pytest.mark.slow
@@ -266,8 +273,11 @@ def test_server_from_the_image_venv_end_to_end(
         mlflow_version=lock()["mlflow"],
     )
     port = free_port()
+    secret = new_secret()
     # The helper's docker env file, with the container's host and port made loopback ones.
-    env_file = {**container_environment(connection, bucket, mariadb.ca_path.read_text(), port)}
+    env_file = {
+        **container_environment(connection, bucket, mariadb.ca_path.read_text(), port, secret)
+    }
     env_file.update(MLFLOW_HOST="127.0.0.1", MLFLOW_PORT=str(port))
     home = tmp_path / "home"
     home.mkdir()
@@ -277,7 +287,7 @@ def test_server_from_the_image_venv_end_to_end(
     started = time.monotonic()
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            [str(ENTRYPOINT)],
+            [str(ENTRYPOINT), *secret_app_argv()],  # the container's command, as docker runs it
             cwd=home,
             env=env,
             stdout=log,
@@ -306,12 +316,18 @@ def test_server_from_the_image_venv_end_to_end(
         check = subprocess.run([str(ENTRYPOINT), "healthcheck"], env=env, timeout=30, check=False)
         assert check.returncode == 0
 
-        status, content_type, body = get(f"{uri}/")
+        # Only the run's secret opens it (the container listens on 0.0.0.0: any local
+        # process could reach it otherwise).
+        for wrong in (None, "wrong", secret[:-1]):
+            assert get(f"{uri}/", wrong)[0] == 401
+            assert get(f"{uri}/api/2.0/mlflow/experiments/search", wrong)[0] == 401
+        status, content_type, body = get(f"{uri}/", secret)
         assert status == 200 and content_type.startswith("text/html")
         assert body.lstrip().lower().startswith(b"<!doctype html>")
-        assert get(f"{uri}/version")[2].decode() == lock()["mlflow"]
+        assert get(f"{uri}/version", secret)[2].decode() == lock()["mlflow"]
 
-        # The tutorial's tracking.py, with nothing but MLFLOW_TRACKING_URI.
+        # The tutorial's tracking.py, with nothing but the export line's two variables.
+        os.environ["MLFLOW_TRACKING_TOKEN"] = secret
         run_tracking_script(uri, tmp_path / "work")
 
         # The dev environment's stock client: a batch, an artifact up and back down, a search.
@@ -336,6 +352,7 @@ def test_server_from_the_image_venv_end_to_end(
         found = client.search_runs([experiment], "metrics.loss < 0.05 and params.LR = '0.1'")
         assert [r.info.run_id for r in found] == [run_id]
     finally:
+        os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM)
         try:

@@ -5,6 +5,7 @@ the server settings) lives in ``mlflow_aws/``, which the image and the helper in
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,38 @@ def test_the_server_settings_parser_sits_beside_server_env() -> None:
     assert server_settings.container_port() == int(
         server_settings.server_env_defaults()["MLFLOW_PORT"]
     )
+
+
+def repository_text_files() -> list[Path]:
+    """The repository's own files (what git tracks, or would), not the venv's or caches."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    return [ROOT / name for name in listed if (ROOT / name).is_file()]
+
+
+def test_no_file_cites_a_document_outside_the_repository() -> None:
+    """The contracts are the README, ``Pulumi.yaml`` and the docstrings: a design document
+    kept elsewhere is not in a reader's checkout."""
+    outside = "DESIGN" + ".md"  # spelled apart so this file does not cite it
+    citing = [str(p.relative_to(ROOT)) for p in repository_text_files()
+              if outside in p.read_text(errors="replace")]  # fmt: skip
+    assert citing == []
+
+
+def test_every_cited_readme_section_exists() -> None:
+    """A citation of a README section (README.md, then the heading in double quotes) in code
+    and docs names a heading the README has."""
+    headings, in_code = set(), False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        in_code ^= line.startswith("```")
+        if not in_code and line.startswith("#"):
+            headings.add(line.lstrip("#").strip())
+    cited = {
+        (str(p.relative_to(ROOT)), section)
+        for p in repository_text_files()
+        for section in re.findall(r'README\.md "([^"]+)"', p.read_text(errors="replace"))
+    }
+    assert cited, "nothing cites a README section: the pattern no longer matches"
+    assert {(path, s) for path, s in cited if s not in headings} == set()

@@ -34,7 +34,23 @@ WAITS_FOR: dict[str, dict[str, str]] = {
         "metadata-clients-sg": "reaching MySQL",
         "metadata-instance": "a database that answers",
         "tracking-https": "the listener of its rule",
+        "tracking-{p}-sign-in-marker": "sign-in replays a read of it",
+        "tracking-{p}-upgrade": "an MLflow upgrade stops the old tasks and migrates first",
     },
+    "project-{p}-password-retirement": {
+        "tracking-{p}-service": "no task may still use the old password (steady state)",
+        "project-{p}-connection-version": "teammates' servers read the new password first",
+        "project-{p}-schema": "the new password is set (the old one kept) first",
+    },
+    "tracking-{p}-upgrade": {
+        "tracking-{p}-task": "the migration runs the new task definition",
+        "tracking-cluster": "where the service and the migration task run",
+        "project-{p}-schema": "it reads the schema's version through the Data API",
+        "project-{p}-connection-version": "the migration task reads the bundle's keys",
+        "tracking-{p}-execution-policy": "the migration task pulls the image, reads the secret",
+        "metadata-admin-secret-value": "the Data API logs in with the secret's value",
+    },
+    "tracking-{p}-sign-in-marker": {"artifacts-bucket": "the bucket it is written to"},
     "project-{p}-schema": {
         "metadata-instance": "the Data API answers only once the writer runs",
         "metadata-admin-secret-value": "the Data API logs in with the secret's value",
@@ -187,9 +203,13 @@ def test_a_missing_wait_is_reported() -> None:
             "project-churn-connection-version",
             "project-churn-schema",
             "tracking-churn-task-policy",
+            "tracking-churn-upgrade",  # which waits for them too
         )
     }
     service.dependencies = tuple(d for d in service.dependencies if d not in dropped)
+    # ... and its task definition named no secret version then.
+    task = by_name["tracking-churn-task"]
+    task.dependencies = tuple(d for d in task.dependencies if d not in dropped)
     found = missing_waits(ctx, WAITS_FOR)
     assert (
         "tracking-churn-service does not wait for project-churn-connection-version "

@@ -104,6 +104,7 @@ def test_installed_entry_points_are_registered(installed: Path, tmp_path: Path) 
     assert listed.returncode == 0, listed.stderr
     assert eval(listed.stdout) == [  # noqa: S307 (our own repr)
         ("mlflow.app", "aws-iam", "mlflow_aws.auth.server:create_app"),
+        ("mlflow.app", "mlflow-aws-run-secret", "mlflow_aws.run_secret:create_app"),
         (
             "mlflow.request_auth_provider",
             "aws-iam",

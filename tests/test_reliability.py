@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from bench.common import (
+    HELPER_SECRET,
     Database,
     Server,
     create_project_schema,
@@ -51,11 +52,14 @@ def project_database(db: MariaDB, project: str) -> Database:
 
 @pytest.fixture
 def helper_server(
-    request: pytest.FixtureRequest, moto: MotoServer, tmp_path: Path
-) -> Iterator[Any]:
+    request: pytest.FixtureRequest, moto: MotoServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Any]:  # fmt: skip
     """A factory: ``helper_server(db, project)`` starts the helper-run server for a new
-    project schema on ``db`` and stops it after the test."""
+    project schema on ``db`` and stops it after the test; this process's clients hold the
+    run's secret meanwhile."""
     started: list[Server] = []
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", HELPER_SECRET)
 
     def start(db: MariaDB, project: str) -> tuple[Server, Database]:
         database = project_database(db, project)

@@ -9,6 +9,7 @@ tests/test_server_rollout.py for the server itself, for real).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from helper.outputs import parse_connection_bundle
@@ -23,6 +24,7 @@ from tests.pulumi_mocks import (
     PRIVATE_SUBNETS,
     PUBLIC_SUBNETS,
     REGION,
+    ROOT,
     Registered,
 )
 from tests.test_program import (
@@ -118,9 +120,28 @@ def test_disabled_server_builds_nothing_and_the_helper_reads_the_bundle() -> Non
 # -------------------------------------------------------------------------- outputs, bundle
 
 
+def documented_outputs() -> list[str]:
+    """The first column of the README's table under "Stack outputs" (terraform-aws-modules
+    documents each output; so does this program)."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n### Stack outputs\n", 1)[1].split("\n#", 1)[0]
+    return re.findall(r"^\| `([^`]+)` \|", section, re.M)
+
+
+def test_the_readme_describes_every_stack_output_and_no_other() -> None:
+    """Every output of a stack with the central server (which adds ServerUrl and each
+    project's TrackingUri) has a row, and every row is an output."""
+    r = on()
+    exported = set(r.outputs)
+    exported |= {f"Projects.<name>.{key}" for p in r.outputs["Projects"].values() for key in p}
+    documented = documented_outputs()
+    assert len(documented) == len(set(documented)), "an output is described twice"
+    assert set(documented) == exported
+
+
 def test_outputs_and_bundles_carry_the_tracking_uris() -> None:
     r = on()
-    assert set(r.outputs) == OUTPUT_NAMES | {"ServerUrl"}
+    assert set(r.outputs) == OUTPUT_NAMES | {"ServerUrl", "Upgrades"}
     assert r.outputs["ServerUrl"] == f"https://{DOMAIN}"
     assert not r.secret_outputs["ServerUrl"]
     for project in ("churn", "fraud"):
@@ -298,7 +319,10 @@ def test_task_runs_the_stack_image_under_its_prefix_with_pinned_hosts() -> None:
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == f"{r.outputs['ArtifactRoot']}/churn"
     assert env["MLFLOW_SERVER_ALLOWED_HOSTS"] == f"{DOMAIN},{DOMAIN}:443"
     assert env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] == f"https://{DOMAIN}"
-    assert env["MLFLOW_AWS_IAM_SERVER_ID"] == DOMAIN
+    # Each project's server its own audience: a token for churn is refused by fraud's server.
+    assert env["MLFLOW_AWS_IAM_AUDIENCE"] == f"{DOMAIN}/churn"
+    assert environment(r, "fraud")["MLFLOW_AWS_IAM_AUDIENCE"] == f"{DOMAIN}/fraud"
+    assert "MLFLOW_AWS_IAM_SERVER_ID" not in env
     assert env["MLFLOW_AWS_IAM_ALLOWED_ROLES"] == "ci-runner,ds-team"
     assert env["MLFLOW_AWS_IAM_ALLOWED_GROUPS"] == "ds"
     assert env["AWS_REGION"] == REGION
@@ -495,3 +519,31 @@ def test_own_certificate_network_and_size() -> None:
     task = named(r, "tracking-churn-task").inputs
     assert (task["cpu"], task["memory"]) == ("1024", "2048")
     assert r.outputs["Projects"]["churn"]["TrackingUri"] == f"https://{DOMAIN}/churn"
+
+
+# -------------------------------------------------------------------------- password rotation
+
+
+def test_a_password_rotation_rolls_the_tasks_and_then_retires_the_old_password() -> None:
+    """A new passwordVersion is a new bundle, a new secret version id in the task definition
+    (so a new deployment: ECS reads the secret only at task start), and the old password is
+    retired only after the service (steady state) and the schema."""
+    r = on()
+    rotated_config = json.loads(json.dumps(ON))
+    rotated_config["mlflow-aws:projects"] = [
+        {**p, "passwordVersion": 2} if isinstance(p, dict) and p["name"] == "churn" else p
+        for p in rotated_config["mlflow-aws:projects"]
+    ]
+    rotated = run(rotated_config)
+    version = environment(r, "churn")["MLFLOW_AWS_CONNECTION_VERSION"]
+    assert version == named(r, "project-churn-connection-version").state["versionId"]
+    assert environment(rotated, "churn")["MLFLOW_AWS_CONNECTION_VERSION"] != version
+    assert environment(rotated, "fraud") == environment(r, "fraud")  # only churn rolls
+    assert named(r, "project-churn-schema").inputs["retain_previous_password"] is True
+    retirement = named(r, "project-churn-password-retirement")
+    depends = set(retirement.dependencies)
+    assert named(r, "tracking-churn-service").urn in depends
+    assert named(r, "project-churn-schema").urn in depends
+    from tests.grpc_provider import is_secret
+
+    assert is_secret(retirement.inputs["password"])  # the engine keeps it encrypted

@@ -2,41 +2,50 @@
 caller's AWS identity (entry point group ``mlflow.request_auth_provider``, name ``aws-iam``).
 
 mlflow loads this module when it is imported (every registered provider is), so it stays light:
-boto3 loads on the first request. The server id is ``MLFLOW_AWS_IAM_SERVER_ID`` if set, else the
-host of the request's URL, which for MLflow's requests is the host of MLFLOW_TRACKING_URI.
+boto3 loads on the first request. Each token is bound to one project's server: its audience is
+``<host>/<project>`` of the request's URL (MLflow's requests go under MLFLOW_TRACKING_URI,
+``https://<domain>/<project>``), and only HTTPS URLs (plain HTTP only on loopback) are signed for.
+
+With this provider in use it also sets mlflow-aws's artifact sizes as defaults in the process's
+environment (``mlflow_aws.artifact_settings``: presigned multipart from 8 MiB, never over a
+value the user set): MLflow reads them when it transfers, and a job configured with the three
+``env --remote`` lines gets the same transfer as the lines the helper prints.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from urllib.parse import urlsplit
 
 from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestAuthProvider
 from requests import PreparedRequest
 from requests.auth import AuthBase
 
-from .signer import TokenSource, server_id_for
+from mlflow_aws.artifact_settings import apply_client_defaults
+
+from .signer import TokenSource, audience_of
 
 PROVIDER_NAME = "aws-iam"
 
 
 class AwsIamAuth(AuthBase):
-    """Adds ``Authorization: Bearer aws-iam-v1.…`` to each request, one token source per server."""
+    """Adds ``Authorization: Bearer aws-iam-v2.…`` to each request, one token source per project
+    server (audience)."""
 
     def __init__(self) -> None:
         self._sources: dict[str, TokenSource] = {}
         self._lock = threading.Lock()
 
-    def _source(self, server_id: str) -> TokenSource:
+    def _source(self, url: str) -> TokenSource:
+        audience = audience_of(url)  # refuses a URL that is not HTTPS (or loopback)
         with self._lock:
-            source = self._sources.get(server_id)
+            source = self._sources.get(audience)
             if source is None:
-                source = self._sources[server_id] = TokenSource(server_id)
+                source = self._sources[audience] = TokenSource(url)
             return source
 
     def __call__(self, request: PreparedRequest) -> PreparedRequest:
-        server_id = server_id_for(urlsplit(request.url or "").hostname or "")
-        request.headers["Authorization"] = f"Bearer {self._source(server_id).token()}"
+        request.headers["Authorization"] = f"Bearer {self._source(request.url or '').token()}"
         return request
 
 
@@ -48,4 +57,12 @@ class AwsIamRequestAuthProvider(RequestAuthProvider):
         return PROVIDER_NAME
 
     def get_auth(self) -> AwsIamAuth:
+        apply_client_defaults(os.environ)  # MLFLOW_TRACKING_AUTH set after mlflow was imported
         return _AUTH
+
+
+# mlflow imports every registered provider before its first request (its registry loads the
+# entry points on import), so a process configured by its environment has the sizes before any
+# artifact moves.
+if os.environ.get("MLFLOW_TRACKING_AUTH") == PROVIDER_NAME:
+    apply_client_defaults(os.environ)

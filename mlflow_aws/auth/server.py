@@ -4,15 +4,24 @@ MLflow starts this app with uvicorn through the ``mlflow.app`` entry point ``aws
 names ``create_app`` (a factory: mlflow passes ``--factory``, so the settings are read in the
 worker and ``mlflow server`` itself imports only this light module).
 
-Every request but ``<static-prefix>/health`` needs ``Authorization: Bearer aws-iam-v1.…``
+Every request but ``<static-prefix>/health`` needs ``Authorization: Bearer aws-iam-v2.…``
 (``token.py``): the Flask routes, the native FastAPI ones (artifact streaming, OTel, gateway,
 jobs), the UI and its assets alike, since the middleware wraps the ASGI app from outside.
 Decisions: 401 with a one-line reason for a missing or invalid token, 403 for a verified
-identity that is not allowed, 503 when AWS cannot be asked; allowed otherwise. One log line per
-request names the caller's ARN; tokens and Authorization headers are never logged.
+identity that is not allowed, 503 when AWS cannot be asked; allowed otherwise. An allowed
+request reaches MLflow without its ``Authorization`` header (nothing inside MLflow can see or
+forward a token). One log line per request names the caller's ARN, every field with its control
+characters escaped; tokens and Authorization headers are never logged.
 
 Settings (environment):
-  MLFLOW_AWS_IAM_SERVER_ID        required; tokens must be made for it (the public host name)
+  MLFLOW_AWS_IAM_AUDIENCE         required; tokens must be made for it: ``<domain>/<project>``,
+                                  the host and first path segment of the project's tracking URI
+  MLFLOW_AWS_IAM_MARKER_URL       required; the project's sign-in marker object
+                                  (``https://<bucket>.s3.<region>.amazonaws.com/<prefix>/
+                                  .mlflow-aws-sign-in``): a token must carry a signed HEAD of it,
+                                  which S3 answers only while IAM lets the caller read the
+                                  project's prefix (revocation, deny policies and SCPs end
+                                  sign-in within DECISION_TTL)
   MLFLOW_AWS_IAM_ALLOWED_ROLES    role names (SSO: the AWSReservedSSO_… name or the permission
                                   set's name) of this account, or role ARNs; comma separated
   MLFLOW_AWS_IAM_ALLOWED_GROUPS   IAM group names of this account whose users are allowed
@@ -23,6 +32,7 @@ Settings (environment):
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -31,26 +41,41 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .token import (
-    SERVER_ID_ENV,
+    AUDIENCE_ENV,
+    SIGN_IN_PATH,
     CallerIdentity,
+    MarkerRead,
     SignedRequest,
     TokenError,
+    check_marker_url,
     check_token,
     parse_caller_identity,
+    printable,
     sts_endpoint_url,
     sts_error,
 )
 
 ALLOWED_ROLES_ENV = "MLFLOW_AWS_IAM_ALLOWED_ROLES"
 ALLOWED_GROUPS_ENV = "MLFLOW_AWS_IAM_ALLOWED_GROUPS"
+MARKER_URL_ENV = "MLFLOW_AWS_IAM_MARKER_URL"
+GATEWAY_ENV = "MLFLOW_ENABLE_AI_GATEWAY"
 # What `mlflow server --static-prefix` (or MLFLOW_STATIC_PREFIX) hands its worker; routes use it.
 STATIC_PREFIX_ENV = "_MLFLOW_STATIC_PREFIX"
 BEARER = "bearer "
-GROUPS_TTL_SECONDS = 300.0  # a group membership change is seen within 5 min (plus token life)
+GROUPS_TTL_SECONDS = 120.0  # a group membership change is seen within 2 min
+# A decision is replayed to STS and S3 again after this, whatever the token's remaining life: a
+# revoked session (deny policy, detached policy, removed from the group) is refused within it.
+DECISION_TTL = timedelta(minutes=2)
+# Sign-in attempts that need AWS (a token not in the cache): each costs an STS and an S3 round
+# trip, so a public load balancer must not turn the server into an amplifier, nor park MLflow's
+# threads on them. Token buckets: (burst, per second), per client address and for the server.
+CLIENT_ATTEMPTS = (20.0, 2.0)
+SERVER_ATTEMPTS = (200.0, 20.0)
+VERIFYING_THREADS = 8  # at most this many threads wait on AWS; MLflow keeps the rest
 IDENTITY_CACHE_MAX = 10_000
 STS_CONNECT_TIMEOUT = 3.0
 STS_READ_TIMEOUT = 10.0
@@ -92,27 +117,56 @@ def split_list(text: str | None) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class Settings:
-    server_id: str
+    audience: str
+    marker_url: str
     allowed_roles: frozenset[str]
     allowed_groups: frozenset[str]
     region: str
     sts_url: str
     static_prefix: str
+    gateway_enabled: bool = False
 
     @property
     def health_path(self) -> str:
         return f"{self.static_prefix}/health"
 
+    @property
+    def gateway_paths(self) -> tuple[str, ...]:
+        """The AI Gateway's routes (FastAPI's and Flask's), answered 404 while it is off."""
+        p = self.static_prefix
+        return (
+            f"{p}/gateway/",
+            f"{p}/api/3.0/mlflow/gateway/",
+            f"{p}/ajax-api/3.0/mlflow/gateway/",
+            f"{p}/ajax-api/2.0/mlflow/gateway-proxy",
+        )
+
 
 def settings_from_environ(
     environ: Mapping[str, str], endpoint_for: Callable[[str], str] = sts_endpoint_url
 ) -> Settings:
-    server_id = environ.get(SERVER_ID_ENV, "").strip()
-    if not server_id:
+    audience = environ.get(AUDIENCE_ENV, "").strip()
+    if not audience:
         raise SettingsError(
-            f"{SERVER_ID_ENV} is not set: set it to the host name clients use "
-            "(the host of https://<domain>/<project>); tokens are bound to it"
+            f"{AUDIENCE_ENV} is not set: set it to <domain>/<project> of the tracking URI "
+            "clients use (https://<domain>/<project>); tokens are bound to it"
         )
+    if audience != audience.lower() or "/" not in audience.strip("/"):
+        raise SettingsError(
+            f"{AUDIENCE_ENV}: {audience!r} is not <domain>/<project> in lowercase "
+            "(e.g. mlflow.example.com/churn): each project's server has its own"
+        )
+    marker_url = environ.get(MARKER_URL_ENV, "").strip()
+    if not marker_url:
+        raise SettingsError(
+            f"{MARKER_URL_ENV} is not set: set it to the URL of the project's sign-in marker "
+            "(https://<bucket>.s3.<region>.amazonaws.com/<prefix>/.mlflow-aws-sign-in): "
+            "sign-in needs a read of it that only the project's policy allows"
+        )
+    try:
+        check_marker_url(marker_url, environ.get("AWS_ENDPOINT_URL_S3"))
+    except ValueError as exc:
+        raise SettingsError(f"{MARKER_URL_ENV}: {exc}") from None
     region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
     if not region:
         raise SettingsError("AWS_REGION is not set: it selects the STS endpoint tokens go to")
@@ -120,12 +174,15 @@ def settings_from_environ(
         if name.startswith("arn:") and not _ROLE_ARN.fullmatch(name):
             raise SettingsError(f"{ALLOWED_ROLES_ENV}: {name!r} is not an IAM role ARN")
     return Settings(
-        server_id=server_id,
+        audience=audience,
+        marker_url=marker_url,
         allowed_roles=split_list(environ.get(ALLOWED_ROLES_ENV)),
         allowed_groups=split_list(environ.get(ALLOWED_GROUPS_ENV)),
         region=region,
         sts_url=endpoint_for(region),
         static_prefix=environ.get(STATIC_PREFIX_ENV, "").rstrip("/"),
+        # MLflow's own switch (default on in MLflow; server.env turns it off).
+        gateway_enabled=environ.get(GATEWAY_ENV, "true").strip().lower() in ("true", "1"),
     )
 
 
@@ -273,13 +330,92 @@ class AwsLookups:
         return groups
 
 
+class MarkerRefused(Exception):
+    """S3 refused the caller the project's sign-in marker: they do not hold its policy now."""
+
+
+class MarkerReplay:
+    """Send a checked token's marker ``HEAD`` to S3 (the server's own marker URL), TLS
+    verified: 200 means IAM lets the caller read the project's prefix now."""
+
+    def __init__(self) -> None:
+        import urllib3
+
+        self.pool = urllib3.PoolManager(num_pools=2, maxsize=8, retries=False)
+        self.timeout = urllib3.Timeout(connect=STS_CONNECT_TIMEOUT, read=STS_READ_TIMEOUT)
+
+    def __call__(self, marker: MarkerRead) -> None:
+        import urllib3
+
+        try:
+            response = self.pool.request(
+                "HEAD", marker.url, headers=dict(marker.headers), timeout=self.timeout,
+                redirect=False, preload_content=True,
+            )  # fmt: skip
+        except urllib3.exceptions.HTTPError as exc:
+            raise AwsUnavailable(f"cannot reach S3: {type(exc).__name__}") from None
+        if response.status == 200:
+            return
+        if response.status == 403:
+            raise MarkerRefused(
+                "may not read this project's sign-in marker now: the project's policy is not "
+                "attached to this identity (any more), or a deny applies"
+            )
+        if response.status == 404:
+            raise AwsUnavailable(
+                f"the project's sign-in marker {marker.url} is missing (`pulumi up` creates it)"
+            )
+        if response.status >= 500 or response.status in (301, 307, 429):
+            raise AwsUnavailable(f"S3 answered {response.status} for the sign-in marker")
+        # 400: a signature S3 will not take (too old or skewed, malformed): the token's fault.
+        raise TokenError(f"S3 refused the token's marker read ({response.status})")
+
+
 def token_key(header: str) -> str:
     return hashlib.sha256(header.encode()).hexdigest()
 
 
+class RateLimiter:
+    """Token buckets: one per client address (at most ``CLIENT_BUCKETS_MAX`` remembered) and one
+    for the whole server; ``allow(client)`` spends one from both or refuses."""
+
+    CLIENT_BUCKETS_MAX = 10_000
+
+    def __init__(
+        self,
+        per_client: tuple[float, float] = CLIENT_ATTEMPTS,
+        per_server: tuple[float, float] = SERVER_ATTEMPTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_client, self.per_server, self.clock = per_client, per_server, clock
+        self._server = (per_server[0], clock())
+        self._clients: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _refill(bucket: tuple[float, float], rule: tuple[float, float], now: float) -> float:
+        level, at = bucket
+        return min(rule[0], level + (now - at) * rule[1])
+
+    def allow(self, client: str) -> bool:
+        now = self.clock()
+        with self._lock:
+            server = self._refill(self._server, self.per_server, now)
+            own = self._refill(self._clients.get(client, (self.per_client[0], now)),
+                               self.per_client, now)  # fmt: skip
+            if server < 1 or own < 1:
+                return False
+            self._server = (server - 1, now)
+            if client not in self._clients and len(self._clients) >= self.CLIENT_BUCKETS_MAX:
+                del self._clients[next(iter(self._clients))]  # the oldest address
+            self._clients[client] = (own - 1, now)
+            return True
+
+
 class Authenticator:
     """Authorization header -> Decision; a verified token's decision is cached by its hash
-    until the token expires, so a warm request costs one hash and one dict lookup."""
+    for at most ``DECISION_TTL`` (and never past the token's expiry), so a warm request costs one
+    hash and one dict lookup, and a revoked session is refused once its entry lapses."""
 
     def __init__(
         self,
@@ -288,12 +424,15 @@ class Authenticator:
         own_account: Callable[[], str],
         groups_of: Callable[[str], frozenset[str]],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        read_marker: Callable[[MarkerRead], None],
     ) -> None:
         self.settings = settings
         self.replay = replay
         self.own_account = own_account
         self.groups_of = groups_of
         self.clock = clock
+        self.read_marker = read_marker
         self._cache: dict[str, tuple[datetime, Decision]] = {}
         self._lock = threading.Lock()
 
@@ -312,9 +451,10 @@ class Authenticator:
             return None
         return decision
 
-    def decide(self, header: str | None) -> Decision:
-        """The full path: check, replay to STS, authorize; blocking (run it in a thread)."""
-        hit = self.cached(header)
+    def decide(self, header: str | None, *, sign_in: bool = False) -> Decision:
+        """The full path: check, replay to STS and S3, authorize; blocking (run it in a thread).
+        ``sign_in``: the request for the marker's URL, which needs an allowed identity only."""
+        hit = None if sign_in else self.cached(header)
         if hit is not None:
             return hit
         if not header:
@@ -322,20 +462,33 @@ class Authenticator:
                             "aws-iam or `python -m helper serve --remote`)")  # fmt: skip
         if header[: len(BEARER)].lower() != BEARER:
             return Decision(401, "Authorization must be 'Bearer <aws-iam token>'")
+        now = self.clock()
         try:
             request = check_token(
                 header[len(BEARER) :].strip(),
                 sts_url=self.settings.sts_url,
-                server_id=self.settings.server_id,
-                now=self.clock(),
+                audience=self.settings.audience,
+                now=now,
+                marker_url=None if sign_in else self.settings.marker_url,
             )
             identity = self.replay(request)
             decision = authorize(identity, self.settings, self.own_account, self.groups_of)
+            if decision.allowed and request.marker is None and not sign_in:
+                raise TokenError(
+                    "token carries no read of the project's sign-in marker (update mlflow-aws "
+                    "on the client: its plugin and proxy sign one)"
+                )
+            if decision.allowed and request.marker is not None:
+                try:
+                    self.read_marker(request.marker)
+                except MarkerRefused as exc:
+                    decision = Decision(403, f"{identity.arn}: {exc}", identity.arn)
         except TokenError as exc:
             return Decision(401, str(exc))  # not cached: nothing was learnt
         except AwsUnavailable as exc:
             return Decision(503, str(exc))
-        self._remember(token_key(header), request.expires_at, decision)
+        if not sign_in:
+            self._remember(token_key(header), min(request.expires_at, now + DECISION_TTL), decision)
         return decision
 
     def _remember(self, key: str, expires_at: datetime, decision: Decision) -> None:
@@ -352,6 +505,22 @@ class Authenticator:
 # -- the ASGI middleware ------------------------------------------------------------------------
 
 
+# Removed from an allowed request before MLflow sees it: the token, and any header of the token's
+# own (a request carries them only to forge or leak something).
+_STRIPPED_PREFIXES = (b"x-mlflow-aws-iam-", b"x-amz-security-token")
+
+
+def without_credentials(scope: dict[str, Any]) -> dict[str, Any]:
+    """``scope`` without ``Authorization`` and the token's headers: MLflow (its gateway's
+    passthrough routes forward ``Authorization``) never holds a caller's token."""
+    headers = [
+        (name, value)
+        for name, value in scope.get("headers", [])
+        if name.lower() != b"authorization" and not name.lower().startswith(_STRIPPED_PREFIXES)
+    ]
+    return {**scope, "headers": headers}
+
+
 def _authorization(scope: Mapping[str, Any]) -> str | None:
     values = [v for k, v in scope.get("headers", []) if k.lower() == b"authorization"]
     if len(values) != 1:
@@ -365,10 +534,16 @@ def _authorization(scope: Mapping[str, Any]) -> str | None:
 class AwsIamAuthMiddleware:
     """Wraps an ASGI app; lets a request through only with an allowed identity."""
 
-    def __init__(self, app: Any, authenticator: Authenticator, settings: Settings) -> None:
+    def __init__(
+        self, app: Any, authenticator: Authenticator, settings: Settings,
+        limiter: RateLimiter | None = None,
+    ) -> None:  # fmt: skip
         self.app = app
         self.authenticator = authenticator
         self.settings = settings
+        self.limiter = limiter or RateLimiter()
+        self._verifying: Any = None  # anyio.CapacityLimiter, made in the event loop
+        self.sign_in_path = settings.static_prefix + SIGN_IN_PATH
         prefix = settings.static_prefix
         self.prefixed_artifact_paths = (
             tuple(prefix + path for path in ARTIFACT_PATHS) if prefix else ()
@@ -383,23 +558,67 @@ class AwsIamAuthMiddleware:
             await self.app(scope, receive, send)  # load balancer health checks: no identity
             return
         header = _authorization(scope)
-        decision = self.authenticator.cached(header)
+        sign_in = scope["type"] == "http" and path == self.sign_in_path
+        decision = None if sign_in else self.authenticator.cached(header)
         if decision is None:
-            import anyio.to_thread
-
-            decision = await anyio.to_thread.run_sync(self.authenticator.decide, header)
+            decision = await self._verify(scope, header, sign_in)
         method = scope.get("method", "WS")
         if not decision.allowed:
             logger.warning(
                 "aws-iam: %s %s %s -> %d %s",
-                decision.arn or "-", method, path, decision.status, decision.reason,
+                printable(decision.arn or "-"), printable(method), printable(path),
+                decision.status, printable(decision.reason),
             )  # fmt: skip
             await _refuse(scope, send, decision)
             return
+        logger.info(
+            "aws-iam: %s %s %s", printable(decision.arn), printable(method), printable(path)
+        )
+        if sign_in:
+            await self._sign_in(send)
+            return
+        if not self.settings.gateway_enabled and path.startswith(self.settings.gateway_paths):
+            # MLflow itself would answer 501; nothing of the gateway is reached at all.
+            await _refuse(scope, send, Decision(404, "the AI Gateway is off on this server"))
+            return
         if self.prefixed_artifact_paths and path.startswith(self.prefixed_artifact_paths):
             scope = _without_prefix(scope, self.settings.static_prefix)
-        logger.info("aws-iam: %s %s %s", decision.arn, method, path)
-        await self.app(scope, receive, send)
+        await self.app(without_credentials(scope), receive, send)
+
+    async def _verify(
+        self, scope: Mapping[str, Any], header: str | None, sign_in: bool
+    ) -> Decision:
+        """A token not in the cache: rate-limited, then verified in one of a few threads."""
+        if header and not self.limiter.allow(client_address(scope)):
+            return Decision(429, "too many sign-in attempts: retry in a few seconds")
+        import anyio
+        import anyio.to_thread
+
+        if self._verifying is None:
+            self._verifying = anyio.CapacityLimiter(VERIFYING_THREADS)
+        return await anyio.to_thread.run_sync(
+            lambda: self.authenticator.decide(header, sign_in=sign_in), limiter=self._verifying
+        )
+
+    async def _sign_in(self, send: Any) -> None:
+        """The project's marker URL, for a signed-in identity to sign a read of."""
+        body = json.dumps(
+            {"audience": self.settings.audience, "marker": self.settings.marker_url}
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                   (b"cache-control", b"no-store")]  # fmt: skip
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def client_address(scope: Mapping[str, Any]) -> str:
+    """The caller's address: the last ``X-Forwarded-For`` hop (the one the load balancer, the
+    tasks' only peer, appended), else the peer's."""
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"x-forwarded-for":
+            return bytes(value).decode("latin-1").rsplit(",", 1)[-1].strip()[:64]
+    client = scope.get("client")
+    return str(client[0]) if client else "-"
 
 
 def _without_prefix(scope: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -415,13 +634,15 @@ async def _refuse(scope: Mapping[str, Any], send: Any, decision: Decision) -> No
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008, "reason": decision.reason[:120]})
         return
-    body = (decision.reason.replace("\n", " ") + "\n").encode()
+    body = (printable(decision.reason) + "\n").encode()
     headers = [
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", b"%d" % len(body)),
     ]
     if decision.status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="mlflow-aws", error="invalid_token"'))
+    if decision.status == 429:
+        headers.append((b"retry-after", b"2"))
     await send({"type": "http.response.start", "status": decision.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -448,10 +669,12 @@ def create_app() -> AwsIamAuthMiddleware:
     from mlflow.server.fastapi_app import app as mlflow_app
 
     lookups = AwsLookups(settings.region)
-    authenticator = Authenticator(settings, StsReplay(), lookups.own_account, lookups.groups_of)
+    authenticator = Authenticator(
+        settings, StsReplay(), lookups.own_account, lookups.groups_of, read_marker=MarkerReplay()
+    )
     logger.info(
-        "aws-iam: server id %s, STS %s, roles %s, groups %s",
-        settings.server_id, settings.sts_url, sorted(settings.allowed_roles) or "none",
-        sorted(settings.allowed_groups) or "none",
+        "aws-iam: audience %s, marker %s, STS %s, roles %s, groups %s",
+        settings.audience, settings.marker_url, settings.sts_url,
+        sorted(settings.allowed_roles) or "none", sorted(settings.allowed_groups) or "none",
     )  # fmt: skip
     return AwsIamAuthMiddleware(mlflow_app, authenticator, settings)

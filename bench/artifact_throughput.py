@@ -1,0 +1,363 @@
+"""Artifacts up and down, side by side in one run on moto S3: (a) proxied through the server,
+(b) presigned multipart straight to S3 with mlflow-aws's settings, (c) boto3 straight to S3
+(the limit), through the laptop server (the tuned server, no sign-in) and through the central
+app with sign-in (``--app-name aws-iam``, the client plugin), on MariaDB (TLS).
+
+    .venv/bin/python bench/artifact_throughput.py                       # 200M,1G,4G (~25 min)
+    .venv/bin/python bench/artifact_throughput.py --sizes 8M,32M,200M   # pick the threshold
+    .venv/bin/python bench/artifact_throughput.py --quick               # 32M only: does it work
+
+Per size, route and mode: one upload with the stock ``MlflowClient.log_artifact`` and one
+download with ``download_artifacts`` (sha256 compared with the source), timed; the server's
+RSS (its process tree, peak against the start of the transfer) and the bytes it reads and
+writes (``/proc/<pid>/io`` rchar + wchar: sockets, spool files and S3 alike) are recorded; the
+longest single request to the server is recorded too (a proxied transfer is one request that
+lasts the whole transfer: it must fit the load balancer's idle timeout,
+``infra/server.py IDLE_TIMEOUT_SECONDS``).
+
+Targets: (b) >= 80% of (c) in MiB/s; in (b) the server's RSS grows <= 64 MiB and it handles
+<= 1% of the bytes; no single request through the load balancer's path (the central route)
+lasts longer than the load balancer's idle timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import load_average, log, nothing_left_behind, rss_bytes, table, verdict, workdir
+from infra.server import IDLE_TIMEOUT_SECONDS
+from mlflow_aws.artifact_settings import PRESIGNED, PROXIED, client_settings
+from tests.central import (
+    CentralServer,
+    client_aws_env,
+    make_identities,
+    moto_clients,
+    running_central_server,
+)
+from tests.services import running_mariadb, running_moto
+
+MIB = 1 << 20
+BUCKET = "mlflow-aws-bench-artifacts"
+PROJECT = "bench-art"
+REGION = "eu-west-1"
+RATIO_TARGET = 0.80
+RSS_GROWTH_LIMIT_MIB = 64.0
+SERVER_BYTES_LIMIT = 0.01
+MODES = ("a", "b", "c")
+MODE_LABELS = {"a": "(a) proxied", "b": "(b) presigned", "c": "(c) boto3 to S3"}
+# Every MLflow setting a mode may set; cleared before each transfer.
+ARTIFACT_KEYS = sorted({*client_settings(PRESIGNED), *client_settings(PROXIED)})
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": MIB, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def size_label(size: int) -> str:
+    return f"{size / (1 << 30):g} GiB" if size >= 1 << 30 else f"{size / MIB:g} MiB"
+
+
+@dataclass
+class Figure:
+    seconds: float
+    server_rss_growth_mib: float = 0.0
+    server_bytes: int = 0
+    longest_request_s: float = 0.0
+
+
+@dataclass
+class Route:
+    key: str
+    label: str
+    server: CentralServer
+    plugin: bool
+    figures: dict[tuple[int, str, str], Figure] = field(default_factory=dict)
+
+
+def io_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                name, _, value = line.partition(":")
+                if name in ("rchar", "wchar"):
+                    total += int(value)
+    return total
+
+
+def peak_rss(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+def reset_peak(pids: list[int]) -> None:
+    """Make VmHWM start again from the current RSS (Linux: write 5 to clear_refs)."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+class RequestTimer:
+    """The longest request MLflow's artifact client makes to the server (create, complete,
+    presigned URL, or a proxied PUT/GET including its streamed body)."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        import mlflow.store.artifact.http_artifact_repo as repo
+
+        original: Callable[..., Any] = repo.http_request
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.monotonic()
+            response = original(*args, **kwargs)
+            if not kwargs.get("stream"):
+                self.longest = max(self.longest, time.monotonic() - started)
+                return response
+            iter_content = response.iter_content
+
+            def iterate(*a: Any, **k: Any) -> Iterator[bytes]:
+                yield from iter_content(*a, **k)
+                self.longest = max(self.longest, time.monotonic() - started)
+
+            response.iter_content = iterate
+            return response
+
+        repo.http_request = timed
+        try:
+            yield
+        finally:
+            repo.http_request = original
+
+
+@contextlib.contextmanager
+def client_mode(mode: str, plugin: bool) -> Iterator[None]:
+    saved = {key: os.environ.pop(key, None) for key in [*ARTIFACT_KEYS, "MLFLOW_TRACKING_AUTH"]}
+    if mode == "a":
+        os.environ.update(client_settings(PROXIED))
+    elif mode == "b":
+        os.environ.update(client_settings(PRESIGNED))
+    if plugin:
+        os.environ["MLFLOW_TRACKING_AUTH"] = "aws-iam"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
+
+
+def make_file(path: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    block = os.urandom(8 * MIB)
+    with path.open("wb") as out:
+        left = size
+        while left:
+            piece = block[: min(left, len(block))]
+            out.write(piece)
+            digest.update(piece)
+            left -= len(piece)
+    return digest.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while block := source.read(8 * MIB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def measured(route: Route, action: Callable[[], object], timer: RequestTimer) -> Figure:
+    pids = route.server.pids()
+    reset_peak(pids)
+    rss_before, io_before = rss_bytes(pids), io_bytes(pids)
+    timer.longest = 0.0
+    started = time.monotonic()
+    with timer.installed():
+        action()
+    seconds = time.monotonic() - started
+    return Figure(
+        seconds,
+        max(0.0, (peak_rss(pids) - rss_before) / MIB),
+        io_bytes(pids) - io_before,
+        timer.longest,
+    )
+
+
+def transfer(
+    route: Route, mode: str, size: int, source: Path, digest: str, directory: Path,
+    s3: Any, timer: RequestTimer,
+) -> None:  # fmt: skip
+    from mlflow import MlflowClient
+
+    down = directory / "down"
+    down.mkdir(exist_ok=True)
+    if mode == "c":
+        from boto3.s3.transfer import TransferConfig
+
+        key = f"{PROJECT}/direct/{secrets.token_hex(4)}/{source.name}"
+        config = TransferConfig()  # boto3's defaults: 8 MiB parts, 10 threads
+        up = measured(route, lambda: s3.upload_file(str(source), BUCKET, key, Config=config), timer)
+        target = down / source.name
+        got = measured(
+            route, lambda: s3.download_file(BUCKET, key, str(target), Config=config), timer
+        )
+        s3.delete_object(Bucket=BUCKET, Key=key)
+        up.seconds, got.seconds = up.seconds, got.seconds
+        up.longest_request_s = got.longest_request_s = 0.0  # not through the server at all
+    else:
+        with client_mode(mode, route.plugin):
+            client = MlflowClient(tracking_uri=route.server.tracking_uri)
+            experiment = client.create_experiment(f"bench-{route.key}-{secrets.token_hex(4)}")
+            run_id = client.create_run(experiment).info.run_id
+            up = measured(route, lambda: client.log_artifact(run_id, str(source)), timer)
+            target = down / source.name
+            got = measured(
+                route,
+                lambda: client.download_artifacts(run_id, source.name, str(down)),
+                timer,
+            )
+            client.delete_run(run_id)
+    if sha256_of(target) != digest:
+        raise RuntimeError(f"{route.label} {MODE_LABELS[mode]}: the download differs")
+    target.unlink()
+    route.figures[(size, mode, "up")] = up
+    route.figures[(size, mode, "down")] = got
+    # What the server stored, gone (moto keeps objects in memory and temp files).
+    for listed in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PROJECT):
+        for item in listed.get("Contents", []):
+            s3.delete_object(Bucket=BUCKET, Key=item["Key"])
+
+
+def mib_s(size: int, figure: Figure) -> float:
+    return size / MIB / figure.seconds
+
+
+def report(routes: list[Route], sizes: list[int]) -> tuple[str, bool]:
+    rows = []
+    all_met = True
+    for route in routes:
+        for size in sizes:
+            for direction in ("up", "down"):
+                a, b, c = (route.figures[(size, m, direction)] for m in MODES)
+                ratio = mib_s(size, b) / mib_s(size, c)
+                growth = b.server_rss_growth_mib
+                handled = b.server_bytes / size
+                lb_ok = route.key != "central" or max(a.longest_request_s, b.longest_request_s) <= (
+                    IDLE_TIMEOUT_SECONDS
+                )
+                met = (
+                    ratio >= RATIO_TARGET
+                    and growth <= RSS_GROWTH_LIMIT_MIB
+                    and (handled <= SERVER_BYTES_LIMIT and lb_ok)
+                )
+                all_met &= met
+                rows.append([
+                    route.label, size_label(size), direction,
+                    f"{mib_s(size, a):,.0f} MiB/s (server {a.server_bytes / size:.1f}x the "
+                    f"bytes, +{a.server_rss_growth_mib:.0f} MiB; longest request "
+                    f"{a.longest_request_s:.1f} s)",
+                    f"{mib_s(size, b):,.0f} MiB/s (b/c {ratio:.0%}; server {handled:.2%} of the "
+                    f"bytes, +{growth:.0f} MiB; longest request {b.longest_request_s:.2f} s)",
+                    f"{mib_s(size, c):,.0f} MiB/s",
+                    verdict(met),
+                ])  # fmt: skip
+    text = table(["route", "size", "", MODE_LABELS["a"], MODE_LABELS["b"], MODE_LABELS["c"], ""],
+                 rows)  # fmt: skip
+    return text, all_met
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sizes", default="200M,1G,4G", help="comma-separated (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--routes", default="laptop,central", help="laptop, central (default: %(default)s)"
+    )
+    parser.add_argument("--quick", action="store_true", help="32M only, to check it works")
+    args = parser.parse_args(argv)
+    sizes = [parse_size(s) for s in ("32M" if args.quick else args.sizes).split(",")]
+    wanted = [r.strip() for r in args.routes.split(",")]
+
+    with (
+        nothing_left_behind(),
+        running_moto() as moto,
+        running_mariadb() as db,
+        workdir() as directory,
+    ):
+        log("moto identities, bucket, project schema")
+        identities = make_identities(moto)
+        s3 = moto_clients(moto, "s3")
+        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+            s3.create_bucket(Bucket=BUCKET,
+                             CreateBucketConfiguration={"LocationConstraint": REGION})  # fmt: skip
+        from tests.stack_on_moto import create_project
+
+        project = create_project(db, PROJECT)
+        uri = db.url(project.user, project.password, project.schema)
+        artifacts = f"s3://{BUCKET}/{PROJECT}"
+        os.environ.update(client_aws_env(moto, identities.allowed_role))
+        with (
+            running_central_server(moto, uri, artifacts, PROJECT, directory, auth=False) as plain,
+            running_central_server(moto, uri, artifacts, PROJECT, directory) as guarded,
+        ):
+            routes = [
+                route
+                for route in (
+                    Route("laptop", "laptop server (tuned, no sign-in)", plain, False),
+                    Route("central", "central app, sign-in (plugin)", guarded, True),
+                )
+                if route.key in wanted
+            ]
+            timer = RequestTimer()
+            for size in sizes:
+                source = directory / f"artifact-{size}.bin"
+                log(f"{size_label(size)}: writing the source file")
+                digest = make_file(source, size)
+                for route in routes:
+                    for mode in MODES:
+                        log(f"  {route.label}: {MODE_LABELS[mode]} up and down")
+                        transfer(route, mode, size, source, digest, directory, s3, timer)
+                source.unlink()
+    text, all_met = report(routes, sizes)
+    print(text)
+    print(
+        f"\nTargets: (b) >= {RATIO_TARGET:.0%} of (c); in (b) server RSS growth <= "
+        f"{RSS_GROWTH_LIMIT_MIB:.0f} MiB and <= {SERVER_BYTES_LIMIT:.0%} of the bytes through "
+        f"the server; no request through the load balancer's path (central) longer than its "
+        f"idle timeout ({IDLE_TIMEOUT_SECONDS} s). Settings (b): "
+        + ", ".join(f"{k}={v}" for k, v in client_settings(PRESIGNED).items())
+        + f". Load average {load_average()}."
+    )
+    print("all targets met" if all_met else "some targets MISSED")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Mutation testing of the security rules, on demand (``./dev mutate MODULE``); not in CI."""

@@ -1,0 +1,3 @@
+from mutation.mutate import main
+
+raise SystemExit(main())

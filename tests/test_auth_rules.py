@@ -1,0 +1,185 @@
+"""The aws-iam server's sign-in rules (``mlflow_aws/auth/server.py``) as the attacks each one
+keeps out (issue 19: every mutant ``./dev mutate mlflow_aws/auth/server.py`` makes must fail one
+of these or a test of ``tests/test_auth_unit.py`` / ``tests/test_auth_e2e.py``). Pure: no AWS."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from mlflow_aws.auth.server import (
+    _authorization,
+    authorize,
+    role_allowed,
+    split_list,
+    sso_permission_set,
+)
+from mlflow_aws.auth.token import CallerIdentity
+
+OWN = "111122223333"
+OTHER = "999988887777"
+SSO_ROLE = "AWSReservedSSO_DataScientist_0123456789abcdef"
+
+
+# -- who may: roles --------------------------------------------------------------------------
+
+
+def test_a_role_arn_allows_that_accounts_role_and_no_other_accounts_role_of_that_name() -> None:
+    allowed = frozenset({f"arn:aws:iam::{OTHER}:role/ml-team"})
+    assert role_allowed(OTHER, "ml-team", allowed, OWN)
+    # anyone can create a role called ml-team in an account of their own
+    assert not role_allowed("444455556666", "ml-team", allowed, OWN)
+    assert not role_allowed(OWN, "ml-team", allowed, OWN)
+    assert not role_allowed(OTHER, "ml-team-admin", allowed, OWN)
+    assert not role_allowed(OTHER, "ml", allowed, OWN)
+
+
+def test_a_role_arn_with_a_path_allows_the_role_by_its_name() -> None:
+    allowed = frozenset({f"arn:aws:iam::{OTHER}:role/teams/ml/ml-team"})
+    assert role_allowed(OTHER, "ml-team", allowed, OWN)
+    assert not role_allowed(OTHER, "ml", allowed, OWN)
+
+
+def test_a_role_name_means_this_account_only() -> None:
+    assert role_allowed(OWN, "ml-team", frozenset({"ml-team"}), OWN)
+    assert not role_allowed(OTHER, "ml-team", frozenset({"ml-team"}), OWN)
+    assert not role_allowed(OWN, "ml-team", frozenset({"ml"}), OWN)
+    assert not role_allowed(OWN, "ml-team", frozenset(), OWN)
+
+
+def test_an_sso_role_matches_its_permission_set_in_this_account_only() -> None:
+    assert sso_permission_set(SSO_ROLE) == "DataScientist"
+    assert role_allowed(OWN, SSO_ROLE, frozenset({"DataScientist"}), OWN)
+    assert not role_allowed(OTHER, SSO_ROLE, frozenset({"DataScientist"}), OWN)
+    # not an Identity Center role: the same name is not a permission set
+    assert sso_permission_set("AWSReservedSSO_DataScientist") is None
+    assert sso_permission_set("AWSReservedSSO_DataScientist_0123456789abcdeg") is None
+    assert sso_permission_set("AWSReservedSSO_DataScientist_0123456789abcde") is None
+    assert sso_permission_set(f"x{SSO_ROLE}") is None and sso_permission_set(f"{SSO_ROLE}0") is None
+    assert not role_allowed(OWN, "AWSReservedSSO_DataScientist", frozenset({"DataScientist"}), OWN)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "arn:aws:iam::11112222333:role/ml-team",  # 11 account digits
+        "arn:aws:iam::1111222233334:role/ml-team",  # 13
+        "arn:aws:iam::111122223333:role/",  # no role name
+        "arn:aws:iam::111122223333:user/ml-team",  # a user, not a role
+        "arn:aws:iam::111122223333:role/ml-team/",
+        "arn:aws:iam::111122223333:role/ml team",
+        "arn:aws:iam::111122223333:role/ml'team",
+        "arn:aws:iam:::role/ml-team",
+        "arn:aws:sts::111122223333:role/ml-team",
+        "arn:other:iam::111122223333:role/ml-team",
+    ],
+)
+def test_an_allowed_entry_that_is_not_a_role_arn_allows_nobody(entry: str) -> None:
+    for account in (OWN, "11112222333", "1111222233334"):
+        for role in ("ml-team", "ml team", "ml'team", ""):
+            assert not role_allowed(account, role, frozenset({entry}), OWN), (entry, account, role)
+
+
+def test_allowed_lists_split_on_commas_and_spaces_only() -> None:
+    assert split_list("ml.team, data-sci\nops_1\t a+b=c@d") == {
+        "ml.team", "data-sci", "ops_1", "a+b=c@d",
+    }  # fmt: skip
+    assert split_list(f"arn:aws:iam::{OWN}:role/a/b") == {f"arn:aws:iam::{OWN}:role/a/b"}
+    assert split_list("") == split_list(None) == split_list(" , ,") == frozenset()
+
+
+# -- who may: the decision ----------------------------------------------------------------------
+
+
+def decide(arn: str, roles: set[str] | None = None, groups: set[str] | None = None,
+           user_groups: frozenset[str] = frozenset()) -> tuple[int, str]:  # fmt: skip
+    settings = SimpleNamespace(
+        allowed_roles=frozenset(roles if roles is not None else {"ml-team"}),
+        allowed_groups=frozenset(groups if groups is not None else {"ml-users"}),
+    )
+    asked: list[str] = []
+
+    def groups_of(user: str) -> frozenset[str]:
+        asked.append(user)
+        return user_groups
+
+    identity = CallerIdentity(arn, OWN, "AROAEXAMPLE")
+    decision = authorize(identity, cast(Any, settings), lambda: OWN, groups_of)
+    assert decision.arn == arn
+    assert decision.allowed == (decision.status == 200)
+    return decision.status, decision.reason
+
+
+def test_an_assumed_role_of_an_allowed_role_signs_in() -> None:
+    assert decide(f"arn:aws:sts::{OWN}:assumed-role/ml-team/alice") == (200, "allowed role")
+    assert decide(f"arn:aws-cn:sts::{OWN}:assumed-role/ml-team/alice")[0] == 200
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        f"arn:aws:sts::{OTHER}:assumed-role/ml-team/alice",  # another account's ml-team
+        "arn:aws:sts::11112222333:assumed-role/ml-team/alice",  # 11 digits
+        "arn:aws:sts::1111222233334:assumed-role/ml-team/alice",  # 13 digits
+        f"arn:aws:sts::{OWN}:assumed-role/ml-team",  # no session name
+        f"arn:aws:sts::{OWN}:assumed-role/ml-team/",
+        f"arn:aws:sts::{OWN}:assumed-role/other/alice",
+        f"arn:aws:sts::{OWN}:assumed-role/ml'team/alice",
+        f"arn:aws:iam::{OWN}:root",
+        f"arn:aws:sts::{OWN}:federated-user/ml-team",
+        f"arn:aws:iam::{OWN}:role/ml-team",  # a role ARN is never a caller
+        f"xarn:aws:sts::{OWN}:assumed-role/ml-team/alice",
+    ],
+)
+def test_no_other_identity_signs_in_as_an_allowed_role(arn: str) -> None:
+    status, reason = decide(arn)
+    assert status == 403 and reason.startswith(arn)
+
+
+def test_a_malformed_caller_arn_is_refused_as_not_a_role_or_user() -> None:
+    for arn in ("arn:aws:sts::1111222233334:assumed-role/ml-team/alice",
+                "arn:aws:iam::11112222333:user/carol", f"arn:aws:iam::{OWN}:user/",
+                f"arn:aws:sts::{OWN}:assumed-role//alice"):  # fmt: skip
+        assert decide(arn, user_groups=frozenset({"ml-users"})) == (
+            403, f"{arn}: only IAM roles and IAM users in allowed groups may sign in",
+        )  # fmt: skip
+
+
+def test_an_iam_user_signs_in_through_an_allowed_group_of_this_account_only() -> None:
+    carol = f"arn:aws:iam::{OWN}:user/dev/carol"
+    assert decide(carol, user_groups=frozenset({"ml-users", "x"})) == (200, "allowed group")
+    assert decide(f"arn:aws:iam::{OWN}:user/carol", user_groups=frozenset({"ml-users"}))[0] == 200
+    assert decide(carol, user_groups=frozenset({"other"})) == (
+        403, f"{carol}: user is in none of the allowed groups",
+    )  # fmt: skip
+    assert decide(carol, groups=set(), user_groups=frozenset({"ml-users"})) == (
+        403, f"{carol}: this user is not allowed on this server",
+    )  # fmt: skip
+    someone = f"arn:aws:iam::{OTHER}:user/dev/carol"  # a carol of another account
+    assert decide(someone, user_groups=frozenset({"ml-users"})) == (
+        403, f"{someone}: this user is not allowed on this server",
+    )  # fmt: skip
+
+
+# -- the request's Authorization ------------------------------------------------------------------
+
+
+def scope(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
+    return {"type": "http", "headers": list(headers)}
+
+
+def test_a_request_with_two_authorization_headers_is_not_a_bearer_token() -> None:
+    # a browser extension or a proxy adding a second header: neither one wins
+    for first, second in ((b"Bearer aws-iam-v1.mine", b"Bearer aws-iam-v1.theirs"),
+                          (b"Bearer a", b"Bearer a")):  # fmt: skip
+        seen = _authorization(scope((b"authorization", first), (b"Authorization", second)))
+        assert seen is not None and not seen.lower().startswith("bearer")
+
+
+def test_one_authorization_header_is_read_in_any_case_and_none_is_none() -> None:
+    assert _authorization(scope((b"Authorization", b"Bearer x"))) == "Bearer x"
+    assert _authorization(scope((b"AUTHORIZATION", b"Bearer \xe9"))) == "Bearer \u00e9"
+    assert _authorization(scope((b"x-authorization", b"Bearer x"))) is None
+    assert _authorization(scope()) is None and _authorization({"type": "http"}) is None
