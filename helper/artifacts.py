@@ -15,7 +15,7 @@ import socket
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from mlflow_aws.artifact_settings import MODES, PRESIGNED, PROXIED, client_settings
+from mlflow_aws.artifact_settings import MODES, PRESIGNED, PROXIED, printed_settings
 
 AUTO = "auto"
 PROBE_TIMEOUT = 3.0
@@ -68,4 +68,4 @@ def choose(requested: str, region: str | None, probe: bool) -> tuple[str, str]:
 
 
 def export_lines(mode: str) -> list[str]:
-    return [f"export {key}={value}" for key, value in client_settings(mode).items()]
+    return [f"export {key}={value}" for key, value in printed_settings(mode).items()]

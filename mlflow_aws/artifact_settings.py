@@ -61,6 +61,17 @@ S3_ROUTE_HINT = (
 )
 
 
+# How a training loop's metrics leave the process (bench/training_loop.py, README "Logging from
+# a training loop"): MLflow's asynchronous logging, so a step never waits for the network. Safe
+# at exit with mlflow-aws installed: mlflow_aws/async_exit.py bounds the wait for the queue.
+LOGGING_SETTINGS = {"MLFLOW_ENABLE_ASYNC_LOGGING": "true"}
+
+
+def printed_settings(mode: str) -> dict[str, str]:
+    """Everything the helper's export lines set besides the tracking URI (and sign-in)."""
+    return {**client_settings(mode), **LOGGING_SETTINGS}
+
+
 def client_settings(mode: str) -> dict[str, str]:
     """The client's environment for ``mode``: what the helper prints as export lines."""
     if mode == PRESIGNED:

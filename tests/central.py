@@ -190,7 +190,7 @@ def put_marker(moto: MotoServer, artifact_root: str) -> None:
 
 def server_env(
     moto: MotoServer, backend_store_uri: str, artifact_root: str, project: str, port: int,
-    auth: bool = True,
+    auth: bool = True, public_port: int | None = None,
 ) -> dict[str, str]:  # fmt: skip
     env = clean_env(
         **server_environment(
@@ -203,12 +203,14 @@ def server_env(
         MLFLOW_STATIC_PREFIX=f"/{project}",
         PYTHONUNBUFFERED="1",
     )
+    if public_port is not None:  # clients come through a relay (bench/delay_relay.py)
+        env["MLFLOW_SERVER_ALLOWED_HOSTS"] += f",127.0.0.1:{public_port}"
     env.pop("AWS_ENDPOINT_URL")  # only the endpoints a central server would be given
     env["AWS_ENDPOINT_URL_STS"] = env["AWS_ENDPOINT_URL_IAM"] = moto.endpoint_url
     env["AWS_ENDPOINT_URL_S3"] = moto.endpoint_url
     if auth:
         env.update(
-            MLFLOW_AWS_IAM_AUDIENCE=audience(port, project),
+            MLFLOW_AWS_IAM_AUDIENCE=audience(public_port or port, project),
             MLFLOW_AWS_IAM_MARKER_URL=marker_url(moto, artifact_root),
             MLFLOW_AWS_IAM_ALLOWED_ROLES=f"{ALLOWED_ROLE},{SSO_PERMISSION_SET}",
             MLFLOW_AWS_IAM_ALLOWED_GROUPS=ALLOWED_GROUP,
@@ -219,11 +221,12 @@ def server_env(
 @contextlib.contextmanager
 def running_central_server(
     moto: MotoServer, backend_store_uri: str, artifact_root: str, project: str, log_dir: Path,
-    auth: bool = True,
+    auth: bool = True, public_port: int | None = None,
 ) -> Iterator[CentralServer]:  # fmt: skip
-    """``mlflow server --app-name aws-iam`` (or the plain server, ``auth=False``), stopped after."""
+    """``mlflow server --app-name aws-iam`` (or the plain server, ``auth=False``), stopped after;
+    ``public_port``: the port clients reach it on (a relay's), for its Host check and audience."""
     port = free_port()
-    env = server_env(moto, backend_store_uri, artifact_root, project, port, auth)
+    env = server_env(moto, backend_store_uri, artifact_root, project, port, auth, public_port)
     if auth:
         put_marker(moto, artifact_root)  # what the program writes with the project's service
     argv = [sys.executable, "-m", "mlflow", "server", *(["--app-name", "aws-iam"] if auth else [])]

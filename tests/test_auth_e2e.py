@@ -235,13 +235,13 @@ def test_helper_env_remote_prints_the_plugin_lines(
     result = run_helper(["env", "--remote", "--project", project.name, "--outputs", str(outputs)],
                         clean_env(**moto.aws_env()))  # fmt: skip
     assert result.returncode == 0, result.stderr
-    from mlflow_aws.artifact_settings import client_settings
+    from mlflow_aws.artifact_settings import printed_settings
 
     assert result.stdout.splitlines() == [
         f"export MLFLOW_TRACKING_URI={uri}",
         "export MLFLOW_TRACKING_AUTH=aws-iam",
         f"export MLFLOW_AWS_IAM_STS_REGION={REGION}",
-        *(f"export {key}={value}" for key, value in client_settings("presigned").items()),
+        *(f"export {key}={value}" for key, value in printed_settings("presigned").items()),
     ]
     assert "gateway endpoint" in result.stderr and "--artifacts proxied" in result.stderr
     outputs.write_text(outputs_with_tracking_uri(moto, project, BUCKET, None))

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
 
+import boto3
 import pytest
 import requests
 
@@ -18,12 +19,16 @@ from helper.outputs import OutputsError, parse_connection_bundle
 from helper.proxy import Upstream
 from mlflow_aws.auth.client import AwsIamAuth
 from mlflow_aws.auth.server import (
+    DECISION_TTL,
     Authenticator,
     AwsIamAuthMiddleware,
     AwsUnavailable,
+    MarkerRefused,
+    RateLimiter,
     Settings,
     SettingsError,
     authorize,
+    client_address,
     role_allowed,
     settings_from_environ,
     sso_permission_set,
@@ -33,9 +38,11 @@ from mlflow_aws.auth.token import (
     STS_BODY,
     TOKEN_PREFIX,
     CallerIdentity,
+    MarkerRead,
     SignedRequest,
     TokenError,
     audience_for,
+    check_marker_url,
     check_token,
     make_token,
     parse_caller_identity,
@@ -429,3 +436,177 @@ def test_the_auth_log_escapes_control_characters(caplog: pytest.LogCaptureFixtur
     for line in lines:
         assert not any(ch in line for ch in "\n\r\x1b"), line
         assert "/churn/x\\n2026-11-27" in line and "\\r\\x1b[2J" in line
+
+
+# -- the marker read: what the token must carry, what the client signs ----------------------------
+
+
+def test_the_marker_read_must_be_this_projects_and_the_same_signers() -> None:
+    request = check(token())
+    assert request.marker is not None and request.marker.url == MARKER
+    assert request.marker.headers["x-amz-security-token"] == "s"  # the STS part's, shared
+    with pytest.raises(TokenError, match="this server's is"):
+        check(token(marker=MARKER.replace("/churn/", "/fraud/")))
+    data = payload(token())
+    other = payload(token(session=None))  # the same key id, but a marker without a session...
+    stranger = make_token("ASIAOTHERKEY00000001", "x", "s", "eu-west-1", STS, SERVER, MARKER)
+    other_headers: dict[str, str] = dict(other["marker"]["headers"])  # type: ignore[index]
+    with_session = {"url": MARKER, "headers": {**other_headers, "x-amz-security-token": "s"}}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({**data, "marker": payload(stranger)["marker"]}, "signed with other credentials"),
+        ({**data, "marker": {"url": MARKER}}, "exactly url and headers"),
+        ({**data, "marker": with_session}, "exactly the headers"),
+    ]
+    marker_headers = dict(data["marker"]["headers"])  # type: ignore[index]
+    for name, value, reason in [
+        ("host", "evil.example.com", "another Host"),
+        ("x-amz-content-sha256", "UNSIGNED-PAYLOAD", "empty body"),
+        ("authorization", marker_headers["authorization"].replace("/s3/", "/sts/"), "for s3"),
+        ("x-amz-date", "20261127T100000Z", "scope date|expired"),
+    ]:
+        cases.append(({**data, "marker": {"url": MARKER,
+                      "headers": {**marker_headers, name: value}}}, reason))  # fmt: skip
+    for tampered, reason in cases:
+        with pytest.raises(TokenError, match=reason):
+            check(encode(tampered))
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://evil.example.com/churn/.mlflow-aws-sign-in", "not on an S3 endpoint"),
+        ("https://b.s3.eu-west-1.amazonaws.com/churn/model.pkl", "does not name"),
+        ("https://b.s3.eu-west-1.amazonaws.com/churn/.mlflow-aws-sign-in?x=1", "does not name"),
+        ("http://b.s3.eu-west-1.amazonaws.com/churn/.mlflow-aws-sign-in", "must be https"),
+        ("https://s3.amazonaws.com.evil.example/b/.mlflow-aws-sign-in", "not on an S3 endpoint"),
+    ],
+)
+def test_the_client_signs_a_marker_read_only_for_a_marker_on_s3(url: str, reason: str) -> None:
+    """A hostile server names the URL: it must not get a signed read of anything else."""
+    check_marker_url("https://b.s3.eu-west-1.amazonaws.com/churn/.mlflow-aws-sign-in")
+    check_marker_url("https://s3.eu-west-1.amazonaws.com/b.x/churn/.mlflow-aws-sign-in")
+    check_marker_url("http://127.0.0.1:9000/b/churn/.mlflow-aws-sign-in", "http://127.0.0.1:9000")
+    with pytest.raises(ValueError, match=reason):
+        check_marker_url(url)
+
+    def hostile(sign_in_url: str, tok: str) -> tuple[int, bytes]:
+        return 200, json.dumps({"audience": SERVER, "marker": url}).encode()
+
+    session = boto3.session.Session(
+        aws_access_key_id="AKIAEXAMPLE000000001", aws_secret_access_key="x", region_name="eu-west-1"
+    )
+    source = TokenSource("https://mlflow.example.com/churn", session=session, fetch=hostile)
+    with pytest.raises(SigningError, match=reason):
+        source.token()
+
+
+def test_the_client_asks_for_the_marker_once_and_signs_it() -> None:
+    asked: list[str] = []
+
+    def server(sign_in_url: str, tok: str) -> tuple[int, bytes]:
+        asked.append(sign_in_url)
+        assert "marker" not in payload(tok)  # an identity-only token
+        return 200, json.dumps({"audience": SERVER, "marker": MARKER}).encode()
+
+    session = boto3.session.Session(
+        aws_access_key_id="AKIAEXAMPLE000000001", aws_secret_access_key="x", region_name="eu-west-1"
+    )
+    clock = [0.0]
+    source = TokenSource("https://mlflow.example.com/churn/", session=session, fetch=server,
+                         clock=lambda: clock[0])  # fmt: skip
+    first = source.token()
+    assert payload(first)["marker"]["url"] == MARKER  # type: ignore[index]
+    clock[0] += 301  # a new token, the same marker
+    source.token()  # made again (the same second: the same signature), the marker not asked
+    assert source._made_at == 301 and asked == ["https://mlflow.example.com/churn/aws-iam-sign-in"]
+
+
+# -- decisions: never older than DECISION_TTL; the rate of verifications bounded -----------------
+
+
+def test_a_decision_is_cached_for_at_most_the_decision_ttl() -> None:
+    calls: list[str] = []
+
+    def read(marker: MarkerRead) -> None:
+        calls.append(marker.url)
+
+    now = [NOW]
+    authenticator = Authenticator(
+        settings("ml-team"), lambda r: CallerIdentity(ALICE, OWN, "id"), lambda: OWN,
+        lambda u: frozenset(), clock=lambda: now[0], read_marker=read,
+    )  # fmt: skip
+    header = f"Bearer {token()}"
+    assert authenticator.decide(header).allowed and calls == [MARKER]
+    now[0] += DECISION_TTL - timedelta(seconds=1)
+    assert authenticator.cached(header) is not None
+    now[0] += timedelta(seconds=1)
+    assert authenticator.cached(header) is None  # the token is good for 13 more minutes
+    assert timedelta(minutes=5) >= DECISION_TTL
+    assert authenticator.decide(header).allowed and len(calls) == 2  # asked S3 again
+
+    def refused(marker: MarkerRead) -> None:
+        raise MarkerRefused("may not read this project's sign-in marker now")
+
+    authenticator.read_marker = refused
+    now[0] += DECISION_TTL
+    decision = authenticator.decide(header)
+    assert decision.status == 403 and decision.reason == f"{ALICE}: may not read this project's " \
+        "sign-in marker now"  # fmt: skip
+    # An identity-only token (the sign-in request's kind) does not pass as a request's.
+    bare = authenticator.decide(f"Bearer {token(marker=None)}")
+    assert bare.status == 401 and "no read of the project's sign-in marker" in bare.reason
+    assert authenticator.decide(f"Bearer {token(marker=None)}", sign_in=True).allowed
+
+
+def test_verifications_are_rate_limited_per_client_and_for_the_server() -> None:
+    """Low: a failed token was never cached and each cost an STS call, unbounded on main."""
+    now = [0.0]
+    limiter = RateLimiter(per_client=(3, 1.0), per_server=(5, 2.0), clock=lambda: now[0])
+    assert [limiter.allow("10.0.0.1") for _ in range(4)] == [True, True, True, False]
+    assert [limiter.allow("10.0.0.2") for _ in range(3)] == [True, True, False]  # server's 5
+    now[0] += 1.0  # the server's bucket refills 2, each client's 1
+    assert limiter.allow("10.0.0.1") and limiter.allow("10.0.0.2")
+    assert not limiter.allow("10.0.0.3")
+
+    replays: list[SignedRequest] = []
+
+    def replay(request: SignedRequest) -> CallerIdentity:
+        replays.append(request)
+        raise TokenError("STS refused the token (SignatureDoesNotMatch: ...)")
+
+    config = settings("ml-team")
+    authenticator = Authenticator(config, replay, lambda: OWN, lambda u: frozenset(),
+                                  clock=lambda: NOW, read_marker=lambda m: None)  # fmt: skip
+    app = AwsIamAuthMiddleware(None, authenticator, config,
+                               RateLimiter((2, 0.0), (100, 0.0), clock=lambda: 0.0))  # fmt: skip
+    bad = [(b"authorization", f"Bearer {token()}".encode()), (b"x-forwarded-for", b"1.2.3.4")]
+    assert [call(app, "/churn/api", bad) for _ in range(4)] == [401, 401, 429, 429]
+    assert len(replays) == 2  # the refused ones cost no AWS call
+    other = [(b"authorization", f"Bearer {token()}".encode()), (b"x-forwarded-for", b"5.6.7.8")]
+    assert call(app, "/churn/api", other) == 401
+    assert client_address({"headers": [(b"x-forwarded-for", b"6.6.6.6, 1.2.3.4")]}) == "1.2.3.4"
+    assert client_address({"headers": [], "client": ("127.0.0.1", 5)}) == "127.0.0.1"
+
+
+def test_the_sign_in_request_names_the_marker_to_an_allowed_identity_only() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    app = middleware(None)
+    header = [(b"authorization", f"Bearer {token(marker=None)}".encode())]
+    scope = {"type": "http", "method": "GET", "path": "/aws-iam-sign-in", "headers": header}
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(app(scope, receive, send))
+        assert sent[0]["status"] == 200
+        assert json.loads(sent[1]["body"]) == {"audience": SERVER, "marker": MARKER}
+        sent.clear()
+        loop.run_until_complete(app({**scope, "headers": []}, receive, send))
+        assert sent[0]["status"] == 401 and b"mlflow-aws-sign-in" not in sent[1]["body"]
+    finally:
+        loop.close()

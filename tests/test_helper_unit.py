@@ -573,6 +573,7 @@ def test_env_prints_the_export_line(capsys: pytest.CaptureFixture[str]) -> None:
         f"export MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE={8 * MIB}",
         f"export MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE={16 * MIB}",
         f"export MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE={32 * MIB}",
+        "export MLFLOW_ENABLE_ASYNC_LOGGING=true",
     ]
     assert "artifacts: presigned, straight to and from S3" in err
     assert "#" not in out  # a comment would end `eval $(helper env)` early
@@ -587,6 +588,7 @@ def test_env_proxied_turns_presigned_transfer_off(capsys: pytest.CaptureFixture[
     assert out.splitlines()[1:] == [
         "export MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=false",
         "export MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=false",
+        "export MLFLOW_ENABLE_ASYNC_LOGGING=true",
     ]
     assert "artifacts: proxied, every byte through the server" in err
 

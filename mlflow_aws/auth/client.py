@@ -1,10 +1,11 @@
 """``MLFLOW_TRACKING_AUTH=aws-iam``: the MLflow client signs in to the central server with the
 caller's AWS identity (entry point group ``mlflow.request_auth_provider``, name ``aws-iam``).
 
-mlflow loads this module when it is imported (every registered provider is), so it stays light:
-boto3 loads on the first request. Each token is bound to one project's server: its audience is
-``<host>/<project>`` of the request's URL (MLflow's requests go under MLFLOW_TRACKING_URI,
-``https://<domain>/<project>``), and only HTTPS URLs (plain HTTP only on loopback) are signed for.
+mlflow loads this module on the first request with MLFLOW_TRACKING_AUTH set (every registered
+provider is loaded then), so it stays light: boto3 loads on the first request. Each token is
+bound to one project's server: its audience is ``<host>/<project>`` of the request's URL
+(MLflow's requests go under MLFLOW_TRACKING_URI, ``https://<domain>/<project>``), and only
+HTTPS URLs (plain HTTP only on loopback) are signed for.
 
 With this provider in use it also sets mlflow-aws's artifact sizes as defaults in the process's
 environment (``mlflow_aws.artifact_settings``: presigned multipart from 8 MiB, never over a
@@ -22,6 +23,7 @@ from requests import PreparedRequest
 from requests.auth import AuthBase
 
 from mlflow_aws.artifact_settings import apply_client_defaults
+from mlflow_aws.async_exit import install as install_bounded_async_exit
 
 from .signer import TokenSource, audience_of
 
@@ -61,8 +63,11 @@ class AwsIamRequestAuthProvider(RequestAuthProvider):
         return _AUTH
 
 
-# mlflow imports every registered provider before its first request (its registry loads the
-# entry points on import), so a process configured by its environment has the sizes before any
-# artifact moves.
+# mlflow imports every registered provider before the first request that has
+# MLFLOW_TRACKING_AUTH set (its registry loads the entry points on import), so a process
+# configured by its environment has the sizes before any artifact moves.
 if os.environ.get("MLFLOW_TRACKING_AUTH") == PROVIDER_NAME:
     apply_client_defaults(os.environ)
+# MLflow's async logging may not hold the process at exit for longer than a bound
+# (mlflow_aws/async_exit.py; for other tracking URIs the run context provider installs it).
+install_bounded_async_exit()

@@ -1,0 +1,455 @@
+"""Artifacts straight to and from S3 on every path, with the lines the helper prints and nothing
+else in the user's environment: the laptop server (``helper serve --runtime process``, its
+server role's credentials), the central app with sign-in (``--app-name aws-iam`` and the
+client plugin, lines from ``helper env --remote``) and the signing proxy (``helper serve
+--remote``). Real MLflow server and client, MariaDB (TLS), moto S3.
+
+A 1 GiB artifact (every MiB distinct, so a misplaced part shows) goes up and comes back
+byte-exact on each path while the server reads and writes (``/proc/<pid>/io``) under 1% of its
+bytes: the presigned path, not the proxied one, is what the printed lines lead to. The server
+refuses to sign a URL outside the project's prefix; a killed upload leaves no artifact. What
+moto cannot show: it answers presigned URLs with a 500 while it enforces IAM, so that the
+server's *role* cannot write other prefixes is shown in ``tests/test_server_role_isolation.py``
+and here only that the URLs carry the role's (session) credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import posixpath
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlflow_aws.artifact_settings import MULTIPART_UPLOAD_CHUNK_SIZE, printed_settings
+from tests.central import (
+    CentralServer,
+    Identities,
+    clean_env,
+    client_aws_env,
+    get,
+    make_identities,
+    outputs_with_tracking_uri,
+    running_central_server,
+)
+from tests.services import MariaDB, MotoServer, free_port
+from tests.stack_on_moto import Project, aws_client, create_project
+from tests.test_helper_e2e import (
+    aws,  # noqa: F401 (a fixture)
+    cmdline,
+    environ,
+    helper_env,
+    project_with_outputs,
+    role_arn,  # noqa: F401 (a fixture)
+    run_helper,
+    serving,
+)
+
+pytestmark = pytest.mark.slow
+
+MIB = 1 << 20
+GIB = 1 << 30
+PROJECT = "presigned"
+BUCKET = "mlflow-aws-presigned"
+REGION = "eu-west-1"
+CLIENT = Path(__file__).resolve().parent / "artifact_client.py"
+
+
+def project_marker(moto: MotoServer) -> str:
+    from tests.central import marker_url
+
+    return marker_url(moto, f"s3://{BUCKET}/{PROJECT}")
+
+
+HANDLED_LIMIT = 0.01
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    path = tmp_path_factory.mktemp("big") / "checkpoint.bin"
+    block, digest = os.urandom(MIB), hashlib.sha256()
+    with path.open("wb") as out:
+        for i in range(GIB // MIB):
+            piece = i.to_bytes(8, "big") + block[8:]
+            out.write(piece)
+            digest.update(piece)
+    yield path, digest.hexdigest()
+    path.unlink()
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while block := source.read(8 * MIB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def exported(lines: list[str]) -> dict[str, str]:
+    """The variables of the ``export K=V`` lines a helper printed."""
+    found = {}
+    for line in lines:
+        if line.startswith("export "):
+            for word in shlex.split(line.removeprefix("export ")):
+                key, _, value = word.partition("=")
+                found[key] = value
+    return found
+
+
+def without_token(variables: dict[str, str]) -> dict[str, str]:
+    """The lines' variables but the run's secret (MLFLOW_TRACKING_TOKEN), which must be there."""
+    assert variables.get("MLFLOW_TRACKING_TOKEN"), variables
+    return {k: v for k, v in variables.items() if k != "MLFLOW_TRACKING_TOKEN"}
+
+
+def io_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                name, _, value = line.partition(":")
+                if name in ("rchar", "wchar"):
+                    total += int(value)
+    return total
+
+
+def user_env(variables: dict[str, str], home: Path) -> dict[str, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    return {"PATH": os.environ["PATH"], "HOME": str(home), **variables}
+
+
+def round_trip(
+    env: dict[str, str], big: tuple[Path, str], work: Path, server_pids: list[int]
+) -> tuple[float, float, float]:
+    """(seconds up, seconds down, share of the bytes the server handled); byte-exact or fail."""
+    source, digest = big
+    down = work / "down"
+    down.mkdir(parents=True, exist_ok=True)
+    before = io_bytes(server_pids)
+    result = subprocess.run(
+        [sys.executable, str(CLIENT), str(source), str(down)],
+        env=env, cwd=work, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    handled = (io_bytes(server_pids) - before) / (2 * source.stat().st_size)
+    assert result.returncode == 0, result.stderr[-4000:]
+    _, up_s, down_s = result.stdout.split()
+    copy = down / source.name
+    assert copy.stat().st_size == source.stat().st_size
+    assert sha256_of(copy) == digest, "the artifact came back different"
+    copy.unlink()
+    return float(up_s), float(down_s), handled
+
+
+def record(figure: str) -> None:
+    print(f"\n[artifact figures] {figure}", file=sys.__stdout__, flush=True)
+
+
+# -- the laptop server -----------------------------------------------------------------------
+
+
+def test_a_1_gib_artifact_both_ways_through_the_laptop_server(
+    mariadb: MariaDB, aws: dict[str, str], big_file: tuple[Path, str], tmp_path: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    project, outputs = project_with_outputs(mariadb, aws, "laptop-presigned", tmp_path)
+    tmp_dir = tmp_path / "tmp"
+    tmp_dir.mkdir()
+    port = free_port()
+    argv = ["serve", "--project", project.name, "--outputs", str(outputs),
+            "--runtime", "process", "--port", str(port)]  # fmt: skip
+    with serving(argv, helper_env(aws, tmp_dir), tmp_path, port) as running:
+        deadline = time.monotonic() + 10
+        want = 2 + len(printed_settings("presigned"))
+        while len(exported(running.stdout_lines)) < want and time.monotonic() < deadline:
+            time.sleep(0.05)
+        variables = exported(running.stdout_lines)
+        assert without_token(variables) == {
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+            **printed_settings("presigned"),
+        }
+        assert "artifacts: presigned" in running.stderr()
+        server = [pid for pid in running.server_pids() if "watchdog" not in cmdline(pid)]
+        up_s, down_s, handled = round_trip(
+            user_env(variables, tmp_path / "home"), big_file, tmp_path / "work", server
+        )
+        record(f"laptop server, 1 GiB: up {up_s:.1f} s, down {down_s:.1f} s, server handled "
+               f"{handled:.3%} of the bytes")  # fmt: skip
+        assert handled <= HANDLED_LIMIT
+
+        # The URLs are signed with the server's own credentials: its role's session (the
+        # helper's loopback credentials endpoint), never the teammate's keys.
+        from mlflow import MlflowClient
+
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", variables["MLFLOW_TRACKING_TOKEN"])
+        client = MlflowClient(tracking_uri=variables["MLFLOW_TRACKING_URI"])
+        [run] = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()], max_results=1
+        )
+        path = f"{run.info.experiment_id}/{run.info.run_id}/artifacts/{big_file[0].name}"
+        status, body = get(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow-artifacts/presigned/{path}",
+            {"Authorization": f"Bearer {variables['MLFLOW_TRACKING_TOKEN']}"},
+        )
+        assert status == 200, body
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(json.loads(body)["url"]).query)
+        key_id = query["X-Amz-Credential"][0].split("/")[0]
+        assert key_id != aws["AWS_ACCESS_KEY_ID"] and "X-Amz-Security-Token" in query
+        assert int(query["X-Amz-Expires"][0]) <= 300
+        server_env = "\n".join(environ(pid) for pid in server)
+        assert "AWS_CONTAINER_CREDENTIALS_FULL_URI=" in server_env  # the role's, via the helper
+        assert "AWS_ACCESS_KEY_ID=" not in server_env
+    assert project.query("SELECT COUNT(*) FROM runs") == [(1,)]
+
+
+# -- the central app --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def identities(moto: MotoServer) -> Identities:
+    return make_identities(moto)
+
+
+@pytest.fixture(scope="module")
+def project(mariadb: MariaDB, moto: MotoServer) -> Project:
+    s3 = aws_client("s3", moto.aws_env())
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    return create_project(mariadb, PROJECT)
+
+
+@pytest.fixture(scope="module")
+def central(
+    moto: MotoServer, project: Project, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CentralServer]:
+    log_dir = tmp_path_factory.mktemp("central")
+    uri = project.mariadb.url(project.user, project.password, project.schema)
+    with running_central_server(moto, uri, f"s3://{BUCKET}/{PROJECT}", PROJECT, log_dir) as server:
+        yield server
+
+
+def outputs_file(moto: MotoServer, project: Project, central: CentralServer, path: Path) -> Path:
+    path.write_text(outputs_with_tracking_uri(moto, project, BUCKET, central.tracking_uri))
+    return path
+
+
+def test_a_1_gib_artifact_both_ways_through_the_central_app_with_sign_in(
+    moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
+    big_file: tuple[Path, str], tmp_path: Path,
+) -> None:  # fmt: skip
+    outputs = outputs_file(moto, project, central, tmp_path / "outputs.json")
+    printed = run_helper(["env", "--remote", "--project", PROJECT, "--outputs", str(outputs)],
+                         clean_env(**moto.aws_env()))  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    variables = exported(printed.stdout.splitlines())
+    assert variables["MLFLOW_TRACKING_AUTH"] == "aws-iam"
+    # The job: its own AWS identity (to sign in) and the printed lines; STS at moto.
+    env = user_env({**client_aws_env(moto, identities.allowed_role), **variables}, tmp_path / "h")
+    up_s, down_s, handled = round_trip(env, big_file, tmp_path / "work", central.pids())
+    record(f"central app with sign-in (plugin), 1 GiB: up {up_s:.1f} s, down {down_s:.1f} s, "
+           f"server handled {handled:.3%} of the bytes")  # fmt: skip
+    assert handled <= HANDLED_LIMIT
+
+
+def test_the_plugin_alone_gives_presigned_transfer(
+    moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """A job configured with only the three sign-in lines still uploads 32 MiB to S3 directly
+    (MLflow's own threshold is 500 MiB): the plugin set the sizes."""
+    source = tmp_path / "model.bin"
+    source.write_bytes(os.urandom(32 * MIB))
+    variables = {"MLFLOW_TRACKING_URI": central.tracking_uri, "MLFLOW_TRACKING_AUTH": "aws-iam",
+                 "MLFLOW_AWS_IAM_STS_REGION": REGION}  # fmt: skip
+    env = user_env({**client_aws_env(moto, identities.allowed_role), **variables}, tmp_path / "h")
+    before = io_bytes(central.pids())
+    result = subprocess.run([sys.executable, str(CLIENT), "--upload-only", str(source)], env=env,
+                            capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Proxied, the server would read and write the file at least twice (socket, S3); presigned
+    # it handles a few KB (plus the modules a first artifact request imports: MBs of .pyc).
+    assert io_bytes(central.pids()) - before < 0.5 * source.stat().st_size
+
+
+@contextlib.contextmanager
+def signing_proxy(
+    moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
+    tmp_path: Path, artifacts: str = "auto",
+) -> Iterator[tuple[str, Any]]:  # fmt: skip
+    """``helper serve --remote``; S3 (moto) is reachable from here, so ``auto`` is presigned
+    (that an unreachable S3 makes it proxied is ``test_auto_artifacts_probe_...`` in
+    tests/test_helper_unit.py: the sign-in needs this S3 endpoint's name to be moto's)."""
+    outputs = outputs_file(moto, project, central, tmp_path / "outputs.json")
+    port = free_port()
+    env = clean_env(**client_aws_env(moto, identities.allowed_role), PYTHONUNBUFFERED="1")
+    argv = ["serve", "--project", PROJECT, "--outputs", str(outputs), "--remote",
+            "--port", str(port), "--artifacts", artifacts]  # fmt: skip
+    with serving(argv, env, tmp_path, port) as running:
+        deadline = time.monotonic() + 10
+        want = 2 + len(printed_settings("proxied" if artifacts == "proxied" else "presigned"))
+        while len(exported(running.stdout_lines)) < want and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", running
+
+
+def test_a_1_gib_artifact_both_ways_through_the_signing_proxy(
+    moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
+    big_file: tuple[Path, str], tmp_path: Path,
+) -> None:  # fmt: skip
+    with signing_proxy(moto, project, central, identities, tmp_path) as (uri, running):
+        variables = exported(running.stdout_lines)
+        assert without_token(variables) == {
+            "MLFLOW_TRACKING_URI": uri,
+            **printed_settings("presigned"),
+        }
+        assert "artifacts: presigned" in running.stderr() and "reachable from here" in (
+            running.stderr()
+        )
+        # No AWS setting at all in the user's script: the proxy signs in, S3 URLs are presigned.
+        env = user_env(variables, tmp_path / "home")
+        pids = [running.process.pid, *central.pids()]
+        up_s, down_s, handled = round_trip(env, big_file, tmp_path / "work", pids)
+    record(f"signing proxy (helper serve --remote), 1 GiB: up {up_s:.1f} s, down {down_s:.1f} "
+           f"s, proxy + server handled {handled:.3%} of the bytes")  # fmt: skip
+    assert handled <= HANDLED_LIMIT
+
+
+def test_proxied_artifacts_through_the_signing_proxy_and_it_says_so(
+    moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    source = tmp_path / "small-model.bin"
+    source.write_bytes(os.urandom(20 * MIB))
+    """For a machine without a route to S3: ``--artifacts proxied`` (what ``auto`` picks when
+    S3 does not answer) moves every byte through the server, byte-exact."""
+    with signing_proxy(moto, project, central, identities, tmp_path, "proxied") as (
+        uri,
+        running,
+    ):
+        variables = exported(running.stdout_lines)
+        assert without_token(variables) == {
+            "MLFLOW_TRACKING_URI": uri,
+            **printed_settings("proxied"),
+        }
+        assert "artifacts: proxied" in running.stderr() and "as asked" in running.stderr()
+        before = io_bytes(central.pids())
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        _, _, handled = round_trip(
+            user_env(variables, tmp_path / "home"), (source, digest), tmp_path / "work",
+            central.pids(),
+        )  # fmt: skip
+        assert handled >= 1.0  # every byte went through the server (in, spool, out)
+        assert io_bytes(central.pids()) > before
+
+
+# -- what cannot be had ---------------------------------------------------------------------
+
+
+def signed_paths(body: bytes) -> set[str]:
+    """The first two path segments (bucket, prefix) of every signed URL in a response."""
+    found = set()
+    for url in re.findall(rb"https?://[^\"\s]+X-Amz-Signature[^\"\s]*", body):
+        path = urllib.parse.unquote(urllib.parse.urlsplit(url.decode()).path)
+        found.add("/".join(posixpath.normpath(path).split("/")[:3]) + "/")
+    return found
+
+
+def signed_outside(body: bytes) -> bool:
+    return bool(signed_paths(body) - {f"/{BUCKET}/{PROJECT}/"})
+
+
+def test_no_url_for_another_projects_prefix_can_be_obtained(
+    moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Signed in and allowed, a caller asks the server to sign URLs outside ``presigned/``."""
+    from tests.test_auth_e2e import bearer, token_for
+
+    s3 = aws_client("s3", moto.aws_env())
+    s3.put_object(Bucket=BUCKET, Key="other/secret.bin", Body=b"another project's")
+    s3.put_object(Bucket=BUCKET, Key=f"{PROJECT}/mine.bin", Body=b"mine")
+    token = token_for(moto, identities.allowed_role, central.audience, project_marker(moto))
+    headers = {**bearer(token), "Content-Type": "application/json"}
+    base = f"{central.tracking_uri}/api/2.0/mlflow-artifacts"
+    # The control: the project's own object gets a URL.
+    status, body = get(f"{base}/presigned/mine.bin", headers)
+    assert status == 200 and b"X-Amz-Signature" in body, body
+    escapes = ["../other/secret.bin", "%2E%2E/other/secret.bin", "..%2Fother%2Fsecret.bin",
+               "x/../../other/secret.bin", "%252E%252E/other/secret.bin", "/other/secret.bin",
+               "//other/secret.bin", "s3://mlflow-aws-presigned/other/secret.bin"]  # fmt: skip
+    for escape in escapes:
+        status, body = get(f"{base}/presigned/{escape}", headers)
+        assert signed_paths(body) <= {f"/{BUCKET}/{PROJECT}/"} or status != 200, (escape, body)
+        assert not signed_outside(body), (escape, body)
+        data = b'{"path": "secret.bin", "num_parts": 1}'
+        status, body = get(f"{base}/mpu/create/{escape}", headers, "POST", data)
+        assert not signed_outside(body), (escape, body)
+    # Nothing was written outside the project's prefix by any of it.
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert [k for k in keys if not k.startswith(f"{PROJECT}/")] == ["other/secret.bin"]
+    uploads = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+    assert [u["Key"] for u in uploads if not u["Key"].startswith(f"{PROJECT}/")] == []
+
+
+def test_an_interrupted_upload_leaves_no_visible_artifact(
+    moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """The user's job is killed while its parts go to S3: the run lists no artifact and S3 holds
+    no object; what is left is an incomplete upload, which the bucket's lifecycle rule aborts
+    after a day (``tests/test_program.py``)."""
+    source = tmp_path / "checkpoint.bin"
+    with source.open("wb") as out:
+        for _ in range(24):
+            out.write(os.urandom(16 * MIB))
+    s3 = aws_client("s3", moto.aws_env())
+    outputs = outputs_file(moto, project, central, tmp_path / "outputs.json")
+    printed = run_helper(["env", "--remote", "--project", PROJECT, "--outputs", str(outputs)],
+                         clean_env(**moto.aws_env()))  # fmt: skip
+    variables = exported(printed.stdout.splitlines())
+    env = user_env({**client_aws_env(moto, identities.allowed_role), **variables}, tmp_path / "h")
+    before = {u["UploadId"] for u in s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])}
+    job = subprocess.Popen([sys.executable, str(CLIENT), "--upload-only", str(source)], env=env,
+                           stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        assert job.stdout is not None
+        run_id = job.stdout.readline().strip()
+        deadline = time.monotonic() + 120
+        started: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and job.poll() is None:
+            uploads = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+            started = [u for u in uploads if u["UploadId"] not in before]
+            if started and s3.list_parts(Bucket=BUCKET, Key=started[0]["Key"],
+                                         UploadId=started[0]["UploadId"]).get("Parts"):  # fmt: skip
+                break
+            time.sleep(0.05)
+        assert job.poll() is None, "the upload finished before it could be interrupted"
+        os.killpg(job.pid, signal.SIGKILL)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
+        job.wait(30)
+    [upload] = started
+    parts = s3.list_parts(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])["Parts"]
+    assert 0 < len(parts) < source.stat().st_size // MULTIPART_UPLOAD_CHUNK_SIZE
+    from tests.test_auth_e2e import bearer, token_for
+
+    status, body = get(
+        f"{central.tracking_uri}/api/2.0/mlflow/artifacts/list?run_id={run_id}",
+        bearer(token_for(moto, identities.allowed_role, central.audience, project_marker(moto))),
+    )
+    assert status == 200 and json.loads(body).get("files", []) == [], body
+    with pytest.raises(s3.exceptions.ClientError):
+        s3.head_object(Bucket=BUCKET, Key=upload["Key"])
+    s3.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
