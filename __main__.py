@@ -11,9 +11,11 @@ from pathlib import Path
 import pulumi
 
 from infra.account import survey
+from infra.alarms import AlarmedProject, Alarms, AlarmsArgs
 from infra.artifact_store import ArtifactStore, ArtifactStoreArgs
 from infra.config import load_stack_config, role_attachment_warnings
 from infra.database import MetadataDatabase, MetadataDatabaseArgs
+from infra.gc_schedule import GcSchedule, GcScheduleArgs
 from infra.server import ServiceProject, TrackingService, TrackingServiceArgs
 from infra.server_image import ServerImage, ServerImageArgs
 from infra.upgrade import UpgradeGate
@@ -152,6 +154,46 @@ if config.server.enabled:
     pulumi.export("ServerUrl", service.url)
     # Each project's last MLflow upgrade: its steps and their times (none: nothing to do).
     pulumi.export("Upgrades", service.upgrade_reports)
+    if config.gc.enabled:
+        GcSchedule(
+            "gc",
+            GcScheduleArgs(
+                stack=config.stack,
+                gc=config.gc,
+                server=config.server,
+                projects=service.parts,
+                connection_secret_arns={
+                    sp.name: sp.connection_secret_arn for sp in service_projects
+                },
+                artifact_roots={sp.name: sp.artifact_root for sp in service_projects},
+                image_uri=image.image_uri,
+                region=region,
+                account_id=account_id,
+                cluster_arn=service.cluster_arn,
+                task_subnets=account.network.task_subnets,
+                task_security_groups=service.task_security_groups,
+                assign_public_ip=account.network.assign_public_ip,
+                tags=tags,
+            ),
+        )
+    Alarms(
+        "alarms",
+        AlarmsArgs(
+            stack=config.stack,
+            alarms=config.alarms,
+            projects={
+                p: AlarmedProject(parts.target_group_arn_suffix, parts.log_group_name)
+                for p, parts in service.parts.items()
+            },
+            load_balancer_arn_suffix=service.load_balancer_arn_suffix,
+            cluster_identifier=database.cluster_identifier,
+            region=region,
+            min_tasks=config.server.min_tasks,
+            max_capacity=config.db.max_capacity,
+            gc_enabled=config.gc.enabled,
+            tags=tags,
+        ),
+    )
 
 # A rotated password's second half: only the new one stays valid, once nothing uses the old -
 # the central service rolled to tasks with the new bundle (steady state), or, without it, the

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import load_average, log, nothing_left_behind, rss_bytes, table, verdict, workdir
 from infra.server import IDLE_TIMEOUT_SECONDS
 from mlflow_aws.artifact_settings import PRESIGNED, PROXIED, client_settings
+from mlflow_aws.auth.token import MARKER_NAME
 from tests.central import (
     CentralServer,
     client_aws_env,
@@ -251,7 +252,8 @@ def transfer(
     # What the server stored, gone (moto keeps objects in memory and temp files).
     for listed in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PROJECT):
         for item in listed.get("Contents", []):
-            s3.delete_object(Bucket=BUCKET, Key=item["Key"])
+            if not item["Key"].endswith(MARKER_NAME):  # the central app's sign-in marker stays
+                s3.delete_object(Bucket=BUCKET, Key=item["Key"])
 
 
 def mib_s(size: int, figure: Figure) -> float:
@@ -345,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
                         log(f"  {route.label}: {MODE_LABELS[mode]} up and down")
                         transfer(route, mode, size, source, digest, directory, s3, timer)
                 source.unlink()
+                done = sizes[: sizes.index(size) + 1]
+                if len(done) < len(sizes):  # a long run shows what it has so far
+                    print(f"so far:\n{report(routes, done)[0]}\n", flush=True)
     text, all_met = report(routes, sizes)
     print(text)
     print(

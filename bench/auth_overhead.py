@@ -8,11 +8,14 @@ MariaDB (TLS) and moto (S3, STS, IAM); then the proxy's RSS while a 1 GiB artifa
 
 Workload per target: one run, a warm-up (the identity cache is then warm: tokens are reused
 for 5 min and the server caches a verified one until it expires), then per repetition ``--n``
-one-by-one ``log_metric`` calls and ``--batches`` ``log_batch`` calls of 1,000 metrics.
+one-by-one ``log_metric`` calls, ``--batches`` ``log_batch`` calls of 1,000 metrics and
+``--tutorial-runs`` runs of the tutorial's tracking.py workload (bench/prefix_throughput.py's:
+a run, a param, three metrics, an artifact).
 Repetitions are interleaved (a, b, c, a, b, c, ...), the server not being measured is frozen,
 and the median is reported.
 
-Targets: c/a >= 90% one by one and in batches (auth + proxy cost <= 10%); proxy RSS grows by
+Targets: c/a >= 90% one by one, in batches and tutorial runs (auth + proxy cost <= 10%); proxy
+RSS grows by
 <= 64 MiB during a 1 GiB upload.
 """
 
@@ -75,6 +78,7 @@ class Target:
     plugin: bool = False
     single: list[float] = field(default_factory=list)
     batch: list[float] = field(default_factory=list)
+    tutorial: list[float] = field(default_factory=list)  # tutorial runs/s
     client: Any = None
     run_id: str = ""
     proxy_pid: int | None = None
@@ -142,13 +146,19 @@ def vm_kib(pid: int, field_name: str) -> int:
     raise KeyError(field_name)
 
 
-def measure(targets: list[Target], n: int, batches: int, reps: int, warmup: int) -> None:
+def measure(
+    targets: list[Target], n: int, batches: int, reps: int, warmup: int, tutorials: int,
+    artifacts: Path,
+) -> None:  # fmt: skip
+    from bench.prefix_throughput import tutorial_runs
+
     for target in targets:
         with plugin_enabled(target.plugin):
             target.client, target.run_id = new_run(target.tracking_uri, f"bench-{target.key}")
             log(f"  warm-up {target.label}")
             log_one_by_one(target.client, target.run_id, warmup, key="warmup")
             log_batches(target.client, target.run_id, 1, first_step=10_000_000)
+            tutorial_runs(target.tracking_uri, 1, artifacts)
     servers = {id(t.server): t.server for t in targets}
     for rep in range(reps):
         for target in targets:
@@ -166,6 +176,7 @@ def measure(targets: list[Target], n: int, batches: int, reps: int, warmup: int)
                     log_batches(target.client, target.run_id, batches,
                                 first_step=rep * batches * 1000)
                 )  # fmt: skip
+                target.tutorial.append(tutorial_runs(target.tracking_uri, tutorials, artifacts))
 
 
 def upload_through_proxy(proxy_uri: str, proxy_pid: int, directory: Path) -> tuple[float, float]:
@@ -188,11 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=300, help="one-by-one log_metric per repetition")
     parser.add_argument("--batches", type=int, default=10, help="log_batch calls per repetition")
+    parser.add_argument("--tutorial-runs", type=int, default=10, help="per repetition")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small counts, to check it works")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.batches, args.reps = 30, 2, 2
+        args.n, args.batches, args.reps, args.tutorial_runs = 30, 2, 2, 2
     warmup = min(50, args.n)
 
     with running_moto() as moto, running_mariadb() as db, workdir() as directory:
@@ -223,14 +235,18 @@ def main(argv: list[str] | None = None) -> int:
                 Target("b", "(b) aws-iam, client plugin", guarded.tracking_uri, guarded, True),
                 Target("c", "(c) aws-iam, helper proxy", proxy_uri, guarded, proxy_pid=proxy.pid),
             ]
-            measure(targets, args.n, args.batches, args.reps, warmup)
+            outputs = directory / "tutorial-outputs"
+            outputs.mkdir()
+            (outputs / "test.txt").write_text("hello world!")
+            measure(targets, args.n, args.batches, args.reps, warmup, args.tutorial_runs, outputs)
             log("1 GiB artifact through the proxy")
             upload_s, growth_mib = upload_through_proxy(proxy_uri, proxy.pid, directory)
     log("everything stopped")
 
     a, b, c = (targets[0], targets[1], targets[2])
     rows = []
-    for name, attr in (("one-by-one `log_metric`", "single"), ("`log_batch` of 1,000", "batch")):
+    for name, attr in (("one-by-one `log_metric`", "single"), ("`log_batch` of 1,000", "batch"),
+                       ("tutorial runs (tracking.py)", "tutorial")):  # fmt: skip
         base, plugin, proxied = (median(getattr(t, attr)) for t in (a, b, c))
         rows.append([
             name, f"{base:,.0f}/s", f"{plugin:,.0f}/s", f"{proxied:,.0f}/s",

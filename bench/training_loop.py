@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import PYTHON, load_average, log, nothing_left_behind, table, verdict, workdir
-from tests.central import client_aws_env, make_identities, running_central_server
+from tests.central import client_aws_env, make_identities, moto_clients, running_central_server
 from tests.services import free_port, running_mariadb, running_moto
 
 PROJECT = "bench-loop"
@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
 
         project = create_project(db, PROJECT)
         uri = db.url(project.user, project.password, project.schema)
+        moto_clients(moto, "s3").create_bucket(
+            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+        )  # the sign-in marker lives there
         relay_port = free_port()
         with (
             running_central_server(moto, uri, f"s3://{BUCKET}/{PROJECT}", PROJECT, directory,

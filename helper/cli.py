@@ -120,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_artifacts_option(env)
 
     upgrade = commands.add_parser(
-        "upgrade", help="migrate the project's schema to this MLflow version (mlflow db upgrade)"
+        "upgrade",
+        help="migrate the project's schema to this MLflow version (the image's migration step, "
+        "under the schema's migration lock; --local: mlflow db upgrade)",
     )
     upgrade.add_argument("--project", metavar="NAME", help="the project (with --local: 'default')")
     _add_sources(upgrade)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlflow_aws.bundle import KEY
+
 from .errors import HelperError
 from .server_settings import REPO_ROOT
 
@@ -193,20 +195,20 @@ def parse_connection_bundle(data: object, source: str) -> ProjectConnection:
     """Validate a project's connection secret (its SecretString, decoded) into a connection."""
     bundle = _Fields(data, "", source)
     return ProjectConnection(
-        project=bundle.string("Project"),
-        database=bundle.string("Database"),
-        backend_store_uri=bundle.string("BackendStoreUri"),
-        password=bundle.string("Password"),
-        artifact_root=bundle.string("ArtifactRoot"),
-        database_endpoint=bundle.string("DatabaseEndpoint"),
-        database_port=bundle.port("DatabasePort"),
-        region=bundle.string("Region"),
-        image_uri=bundle.string("ImageUri"),
-        mlflow_version=bundle.string("MlflowVersion"),
-        database_ca_bundle=bundle.optional_string("DatabaseCaBundle"),
-        server_role_arn=bundle.optional_string("ServerRoleArn"),
-        stack=bundle.optional_string("Stack"),
-        tracking_uri=bundle.optional_url("TrackingUri"),
+        project=bundle.string(KEY["project"]),
+        database=bundle.string(KEY["database"]),
+        backend_store_uri=bundle.string(KEY["backend_store_uri"]),
+        password=bundle.string(KEY["password"]),
+        artifact_root=bundle.string(KEY["artifact_root"]),
+        database_endpoint=bundle.string(KEY["database_endpoint"]),
+        database_port=bundle.port(KEY["database_port"]),
+        region=bundle.string(KEY["region"]),
+        image_uri=bundle.string(KEY["image_uri"]),
+        mlflow_version=bundle.string(KEY["mlflow_version"]),
+        database_ca_bundle=bundle.optional_string(KEY["database_ca_bundle"]),
+        server_role_arn=bundle.optional_string(KEY["server_role_arn"]),
+        stack=bundle.optional_string(KEY["stack"]),
+        tracking_uri=bundle.optional_url(KEY["tracking_uri"]),
     )
 
 

@@ -99,18 +99,22 @@ def signals_ignored() -> Iterator[None]:
 
 
 class OutputRelay(threading.Thread):
-    """Copies the server's output to our stderr and notices the out-of-date-schema failure."""
+    """Copies the server's output to our stderr and notices the out-of-date-schema failure;
+    the run's secret never reaches the log (e.g. an access log line of the one-time URL)."""
 
-    def __init__(self, stream: IO[str], sink: IO[str]) -> None:
+    def __init__(self, stream: IO[str], sink: IO[str], secret: str = "") -> None:
         super().__init__(name="server-output", daemon=True)
         self.stream = stream
         self.sink = sink
+        self.secret = secret
         self.schema_out_of_date = False
 
     def run(self) -> None:
         for line in self.stream:
             if SCHEMA_OUT_OF_DATE_MARKER in line:
                 self.schema_out_of_date = True
+            if self.secret:
+                line = line.replace(self.secret, "<the run's secret>")
             self.sink.write(line)
             self.sink.flush()
 
@@ -442,7 +446,7 @@ def run_server(launch: ServerLaunch, out: IO[str] = sys.stdout, err: IO[str] = s
             start_new_session=True,
         )
         assert process.stdout is not None
-        relay = OutputRelay(process.stdout, err)
+        relay = OutputRelay(process.stdout, err, launch.secret)
         relay.start()
         became_healthy: list[bool] = []
         try:

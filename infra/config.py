@@ -9,6 +9,7 @@ problem with the key, the value and the rule, before any resource is registered.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import re
@@ -26,7 +27,16 @@ from mlflow_aws.server_settings import connections_per_server
 NAMESPACE = "mlflow-aws"
 DOCKER_REQUIREMENTS = Path(__file__).resolve().parent.parent / "docker" / "requirements.txt"
 
-TOP_LEVEL_KEYS = ("projects", "mlflowVersion", "db", "server", "protect", "upgrade")
+TOP_LEVEL_KEYS = (
+    "projects",
+    "mlflowVersion",
+    "db",
+    "server",
+    "protect",
+    "upgrade",
+    "gc",
+    "alarms",
+)
 DB_KEYS = (
     "minCapacity",
     "maxCapacity",
@@ -41,6 +51,19 @@ DB_KEYS = (
     "adminPasswordVersion",
 )
 UPGRADE_KEYS = ("ignoreConnectedClients", "snapshot")
+GC_KEYS = ("enabled", "schedule", "olderThan", "traceRetention")
+ALARMS_KEYS = ("email", "topicArn")
+# EventBridge Scheduler's expressions (https://docs.aws.amazon.com/scheduler/latest/UserGuide/
+# schedule-types.html): rate(value unit), cron(6 fields), at(yyyy-mm-ddThh:mm:ss).
+_SCHEDULE = re.compile(
+    # rate: a singular unit for 1, plural above
+    r"rate\((?:1 (?:minute|hour|day)|(?:[2-9]|[1-9]\d+) (?:minutes|hours|days))\)"
+    r"|cron\((?:\S+ ){5}\S+\)"
+    r"|at\(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\)"
+)
+_DURATION = re.compile(r"\d+[smhd]")
+_TOPIC_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 PROJECT_KEYS = (
     "name",
     "dropDataOnRemove",
@@ -126,6 +149,10 @@ _CERTIFICATE_ARN = re.compile(
     r"arn:aws(?:-[a-z]+)*:acm:([a-z0-9-]+):\d{12}:certificate/[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}"
 )
 _SUBNET_ID = re.compile(r"subnet-[0-9a-f]+")
+# iamRoles entries naming an IAM Identity Center permission set (sso:DataScientist): the sign-in
+# app allows its AWSReservedSSO_<name>_<hex> roles, and no policy is attached to them.
+SSO_PREFIX = "sso:"
+_PERMISSION_SET = re.compile(r"[\w+=,.@-]{1,32}")
 
 
 class ConfigError(pulumi.RunError):
@@ -219,6 +246,24 @@ class UpgradeConfig:
 
 
 @dataclass(frozen=True)
+class GcConfig:
+    """The scheduled gc of each project (infra/gc_schedule.py), with the central server only."""
+
+    enabled: bool = False
+    schedule: str = "cron(0 3 * * ? *)"  # EventBridge Scheduler, UTC: daily at 03:00
+    older_than: str = "30d"  # only what MLflow marked deleted at least this long ago
+    trace_retention: str | None = None  # also traces older than this; None: traces stay
+
+
+@dataclass(frozen=True)
+class AlarmsConfig:
+    """Where the central server's alarms go (infra/alarms.py)."""
+
+    email: str | None = None  # subscribed to the stack's topic (confirm the mail AWS sends)
+    topic_arn: str | None = None  # an existing SNS topic instead of the stack's own
+
+
+@dataclass(frozen=True)
 class AssumeRole:
     """One role of ``aws:assumeRoles``, as the schema provider assumes it too."""
 
@@ -260,6 +305,8 @@ class StackConfig:
     # aws:assumeRoles, in order: the schema provider assumes them as the AWS provider does
     assume_roles: tuple[AssumeRole, ...] = ()
     upgrade: UpgradeConfig = field(default_factory=UpgradeConfig)
+    gc: GcConfig = field(default_factory=GcConfig)
+    alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
 
     @property
     def max_user_connections(self) -> int:
@@ -741,6 +788,67 @@ def _parse_upgrade(raw: str | None, problems: _Problems) -> UpgradeConfig:
     )
 
 
+def _as_optional_str(value: Any, key: str, problems: _Problems) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        problems.add(key, value, "must be a non-empty string")
+        return None
+    return value.strip()
+
+
+def _parse_gc(raw: str | None, server_enabled: bool, problems: _Problems) -> GcConfig:
+    section = _as_section(raw, "gc", GC_KEYS, "gc.enabled true", problems)
+    if section is None:
+        return GcConfig()
+    defaults = GcConfig()
+    enabled = _as_bool(section.get("enabled"), "gc.enabled", problems, defaults.enabled)
+    schedule = _as_optional_str(section.get("schedule"), "gc.schedule", problems)
+    if schedule is not None and not _SCHEDULE.fullmatch(schedule):
+        problems.add(
+            "gc.schedule",
+            schedule,
+            "must be an EventBridge Scheduler expression: cron(minutes hours day-of-month month "
+            "day-of-week year), rate(N minutes|hours|days) or at(yyyy-mm-ddThh:mm:ss)",
+        )
+    durations = {}
+    for key, default in (("olderThan", defaults.older_than), ("traceRetention", None)):
+        value = _as_optional_str(section.get(key), f"gc.{key}", problems)
+        if value is not None and not _DURATION.fullmatch(value):
+            problems.add(f"gc.{key}", value, "must be a duration such as 30d, 12h, 90m or 0s")
+        durations[key] = value if value is not None else default
+    if enabled and not server_enabled:
+        problems.add(
+            "gc.enabled",
+            True,
+            "the scheduled gc runs as a task of the central server's ECS cluster: set "
+            "server.enabled, or run python -m helper gc --project P yourself",
+        )
+    return GcConfig(
+        enabled=enabled,
+        schedule=schedule or defaults.schedule,
+        older_than=str(durations["olderThan"]),
+        trace_retention=durations["traceRetention"],
+    )
+
+
+def _parse_alarms(raw: str | None, problems: _Problems) -> AlarmsConfig:
+    section = _as_section(raw, "alarms", ALARMS_KEYS, "alarms.email ops@example.com", problems)
+    if section is None:
+        return AlarmsConfig()
+    email = _as_optional_str(section.get("email"), "alarms.email", problems)
+    if email is not None and not _EMAIL.fullmatch(email):
+        problems.add("alarms.email", email, "must be an email address")
+    topic = _as_optional_str(section.get("topicArn"), "alarms.topicArn", problems)
+    if topic is not None and not _TOPIC_ARN.fullmatch(topic):
+        problems.add("alarms.topicArn", topic, "must be an SNS topic ARN (arn:aws:sns:...)")
+    if email and topic:
+        problems.add(
+            "alarms", {"email": email, "topicArn": topic}, "set email or topicArn, not both"
+        )
+    return AlarmsConfig(email=email, topic_arn=topic)
+
+
 def _parse_project(item: Any, index: int, problems: _Problems) -> ProjectConfig | None:
     key = f"projects[{index}]"
     if isinstance(item, str):
@@ -767,7 +875,7 @@ def _parse_project(item: Any, index: int, problems: _Problems) -> ProjectConfig 
             PROJECT_DEFAULTS.drop_data_on_remove,
         ),
         iam_groups=_as_str_list(item.get("iamGroups"), f"{key}.iamGroups", problems),
-        iam_roles=_as_str_list(item.get("iamRoles"), f"{key}.iamRoles", problems),
+        iam_roles=_checked_roles(item.get("iamRoles"), f"{key}.iamRoles", problems),
         password_version=_as_int(
             item.get("passwordVersion"),
             f"{key}.passwordVersion",
@@ -807,13 +915,28 @@ def _parse_projects(raw: str | None, problems: _Problems) -> tuple[ProjectConfig
     return tuple(parsed)
 
 
+def attached_roles(project: ProjectConfig) -> tuple[str, ...]:
+    """The iamRoles the project's policy is attached to: all but ``sso:<PermissionSet>`` entries
+    (Identity Center's roles get their policies from the permission set)."""
+    return tuple(role for role in project.iam_roles if not role.startswith(SSO_PREFIX))
+
+
+def _checked_roles(value: Any, key: str, problems: _Problems) -> tuple[str, ...]:
+    roles = _as_str_list(value, key, problems)
+    for role in roles:
+        if role.startswith(SSO_PREFIX) and not _PERMISSION_SET.fullmatch(role[len(SSO_PREFIX) :]):
+            problems.add(key, role, "sso:<PermissionSetName>: 1-32 of letters, digits and "
+                         "+=,.@_- (IAM Identity Center's CreatePermissionSet)")  # fmt: skip
+    return roles
+
+
 def _check_attachments(projects: list[ProjectConfig], problems: _Problems) -> None:
     """Each project attaches its own managed policy to each of its groups and roles: IAM's
     per-group and per-role limits bound how many projects may share one."""
     for kind, most in (("iamGroups", MAX_POLICIES_PER_GROUP), ("iamRoles", MAX_POLICIES_PER_ROLE)):
         sharing: dict[str, list[str]] = {}
         for p in projects:
-            for principal in p.iam_groups if kind == "iamGroups" else p.iam_roles:
+            for principal in p.iam_groups if kind == "iamGroups" else attached_roles(p):
                 sharing.setdefault(principal, []).append(p.name)
         for principal, names in sorted(sharing.items()):
             if len(names) > most:
@@ -830,7 +953,7 @@ def role_attachment_warnings(projects: tuple[ProjectConfig, ...]) -> list[str]:
     """Roles that get more project policies than IAM's default quota (10; up to 20 on request)."""
     counts: dict[str, int] = {}
     for p in projects:
-        for role in p.iam_roles:
+        for role in attached_roles(p):
             counts[role] = counts.get(role, 0) + 1
     return [
         f"role {role!r} gets the policies of {n} projects; IAM attaches at most "
@@ -975,6 +1098,10 @@ def parse_stack_config(values: Mapping[str, str], stack: str) -> StackConfig:
         server=_parse_server(ours.get("server"), values.get("aws:region"), db, problems),
         assume_roles=_parse_assume_roles(values.get("aws:assumeRoles"), problems),
         upgrade=_parse_upgrade(ours.get("upgrade"), problems),
+        alarms=_parse_alarms(ours.get("alarms"), problems),
+    )
+    config = dataclasses.replace(
+        config, gc=_parse_gc(ours.get("gc"), config.server.enabled, problems)
     )
     _check_provider_identity(values, problems)
     if problems.items:

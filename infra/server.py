@@ -41,7 +41,9 @@ from infra.config import ServerConfig, stack_slug
 from infra.database import PORT as MYSQL_PORT
 from infra.iam import image_pull_statements
 from infra.upgrade import UpgradeGate, upgrade_gate
+from mlflow_aws.auth.server import SSO_ENTRY, SSO_ROLE_PATH
 from mlflow_aws.auth.token import MARKER_NAME
+from mlflow_aws.bundle import KEY as BUNDLE_KEY
 from mlflow_aws.server_settings import container_port
 
 # The MLflow server app the tasks run: the AWS-IAM sign-in (mlflow_aws/auth/server.py;
@@ -136,7 +138,12 @@ def container_environment(
         "MLFLOW_AWS_IAM_AUDIENCE": f"{domain.lower()}/{project.name}",
         # Sign-in replays the caller's signed read of it: only the project policy's holders pass.
         "MLFLOW_AWS_IAM_MARKER_URL": marker_url(artifact_root, region),
-        "MLFLOW_AWS_IAM_ALLOWED_ROLES": ",".join(project.iam_roles),
+        # A JSON array when a name holds a comma (IAM allows it in role names).
+        "MLFLOW_AWS_IAM_ALLOWED_ROLES": (
+            json.dumps(list(project.iam_roles))
+            if any("," in role for role in project.iam_roles)
+            else ",".join(project.iam_roles)
+        ),
         "MLFLOW_AWS_IAM_ALLOWED_GROUPS": ",".join(project.iam_groups),
         "AWS_REGION": region,
         "AWS_DEFAULT_REGION": region,
@@ -146,8 +153,14 @@ def container_environment(
 def container_secrets(secret_arn: str) -> list[dict[str, str]]:
     """Keys of the project's connection secret, by reference: ECS reads them at task start."""
     return [
-        {"name": "MLFLOW_BACKEND_STORE_URI", "valueFrom": f"{secret_arn}:BackendStoreUri::"},
-        {"name": "MLFLOW_AWS_DB_CA_BUNDLE", "valueFrom": f"{secret_arn}:DatabaseCaBundle::"},
+        {
+            "name": "MLFLOW_BACKEND_STORE_URI",
+            "valueFrom": f"{secret_arn}:{BUNDLE_KEY['backend_store_uri']}::",
+        },
+        {
+            "name": "MLFLOW_AWS_DB_CA_BUNDLE",
+            "valueFrom": f"{secret_arn}:{BUNDLE_KEY['database_ca_bundle']}::",
+        },
     ]
 
 
@@ -198,21 +211,28 @@ def container_definitions(
     return json.dumps([container], sort_keys=True)
 
 
-def group_lookup_policy(account_id: str, partition: str = "aws") -> str:
-    """The sign-in app asks IAM which groups an IAM user is in (iamGroups): that, nothing more."""
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Sid": "AllowedGroupsOfCallers",
-                    "Effect": "Allow",
-                    "Action": ["iam:ListGroupsForUser"],
-                    "Resource": [f"arn:{partition}:iam::{account_id}:user/*"],
-                }
-            ],
-        }
-    )
+def group_lookup_policy(
+    account_id: str, partition: str = "aws", groups: bool = True, sso: bool = False
+) -> str:
+    """The sign-in app asks IAM which groups an IAM user is in (iamGroups) and, for
+    ``sso:<PermissionSet>`` entries of iamRoles, the path of an Identity Center role (only those
+    roles: anyone may name a role AWSReservedSSO_…, only Identity Center puts it there)."""
+    statements: list[dict[str, Any]] = []
+    if groups:
+        statements.append({
+            "Sid": "AllowedGroupsOfCallers",
+            "Effect": "Allow",
+            "Action": ["iam:ListGroupsForUser"],
+            "Resource": [f"arn:{partition}:iam::{account_id}:user/*"],
+        })  # fmt: skip
+    if sso:
+        statements.append({
+            "Sid": "IdentityCenterRolePaths",
+            "Effect": "Allow",
+            "Action": ["iam:GetRole"],
+            "Resource": [f"arn:{partition}:iam::{account_id}:role{SSO_ROLE_PATH}*"],
+        })  # fmt: skip
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 
 def execution_role_policy(repository_arn: str, secret_arn: str, log_group_arn: str) -> str:
@@ -306,6 +326,19 @@ class ServiceProject:
 
 
 @dataclass
+class ServiceParts:
+    """What a project's other central jobs (the scheduled gc, the alarms) share with its
+    service: the roles, the logs, the target group."""
+
+    execution_role_arn: pulumi.Output[str]
+    task_role_arn: pulumi.Input[str]  # the tasks' own role (only ECS may assume it): the prefix
+    log_group_name: pulumi.Output[str]
+    log_group_arn: pulumi.Output[str]
+    target_group_arn_suffix: pulumi.Output[str]
+    service_name: pulumi.Output[str]
+
+
+@dataclass
 class TrackingServiceArgs:
     stack: str
     server: ServerConfig
@@ -338,6 +371,10 @@ class TrackingService(pulumi.ComponentResource):
     cluster_name: pulumi.Output[str]
     service_names: dict[str, pulumi.Output[str]]
     services: dict[str, aws.ecs.Service]  # project -> its ECS service (steady once created)
+    parts: dict[str, ServiceParts]  # project -> what its gc task and alarms use
+    cluster_arn: pulumi.Output[str]
+    load_balancer_arn_suffix: pulumi.Output[str]
+    task_security_groups: list[pulumi.Output[str]]
     upgrade_reports: dict[str, pulumi.Output[Any]]  # project -> the last upgrade's steps
     load_balancer_security_group_id: pulumi.Output[str]
     task_security_group_id: pulumi.Output[str]
@@ -559,6 +596,7 @@ class TrackingService(pulumi.ComponentResource):
         priorities = rule_priorities([p.name for p in args.projects])
         self.service_names = {}
         self.services = {}
+        self.parts = {}
         self.upgrade_reports = {}
         for project in args.projects:
             self.services[project.name] = self._project_service(
@@ -571,6 +609,12 @@ class TrackingService(pulumi.ComponentResource):
         self.load_balancer_dns_name = lb.dns_name
         self.certificate_arn = certificate_arn
         self.cluster_name = cluster.name
+        self.cluster_arn = cluster.arn
+        self.load_balancer_arn_suffix = lb.arn_suffix
+        self.task_security_groups = [
+            task_sg.id,
+            pulumi.Output.from_input(args.database_client_security_group_id),
+        ]
         self.load_balancer_security_group_id = lb_sg.id
         self.task_security_group_id = task_sg.id
         self.register_outputs(
@@ -708,14 +752,19 @@ class TrackingService(pulumi.ComponentResource):
                 child,
             )
         ]
-        if project.iam_groups:
+        sso = any(role.startswith(SSO_ENTRY) for role in project.iam_roles)
+        if project.iam_groups or sso:
+            # The sign-in app reads group membership for the allowed groups (and Identity
+            # Center roles' paths): on the task role only, never on the role teammates become.
             task_policies.append(
                 aws.iam.RolePolicy(
                     f"{prefix}-group-lookup",
                     aws.iam.RolePolicyArgs(
                         role=task_role.id,
                         policy=pulumi.Output.from_input(args.account_id).apply(
-                            lambda account: group_lookup_policy(account, args.partition)
+                            lambda account: group_lookup_policy(
+                                account, args.partition, bool(project.iam_groups), sso
+                            )
                         ),
                     ),
                     child,
@@ -860,6 +909,14 @@ class TrackingService(pulumi.ComponentResource):
             ),
         )
 
+        self.parts[p] = ServiceParts(
+            execution_role_arn=execution_role.arn,
+            task_role_arn=task_role.arn,
+            log_group_name=log_group.name,
+            log_group_arn=log_group.arn,
+            target_group_arn_suffix=target_group.arn_suffix,
+            service_name=service.name,
+        )
         scaling = aws.appautoscaling.Target(
             f"{prefix}-scaling",
             aws.appautoscaling.TargetArgs(

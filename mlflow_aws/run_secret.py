@@ -225,6 +225,10 @@ class RunSecretMiddleware:
         method = scope.get("method", "GET")
         query = scope.get("query_string", b"").decode("latin-1")
         verdict = self.gate.decide(method, scope.get("path", ""), query, header_lists(raw))
+        if QUERY_KEY in query:
+            # The server's access log writes this scope's query: never the one-time token.
+            pairs = parse_qsl(query, keep_blank_values=True)
+            scope["query_string"] = urlencode([(k, v) for k, v in pairs if k != QUERY_KEY]).encode()
         if not verdict.allowed:
             if scope["type"] != "http":
                 await send({"type": "websocket.close", "code": 1008})

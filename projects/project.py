@@ -33,29 +33,13 @@ import pulumi_random as random
 
 from infra.config import ProjectConfig
 from infra.iam import PolicyDocument, Statement, image_pull_statements
+from mlflow_aws.bundle import ConnectionBundle
 from mlflow_aws.names import validate_name
 from projects.schema_provider import MysqlSchema, MysqlSchemaArgs
 from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS
 
 COMPONENT_TYPE = "mlflow-aws:projects:MlflowProject"
 PASSWORD_SPECIALS = "-_."  # noqa: S105 (a character set) safe unquoted in MySQL, URLs, env files and shells
-BUNDLE_KEYS = (
-    "Project",
-    "Stack",
-    "Database",
-    "Username",
-    "Password",
-    "BackendStoreUri",
-    "ArtifactRoot",
-    "DatabaseEndpoint",
-    "DatabasePort",
-    "Region",
-    "ImageUri",
-    "MlflowVersion",
-    "DatabaseCaBundle",
-    "ServerRoleArn",
-    "TrackingUri",  # https://<domain>/<project>, or null without the central server
-)
 OUTPUT_KEYS = (
     "Database",
     "Username",
@@ -331,6 +315,8 @@ class MlflowProject(pulumi.ComponentResource):
                 opts=child,
             )
             for role in p.iam_roles
+            # sso:<PermissionSet>: Identity Center's roles take policies from the permission set
+            if not role.startswith("sso:")
         ]
 
         artifact_root = pulumi.Output.concat("s3://", args.bucket_name, "/", ids.s3_prefix)
@@ -345,27 +331,15 @@ class MlflowProject(pulumi.ComponentResource):
         )
         mlflow_version = args.mlflow_version or _default_mlflow_version()
 
-        def bundle(v: list[Any]) -> str:
-            return json.dumps(
-                {
-                    "Project": p.name,
-                    "Stack": stack,
-                    "Database": v[0],
-                    "Username": v[1],
-                    "Password": v[2],
-                    "BackendStoreUri": v[3],
-                    "ArtifactRoot": v[4],
-                    "DatabaseEndpoint": v[5],
-                    "DatabasePort": args.db_port,
-                    "Region": v[6],
-                    "ImageUri": v[7],
-                    "MlflowVersion": mlflow_version,
-                    "DatabaseCaBundle": v[8],
-                    "ServerRoleArn": v[9],
-                    "TrackingUri": args.tracking_uri,
-                },
-                sort_keys=True,
-            )
+        def bundle(resolved: dict[str, Any]) -> str:
+            return ConnectionBundle(
+                project=p.name,
+                stack=stack,
+                database_port=args.db_port,
+                mlflow_version=mlflow_version,
+                tracking_uri=args.tracking_uri,
+                **resolved,
+            ).to_json()
 
         self.secret_version = aws.secretsmanager.SecretVersion(
             f"{name}-connection-version",
@@ -373,16 +347,16 @@ class MlflowProject(pulumi.ComponentResource):
                 secret_id=self.secret.id,
                 secret_string=pulumi.Output.secret(
                     pulumi.Output.all(
-                        self.schema.schema,
-                        self.schema.username,
-                        password,
-                        uri,
-                        artifact_root,
-                        args.db_endpoint,
-                        region,
-                        args.image_uri,
-                        args.database_ca_bundle,
-                        self.server_role.arn,
+                        database=self.schema.schema,
+                        username=self.schema.username,
+                        password=password,
+                        backend_store_uri=uri,
+                        artifact_root=artifact_root,
+                        database_endpoint=args.db_endpoint,
+                        region=region,
+                        image_uri=args.image_uri,
+                        database_ca_bundle=args.database_ca_bundle,
+                        server_role_arn=self.server_role.arn,
                     ).apply(bundle)
                 ),
             ),

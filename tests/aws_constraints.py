@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.pulumi_mocks import MockAccount, ProgramRun, Registered
+from tests.pulumi_mocks import ACCOUNT, MockAccount, ProgramRun, Registered
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 
@@ -383,6 +383,13 @@ SCALING_POLICY = "aws:appautoscaling/policy:Policy"
 SCHEMA = "pulumi-python:dynamic/mysql:Schema"
 UPGRADE = "pulumi-python:dynamic/mlflow:Upgrade"
 RETIREMENT = "pulumi-python:dynamic/mysql:PasswordRetirement"
+SCHEDULE = "aws:scheduler/schedule:Schedule"
+ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
+DASHBOARD = "aws:cloudwatch/dashboard:Dashboard"
+METRIC_FILTER = "aws:cloudwatch/logMetricFilter:LogMetricFilter"
+TOPIC = "aws:sns/topic:Topic"
+TOPIC_POLICY = "aws:sns/topicPolicy:TopicPolicy"
+SUBSCRIPTION = "aws:sns/topicSubscription:TopicSubscription"
 
 # -- shared rules -------------------------------------------------------------------------------
 
@@ -1213,6 +1220,140 @@ def break_retirement(r: Registered, ctx: Context) -> None:
     r.inputs["project"] = "not-a-project"
 
 
+SCHEDULER_CREATE = (
+    "https://docs.aws.amazon.com/scheduler/latest/APIReference/API_CreateSchedule.html"
+)
+SCHEDULER_TYPES = "https://docs.aws.amazon.com/scheduler/latest/UserGuide/schedule-types.html"
+SCHEDULER_ROLE = (
+    "https://docs.aws.amazon.com/scheduler/latest/UserGuide/setting-up.html"
+    "#setting-up-execution-role (confused deputy: aws:SourceAccount)"
+)
+PUT_METRIC_ALARM = (
+    "https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_PutMetricAlarm.html"
+)
+PUT_DASHBOARD = (
+    "https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_PutDashboard.html"
+)
+PUT_METRIC_FILTER = (
+    "https://docs.aws.amazon.com/AmazonCloudWatchLogs/latest/APIReference/API_PutMetricFilter.html"
+)
+SNS_CREATE_TOPIC = "https://docs.aws.amazon.com/sns/latest/api/API_CreateTopic.html"
+SNS_SUBSCRIBE = "https://docs.aws.amazon.com/sns/latest/api/API_Subscribe.html"
+_SCHEDULE_EXPRESSION = re.compile(
+    r"rate\((?:1 (?:minute|hour|day)|(?:[2-9]|[1-9]\d+) (?:minutes|hours|days))\)"
+    r"|cron\((?:\S+ ){5}\S+\)|at\(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\)"
+)
+
+
+def schedule_ok(r: Registered, ctx: Context) -> list[str]:
+    problems = []
+    expression = str(r.inputs.get("scheduleExpression"))
+    if not _SCHEDULE_EXPRESSION.fullmatch(expression):
+        problems.append(f"scheduleExpression {expression!r}: rate(), cron() of 6 fields or at()")
+    if r.inputs.get("flexibleTimeWindow", {}).get("mode") not in ("OFF", "FLEXIBLE"):
+        problems.append("flexibleTimeWindow.mode must be OFF or FLEXIBLE")
+    target = r.inputs.get("target", {})
+    if not str(target.get("arn", "")).startswith("arn:") or not target.get("roleArn"):
+        problems.append("target needs an arn and a roleArn")
+    ecs = target.get("ecsParameters", {})
+    if ecs and not 1 <= int(ecs.get("taskCount", 1)) <= 10:
+        problems.append("ecsParameters.taskCount: 1-10")
+    subnets = ecs.get("networkConfiguration", {}).get("subnets", [])
+    if ecs and not 1 <= len(subnets) <= 16:
+        problems.append("ecsParameters.networkConfiguration.subnets: 1-16")
+    retries = target.get("retryPolicy", {}).get("maximumRetryAttempts", 0)
+    if not 0 <= retries <= 185:
+        problems.append("retryPolicy.maximumRetryAttempts: 0-185")
+    return problems
+
+
+def break_schedule(r: Registered, ctx: Context) -> None:
+    r.inputs["scheduleExpression"] = "rate(1 days)"
+
+
+def scheduler_trust_ok(r: Registered, ctx: Context) -> list[str]:
+    """A role EventBridge Scheduler assumes is limited to schedules of this account."""
+    doc = json.loads(plain(r.inputs["assumeRolePolicy"]))
+    problems = []
+    for statement in statements(doc):
+        if statement.get("Principal", {}).get("Service") != "scheduler.amazonaws.com":
+            continue
+        account = statement.get("Condition", {}).get("StringEquals", {}).get("aws:SourceAccount")
+        if account != ACCOUNT:
+            problems.append("scheduler.amazonaws.com trusted without aws:SourceAccount = account")
+    return problems
+
+
+def break_scheduler_trust(r: Registered, ctx: Context) -> None:
+    doc = json.loads(plain(r.inputs["assumeRolePolicy"]))
+    for statement in statements(doc):
+        statement["Principal"] = {"Service": "scheduler.amazonaws.com"}
+        statement.pop("Condition", None)
+    r.inputs["assumeRolePolicy"] = json.dumps(doc)
+
+
+def alarm_ok(r: Registered, ctx: Context) -> list[str]:
+    problems = []
+    inputs = r.inputs
+    period = int(inputs.get("period") or 60)
+    if period not in (10, 20, 30) and period % 60:
+        problems.append(f"period {period}: 10, 20, 30 or a multiple of 60")
+    evaluations = int(inputs.get("evaluationPeriods", 0))
+    if evaluations < 1 or (period >= 3600 and evaluations * period > 7 * 86400):
+        problems.append("evaluationPeriods >= 1; periods of an hour or more span at most 7 days")
+    if evaluations * period > 86400 and period < 3600:
+        problems.append("evaluationPeriods x period at most one day for periods under an hour")
+    stat, extended = inputs.get("statistic"), inputs.get("extendedStatistic")
+    queries = inputs.get("metricQueries")
+    if queries:
+        if stat or extended or inputs.get("metricName"):
+            problems.append("metricQueries excludes metricName/statistic")
+        if sum(1 for q in queries if q.get("returnData")) != 1:
+            problems.append("exactly one metric query returns data")
+    elif bool(stat) == bool(extended):
+        problems.append("exactly one of statistic and extendedStatistic")
+    if extended and not re.fullmatch(r"p(\d{1,2}(\.\d{1,2})?|100)", str(extended)):
+        problems.append(f"extendedStatistic {extended!r}: p0.0-p100")
+    if inputs.get("treatMissingData") not in (
+        None,
+        "breaching",
+        "notBreaching",
+        "ignore",
+        "missing",
+    ):
+        problems.append("treatMissingData: breaching, notBreaching, ignore or missing")
+    if len(inputs.get("alarmActions", [])) > 5 or len(inputs.get("okActions", [])) > 5:
+        problems.append("at most 5 alarm and 5 OK actions")
+    if len(str(inputs.get("alarmDescription", ""))) > 1024:
+        problems.append("alarmDescription at most 1024 characters")
+    return problems
+
+
+def break_alarm(r: Registered, ctx: Context) -> None:
+    r.inputs.pop("metricQueries", None)
+    r.inputs.update(period=45, statistic="Sum", extendedStatistic="p95")
+
+
+def dashboard_ok(r: Registered, ctx: Context) -> list[str]:
+    problems = []
+    name = str(r.inputs.get("dashboardName"))
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", name):
+        problems.append(f"dashboardName {name!r}: 1-255 of A-Z a-z 0-9 - _")
+    body = json.loads(plain(r.inputs["dashboardBody"]))
+    if not 1 <= len(body.get("widgets", [])) <= 500:
+        problems.append("1-500 widgets")
+    for widget in body["widgets"]:
+        if widget["x"] + widget["width"] > 24:
+            problems.append("a widget past the grid's 24 columns")
+        if len(widget.get("properties", {}).get("metrics", [])) > 500:
+            problems.append("at most 500 metrics per widget")
+    return problems
+
+
+def break_dashboard(r: Registered, ctx: Context) -> None:
+    r.inputs["dashboardName"] = "mlflow aws"
+
+
 def break_upgrade(r: Registered, ctx: Context) -> None:
     r.inputs["subnets"] = [f"subnet-{i:08x}" for i in range(17)]
 
@@ -1933,6 +2074,92 @@ RULES: list[Rule] = [
         "schema a MySQL identifier (at most 64); user at most 32",
         f"{MYSQL_IDENTIFIERS}; {MYSQL_USERS}",
         break_schema,
+    ),
+    # The scheduled gc (infra/gc_schedule.py)
+    whole(
+        SCHEDULE,
+        schedule_ok,
+        "expression rate()/cron() of 6 fields/at(); flexible window "
+        "OFF|FLEXIBLE; an ECS target with a role, 1-10 tasks, 1-16 subnets; 0-185 retries",
+        f"{SCHEDULER_CREATE}; {SCHEDULER_TYPES}",
+        break_schedule,
+    ),
+    named(
+        SCHEDULE,
+        lambda n: re.fullmatch(r"[0-9a-zA-Z._-]{1,64}", n) is not None,
+        "1-64 of 0-9 a-z A-Z - _ .",
+        SCHEDULER_CREATE,
+        "mlflow aws gc",
+    ),
+    whole(
+        ROLE,
+        scheduler_trust_ok,
+        "a role trusted by scheduler.amazonaws.com names aws:SourceAccount",
+        SCHEDULER_ROLE,
+        break_scheduler_trust,
+    ),
+    # Alarms (infra/alarms.py)
+    whole(
+        ALARM,
+        alarm_ok,
+        "period 10/20/30 or n x 60; evaluations within a day (7 days for "
+        "hourly periods); one statistic or metric queries with one result; p-statistics; "
+        "<= 5 actions each",
+        PUT_METRIC_ALARM,
+        break_alarm,
+    ),
+    named(
+        ALARM,
+        lambda n: 1 <= len(n) <= 255 and n.isascii(),
+        "1-255 ASCII characters",
+        PUT_METRIC_ALARM,
+        "x" * 256,
+    ),
+    whole(
+        DASHBOARD,
+        dashboard_ok,
+        "name 1-255 of A-Za-z0-9-_; 1-500 widgets on 24 columns",
+        PUT_DASHBOARD,
+        break_dashboard,
+    ),
+    each(
+        METRIC_FILTER,
+        "pattern",
+        lambda v: len(str(v)) <= 1024,
+        "at most 1024 characters",
+        PUT_METRIC_FILTER,
+        "x" * 1025,
+    ),
+    each(
+        METRIC_FILTER,
+        "metricTransformation.name",
+        lambda v: re.fullmatch(r"[^:*$]{1,255}", str(v)) is not None,
+        "1-255 characters, no : * $",
+        PUT_METRIC_FILTER,
+        "gc:failures",
+    ),
+    named(
+        TOPIC,
+        lambda n: re.fullmatch(r"[A-Za-z0-9_-]{1,256}", n) is not None,
+        "1-256 of A-Za-z0-9-_",
+        SNS_CREATE_TOPIC,
+        "mlflow aws alarms",
+    ),
+    each(
+        TOPIC_POLICY,
+        "policy",
+        lambda v: "cloudwatch.amazonaws.com" in str(v) and "sns:Publish" in str(v),
+        "CloudWatch may publish (alarm actions to an encrypted topic)",
+        SNS_CREATE_TOPIC,
+        "{}",
+    ),
+    each(
+        SUBSCRIPTION,
+        "protocol",
+        one_of("email", "email-json", "https", "sqs", "lambda"),
+        "a protocol SNS offers",
+        SNS_SUBSCRIBE,
+        "pigeon",
     ),
     # The rotation's second half (projects/password_retirement.py)
     whole(

@@ -35,6 +35,9 @@ ALLOWED_ROLE = "ml-team"
 OUTSIDER_ROLE = "outsider"
 SSO_PERMISSION_SET = "DataScientist"
 SSO_ROLE = f"AWSReservedSSO_{SSO_PERMISSION_SET}_0123456789abcdef"
+SSO_PATH = "/aws-reserved/sso.amazonaws.com/eu-west-1/"  # where Identity Center puts its roles
+# The same kind of name, made with iam:CreateRole by anyone who may (its path gives it away).
+SSO_IMPOSTOR_ROLE = f"AWSReservedSSO_{SSO_PERMISSION_SET}_fedcba9876543210"
 ALLOWED_GROUP = "ml-users"
 GROUP_USER = "carol"  # in ALLOWED_GROUP
 LONE_USER = "dave"  # in no group
@@ -63,6 +66,7 @@ class Identities:
 
     allowed_role: Credentials
     sso_role: Credentials
+    sso_impostor: Credentials
     outsider_role: Credentials
     group_user: Credentials
     lone_user: Credentials
@@ -81,11 +85,12 @@ def moto_clients(moto: MotoServer, service: str) -> Any:
 def make_identities(moto: MotoServer) -> Identities:
     iam, sts = moto_clients(moto, "iam"), moto_clients(moto, "sts")
 
-    def role(name: str) -> Credentials:
+    def role(name: str, path: str = "/") -> Credentials:
         with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
-            iam.create_role(RoleName=name, AssumeRolePolicyDocument="{}")
+            iam.create_role(RoleName=name, Path=path, AssumeRolePolicyDocument="{}")
         found = sts.assume_role(
-            RoleArn=f"arn:aws:iam::{ACCOUNT}:role/{name}", RoleSessionName="someone@example.com"
+            RoleArn=f"arn:aws:iam::{ACCOUNT}:role{path}{name}",
+            RoleSessionName="someone@example.com",
         )["Credentials"]
         return Credentials(found["AccessKeyId"], found["SecretAccessKey"], found["SessionToken"])
 
@@ -101,7 +106,8 @@ def make_identities(moto: MotoServer) -> Identities:
 
     return Identities(
         allowed_role=role(ALLOWED_ROLE),
-        sso_role=role(SSO_ROLE),
+        sso_role=role(SSO_ROLE, SSO_PATH),
+        sso_impostor=role(SSO_IMPOSTOR_ROLE),
         outsider_role=role(OUTSIDER_ROLE),
         group_user=user(GROUP_USER, ALLOWED_GROUP),
         lone_user=user(LONE_USER, None),
@@ -212,7 +218,7 @@ def server_env(
         env.update(
             MLFLOW_AWS_IAM_AUDIENCE=audience(public_port or port, project),
             MLFLOW_AWS_IAM_MARKER_URL=marker_url(moto, artifact_root),
-            MLFLOW_AWS_IAM_ALLOWED_ROLES=f"{ALLOWED_ROLE},{SSO_PERMISSION_SET}",
+            MLFLOW_AWS_IAM_ALLOWED_ROLES=f"{ALLOWED_ROLE},sso:{SSO_PERMISSION_SET}",
             MLFLOW_AWS_IAM_ALLOWED_GROUPS=ALLOWED_GROUP,
         )
     return env

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import boto3
 
+from mlflow_aws.bundle import ConnectionBundle
 from tests.services import MariaDB
 
 REGION = "eu-west-1"
@@ -112,22 +113,23 @@ def bundle_for(
         uri = uri.replace(quote(project.password, safe=""), quote(password, safe=""))
     if port is not None:
         uri = uri.replace(f":{project.mariadb.port}/", f":{port}/")
-    return {
-        "Project": project.name,
-        "Stack": stack,
-        "Database": project.schema,
-        "Username": project.user,
-        "Password": password or project.password,
-        "BackendStoreUri": uri,
-        "ArtifactRoot": f"s3://{bucket}/{project.name}",
-        "DatabaseEndpoint": project.mariadb.host,
-        "DatabasePort": port or project.mariadb.port,
-        "Region": REGION,
-        "ImageUri": image_uri(stack),
-        "MlflowVersion": metadata.version("mlflow"),
-        "DatabaseCaBundle": ca_pem if ca_pem is not None else project.mariadb.ca_path.read_text(),
-        "ServerRoleArn": role_arn,
-    }
+    return ConnectionBundle(
+        project=project.name,
+        stack=stack,
+        database=project.schema,
+        username=project.user,
+        password=password or project.password,
+        backend_store_uri=uri,
+        artifact_root=f"s3://{bucket}/{project.name}",
+        database_endpoint=project.mariadb.host,
+        database_port=port or project.mariadb.port,
+        region=REGION,
+        image_uri=image_uri(stack),
+        mlflow_version=metadata.version("mlflow"),
+        database_ca_bundle=ca_pem if ca_pem is not None else project.mariadb.ca_path.read_text(),
+        server_role_arn=role_arn,
+        tracking_uri=None,
+    ).as_dict()
 
 
 def put_connection_secret(env: dict[str, str], bundle: dict[str, Any]) -> str:

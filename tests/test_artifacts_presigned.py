@@ -453,3 +453,101 @@ def test_an_interrupted_upload_leaves_no_visible_artifact(
     with pytest.raises(s3.exceptions.ClientError):
         s3.head_object(Bucket=BUCKET, Key=upload["Key"])
     s3.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
+
+
+# -- the MLflow UI in a browser ----------------------------------------------------------------
+
+# What the UI's download button does (mlflow 3.17.2, ArtifactView onDownloadClick): when
+# server-info says multipart_downloads_enabled, ask ajax-api/2.0/mlflow-artifacts/presigned/<path>
+# and navigate to the URL (window.location.assign): a navigation, which S3's CORS rules never
+# see. Run in the page, with the page's own cookie, against the page's own origin.
+UI_DOWNLOAD_JS = """
+const [path, done] = [arguments[0], arguments[arguments.length - 1]];
+(async () => {
+  const info = await (await fetch("ajax-api/3.0/mlflow/server-info")).json();
+  if (!info.multipart_downloads_enabled) return done("server-info: no multipart downloads");
+  const answer = await fetch("ajax-api/2.0/mlflow-artifacts/presigned/" + path);
+  if (!answer.ok) return done("presigned: " + answer.status);
+  const body = await answer.json();
+  if (Object.keys(body.headers || {}).length) return done("presigned URL needs headers");
+  done("navigating");
+  window.location.assign(body.url);
+})().catch((e) => done("error: " + e));
+"""
+
+
+def download_in_the_browser(uri: str, secret: str, path: str, directory: Path,
+                            tmp_path: Path) -> bytes:  # fmt: skip
+    from mlflow_aws import run_secret
+    from tests.test_auth_e2e import chromium_driver
+
+    directory.mkdir(parents=True, exist_ok=True)
+    driver = chromium_driver(tmp_path)
+    try:
+        driver.set_page_load_timeout(60)
+        driver.set_script_timeout(60)
+        driver.execute_cdp_cmd(
+            "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(directory)}
+        )
+        driver.get(run_secret.browser_url(uri, secret))  # signs the browser in (a cookie)
+        assert driver.execute_async_script(UI_DOWNLOAD_JS, path) == "navigating"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            files = [p for p in directory.iterdir() if not p.name.endswith(".crdownload")]
+            if files:
+                return files[0].read_bytes()
+            time.sleep(0.2)
+        pytest.fail(f"nothing downloaded; the browser is at {driver.current_url[:80]}")
+    finally:
+        driver.quit()
+
+
+def log_small_artifact(variables: dict[str, str], tmp_path: Path,
+                       monkeypatch: pytest.MonkeyPatch) -> tuple[str, bytes]:  # fmt: skip
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", variables["MLFLOW_TRACKING_TOKEN"])
+    source = tmp_path / "model.bin"
+    source.write_bytes(os.urandom(3 * MIB))
+    client = MlflowClient(tracking_uri=variables["MLFLOW_TRACKING_URI"])
+    run = client.create_run(client.create_experiment(f"ui-{time.time_ns()}"))
+    client.log_artifact(run.info.run_id, str(source))
+    return f"{run.info.experiment_id}/{run.info.run_id}/artifacts/model.bin", source.read_bytes()
+
+
+def test_the_ui_downloads_through_a_presigned_url_from_the_laptop_server(
+    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    project, outputs = project_with_outputs(mariadb, aws, "laptop-ui", tmp_path)
+    tmp_dir = tmp_path / "tmp"
+    tmp_dir.mkdir()
+    port = free_port()
+    argv = ["serve", "--project", project.name, "--outputs", str(outputs),
+            "--runtime", "process", "--port", str(port)]  # fmt: skip
+    with serving(argv, helper_env(aws, tmp_dir), tmp_path, port) as running:
+        deadline = time.monotonic() + 10
+        while "MLFLOW_ENABLE_ASYNC_LOGGING" not in exported(running.stdout_lines):
+            assert time.monotonic() < deadline, running.stdout_lines
+            time.sleep(0.05)
+        variables = exported(running.stdout_lines)
+        path, data = log_small_artifact(variables, tmp_path, monkeypatch)
+        got = download_in_the_browser(variables["MLFLOW_TRACKING_URI"],
+                                      variables["MLFLOW_TRACKING_TOKEN"], path,
+                                      tmp_path / "downloads", tmp_path)  # fmt: skip
+    assert got == data
+
+
+def test_the_ui_downloads_through_a_presigned_url_through_the_signing_proxy(
+    moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    with signing_proxy(moto, project, central, identities, tmp_path) as (uri, running):
+        variables = exported(running.stdout_lines)
+        path, data = log_small_artifact(variables, tmp_path, monkeypatch)
+        got = download_in_the_browser(uri, variables["MLFLOW_TRACKING_TOKEN"], path,
+                                      tmp_path / "downloads", tmp_path)  # fmt: skip
+    assert got == data
+    # No CORS rule is involved: moto's bucket has none (and the program sets none).
+    with pytest.raises(aws_client("s3", moto.aws_env()).exceptions.ClientError):
+        aws_client("s3", moto.aws_env()).get_bucket_cors(Bucket=BUCKET)

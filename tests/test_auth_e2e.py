@@ -39,6 +39,7 @@ from mlflow_aws.auth.token import (
 from tests.central import (
     ACCOUNT,
     REGION,
+    SSO_IMPOSTOR_ROLE,
     CentralServer,
     Credentials,
     Identities,
@@ -222,6 +223,20 @@ def test_an_sso_role_is_allowed_by_its_permission_set_name(
 ) -> None:
     status, body = search(central, bearer(token_for(moto, identities.sso_role, central.audience)))
     assert status == 200, body
+
+
+def test_a_role_named_like_an_sso_role_is_not_one(
+    central: CentralServer, moto: MotoServer, identities: Identities
+) -> None:
+    """Low: anyone with iam:CreateRole can name a role AWSReservedSSO_DataScientist_<hex>; on
+    the previous main the permission set's name in the allowed roles let it in (200)."""
+    token = token_for(moto, identities.sso_impostor, central.audience)
+    status, body = search(central, bearer(token))
+    assert status == 403, body
+    assert body.endswith(
+        f"role {SSO_IMPOSTOR_ROLE} is not an IAM Identity Center role (its path is /, not "
+        "/aws-reserved/sso.amazonaws.com/…)\n"
+    )
 
 
 def test_helper_env_remote_prints_the_plugin_lines(

@@ -51,14 +51,19 @@ def test_a_role_name_means_this_account_only() -> None:
 
 def test_an_sso_role_matches_its_permission_set_in_this_account_only() -> None:
     assert sso_permission_set(SSO_ROLE) == "DataScientist"
-    assert role_allowed(OWN, SSO_ROLE, frozenset({"DataScientist"}), OWN)
-    assert not role_allowed(OTHER, SSO_ROLE, frozenset({"DataScientist"}), OWN)
+    assert role_allowed(OWN, SSO_ROLE, frozenset({"sso:DataScientist"}), OWN)
+    assert not role_allowed(OTHER, SSO_ROLE, frozenset({"sso:DataScientist"}), OWN)
+    # issue 14: a plain name is a role's name only, never a permission set's
+    assert not role_allowed(OWN, SSO_ROLE, frozenset({"DataScientist"}), OWN)
+    assert role_allowed(OWN, SSO_ROLE, frozenset({SSO_ROLE}), OWN)  # its exact name
     # not an Identity Center role: the same name is not a permission set
     assert sso_permission_set("AWSReservedSSO_DataScientist") is None
     assert sso_permission_set("AWSReservedSSO_DataScientist_0123456789abcdeg") is None
     assert sso_permission_set("AWSReservedSSO_DataScientist_0123456789abcde") is None
     assert sso_permission_set(f"x{SSO_ROLE}") is None and sso_permission_set(f"{SSO_ROLE}0") is None
-    assert not role_allowed(OWN, "AWSReservedSSO_DataScientist", frozenset({"DataScientist"}), OWN)
+    assert not role_allowed(
+        OWN, "AWSReservedSSO_DataScientist", frozenset({"sso:DataScientist"}), OWN
+    )
 
 
 @pytest.mark.parametrize(

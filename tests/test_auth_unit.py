@@ -31,6 +31,7 @@ from mlflow_aws.auth.server import (
     client_address,
     role_allowed,
     settings_from_environ,
+    split_list,
     sso_permission_set,
 )
 from mlflow_aws.auth.signer import SigningError, TokenSource
@@ -246,14 +247,42 @@ def test_settings_are_required() -> None:
     assert settings(roles="a, b\nc").allowed_roles == {"a", "b", "c"}
 
 
-def test_sso_roles_match_by_name_or_permission_set() -> None:
+def test_sso_roles_match_by_name_or_an_explicit_sso_entry_and_their_path() -> None:
+    """Low: a plain "DataScientist" let in any role named AWSReservedSSO_DataScientist_<hex>
+    (creatable with iam:CreateRole) on the previous main."""
     sso = "AWSReservedSSO_DataScientist_0123456789abcdef"
     assert sso_permission_set(sso) == "DataScientist"
     assert sso_permission_set("AWSReservedSSO_Data_Sci_0123456789abcdef") == "Data_Sci"
     assert sso_permission_set("DataScientist") is None
-    assert role_allowed(OWN, sso, frozenset({"DataScientist"}), OWN)
+    assert not role_allowed(OWN, sso, frozenset({"DataScientist"}), OWN)
+    assert role_allowed(OWN, sso, frozenset({"sso:DataScientist"}), OWN)
     assert role_allowed(OWN, sso, frozenset({sso}), OWN)
     assert not role_allowed(OWN, sso, frozenset({"Data"}), OWN)
+    arn = f"arn:aws:sts::{OWN}:assumed-role/{sso}/alice@example.com"
+    identity = CallerIdentity(arn, OWN, "id")
+    config = settings("sso:DataScientist")
+    paths = {sso: "/aws-reserved/sso.amazonaws.com/eu-west-1/"}
+    assert authorize(identity, config, lambda: OWN, lambda u: frozenset(), paths.get).allowed  # type: ignore[arg-type]
+    made_by_someone = authorize(identity, config, lambda: OWN, lambda u: frozenset(),
+                                lambda role: "/")  # fmt: skip
+    assert (
+        made_by_someone.status == 403
+        and "is not an IAM Identity Center role" in made_by_someone.reason
+    )
+    # An exact name needs no path: IAM role names are unique in an account.
+    assert authorize(identity, settings(sso), lambda: OWN, lambda u: frozenset()).allowed
+    with pytest.raises(SettingsError, match="is not sso:<PermissionSetName>"):
+        settings("sso:")
+
+
+def test_allowed_names_with_commas_come_as_a_json_array() -> None:
+    """Low: a comma in a role name split it in two on the previous main."""
+    assert split_list('["ml,team", "ops"]') == {"ml,team", "ops"}
+    assert split_list("ml,team") == {"ml", "team"}
+    assert role_allowed(OWN, "ml,team", settings('["ml,team"]').allowed_roles, OWN)
+    assert not role_allowed(OWN, "ml", settings('["ml,team"]').allowed_roles, OWN)
+    with pytest.raises(SettingsError, match="not a JSON array of names"):
+        split_list('["ml", 1]')
 
 
 def test_a_role_name_means_this_account_only() -> None:

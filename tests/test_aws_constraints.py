@@ -126,6 +126,29 @@ MATRIX: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {
         "production-europe-west-data-science-platform.v2",
         {},
     ),
+    "scheduled gc, alarms to an email": (
+        {
+            "mlflow-aws:projects": ["churn", "fraud"],
+            "mlflow-aws:server": SERVER,
+            "mlflow-aws:gc": {
+                "enabled": True,
+                "schedule": "rate(12 hours)",
+                "traceRetention": "90d",
+            },
+            "mlflow-aws:alarms": {"email": "ops@example.com"},
+        },
+        "dev",
+        {},
+    ),
+    "alarms to an existing topic": (
+        {
+            "mlflow-aws:projects": ["churn"],
+            "mlflow-aws:server": SERVER,
+            "mlflow-aws:alarms": {"topicArn": "arn:aws:sns:eu-west-1:123456789012:ops"},
+        },
+        "dev",
+        {},
+    ),
     "laptops outside the VPC (public database)": (
         {"mlflow-aws:projects": ["churn"], "mlflow-aws:db": {"allowedCidrs": ["203.0.113.0/24"]}},
         "dev",

@@ -15,13 +15,17 @@ import pytest
 import yaml
 
 from infra.config import (
+    ALARMS_KEYS,
     DB_KEYS,
+    GC_KEYS,
     PROJECT_KEYS,
     SERVER_KEYS,
     TOP_LEVEL_KEYS,
     UPGRADE_KEYS,
+    AlarmsConfig,
     ConfigError,
     DatabaseConfig,
+    GcConfig,
     ProjectConfig,
     ServerConfig,
     StackConfig,
@@ -570,6 +574,16 @@ SECTIONS: dict[str, tuple[tuple[str, ...], type, Callable[[str, Any], dict[str, 
         lambda field, value: {"projects": [{"name": "churn", field: value}]},
     ),
     "upgrade": (UPGRADE_KEYS, UpgradeConfig, lambda field, value: {"upgrade": {field: value}}),
+    "gc": (
+        GC_KEYS,
+        GcConfig,
+        lambda field, value: (
+            {"server": SERVER, "gc": {field: value, "enabled": True}}
+            if field != "enabled"
+            else {"server": SERVER, "gc": {field: value}}
+        ),
+    ),
+    "alarms": (ALARMS_KEYS, AlarmsConfig, lambda field, value: {"alarms": {field: value}}),
 }
 
 
@@ -770,3 +784,32 @@ def test_identity_settings_the_schema_provider_cannot_follow_are_refused(
     assert rule in problem, problem
     for secret in ("very-secret-value", "session-token-value"):
         assert secret not in str(caught.value)  # a refused secret is never echoed
+
+
+def test_the_scheduled_gc_is_off_by_default_and_checked_like_aws_does() -> None:
+    assert parse({}).gc == GcConfig(enabled=False)
+    on = parse({"server": SERVER, "gc": {"enabled": True, "schedule": "rate(6 hours)",
+                                         "traceRetention": "90d"}}).gc  # fmt: skip
+    assert on == GcConfig(True, "rate(6 hours)", "30d", "90d")
+    with pytest.raises(ConfigError) as bad:
+        parse({"gc": {"enabled": True, "schedule": "every day", "olderThan": "a month"}})
+    text = str(bad.value)
+    assert "gc.schedule" in text and "EventBridge Scheduler expression" in text
+    assert "gc.olderThan" in text and "gc.enabled" in text and "server.enabled" in text
+    for good in ("cron(0 3 * * ? *)", "rate(1 day)", "at(2027-01-01T00:00:00)"):
+        assert parse({"server": SERVER, "gc": {"enabled": True, "schedule": good}}).gc.schedule == (
+            good
+        )
+    for wrong in ("rate(1 days)", "rate(0 minutes)", "cron(0 3 * * ?)"):
+        with pytest.raises(ConfigError):
+            parse({"server": SERVER, "gc": {"enabled": True, "schedule": wrong}})
+
+
+def test_alarms_go_to_an_email_or_a_topic() -> None:
+    assert parse({}).alarms == AlarmsConfig()
+    assert parse({"alarms": {"email": "ops@example.com"}}).alarms.email == "ops@example.com"
+    arn = "arn:aws:sns:eu-west-1:123456789012:ops"
+    assert parse({"alarms": {"topicArn": arn}}).alarms.topic_arn == arn
+    with pytest.raises(ConfigError) as bad:
+        parse({"alarms": {"email": "ops", "topicArn": "ops-topic"}})
+    assert "alarms.email" in str(bad.value) and "alarms.topicArn" in str(bad.value)

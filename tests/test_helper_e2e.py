@@ -506,6 +506,41 @@ def test_upgrade_fresh_schema_then_out_of_date_schema_is_explained(
     assert "Traceback (most recent call last)" not in refused.stderr.split("error:")[-1]
 
 
+def test_upgrade_is_the_images_migration_step_under_its_lock(
+    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
+) -> None:
+    """``helper upgrade`` migrates as a starting server does (mlflow_aws.server.prepare): while
+    another server holds the schema's migration lock it waits, and gives up without touching
+    the schema; once the lock is free it migrates and records this MLflow as the schema's."""
+    from mlflow_aws.server.prepare import LOCK_TABLE, take_migration_lock
+
+    project, outputs = project_with_outputs(mariadb, aws, "e2e-upgrade-lock", tmp_path)
+    env = {**helper_env(aws, tmp_path), "MLFLOW_AWS_DB_MIGRATION_LOCK_SECONDS": "2"}
+    source = ["--project", project.name, "--outputs", str(outputs)]
+    holder = mariadb.connect(project.user, project.password, project.schema)
+    holder.autocommit(False)
+    try:
+        take_migration_lock(holder, 1)  # another server of the project, migrating
+        started = time.monotonic()
+        waited = run_helper(["upgrade", *source], env)
+        assert waited.returncode == 1, waited.stderr[-3000:]
+        assert time.monotonic() - started >= 2
+        assert "another server holds the migration lock; waiting up to 2 s" in waited.stderr
+        assert "gave up after 2 s waiting for another server's migration" in waited.stderr
+        assert project.password not in waited.stderr and "Traceback" not in waited.stderr
+        assert project.query("SHOW TABLES") == [(LOCK_TABLE,)]  # no MLflow table yet
+    finally:
+        holder.close()  # the lock goes with its session
+    upgraded = run_helper(["upgrade", *source], env)
+    assert upgraded.returncode == 0, upgraded.stderr[-3000:]
+    assert "creating MLflow's tables" in upgraded.stderr
+    tables = {row[0] for row in project.query("SHOW TABLES")}
+    assert {"alembic_version", "experiments", "runs"} <= tables
+    from mlflow_aws.schema_version import RECORD_TABLE, this_mlflow
+
+    assert project.query(f"SELECT mlflow_version FROM {RECORD_TABLE}") == [(this_mlflow().version,)]
+
+
 @pytest.fixture(scope="module")
 def plaintext_mariadb() -> Iterator[MariaDB]:
     """A server that offers no TLS at all (a downgrade, or the wrong endpoint)."""

@@ -40,6 +40,7 @@ from helper.server_settings import (
     loopback_only,
     parse_server_env,
 )
+from mlflow_aws.bundle import ConnectionBundle
 from mlflow_aws.server_settings import ServerSettingsError
 from tests.services import MotoServer, free_port
 
@@ -89,23 +90,24 @@ def sample_outputs() -> dict[str, Any]:
 
 def sample_bundle(project: str = "churn") -> dict[str, Any]:
     schema = project.replace("-", "_")
-    return {
-        "Project": project,
-        "Stack": "dev",
-        "Database": schema,
-        "Username": f"mlflow_{schema}",
-        "Password": PROJECT_PASSWORD,
-        "BackendStoreUri": f"mysql+pymysql://mlflow_{schema}:{PROJECT_PASSWORD}@{ENDPOINT}:3306/"
+    return ConnectionBundle(
+        project=project,
+        stack="dev",
+        database=schema,
+        username=f"mlflow_{schema}",
+        password=PROJECT_PASSWORD,
+        backend_store_uri=f"mysql+pymysql://mlflow_{schema}:{PROJECT_PASSWORD}@{ENDPOINT}:3306/"
         f"{schema}",
-        "ArtifactRoot": f"s3://mlflow-aws-dev-demo/{project}",
-        "DatabaseEndpoint": ENDPOINT,
-        "DatabasePort": 3306,
-        "Region": "eu-west-1",
-        "ImageUri": IMAGE,
-        "MlflowVersion": "3.17.2",
-        "DatabaseCaBundle": CA_PEM,
-        "ServerRoleArn": ROLE_ARN,
-    }
+        artifact_root=f"s3://mlflow-aws-dev-demo/{project}",
+        database_endpoint=ENDPOINT,
+        database_port=3306,
+        region="eu-west-1",
+        image_uri=IMAGE,
+        mlflow_version="3.17.2",
+        database_ca_bundle=CA_PEM,
+        server_role_arn=ROLE_ARN,
+        tracking_uri=None,
+    ).as_dict()
 
 
 def write_outputs(tmp_path: Path, data: object) -> Path:

@@ -139,6 +139,10 @@ def test_the_one_time_url_signs_the_browser_in(laptop: tuple[str, RunningHelper]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert call(url + SEARCH, {"Cookie": cookie.split(";")[0]})[0] == 200
     assert call(f"{url}/?token=wrong")[0] == 401
+    time.sleep(1)  # the server's access log lines reach the helper's log
+    log = running.stderr()
+    assert '"GET / HTTP/1.1" 302' in log  # the server's access log, without the token
+    assert "token=" not in log and running.secret not in log
 
 
 def experiment_names(url: str, running: RunningHelper) -> set[str]:

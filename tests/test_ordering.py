@@ -37,6 +37,18 @@ WAITS_FOR: dict[str, dict[str, str]] = {
         "tracking-{p}-sign-in-marker": "sign-in replays a read of it",
         "tracking-{p}-upgrade": "an MLflow upgrade stops the old tasks and migrates first",
     },
+    "gc-{p}-schedule": {
+        "gc-{p}-scheduler-policy": "the scheduler's role must be allowed RunTask first",
+        "gc-{p}-task": "what it runs",
+        "tracking-cluster": "where it runs",
+    },
+    "gc-{p}-task": {
+        "tracking-{p}-task-role": "the task role (its prefix only; only ECS may assume it)",
+        "tracking-{p}-execution-role": "ECS starts the task as it",
+        "tracking-{p}-logs": "the awslogs group",
+        "server-image": "the image digest",
+    },
+    "alarms-{p}-gc-failures": {"tracking-{p}-logs": "the log group it filters"},
     "project-{p}-password-retirement": {
         "tracking-{p}-service": "no task may still use the old password (steady state)",
         "project-{p}-connection-version": "teammates' servers read the new password first",
@@ -182,6 +194,7 @@ def test_the_consumers_are_registered() -> None:
     """The table above names resources that exist (a rename would silently skip a check)."""
     ctx = context("server on, an account that never ran ECS")
     names = {r.name for r in ctx.resources}
+    names |= {r.name for r in context("scheduled gc, alarms to an email").resources}
     consumers = {c.format(p="churn") for c in {**WAITS_FOR, **FRESH_ACCOUNT}}
     producers = {
         p.format(p="churn")

@@ -237,6 +237,14 @@ def test_bucket_lifecycle_expires_old_versions_and_aborts_uploads() -> None:
     assert versioning.urn in lifecycle.dependencies
 
 
+def test_the_bucket_has_no_cors_rule() -> None:
+    """The MLflow UI downloads through presigned URLs by navigating to them (no fetch, so no
+    CORS): any rule would only widen who may read from a page (tests/test_artifacts_presigned.py
+    downloads in headless Chromium on every path without one)."""
+    r = run()
+    assert not [x for x in r.resources if "cors" in x.typ.lower()]
+
+
 def test_bucket_protection_follows_the_stack() -> None:
     dev = run().one(BUCKET)
     assert dev.inputs["forceDestroy"] is True

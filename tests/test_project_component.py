@@ -24,8 +24,8 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from infra.config import ProjectConfig
+from mlflow_aws.bundle import BUNDLE_KEYS
 from projects.project import (
-    BUNDLE_KEYS,
     COMPONENT_TYPE,
     OUTPUT_KEYS,
     MlflowProject,

@@ -4,10 +4,23 @@ every mutant ``./dev mutate helper/proxy.py`` makes must fail one of these or a 
 
 from __future__ import annotations
 
+import http.server
+import threading
+from collections.abc import Iterator
+
 import pytest
 
 from helper.errors import HelperError
 from helper.proxy import Upstream
+from tests.test_proxy_security import (
+    SECRET,
+    SIGNED,
+    RecordingHandler,
+    Upstreams,
+    exchange,
+    running_proxy,
+    statuses,
+)
 
 
 @pytest.mark.parametrize(
@@ -64,3 +77,89 @@ def test_a_redirect_elsewhere_is_passed_on_unchanged_and_ours_made_local() -> No
     )
     root = Upstream.from_uri("https://mlflow.example.com")
     assert root.local_location("/x") == "/x" and root.path_for("/x") == "/x"
+
+
+# -- what reaches the server: the proxy's headers, never the browser's ----------------------------
+
+
+class RawRecordingHandler(RecordingHandler):
+    """Records every header line as sent (a repeated header is two lines, in any case)."""
+
+    def do_GET(self) -> None:
+        self.server.raw.append(list(self.headers.items()))
+        super().do_GET()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
+
+
+@pytest.fixture
+def raw_upstream() -> Iterator[tuple[Upstreams, list[list[tuple[str, str]]]]]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RawRecordingHandler)
+    server.daemon_threads = True
+    raw: list[list[tuple[str, str]]] = []
+    server.recorded = []  # type: ignore[attr-defined]
+    server.raw = raw  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Upstreams(server.server_address[1], server.recorded), raw  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# Each in lower case too: a header the proxy forgot to drop would then go out beside the one it
+# sets (http.server keeps the client's spelling), so the server would see two.
+CLIENT_HEADERS = [
+    ("authorization", f"Bearer {SECRET}"),  # the run's secret: never for the central server
+    ("host", "{local}"),
+    ("origin", "http://{local}"),
+    ("referer", "http://{local}/#/experiments"),
+    ("cookie", "mlflow-aws-other=1"),
+    ("expect", "100-continue"),
+    ("connection", "keep-alive, x-private"),
+    ("keep-alive", "timeout=5"),
+    ("proxy-authorization", "Basic dXNlcjpwYXNz"),
+    ("proxy-connection", "keep-alive"),
+    ("te", "trailers"),
+    ("trailer", "x-checksum"),
+    ("upgrade", "h2c"),
+]
+
+
+def test_the_browsers_own_authorization_origin_host_and_cookies_never_reach_the_server(
+    raw_upstream: tuple[Upstreams, list[list[tuple[str, str]]]],
+) -> None:
+    upstream, raw = raw_upstream
+    with running_proxy(upstream) as proxy:
+        local = f"127.0.0.1:{proxy.port}"
+        body = b'{"experiment_id": "1"}'
+        lines = ["POST /api/2.0/mlflow/experiments/delete HTTP/1.1",
+                 f"Content-Length: {len(body)}", "Content-Type: application/json",
+                 "X-Kept: yes"]  # fmt: skip
+        lines += [f"{name}: {value.format(local=local)}" for name, value in CLIENT_HEADERS]
+        received, _ = exchange(proxy.port, ("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    assert statuses(received)[-1:] == [200], received
+    (sent,) = raw
+    names = [name.lower() for name, _ in sent]
+    assert sorted(names) == ["authorization", "content-length", "content-type", "host", "x-kept"]
+    values = {name.lower(): value for name, value in sent}
+    assert values["authorization"] == f"Bearer {SIGNED}"  # the proxy's token, not the secret
+    assert values["host"] == f"127.0.0.1:{upstream.port}"  # the server's, not the proxy's
+    assert upstream.requests[0].body == body
+    assert SECRET not in repr(sent)
+
+
+def test_the_servers_cookies_and_hop_by_hop_headers_never_reach_the_browser(
+    raw_upstream: tuple[Upstreams, list[list[tuple[str, str]]]],
+) -> None:
+    upstream, _ = raw_upstream
+    with running_proxy(upstream) as proxy:
+        request = (
+            f"GET /api/2.0/mlflow/experiments/search HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}"
+            f"\r\nAuthorization: Bearer {SECRET}\r\n\r\n"
+        )
+        received, _ = exchange(proxy.port, request.encode(), wait=1.5)
+    head = received.split(b"\r\n\r\n", 1)[0].lower()
+    assert statuses(received) == [200] and b"set-cookie" not in head
+    assert head.count(b"content-length:") == 1

@@ -23,6 +23,7 @@ from projects.schema_sql import (
     decide_change,
     decide_create,
     decide_delete,
+    engine_of,
     ensure_registry,
     forget,
     grant_pattern,
@@ -35,13 +36,14 @@ from projects.schema_sql import (
     quote_identifier,
     record,
     registry_lookup,
+    retire_previous_password,
     sessions_of,
 )
 
 IDS = validate_name("churn-a")
 PASSWORD = "Aa0._~-Aa0._~-xyz"  # what MlflowProject generates: [A-Za-z0-9._~-]
-# What MLflow's store and every Alembic migration need on the project's schema (DESIGN.md
-# "Projects"; tests/test_schema_provider.py runs the migrations with exactly these).
+# What MLflow's store and every Alembic migration need on the project's schema (README.md
+# "Adding a project"; tests/test_schema_provider.py runs the migrations with exactly these).
 PRIVILEGES = ["ALTER", "CREATE", "DELETE", "DROP", "INDEX", "INSERT", "REFERENCES", "SELECT",
               "TRIGGER", "UPDATE"]  # fmt: skip
 GRANT = (
@@ -370,3 +372,69 @@ def test_an_existing_projects_schema_that_vanished_is_recreated_and_never_droppe
 
 def test_the_desired_state_never_shows_the_password() -> None:
     assert PASSWORD not in repr(want()) and PASSWORD not in str(want())
+
+
+# -- password rotation with the previous password kept valid (dual passwords) -------------------
+
+OLD = "Old0._~-Old0._~-old"
+
+
+@pytest.mark.parametrize(
+    ("version", "engine"),
+    [("8.0.39", "mysql"), ("8.0.mysql_aurora.3.10.0", "mysql"), ("11.4.3-MariaDB-1", "mariadb"),
+     ("10.11.6-mariadb-log", "mariadb")],
+)  # fmt: skip
+def test_the_engine_is_read_from_select_version(version: str, engine: str) -> None:
+    assert engine_of(version) == engine
+
+
+@pytest.mark.parametrize("engine", ["mysql", "mariadb"])
+def test_a_rotation_keeps_the_previous_password_valid_and_never_shows_either(engine: str) -> None:
+    steps = decide_change(want(previous_password=OLD, engine=engine), ours())
+    statement = steps[0].statement
+    assert statement.secret and statement.changes
+    assert PASSWORD in statement.sql and (OLD in statement.sql) == (engine == "mariadb")
+    if engine == "mysql":  # MySQL 8.0.14+: one secondary password
+        assert statement.sql == (
+            f"ALTER USER `mlflow_churn_a`@'%' IDENTIFIED BY '{PASSWORD}' RETAIN CURRENT PASSWORD "
+            "WITH MAX_USER_CONNECTIONS 50"
+        )
+    else:  # MariaDB 10.4+: two authentications joined by OR
+        assert statement.sql == (
+            "ALTER USER `mlflow_churn_a`@'%' IDENTIFIED VIA mysql_native_password USING "
+            f"PASSWORD('{PASSWORD}') OR mysql_native_password USING PASSWORD('{OLD}') "
+            "WITH MAX_USER_CONNECTIONS 50"
+        )
+    for shown in (str(statement), repr(statement), repr(want(previous_password=OLD))):
+        assert PASSWORD not in shown and OLD not in shown
+
+
+@pytest.mark.parametrize("engine", ["mysql", "mariadb"])
+def test_no_previous_password_or_the_same_one_is_a_plain_password_change(engine: str) -> None:
+    for previous in (None, PASSWORD):
+        steps = decide_change(want(previous_password=previous, engine=engine), ours())
+        assert steps[0].statement.sql == (
+            f"ALTER USER `mlflow_churn_a`@'%' IDENTIFIED BY '{PASSWORD}' "
+            "WITH MAX_USER_CONNECTIONS 50"
+        )
+    assert want().engine == "mysql" and want().previous_password is None
+
+
+def test_a_hostile_previous_password_is_refused_where_it_would_enter_sql() -> None:
+    hostile = "Abcdefghijk1'"
+    with pytest.raises(SchemaProviderError, match="12 to 128 characters"):
+        decide_change(want(previous_password=hostile, engine="mariadb"), ours())
+    # MySQL keeps the current one (RETAIN CURRENT PASSWORD): the previous is never written
+    (step,) = decide_change(want(previous_password=hostile, engine="mysql"), ours())
+    assert hostile not in step.statement.sql
+
+
+def test_retiring_the_previous_password_leaves_only_the_new_one() -> None:
+    mysql = retire_previous_password("mlflow_churn_a", PASSWORD, "mysql")
+    assert mysql.sql == "ALTER USER `mlflow_churn_a`@'%' DISCARD OLD PASSWORD"
+    assert mysql.changes and not mysql.secret
+    mariadb = retire_previous_password("mlflow_churn_a", PASSWORD, "mariadb")
+    assert mariadb.sql == f"ALTER USER `mlflow_churn_a`@'%' IDENTIFIED BY '{PASSWORD}'"
+    assert mariadb.changes and mariadb.secret and PASSWORD not in str(mariadb)
+    with pytest.raises(SchemaProviderError):
+        retire_previous_password("mlflow_churn_a", "Abcdefghijk1'", "mariadb")

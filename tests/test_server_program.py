@@ -547,3 +547,21 @@ def test_a_password_rotation_rolls_the_tasks_and_then_retires_the_old_password()
     from tests.grpc_provider import is_secret
 
     assert is_secret(retirement.inputs["password"])  # the engine keeps it encrypted
+
+
+def test_sso_entries_are_allowed_by_path_and_never_attached() -> None:
+    """``sso:<PermissionSet>`` in iamRoles: the sign-in app allows Identity Center's roles of
+    that permission set (it may read their path), and no policy attachment is tried on them;
+    a role name with a comma reaches the app as a JSON array, not split in two."""
+    projects = [{"name": "churn", "iamRoles": ["sso:DataScientist", "ml,team"]}]
+    r = run({**ON, "mlflow-aws:projects": projects})
+    assert json.loads(environment(r, "churn")["MLFLOW_AWS_IAM_ALLOWED_ROLES"]) == [
+        "sso:DataScientist", "ml,team",
+    ]  # fmt: skip
+    attached = [x.inputs["role"] for x in r.resources
+                if x.typ == "aws:iam/rolePolicyAttachment:RolePolicyAttachment"]  # fmt: skip
+    assert attached == ["ml,team"]
+    lookup = json.loads(named(r, "tracking-churn-group-lookup").inputs["policy"])["Statement"]
+    sso_roles = f"arn:aws:iam::{ACCOUNT}:role/aws-reserved/sso.amazonaws.com/*"
+    assert lookup == [{"Sid": "IdentityCenterRolePaths", "Effect": "Allow",
+                       "Action": ["iam:GetRole"], "Resource": [sso_roles]}]  # fmt: skip

@@ -22,8 +22,11 @@ Settings (environment):
                                   which S3 answers only while IAM lets the caller read the
                                   project's prefix (revocation, deny policies and SCPs end
                                   sign-in within DECISION_TTL)
-  MLFLOW_AWS_IAM_ALLOWED_ROLES    role names (SSO: the AWSReservedSSO_… name or the permission
-                                  set's name) of this account, or role ARNs; comma separated
+  MLFLOW_AWS_IAM_ALLOWED_ROLES    role names; ``sso:<PermissionSetName>`` for the IAM Identity
+                                  Center roles of a permission set (AWSReservedSSO_<name>_<hex>
+                                  under /aws-reserved/sso.amazonaws.com/, checked with
+                                  iam:GetRole); role ARNs; comma separated, or a JSON array for
+                                  names with commas (role names are of this account)
   MLFLOW_AWS_IAM_ALLOWED_GROUPS   IAM group names of this account whose users are allowed
   AWS_REGION                      the STS endpoint's region (sts.<region>.amazonaws.com)
   AWS_ENDPOINT_URL_STS / _IAM     other endpoints (tests: moto)
@@ -63,6 +66,8 @@ ALLOWED_ROLES_ENV = "MLFLOW_AWS_IAM_ALLOWED_ROLES"
 ALLOWED_GROUPS_ENV = "MLFLOW_AWS_IAM_ALLOWED_GROUPS"
 MARKER_URL_ENV = "MLFLOW_AWS_IAM_MARKER_URL"
 GATEWAY_ENV = "MLFLOW_ENABLE_AI_GATEWAY"
+SSO_ENTRY = "sso:"  # an allowed-roles entry naming an IAM Identity Center permission set
+SSO_ROLE_PATH = "/aws-reserved/sso.amazonaws.com/"  # where Identity Center puts its roles
 # What `mlflow server --static-prefix` (or MLFLOW_STATIC_PREFIX) hands its worker; routes use it.
 STATIC_PREFIX_ENV = "_MLFLOW_STATIC_PREFIX"
 BEARER = "bearer "
@@ -86,6 +91,7 @@ ARTIFACT_PATHS = (
     "/ajax-api/2.0/mlflow-artifacts/artifacts/",
 )
 
+_PERMISSION_SET = re.compile(r"[\w+=,.@-]{1,32}")  # IAM Identity Center's CreatePermissionSet
 _SSO_ROLE = re.compile(r"AWSReservedSSO_(?P<permission_set>.+)_[0-9a-f]{16}")
 _ASSUMED_ROLE = re.compile(
     r"arn:(?P<partition>aws[a-z-]*):sts::(?P<account>\d{12}):assumed-role/(?P<role>[\w+=,.@-]+)/.+"
@@ -112,7 +118,18 @@ class AwsUnavailable(Exception):
 
 
 def split_list(text: str | None) -> frozenset[str]:
-    return frozenset(item for item in re.split(r"[,\s]+", text or "") if item)
+    """``a, b c`` or a JSON array of strings (IAM names may hold commas: the program writes a
+    JSON array when one does)."""
+    stripped = (text or "").strip()
+    if stripped.startswith("["):
+        try:
+            items = json.loads(stripped)
+        except ValueError:
+            raise SettingsError(f"not a JSON array of names: {stripped[:80]!r}") from None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise SettingsError(f"not a JSON array of names: {stripped[:80]!r}")
+        return frozenset(item.strip() for item in items if item.strip())
+    return frozenset(item for item in re.split(r"[,\s]+", stripped) if item)
 
 
 @dataclass(frozen=True)
@@ -173,6 +190,11 @@ def settings_from_environ(
     for name in split_list(environ.get(ALLOWED_ROLES_ENV)):
         if name.startswith("arn:") and not _ROLE_ARN.fullmatch(name):
             raise SettingsError(f"{ALLOWED_ROLES_ENV}: {name!r} is not an IAM role ARN")
+        if name.startswith(SSO_ENTRY) and not _PERMISSION_SET.fullmatch(name[len(SSO_ENTRY) :]):
+            raise SettingsError(
+                f"{ALLOWED_ROLES_ENV}: {name!r} is not sso:<PermissionSetName> (1-32 of "
+                "letters, digits and +=,.@_-)"
+            )
     return Settings(
         audience=audience,
         marker_url=marker_url,
@@ -195,16 +217,31 @@ def sso_permission_set(role_name: str) -> str | None:
     return match["permission_set"] if match else None
 
 
-def role_allowed(account: str, role: str, allowed: frozenset[str], own_account: str) -> bool:
-    """An assumed role of ``account`` named ``role``, against names (this account only) and ARNs."""
+def role_match(account: str, role: str, allowed: frozenset[str], own_account: str) -> str | None:
+    """How an assumed role of ``account`` named ``role`` is allowed: ``"name"`` or ``"arn"``
+    (IAM role names are unique in an account), ``"sso"`` (an ``sso:<PermissionSetName>`` entry:
+    the name alone proves nothing, anyone with iam:CreateRole can make an AWSReservedSSO_… role,
+    so the caller checks the role's path), or None."""
+    permission_set = sso_permission_set(role)
+    found = None
     for entry in allowed:
         arn = _ROLE_ARN.fullmatch(entry)
         if arn is not None:
             if arn["account"] == account and arn["role"] == role:
-                return True
-        elif account == own_account and entry in (role, sso_permission_set(role)):
-            return True
-    return False
+                return "arn"
+        elif account != own_account:
+            continue
+        elif entry == role:
+            return "name"
+        elif permission_set is not None and entry == f"{SSO_ENTRY}{permission_set}":
+            found = "sso"
+    return found
+
+
+def role_allowed(account: str, role: str, allowed: frozenset[str], own_account: str) -> bool:
+    """An assumed role of ``account`` named ``role``, against names (this account only), SSO
+    permission sets (``sso:<name>``; their path is checked by ``authorize``) and ARNs."""
+    return role_match(account, role, allowed, own_account) is not None
 
 
 @dataclass(frozen=True)
@@ -223,13 +260,25 @@ def authorize(
     settings: Settings,
     own_account: Callable[[], str],
     groups_of: Callable[[str], frozenset[str]],
+    role_path: Callable[[str], str] | None = None,
 ) -> Decision:
     """Deny by default: an allowed assumed role, or an IAM user in an allowed group, of this
-    account (a role or user of the same name in another account is someone else)."""
+    account (a role or user of the same name in another account is someone else); a role
+    allowed by its SSO permission set only if IAM Identity Center made it (its path)."""
     arn = identity.arn
     role = _ASSUMED_ROLE.fullmatch(arn)
     if role is not None:
-        if role_allowed(role["account"], role["role"], settings.allowed_roles, own_account()):
+        how = role_match(role["account"], role["role"], settings.allowed_roles, own_account())
+        if how == "sso":
+            path = role_path(role["role"]) if role_path is not None else None
+            if path is None or not path.startswith(SSO_ROLE_PATH):
+                return Decision(
+                    403,
+                    f"{arn}: role {role['role']} is not an IAM Identity Center role (its path "
+                    f"is {path or 'unknown'}, not {SSO_ROLE_PATH}…)",
+                    arn,
+                )
+        if how is not None:
             return Decision(200, "allowed role", arn)
         return Decision(403, f"{arn}: role {role['role']} is not allowed on this server", arn)
     user = _IAM_USER.fullmatch(arn)
@@ -285,6 +334,7 @@ class AwsLookups:
         self.region = region
         self._account: str | None = None
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self._paths: dict[str, tuple[float, str]] = {}
         self._clients: dict[str, Any] = {}  # boto3 clients are thread-safe: made once each
         self._lock = threading.Lock()
 
@@ -308,6 +358,22 @@ class AwsLookups:
             except (BotoCoreError, ClientError) as exc:
                 raise AwsUnavailable(f"cannot learn this server's own account: {exc}") from None
         return self._account
+
+    def role_path(self, role_name: str) -> str:
+        """The path of this account's role ``role_name`` (``iam:GetRole``), cached 2 min."""
+        with self._lock:
+            cached = self._paths.get(role_name)
+        if cached is not None and time.monotonic() - cached[0] < GROUPS_TTL_SECONDS:
+            return cached[1]
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            path = str(self._client("iam").get_role(RoleName=role_name)["Role"]["Path"])
+        except (BotoCoreError, ClientError) as exc:
+            raise AwsUnavailable(f"cannot read the path of role {role_name}: {exc}") from None
+        with self._lock:
+            self._paths[role_name] = (time.monotonic(), path)
+        return path
 
     def groups_of(self, user_name: str) -> frozenset[str]:
         with self._lock:
@@ -426,6 +492,7 @@ class Authenticator:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         *,
         read_marker: Callable[[MarkerRead], None],
+        role_path: Callable[[str], str] | None = None,
     ) -> None:
         self.settings = settings
         self.replay = replay
@@ -433,6 +500,7 @@ class Authenticator:
         self.groups_of = groups_of
         self.clock = clock
         self.read_marker = read_marker
+        self.role_path = role_path
         self._cache: dict[str, tuple[datetime, Decision]] = {}
         self._lock = threading.Lock()
 
@@ -472,7 +540,9 @@ class Authenticator:
                 marker_url=None if sign_in else self.settings.marker_url,
             )
             identity = self.replay(request)
-            decision = authorize(identity, self.settings, self.own_account, self.groups_of)
+            decision = authorize(
+                identity, self.settings, self.own_account, self.groups_of, self.role_path
+            )
             if decision.allowed and request.marker is None and not sign_in:
                 raise TokenError(
                     "token carries no read of the project's sign-in marker (update mlflow-aws "
@@ -670,8 +740,9 @@ def create_app() -> AwsIamAuthMiddleware:
 
     lookups = AwsLookups(settings.region)
     authenticator = Authenticator(
-        settings, StsReplay(), lookups.own_account, lookups.groups_of, read_marker=MarkerReplay()
-    )
+        settings, StsReplay(), lookups.own_account, lookups.groups_of,
+        read_marker=MarkerReplay(), role_path=lookups.role_path,
+    )  # fmt: skip
     logger.info(
         "aws-iam: audience %s, marker %s, STS %s, roles %s, groups %s",
         settings.audience, settings.marker_url, settings.sts_url,
