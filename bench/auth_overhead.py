@@ -195,6 +195,10 @@ def upload_through_proxy(proxy_uri: str, proxy_pid: int, directory: Path) -> tup
     return seconds, (vm_kib(proxy_pid, "VmHWM") - before) / 1024
 
 
+def rate(per_second: float) -> str:
+    return f"{per_second:,.0f}/s" if per_second >= 100 else f"{per_second:.2f}/s"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=300, help="one-by-one log_metric per repetition")
@@ -249,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                        ("tutorial runs (tracking.py)", "tutorial")):  # fmt: skip
         base, plugin, proxied = (median(getattr(t, attr)) for t in (a, b, c))
         rows.append([
-            name, f"{base:,.0f}/s", f"{plugin:,.0f}/s", f"{proxied:,.0f}/s",
+            name, rate(base), rate(plugin), rate(proxied),
             f"c/a ≥ {TARGET_RATIO:.0%} ({proxied / base:.0%}; b/a {plugin / base:.0%})",
             verdict(proxied / base >= TARGET_RATIO),
         ])  # fmt: skip

@@ -172,6 +172,31 @@ def check_database_login(backend_store_uri: str, ca_source: str, timeout: float 
     connection.close()
 
 
+def other_sessions(backend_store_uri: str) -> list[str]:
+    """``host (N s)`` of the other sessions of the URI's MySQL user: a user sees its own
+    sessions in PROCESSLIST without the PROCESS privilege, so a project user can tell whether
+    another server of the project is connected."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(backend_store_uri, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sqlalchemy.text(
+                    "SELECT HOST, TIME FROM information_schema.PROCESSLIST "
+                    "WHERE USER = SUBSTRING_INDEX(CURRENT_USER(), '@', 1) "
+                    "AND ID <> CONNECTION_ID() ORDER BY TIME DESC"
+                )
+            ).fetchall()
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        detail = getattr(exc, "orig", None) or exc
+        raise HelperError(f"cannot list the database's sessions: {detail}") from None
+    finally:
+        engine.dispose()
+    return [f"{host} (connected at least {seconds} s)" for host, seconds in rows]
+
+
 def check_schema_version(
     backend_store_uri: str,
     what: str,

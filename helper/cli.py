@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sources(upgrade)
     _add_db_ca(upgrade)
     _add_local(upgrade, "upgrade the embedded default's SQLite database")
+    upgrade.add_argument(
+        "--despite-connections",
+        action="store_true",
+        help="upgrade even while other servers of the project are connected (their writes "
+        "during the migration may be lost or break it)",
+    )
 
     projects = commands.add_parser("projects", help="list the stack's projects")
     _add_sources(projects)
@@ -476,6 +482,14 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     checks.check_mlflow_version(connection.mlflow_version)
     with verified_store(connection, args.db_ca) as verified:
         what = f"the schema of project {connection.project} ({connection.database})"
+        # Every writer stopped first: MLflow supports no servers of mixed versions.
+        others = checks.other_sessions(verified.uri)
+        if others and not args.despite_connections:
+            raise HelperError(
+                f"not upgrading {what} while other servers use it: {'; '.join(others)}. Stop "
+                "them (teammates' helper serve, the central service) and run this again, or "
+                "add --despite-connections"
+            )
         checks.check_schema_version(verified.uri, what, "", may_migrate=True)
         return run_upgrade(
             verified.uri, f"project {connection.project} (schema {connection.database})"

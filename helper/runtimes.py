@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow_aws import environment as env_names
 from mlflow_aws import run_secret
 from mlflow_aws.artifact_settings import PRESIGNED
 
@@ -34,7 +35,7 @@ from .supervise import ServerLaunch, run_server
 
 DEFAULT_LOCAL_PROJECT = "default"
 # The image's entrypoint writes this PEM to a private file and verifies the database with it.
-CA_BUNDLE_VARIABLE = "MLFLOW_AWS_DB_CA_BUNDLE"
+CA_BUNDLE_VARIABLE = env_names.DB_CA_BUNDLE
 # Writable places of the read-only container: a disk-backed anonymous volume for uploads
 # (MLflow spools proxied artifacts there; removed with the container) and a small home.
 CONTAINER_TMP = "/tmp"  # noqa: S108 (inside the container)

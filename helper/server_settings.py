@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
+from mlflow_aws import environment as env_names
 from mlflow_aws import server_settings as _settings
 from mlflow_aws.server_settings import SERVER_ENV_PATH, ServerSettingsError, parse_server_env
 
@@ -38,7 +39,7 @@ def container_port() -> int:
         raise HelperError(str(exc)) from exc
 
 
-IDLE_SECONDS_KEY = "MLFLOW_AWS_DB_IDLE_SECONDS"
+IDLE_SECONDS_KEY = env_names.DB_IDLE_SECONDS
 
 
 def with_query_parameter(uri: str, key: str, encoded_value: str) -> str:

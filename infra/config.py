@@ -86,6 +86,7 @@ SERVER_KEYS = (
     "subnetIds",
     "taskSubnetIds",
     "assignPublicIp",
+    "aiGateway",
 )
 
 # Surrounding ASCII whitespace is forgiven ("churn, fraud"); any other (a no-break space, say)
@@ -221,6 +222,9 @@ class ServerConfig:
     # Tasks need a route to ECR, S3, Secrets Manager and CloudWatch Logs: a public IP in a
     # public subnet, or a NAT. None: decided from the task subnets' routes.
     assign_public_ip: bool | None = None
+    # MLflow's AI Gateway on the central server (off: its passthrough routes forward callers'
+    # Authorization headers; on: each project's gateway secrets get a KEK passphrase of its own).
+    ai_gateway: bool = False
 
     @property
     def url(self) -> str | None:
@@ -637,6 +641,9 @@ def _parse_server(
     defaults = SERVER_DEFAULTS
     enabled = _as_bool(server.get("enabled"), "server.enabled", problems, defaults.enabled)
     internal = _as_bool(server.get("internal"), "server.internal", problems, defaults.internal)
+    ai_gateway = _as_bool(
+        server.get("aiGateway"), "server.aiGateway", problems, defaults.ai_gateway
+    )
     domain = _as_domain(server.get("domainName"), "server.domainName", problems)
 
     zone = server.get("hostedZoneId")
@@ -766,6 +773,7 @@ def _parse_server(
         subnet_ids=subnet_ids,
         task_subnet_ids=task_subnet_ids,
         assign_public_ip=assign_public_ip,
+        ai_gateway=ai_gateway,
     )
 
 

@@ -32,6 +32,7 @@ import pulumi_aws as aws
 
 from infra.config import GcConfig, ServerConfig, stack_slug
 from infra.server import CONTAINER_NAME, ServiceParts, container_secrets
+from mlflow_aws import environment as env_names
 
 SCHEDULE_NAME_MAX = 64  # EventBridge Scheduler: 1-64 of [0-9a-zA-Z-_.]
 GC_STREAM_PREFIX = "gc"
@@ -50,13 +51,13 @@ def gc_family(stack: str, project: str) -> str:
 def gc_environment(project: str, artifact_root: str, region: str, gc: GcConfig) -> dict[str, str]:
     env = {
         "MLFLOW_ARTIFACTS_DESTINATION": artifact_root,
-        "MLFLOW_AWS_PROJECT": project,
-        "MLFLOW_AWS_GC_OLDER_THAN": gc.older_than,
+        env_names.PROJECT: project,
+        env_names.GC_OLDER_THAN: gc.older_than,
         "AWS_REGION": region,
         "AWS_DEFAULT_REGION": region,
     }
     if gc.trace_retention:
-        env["MLFLOW_AWS_GC_TRACE_RETENTION"] = gc.trace_retention
+        env[env_names.GC_TRACE_RETENTION] = gc.trace_retention
     return env
 
 

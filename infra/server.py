@@ -16,8 +16,9 @@ Load Balancer, as ``https://<server.domainName>/<project>``:
   the internet for a public load balancer, where every request but health must sign in; the VPC
   for an internal one); the tasks admit only the load balancer; the database admits the tasks
   through its client group (``MetadataDatabase.client_security_group_id``);
-* per project the task role is the project's own server role (``MlflowProject.server_role``:
-  its S3 prefix, nothing else) and an execution role that can pull the image, read the
+* per project a task role of the tasks' own (``<p>-task-role``: the project's S3 prefix, and the
+  sign-in's group lookup when it allows groups; only ECS tasks of this account and region may
+  assume it, never a teammate) and an execution role that can pull the image, read the
   project's connection secret and write the project's logs. The backend store URI and the
   database's CA bundle reach the container through ECS ``secrets`` (references to keys of the
   connection secret), never as values in the task definition.
@@ -36,11 +37,13 @@ from typing import Any
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_random as random
 
 from infra.config import ServerConfig, stack_slug
 from infra.database import PORT as MYSQL_PORT
 from infra.iam import image_pull_statements
 from infra.upgrade import UpgradeGate, upgrade_gate
+from mlflow_aws import environment as env_names
 from mlflow_aws.auth.server import SSO_ENTRY, SSO_ROLE_PATH
 from mlflow_aws.auth.token import MARKER_NAME
 from mlflow_aws.bundle import KEY as BUNDLE_KEY
@@ -135,16 +138,16 @@ def container_environment(
         "MLFLOW_SERVER_ALLOWED_HOSTS": f"{domain},{domain}:{HTTPS_PORT}",
         "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": f"https://{domain}",
         # Each project's server accepts only tokens made for it (mlflow_aws/auth/token.py).
-        "MLFLOW_AWS_IAM_AUDIENCE": f"{domain.lower()}/{project.name}",
+        env_names.IAM_AUDIENCE: f"{domain.lower()}/{project.name}",
         # Sign-in replays the caller's signed read of it: only the project policy's holders pass.
-        "MLFLOW_AWS_IAM_MARKER_URL": marker_url(artifact_root, region),
+        env_names.IAM_MARKER_URL: marker_url(artifact_root, region),
         # A JSON array when a name holds a comma (IAM allows it in role names).
-        "MLFLOW_AWS_IAM_ALLOWED_ROLES": (
+        env_names.IAM_ALLOWED_ROLES: (
             json.dumps(list(project.iam_roles))
             if any("," in role for role in project.iam_roles)
             else ",".join(project.iam_roles)
         ),
-        "MLFLOW_AWS_IAM_ALLOWED_GROUPS": ",".join(project.iam_groups),
+        env_names.IAM_ALLOWED_GROUPS: ",".join(project.iam_groups),
         "AWS_REGION": region,
         "AWS_DEFAULT_REGION": region,
     }
@@ -158,7 +161,7 @@ def container_secrets(secret_arn: str) -> list[dict[str, str]]:
             "valueFrom": f"{secret_arn}:{BUNDLE_KEY['backend_store_uri']}::",
         },
         {
-            "name": "MLFLOW_AWS_DB_CA_BUNDLE",
+            "name": env_names.DB_CA_BUNDLE,
             "valueFrom": f"{secret_arn}:{BUNDLE_KEY['database_ca_bundle']}::",
         },
     ]
@@ -174,12 +177,21 @@ def container_definitions(
     region: str,
     artifact_root: str,
     connection_version: str | None = None,
+    gateway_kek_arn: str | None = None,
 ) -> str:
     environment = container_environment(project, domain, region, artifact_root)
+    secrets = container_secrets(secret_arn)
+    if gateway_kek_arn:
+        # server.aiGateway: on (server.env turns it off), its stored API keys encrypted with a
+        # passphrase of the project's own, never MLflow's default one.
+        environment["MLFLOW_ENABLE_AI_GATEWAY"] = "true"
+        secrets.append(
+            {"name": "MLFLOW_CRYPTO_KEK_PASSPHRASE", "valueFrom": f"{gateway_kek_arn}:Passphrase::"}
+        )
     if connection_version:
         # ECS reads the secret once, at task start: naming its version makes a new bundle (a
         # rotated password) a new task definition, so a new deployment rolls the tasks.
-        environment["MLFLOW_AWS_CONNECTION_VERSION"] = connection_version
+        environment[env_names.CONNECTION_VERSION] = connection_version
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image_uri,
@@ -189,7 +201,7 @@ def container_definitions(
         ],
         # ECS drops variables with an empty value, which would make every update a diff.
         "environment": [{"name": k, "value": v} for k, v in sorted(environment.items()) if v],
-        "secrets": container_secrets(secret_arn),
+        "secrets": secrets,
         "logConfiguration": {
             "logDriver": "awslogs",
             "options": {
@@ -235,8 +247,11 @@ def group_lookup_policy(
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 
-def execution_role_policy(repository_arn: str, secret_arn: str, log_group_arn: str) -> str:
-    """Pull the image, read the project's connection secret, write the project's logs."""
+def execution_role_policy(
+    repository_arn: str, secret_arn: str, log_group_arn: str, gateway_kek_arn: str | None = None
+) -> str:
+    """Pull the image, read the project's connection secret (and its gateway passphrase, with
+    server.aiGateway), write the project's logs."""
     return json.dumps(
         {
             "Version": "2012-10-17",
@@ -246,7 +261,7 @@ def execution_role_policy(repository_arn: str, secret_arn: str, log_group_arn: s
                     "Sid": "ReadConnectionSecret",
                     "Effect": "Allow",
                     "Action": ["secretsmanager:GetSecretValue"],
-                    "Resource": [secret_arn],
+                    "Resource": [secret_arn, *([gateway_kek_arn] if gateway_kek_arn else [])],
                 },
                 {
                     "Sid": "WriteLogs",
@@ -717,16 +732,47 @@ class TrackingService(pulumi.ComponentResource):
             ),
             child,
         )
+        gateway_ready: list[pulumi.Resource] = []
+        gateway_kek_arn: pulumi.Output[str | None] = pulumi.Output.from_input(None)
+        if server.ai_gateway:
+            passphrase = random.RandomPassword(
+                f"{prefix}-gateway-kek-passphrase",
+                random.RandomPasswordArgs(length=48, special=False),
+                child,
+            )
+            kek = aws.secretsmanager.Secret(
+                f"{prefix}-gateway-kek",
+                aws.secretsmanager.SecretArgs(
+                    name_prefix=f"mlflow-aws-{stack_slug(args.stack)}-{p}-gateway-kek-"[:128],
+                    description=f"MLflow AI Gateway KEK passphrase of project {p} "
+                    f"(stack {args.stack}): encrypts the gateway's stored API keys",
+                    tags=tags,
+                ),
+                child,
+            )
+            kek_version = aws.secretsmanager.SecretVersion(
+                f"{prefix}-gateway-kek-version",
+                aws.secretsmanager.SecretVersionArgs(
+                    secret_id=kek.id,
+                    secret_string=pulumi.Output.secret(
+                        passphrase.result.apply(lambda v: json.dumps({"Passphrase": v}))
+                    ),
+                ),
+                child,
+            )
+            gateway_ready.append(kek_version)
+            gateway_kek_arn = kek.arn
         execution_policy = aws.iam.RolePolicy(
             f"{prefix}-execution-policy",
             aws.iam.RolePolicyArgs(
                 role=execution_role.id,
                 policy=pulumi.Output.all(
-                    args.repository_arn, project.connection_secret_arn, log_group.arn
-                ).apply(lambda v: execution_role_policy(v[0], v[1], v[2])),
+                    args.repository_arn, project.connection_secret_arn, log_group.arn,
+                    gateway_kek_arn,
+                ).apply(lambda v: execution_role_policy(v[0], v[1], v[2], v[3])),
             ),
             child,
-        )
+        )  # fmt: skip
 
         # The tasks' own role: the project's prefix, plus (allowed groups) the sign-in's group
         # lookup. Only ECS can assume it; teammates become the project's server role, which
@@ -778,6 +824,7 @@ class TrackingService(pulumi.ComponentResource):
             args.region,
             project.artifact_root,
             project.connection_version,
+            gateway_kek_arn,
         ).apply(
             lambda v: container_definitions(
                 project,
@@ -788,6 +835,7 @@ class TrackingService(pulumi.ComponentResource):
                 region=v[3],
                 artifact_root=v[4],
                 connection_version=v[5],
+                gateway_kek_arn=v[6],
             )
         )
         # What a token's marker read reads (mlflow_aws/auth/token.py): under the project's prefix,
@@ -895,6 +943,7 @@ class TrackingService(pulumi.ComponentResource):
                     execution_policy,
                     *task_policies,
                     marker,
+                    *gateway_ready,
                     *project.ready,
                     *account_ready,
                     *gate,

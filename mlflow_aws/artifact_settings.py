@@ -62,9 +62,15 @@ S3_ROUTE_HINT = (
 
 
 # How a training loop's metrics leave the process (bench/training_loop.py, README "Logging from
-# a training loop"): MLflow's asynchronous logging, so a step never waits for the network. Safe
-# at exit with mlflow-aws installed: mlflow_aws/async_exit.py bounds the wait for the queue.
-LOGGING_SETTINGS = {"MLFLOW_ENABLE_ASYNC_LOGGING": "true"}
+# a training loop"): MLflow's asynchronous logging, so a step never waits for the network, with
+# what is queued merged into one request per second. Unbuffered, MLflow sends every call as its
+# own request from 10 threads: a loop calling log_metric per metric outran the server, whose
+# connection pool timed out, and MLflow dropped those metrics (it logs an error and goes on).
+# Safe at exit with mlflow-aws installed: mlflow_aws/async_exit.py bounds the wait for the queue.
+LOGGING_SETTINGS = {
+    "MLFLOW_ENABLE_ASYNC_LOGGING": "true",
+    "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS": "1",
+}
 
 
 def printed_settings(mode: str) -> dict[str, str]:

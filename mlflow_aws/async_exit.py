@@ -23,7 +23,9 @@ import sys
 import threading
 from typing import Any
 
-EXIT_SECONDS_ENV = "MLFLOW_AWS_ASYNC_EXIT_SECONDS"
+from mlflow_aws import environment as env_names
+
+EXIT_SECONDS_ENV = env_names.ASYNC_EXIT_SECONDS
 DEFAULT_EXIT_SECONDS = 10.0
 _installed = False
 

@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-SECRET_ENV = "MLFLOW_AWS_RUN_SECRET"  # noqa: S105 (a variable's name: the server's secret)
-PUBLIC_PORT_ENV = "MLFLOW_AWS_PUBLIC_PORT"  # the port browsers use (docker publishes another)
+from mlflow_aws import environment as env_names
+
+SECRET_ENV = env_names.RUN_SECRET
+PUBLIC_PORT_ENV = env_names.PUBLIC_PORT  # the port browsers use (docker publishes another)
 CLIENT_TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"  # noqa: S105 (the client sends it as a bearer token)
 APP_NAME = "mlflow-aws-run-secret"  # `mlflow server --app-name` (pyproject entry point)
 QUERY_KEY = "token"  # the one-time browser URL's parameter, as Jupyter names it

@@ -391,16 +391,21 @@ class WarmRunner:
             finally:
                 os._exit(code)
         deadline = started + timeout
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                return False, time.monotonic() - started
-            time.sleep(0.02)
+        try:
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+                time.sleep(0.02)
+        except (TimeoutError, KeyboardInterrupt, SystemExit) as stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # the child and whatever its tests started
+            os.waitpid(pid, 0)
+            if not isinstance(stopped, TimeoutError):
+                raise
+            return False, time.monotonic() - started
         code = os.waitstatus_to_exitcode(status)
         return code in (0, 5), time.monotonic() - started
 
@@ -439,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the fast tests fail on the unmutated module; fix them first", file=sys.stderr)
         return 1
     fast_timeout = max(60.0, seconds * 5)
+    # Stopped (kill, Ctrl-C): the finally below still puts the original back.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     backup = path.with_name(path.name + BACKUP_SUFFIX)
     backup.write_text(original)
     fast_killed: list[Mutant] = []

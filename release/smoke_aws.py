@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from mlflow_aws import environment as env_names
+
 ROOT = Path(__file__).resolve().parent.parent
 TRACKING_SCRIPT = ROOT / "tests" / "tracking_script.py"
 PROJECTS = ("smoke-a", "smoke-b")
@@ -427,7 +429,7 @@ class AwsAccount:
             {
                 "MLFLOW_TRACKING_URI": tracking_uri,
                 "MLFLOW_TRACKING_AUTH": "aws-iam",
-                "MLFLOW_AWS_IAM_STS_REGION": region,
+                env_names.IAM_STS_REGION: region,
             },
             CENTRAL_TIMEOUT_SECONDS,
         )

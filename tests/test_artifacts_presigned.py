@@ -527,7 +527,7 @@ def test_the_ui_downloads_through_a_presigned_url_from_the_laptop_server(
             "--runtime", "process", "--port", str(port)]  # fmt: skip
     with serving(argv, helper_env(aws, tmp_dir), tmp_path, port) as running:
         deadline = time.monotonic() + 10
-        while "MLFLOW_ENABLE_ASYNC_LOGGING" not in exported(running.stdout_lines):
+        while "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS" not in exported(running.stdout_lines):
             assert time.monotonic() < deadline, running.stdout_lines
             time.sleep(0.05)
         variables = exported(running.stdout_lines)

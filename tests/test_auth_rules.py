@@ -4,19 +4,27 @@ of these or a test of ``tests/test_auth_unit.py`` / ``tests/test_auth_e2e.py``).
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
 from mlflow_aws.auth.server import (
+    ALLOWED_GROUPS_ENV,
+    ALLOWED_ROLES_ENV,
+    GATEWAY_ENV,
+    MARKER_URL_ENV,
+    STATIC_PREFIX_ENV,
+    SettingsError,
     _authorization,
     authorize,
     role_allowed,
+    settings_from_environ,
     split_list,
     sso_permission_set,
 )
-from mlflow_aws.auth.token import CallerIdentity
+from mlflow_aws.auth.token import AUDIENCE_ENV, CallerIdentity
 
 OWN = "111122223333"
 OTHER = "999988887777"
@@ -61,6 +69,8 @@ def test_an_sso_role_matches_its_permission_set_in_this_account_only() -> None:
     assert sso_permission_set("AWSReservedSSO_DataScientist_0123456789abcdeg") is None
     assert sso_permission_set("AWSReservedSSO_DataScientist_0123456789abcde") is None
     assert sso_permission_set(f"x{SSO_ROLE}") is None and sso_permission_set(f"{SSO_ROLE}0") is None
+    assert sso_permission_set("AWSReservedSSO_DataScientist_0123456789abcde'") is None
+    assert sso_permission_set("AWSReservedSSO__0123456789abcdef") is None  # no permission set
     assert not role_allowed(
         OWN, "AWSReservedSSO_DataScientist", frozenset({"sso:DataScientist"}), OWN
     )
@@ -136,6 +146,8 @@ def test_an_assumed_role_of_an_allowed_role_signs_in() -> None:
         f"arn:aws:sts::{OWN}:federated-user/ml-team",
         f"arn:aws:iam::{OWN}:role/ml-team",  # a role ARN is never a caller
         f"xarn:aws:sts::{OWN}:assumed-role/ml-team/alice",
+        f"arn:aws';:sts::{OWN}:assumed-role/ml-team/alice",  # not a partition
+        f"arn:aws:sts::{OWN}:assumed-role/ml-team/alice/../x\n",
     ],
 )
 def test_no_other_identity_signs_in_as_an_allowed_role(arn: str) -> None:
@@ -144,12 +156,21 @@ def test_no_other_identity_signs_in_as_an_allowed_role(arn: str) -> None:
 
 
 def test_a_malformed_caller_arn_is_refused_as_not_a_role_or_user() -> None:
-    for arn in ("arn:aws:sts::1111222233334:assumed-role/ml-team/alice",
-                "arn:aws:iam::11112222333:user/carol", f"arn:aws:iam::{OWN}:user/",
-                f"arn:aws:sts::{OWN}:assumed-role//alice"):  # fmt: skip
+    for arn in (
+        "arn:aws:sts::1111222233334:assumed-role/ml-team/alice",  # 13 account digits
+        "arn:aws:sts::11112222333:assumed-role/ml-team/alice",  # 11
+        "arn:aws:iam::11112222333:user/carol",
+        "arn:aws:iam::1111222233334:user/carol",
+        f"arn:aws:iam::{OWN}:user/",
+        f"arn:aws:iam::{OWN}:user/team/",
+        f"arn:aws:iam::{OWN}:user/car'ol",
+        f"arn:aws';:iam::{OWN}:user/carol",
+        f"arn:aws:sts::{OWN}:assumed-role//alice",
+        f"arn:aws:sts::{OWN}:assumed-role/ml'team/alice",
+    ):
         assert decide(arn, user_groups=frozenset({"ml-users"})) == (
             403, f"{arn}: only IAM roles and IAM users in allowed groups may sign in",
-        )  # fmt: skip
+        ), arn  # fmt: skip
 
 
 def test_an_iam_user_signs_in_through_an_allowed_group_of_this_account_only() -> None:
@@ -188,3 +209,75 @@ def test_one_authorization_header_is_read_in_any_case_and_none_is_none() -> None
     assert _authorization(scope((b"AUTHORIZATION", b"Bearer \xe9"))) == "Bearer \u00e9"
     assert _authorization(scope((b"x-authorization", b"Bearer x"))) is None
     assert _authorization(scope()) is None and _authorization({"type": "http"}) is None
+
+
+# -- the server's settings: refused at start, before any request --------------------------------
+
+MARKER = "https://mlflow-aws-dev.s3.eu-west-1.amazonaws.com/churn/.mlflow-aws-sign-in"
+ENVIRON = {
+    AUDIENCE_ENV: "mlflow.example.com/churn",
+    MARKER_URL_ENV: MARKER,
+    "AWS_REGION": "eu-west-1",
+    ALLOWED_ROLES_ENV: f"ml-team, arn:aws:iam::{OTHER}:role/x",
+    ALLOWED_GROUPS_ENV: "ml-users",
+}
+
+
+def settings(**changes: str | None) -> Any:
+    environ = {k: v for k, v in {**ENVIRON, **changes}.items() if v is not None}
+    return settings_from_environ(environ, endpoint_for=lambda r: f"https://sts.{r}.amazonaws.com/")
+
+
+def test_the_settings_of_a_projects_server() -> None:
+    read = settings(**{STATIC_PREFIX_ENV: "/churn/"})
+    assert read.audience == "mlflow.example.com/churn" and read.marker_url == MARKER
+    assert read.allowed_roles == {"ml-team", f"arn:aws:iam::{OTHER}:role/x"}
+    assert read.allowed_groups == {"ml-users"}
+    assert read.sts_url == "https://sts.eu-west-1.amazonaws.com/"
+    assert read.static_prefix == "/churn" and read.region == "eu-west-1"
+    assert settings(AWS_REGION=None, AWS_DEFAULT_REGION="us-east-1").region == "us-east-1"
+    assert (
+        settings(**{AUDIENCE_ENV: " mlflow.example.com/churn "}).audience == ENVIRON[AUDIENCE_ENV]
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "on"), [("true", True), ("1", True), (" TRUE ", True), ("false", False),
+                      ("0", False), ("no", False)],
+)  # fmt: skip
+def test_the_ai_gateway_follows_mlflows_own_switch(value: str, on: bool) -> None:
+    assert settings(**{GATEWAY_ENV: value}).gateway_enabled is on
+    assert settings().gateway_enabled is True  # MLflow's default (server.env turns it off)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({AUDIENCE_ENV: None}, "MLFLOW_AWS_IAM_AUDIENCE is not set"),
+        ({AUDIENCE_ENV: "  "}, "MLFLOW_AWS_IAM_AUDIENCE is not set"),
+        ({AUDIENCE_ENV: "mlflow.example.com"}, "is not <domain>/<project>"),  # host only
+        ({AUDIENCE_ENV: "mlflow.example.com/"}, "is not <domain>/<project>"),
+        ({AUDIENCE_ENV: "/churn/"}, "is not <domain>/<project>"),
+        ({AUDIENCE_ENV: "MLflow.example.com/churn"}, "in lowercase"),
+        ({MARKER_URL_ENV: None}, "MLFLOW_AWS_IAM_MARKER_URL is not set"),
+        ({MARKER_URL_ENV: " "}, "MLFLOW_AWS_IAM_MARKER_URL is not set"),
+        ({MARKER_URL_ENV: "https://evil.example.com/.mlflow-aws-sign-in"}, "not on an S3"),
+        ({MARKER_URL_ENV: MARKER + "?x=1"}, "does not name"),
+        ({"AWS_REGION": None}, "AWS_REGION is not set"),
+        ({"AWS_REGION": ""}, "AWS_REGION is not set"),
+        ({ALLOWED_ROLES_ENV: "arn:aws:iam::1111222233334:role/x"}, "is not an IAM role ARN"),
+        ({ALLOWED_ROLES_ENV: "ml, arn:aws:iam::11112222333:role/x"}, "is not an IAM role ARN"),
+        ({ALLOWED_ROLES_ENV: f"arn:aws:iam::{OWN}:user/x"}, "is not an IAM role ARN"),
+    ],
+)
+def test_a_server_with_wrong_settings_refuses_to_start(
+    changes: dict[str, str | None], reason: str
+) -> None:
+    with pytest.raises(SettingsError, match=re.escape(reason)):
+        settings(**changes)
+
+
+def test_a_marker_on_the_configured_s3_endpoint_is_accepted() -> None:
+    moto = "http://127.0.0.1:5000/b/churn/.mlflow-aws-sign-in"
+    read = settings(**{MARKER_URL_ENV: moto, "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:5000"})
+    assert read.marker_url == moto

@@ -68,6 +68,11 @@ MATRIX: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {
         "dev",
         {},
     ),
+    "server on with the AI Gateway": (
+        {"mlflow-aws:projects": ["churn"], "mlflow-aws:server": {**SERVER, "aiGateway": True}},
+        "dev",
+        {},
+    ),
     "server on, an account that never ran ECS": (
         {"mlflow-aws:projects": ["churn"], "mlflow-aws:server": SERVER},
         "dev",

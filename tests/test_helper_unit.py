@@ -576,6 +576,7 @@ def test_env_prints_the_export_line(capsys: pytest.CaptureFixture[str]) -> None:
         f"export MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE={16 * MIB}",
         f"export MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE={32 * MIB}",
         "export MLFLOW_ENABLE_ASYNC_LOGGING=true",
+        "export MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS=1",
     ]
     assert "artifacts: presigned, straight to and from S3" in err
     assert "#" not in out  # a comment would end `eval $(helper env)` early
@@ -591,6 +592,7 @@ def test_env_proxied_turns_presigned_transfer_off(capsys: pytest.CaptureFixture[
         "export MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=false",
         "export MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=false",
         "export MLFLOW_ENABLE_ASYNC_LOGGING=true",
+        "export MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS=1",
     ]
     assert "artifacts: proxied, every byte through the server" in err
 

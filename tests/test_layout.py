@@ -103,3 +103,34 @@ def test_every_cited_readme_section_exists() -> None:
     }
     assert cited, "nothing cites a README section: the pattern no longer matches"
     assert {(path, s) for path, s in cited if s not in headings} == set()
+
+
+SOURCE_DIRS = ("infra", "projects", "mlflow_aws", "helper", "release")
+
+
+def source_files() -> list[Path]:
+    return [
+        ROOT / "__main__.py",
+        *(p for d in SOURCE_DIRS for p in sorted((ROOT / d).rglob("*.py"))),
+    ]
+
+
+def test_each_environment_variable_name_of_ours_is_defined_once() -> None:
+    """``MLFLOW_AWS_*`` names are spelled only in mlflow_aws/environment.py; the setter (infra/,
+    the helper) and the reader (the image's steps, the aws-iam app, the plugin) import them."""
+    from mlflow_aws import environment
+
+    definitions = ROOT / "mlflow_aws" / "environment.py"
+    spelled = sorted(
+        f"{path.relative_to(ROOT)}: {node.value}"
+        for path in source_files()
+        if path != definitions
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and re.fullmatch(r"MLFLOW_AWS_[A-Z0-9_]+", node.value)
+    )
+    assert spelled == []
+    names = [n for n, v in vars(environment).items() if n.isupper() and isinstance(v, str)]
+    used = "\n".join(p.read_text() for p in source_files() if p != definitions)
+    assert [n for n in names if f"env_names.{n}" not in used] == []

@@ -35,6 +35,7 @@ WAITS_FOR: dict[str, dict[str, str]] = {
         "metadata-instance": "a database that answers",
         "tracking-https": "the listener of its rule",
         "tracking-{p}-sign-in-marker": "sign-in replays a read of it",
+        "tracking-{p}-gateway-kek-version": "with server.aiGateway its tasks read the KEK",
         "tracking-{p}-upgrade": "an MLflow upgrade stops the old tasks and migrates first",
     },
     "gc-{p}-schedule": {
@@ -195,6 +196,7 @@ def test_the_consumers_are_registered() -> None:
     ctx = context("server on, an account that never ran ECS")
     names = {r.name for r in ctx.resources}
     names |= {r.name for r in context("scheduled gc, alarms to an email").resources}
+    names |= {r.name for r in context("server on with the AI Gateway").resources}
     consumers = {c.format(p="churn") for c in {**WAITS_FOR, **FRESH_ACCOUNT}}
     producers = {
         p.format(p="churn")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -123,6 +124,25 @@ def test_a_schema_of_the_previous_minor_is_refused_until_upgraded_then_the_old_i
         image_server.stop(task)
     assert f"not starting: schema {project.schema} is at revision {old_revision}" in task.log()
     assert project.query("SELECT version_num FROM alembic_version") == [(old_revision,)]
+
+    # While another server of the project is connected, the upgrade is refused, naming it.
+    laptop = mariadb.connect(user=project.user, password=project.password)
+    try:
+        busy = run_helper(["upgrade", *source], env)
+    finally:
+        laptop.close()
+    assert busy.returncode == 1, busy.stderr
+    assert "while other servers use it: 127.0.0.1:" in busy.stderr and "connected at least" in (
+        busy.stderr
+    )
+    assert "--despite-connections" in busy.stderr
+    assert project.query("SELECT version_num FROM alembic_version") == [(old_revision,)]
+    for _ in range(50):  # the server notices the closed session
+        if not mariadb.query(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", (project.user,)
+        ):
+            break
+        time.sleep(0.1)
 
     # The upgrade (one writer, the helper) migrates it and records the pinned version …
     upgraded = run_helper(["upgrade", *source], env)

@@ -565,3 +565,29 @@ def test_sso_entries_are_allowed_by_path_and_never_attached() -> None:
     sso_roles = f"arn:aws:iam::{ACCOUNT}:role/aws-reserved/sso.amazonaws.com/*"
     assert lookup == [{"Sid": "IdentityCenterRolePaths", "Effect": "Allow",
                        "Action": ["iam:GetRole"], "Resource": [sso_roles]}]  # fmt: skip
+
+
+def test_the_ai_gateway_is_off_unless_the_stack_turns_it_on_with_a_kek_of_its_own() -> None:
+    """High 2: MLflow's gateway is on by default; server.env turns it off (nothing in the task
+    definition turns it back on). server.aiGateway true turns it on with a random KEK passphrase
+    per project from Secrets Manager, not MLflow's default."""
+    r = on()
+    assert "MLFLOW_ENABLE_AI_GATEWAY" not in environment(r, "churn")
+    assert [s["name"] for s in container(r, "churn")["secrets"]] == [
+        "MLFLOW_BACKEND_STORE_URI", "MLFLOW_AWS_DB_CA_BUNDLE",
+    ]  # fmt: skip
+    assert not [x for x in r.resources if "gateway-kek" in x.name]
+
+    r = run({**ON, "mlflow-aws:server": {**SERVER_ON, "aiGateway": True}})
+    env = environment(r, "churn")
+    assert env["MLFLOW_ENABLE_AI_GATEWAY"] == "true"
+    kek = named(r, "tracking-churn-gateway-kek").state["arn"]
+    secrets = {s["name"]: s["valueFrom"] for s in container(r, "churn")["secrets"]}
+    assert secrets["MLFLOW_CRYPTO_KEK_PASSPHRASE"] == f"{kek}:Passphrase::"
+    assert "MLFLOW_CRYPTO_KEK_PASSPHRASE" not in env  # never a plain value
+    passphrase = named(r, "tracking-churn-gateway-kek-passphrase").inputs
+    assert passphrase["length"] == 48
+    policy = json.loads(plain(named(r, "tracking-churn-execution-policy").inputs["policy"]))
+    [read] = [st for st in policy["Statement"] if st["Sid"] == "ReadConnectionSecret"]
+    assert kek in read["Resource"]
+    assert named(r, "tracking-fraud-gateway-kek").state["arn"] != kek  # one per project

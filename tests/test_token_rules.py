@@ -19,8 +19,16 @@ from mlflow_aws.auth.token import (
     TOKEN_PREFIX,
     SignedRequest,
     TokenError,
+    audience_for,
+    check_marker_url,
     check_token,
+    host_header,
+    is_loopback,
     make_token,
+    normalized_endpoint,
+    parse_caller_identity,
+    require_https,
+    sts_error,
 )
 
 STS = "https://sts.eu-west-1.amazonaws.com/"
@@ -82,6 +90,9 @@ def test_the_genuine_token_passes_with_and_without_a_session_or_marker() -> None
     ("data", "reason"),
     [
         ([], "exactly url, headers, body"),
+        (["url", "headers", "body"], "exactly url, headers, body"),  # a list of the right names
+        ({"headers": {}, "body": ""}, "exactly url, headers, body"),
+        ({"url": STS, "body": ""}, "exactly url, headers, body"),
         ("a string", "exactly url, headers, body"),
         ({"url": STS, "headers": {}}, "exactly url, headers, body"),
         ({"url": STS, "headers": {}, "body": "", "extra": 1}, "exactly url, headers, body"),
@@ -92,6 +103,7 @@ def test_the_genuine_token_passes_with_and_without_a_session_or_marker() -> None
         ({"url": STS, "headers": {"host": None}, "body": ""}, "must be strings"),
         ({"url": None, "headers": {}, "body": ""}, "must be strings"),
         ({"url": STS, "headers": {}, "body": "", "marker": []}, "marker must be an object"),
+        ({"url": STS, "headers": {}, "body": "", "marker": ["url", "headers"]}, "marker must be"),
         ({"url": STS, "headers": {}, "body": "", "marker": {"url": MARKER}}, "marker must be"),
         ({"url": STS, "headers": {}, "body": "", "marker": {"url": 5, "headers": {}}},
          "must be strings"),
@@ -233,3 +245,189 @@ def test_an_old_marker_read_is_refused_even_with_a_fresh_sts_part() -> None:
     data = decoded()
     data["marker"] = old["marker"]
     refused(data, "token expired")
+
+
+# -- the Authorization header's grammar (SigV4: Credential=<key>/<date>/<region>/sts/aws4_request)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (KEY, "ASIA'EXAMPLEKEY0001"),  # a quote in the access key id
+        (KEY, "ASIA EXAMPLEKEY0001"),
+        (KEY, "A" * 15),  # access key ids are 16 to 128 characters (IAM AccessKeyId)
+        (KEY, "A" * 129),
+        ("/20261127/", "/202611270/"),  # a 9-digit date
+        ("/20261127/", "/2026112/"),
+        ("/eu-west-1/", "//"),  # no region
+        ("/eu-west-1/", "/eu-west-1'/"),
+        ("/eu-west-1/", "/eu west 1/"),
+        ("SignedHeaders=", "SignedHeaders='"),
+        ("SignedHeaders=", "SignedHeaders= "),
+    ],
+)
+def test_an_authorization_that_is_not_sigv4_grammar_is_refused(old: str, new: str) -> None:
+    assert old in authorization()
+    forged = authorization().replace(old, new, 1)
+    refused(with_header("authorization", forged), "not an AWS4-HMAC-SHA256 signature for sts")
+
+
+def test_an_empty_signed_headers_list_is_refused() -> None:
+    forged = re.sub(r"SignedHeaders=[a-z0-9;-]+", "SignedHeaders=", authorization())
+    refused(with_header("authorization", forged), "not an AWS4-HMAC-SHA256 signature for sts")
+
+
+def test_the_requests_headers_never_show_in_a_repr() -> None:
+    request = check(token())
+    assert request.marker is not None
+    for shown in (repr(request), repr(request.marker)):
+        assert "Signature=" not in shown and "'s'" not in shown and "x-amz" not in shown
+
+
+# -- URLs a client signs for, and the server verifies with ------------------------------------
+
+
+def test_host_headers_of_urls_with_no_host_default_ports_and_ipv6() -> None:
+    assert host_header("https:///x") == ""
+    assert host_header("https://STS.example.com:443/") == "sts.example.com"
+    assert host_header("http://example.com:80") == "example.com"
+    assert host_header("http://[::1]:5000/") == "[::1]:5000"
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "LOCALHOST", "localhost.localdomain", "127.0.0.1", "127.1.2.3", "[::1]"]
+)
+def test_loopback_hosts_are_this_machine(host: str) -> None:
+    assert is_loopback(host)
+
+
+@pytest.mark.parametrize("host", ["localhost.evil.example", "10.0.0.1", "::2", "example.com", ""])
+def test_other_hosts_are_not_loopback(host: str) -> None:
+    assert not is_loopback(host)
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("https://", "over https"),  # no host
+        ("http://", "over http"),
+        ("http://mlflow.example.com/churn", "over http"),
+        ("//mlflow.example.com/churn", "over no scheme"),
+        ("ftp://127.0.0.1/churn", "over ftp"),
+    ],
+)
+def test_no_token_is_made_for_a_url_without_tls_or_host(url: str, said: str) -> None:
+    with pytest.raises(ValueError, match=f"refusing to sign in {said}"):
+        require_https(url)
+    with pytest.raises(ValueError):
+        audience_for(url)
+
+
+def test_the_audience_of_a_server_at_the_root_is_its_host() -> None:
+    assert audience_for("https://mlflow.example.com") == "mlflow.example.com"
+    assert audience_for("https://mlflow.example.com/") == "mlflow.example.com"
+
+
+def test_endpoints_are_http_or_https_with_a_host() -> None:
+    assert normalized_endpoint("http://127.0.0.1:5000") == "http://127.0.0.1:5000/"  # moto
+    assert normalized_endpoint("https://sts.amazonaws.com") == "https://sts.amazonaws.com/"
+    for bad in ("ftp://sts.amazonaws.com", "https://", "sts.amazonaws.com"):
+        with pytest.raises(ValueError, match="not an http"):
+            normalized_endpoint(bad)
+
+
+def test_a_token_without_a_marker_carries_no_marker_read() -> None:
+    assert "marker" not in decoded(token(marker=None))
+
+
+# -- the marker URL a server names: the client signs a HEAD of nothing else -----------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        MARKER,
+        "https://s3.eu-west-1.amazonaws.com/mlflow-aws-dev/churn/.mlflow-aws-sign-in",  # path style
+        "https://s3.amazonaws.com/b/.mlflow-aws-sign-in",
+        "https://b.s3-eu-west-1.amazonaws.com/.mlflow-aws-sign-in",
+        "https://b.s3.cn-north-1.amazonaws.com.cn/p/.mlflow-aws-sign-in",
+    ],
+)
+def test_a_sign_in_marker_on_s3_may_be_signed(url: str) -> None:
+    check_marker_url(url)
+
+
+def test_a_marker_on_the_configured_s3_endpoint_may_be_signed() -> None:
+    moto = "http://127.0.0.1:5000/mlflow-aws-dev/churn/.mlflow-aws-sign-in"
+    check_marker_url(moto, s3_endpoint="http://127.0.0.1:5000")
+    with pytest.raises(ValueError, match="not on an S3 endpoint"):
+        check_marker_url(moto, s3_endpoint="http://127.0.0.1:5001")
+    with pytest.raises(ValueError, match="not on an S3 endpoint"):
+        check_marker_url(moto)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://evil.example.com/churn/.mlflow-aws-sign-in", "not on an S3 endpoint"),
+        ("https://b.s3.amazonaws.com.evil.example/.mlflow-aws-sign-in", "not on an S3 endpoint"),
+        ("https://.s3.amazonaws.com/.mlflow-aws-sign-in", "not on an S3 endpoint"),
+        ("https://b.s3..amazonaws.com/.mlflow-aws-sign-in", "not on an S3 endpoint"),
+        ("https://b.s3.eu'west.amazonaws.com/.mlflow-aws-sign-in", "not on an S3 endpoint"),
+        ("https://iam.amazonaws.com/.mlflow-aws-sign-in", "not on an S3 endpoint"),
+        (MARKER + "?versionId=1", "does not name a .mlflow-aws-sign-in object"),
+        (MARKER + "#x", "does not name a .mlflow-aws-sign-in object"),
+        (MARKER.replace(".mlflow-aws-sign-in", "model.pkl"), "does not name"),
+        (MARKER + "x", "does not name"),
+        (MARKER.replace("https://", "http://"), "refusing to sign in over http"),
+    ],
+)
+def test_a_server_cannot_make_the_client_sign_for_anything_else(url: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        check_marker_url(url)
+
+
+def test_a_marker_read_of_no_url_names_it_as_missing() -> None:
+    data = decoded()
+    data["marker"]["url"] = ""
+    refused(data, "token reads the sign-in marker '\\?'")
+
+
+def test_a_marker_read_with_a_header_left_out_of_its_signature_is_refused() -> None:
+    theirs = authorization("marker")
+    assert "x-amz-content-sha256;" in theirs
+    unsigned = theirs.replace("x-amz-content-sha256;", "")
+    refused(with_header("authorization", unsigned, "marker"), "must sign exactly its headers")
+
+
+# -- STS's answer ---------------------------------------------------------------------------------
+
+STS_NS = "https://sts.amazonaws.com/doc/2011-06-15/"
+
+
+def identity_xml(arn: str = "<Arn>a</Arn>", account: str = "<Account>1</Account>") -> bytes:
+    return (f'<GetCallerIdentityResponse xmlns="{STS_NS}"><GetCallerIdentityResult>{arn}'
+            f"<UserId>AID</UserId>{account}</GetCallerIdentityResult>"
+            "</GetCallerIdentityResponse>").encode()  # fmt: skip
+
+
+def test_an_answer_that_is_not_sts_identity_is_a_401_reason_not_a_crash() -> None:
+    for answer, reason in [
+        (b"<html>captive portal</html", "not XML"),
+        (b"not xml at all", "not XML"),
+        (identity_xml(arn=""), "no Arn"),
+        (identity_xml(arn="<Arn></Arn>"), "no Arn"),
+        (identity_xml(account=""), "no Account"),
+        (identity_xml().replace(STS_NS.encode(), b"https://evil.example/"), "no Arn"),
+    ]:
+        with pytest.raises(TokenError, match=reason):
+            parse_caller_identity(answer)
+    assert parse_caller_identity(identity_xml(arn="<Arn> a </Arn>")).arn == "a"
+
+
+def test_an_sts_error_is_one_short_line() -> None:
+    assert sts_error(b"nonsense") == "unreadable error"
+    long = f'<ErrorResponse xmlns="{STS_NS}"><Error><Code>X</Code><Message>{"m " * 400}'
+    line = sts_error((long + "</Message></Error></ErrorResponse>").encode())
+    assert line.startswith("X: m m") and len(line) == 300 and "\n" not in line
+    assert sts_error(b"<ErrorResponse/>") == "?: "

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -158,6 +159,20 @@ def aws(moto: MotoServer, service: str) -> Any:
                         aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
 
 
+def ensure_cluster(moto: MotoServer) -> None:
+    """The "cluster" in moto's RDS, whose snapshots the upgrade takes."""
+    rds = aws(moto, "rds")
+    try:
+        rds.describe_db_clusters(DBClusterIdentifier="mlflow-aws-test")
+    except rds.exceptions.DBClusterNotFoundFault:
+        rds.create_db_cluster(
+            DBClusterIdentifier="mlflow-aws-test",
+            Engine="aurora-mysql",
+            MasterUsername="mlflow_admin",
+            MasterUserPassword="x" * 12,
+        )
+
+
 @contextlib.contextmanager
 def laptop_server(venv: Path, project: Project, tmp_path: Path) -> Iterator[str]:
     """A teammate's plain `mlflow server` of the old MLflow, connecting from 127.0.0.2."""
@@ -238,14 +253,7 @@ def test_an_upgrade_from_the_previous_minor_stops_every_writer_and_keeps_the_dat
     run_id, trace_id = filled.stdout.split()[-2:]  # ... and filled by it
     [(old_revision,)] = project.query("SELECT version_num FROM alembic_version")
 
-    rds = aws(moto, "rds")
-    with contextlib.suppress(rds.exceptions.DBClusterAlreadyExistsFault):
-        rds.create_db_cluster(
-            DBClusterIdentifier="mlflow-aws-test",
-            Engine="aurora-mysql",
-            MasterUsername="mlflow_admin",
-            MasterUserPassword="x" * 12,
-        )
+    ensure_cluster(moto)
     admin_arn = admin_secret(moto, mariadb)
     ecs = FakeEcs().start()
     try:
@@ -365,3 +373,142 @@ def test_an_upgrade_from_the_previous_minor_stops_every_writer_and_keeps_the_dat
     )["ScalableTargets"]
     assert not any(target.get("SuspendedState", {}).values())  # resumed
     assert project.password not in json.dumps(outputs)
+
+
+# -- refusals and failures, with stand-in tasks -----------------------------------------------
+
+SERVE_HEALTH = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"OK")
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+@dataclass
+class StandIn:
+    """A task that is a small process: a health endpoint, or a command's exit code."""
+
+    process: subprocess.Popen[bytes]
+    port: int | None
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def healthy(self) -> bool:
+        if self.port is None:
+            return True
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=1) as answer,
+        ):
+            return bool(answer.status == 200)
+        return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        self.process.wait(30)
+
+
+def stand_in(exit_code: int) -> Any:
+    def run(command: list[str] | None) -> StandIn:
+        if command:
+            code = f"import time, sys; time.sleep(1); sys.exit({exit_code})"
+            return StandIn(subprocess.Popen([sys.executable, "-c", code]), None)
+        port = free_port()
+        return StandIn(subprocess.Popen([sys.executable, "-c", SERVE_HEALTH, str(port)]), port)
+
+    return run
+
+
+def old_schema(mariadb: MariaDB, name: str) -> Project:
+    """A schema with MLflow's revision table, recorded as 3.16.1's (no MLflow needed)."""
+    project = create_project(mariadb, name)
+    project.query("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+    project.query("INSERT INTO alembic_version VALUES ('0123456789ab')")
+    project.query(
+        "CREATE TABLE mlflow_aws_schema (id INTEGER PRIMARY KEY, mlflow_version VARCHAR(64), "
+        "revision VARCHAR(64), migrated_at_ms BIGINT)"
+    )
+    project.query("INSERT INTO mlflow_aws_schema VALUES (1, '3.16.1', '0123456789ab', 0)")
+    return project
+
+
+@contextlib.contextmanager
+def gate(
+    mariadb: MariaDB, moto: MotoServer, data_api: DataApiEmulator, name: str, exit_code: int
+) -> Iterator[tuple[ProviderClient, FakeEcs, dict[str, Any], str, str]]:
+    ensure_cluster(moto)
+    admin_arn = admin_secret(moto, mariadb)
+    ecs = FakeEcs().start()
+    try:
+        family = f"mlflow-aws-test-{name}"
+        old = ecs.register(family, stand_in(0))
+        new = ecs.register(family, stand_in(exit_code))
+        service = ecs.create_service(f"tracking-{name}-service", old, desired=1)
+        ecs.wait_running(service)
+        env = {**provider_environment(data_api), "AWS_ENDPOINT_URL_ECS": ecs.endpoint_url,
+               "AWS_ENDPOINT_URL_RDS": moto.endpoint_url,
+               "AWS_ENDPOINT_URL_APPLICATION_AUTO_SCALING": moto.endpoint_url}  # fmt: skip
+        with provider_server(env) as server:
+            client = server.client(MlflowUpgradeProvider(), wrap_secrets=False)
+            client.timeout = 300.0
+            inputs = {**props(admin_arn, ecs, PINNED, new), "project": name}
+            checked, failures = client.check(inputs)
+            assert failures == []
+            yield client, ecs, checked, old, new
+    finally:
+        ecs.stop()
+
+
+@pytest.mark.slow
+def test_a_failed_migration_starts_the_old_tasks_again_and_names_the_snapshot(
+    mariadb: MariaDB, moto: MotoServer, data_api: DataApiEmulator
+) -> None:
+    project = old_schema(mariadb, "failing")
+    with gate(mariadb, moto, data_api, "failing", exit_code=3) as (client, ecs, inputs, old, _):
+        with pytest.raises(ProviderCallError) as failed:
+            client.create(inputs)
+        message = failed.value.details.strip().splitlines()[-1]
+        assert "exited 3" in message and "mlflow-aws-test-failing-to-" in message, message
+        assert "python -m helper restore-plan --project failing --time " in message
+        [service] = ecs.services.values()
+        assert service.task_definition == old and service.desired == 1  # the old tasks again
+        ecs.wait_running(service, timeout=30)
+    assert project.query("SELECT mlflow_version FROM mlflow_aws_schema") == [("3.16.1",)]
+
+
+@pytest.mark.slow
+def test_a_client_still_connected_once_the_writers_stopped_is_refused_and_they_restart(
+    mariadb: MariaDB, moto: MotoServer, data_api: DataApiEmulator
+) -> None:
+    """A session from a task's own address passes the first check (it may be the task's), but
+    once the service runs nothing it is a stranger: refused, the old tasks started again."""
+    project = old_schema(mariadb, "lingering")
+    stranger = mariadb.connect(user=project.user, password=project.password)  # from 127.0.0.1
+    try:
+        with gate(mariadb, moto, data_api, "lingering", exit_code=0) as (
+            client, ecs, inputs, old, _
+        ):  # fmt: skip
+            with pytest.raises(ProviderCallError) as refused:
+                client.create(inputs)
+            message = refused.value.details.strip().splitlines()[-1]
+            assert "127.0.0.1: 1 session(s)" in message, message
+            assert "RunTask" not in ecs.operations()  # no migration
+            [service] = ecs.services.values()
+            assert service.task_definition == old and service.desired == 1
+            ops = [(op, b.get("desiredCount")) for op, b in
+                   ((op, b) for _, op, b in ecs.calls) if op == "UpdateService"]  # fmt: skip
+            assert ops == [("UpdateService", 0), ("UpdateService", 1)]
+            # With the override, the same upgrade proceeds (and says it ignored them).
+            ignoring = {**inputs, "ignore_connected_clients": True}
+            _, outputs = client.create(ignoring)
+            checks = [s for s in outputs["report"] if s["step"] == "check-clients"]
+            assert "IGNORED (upgrade.ignoreConnectedClients): 127.0.0.1" in checks[1]["detail"]
+            assert [s["step"] for s in outputs["report"]] == STEPS
+    finally:
+        stranger.close()
+    assert project.query("SELECT mlflow_version FROM mlflow_aws_schema") == [("3.16.1",)]

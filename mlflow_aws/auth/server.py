@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .. import environment as env_names
 from .token import (
     AUDIENCE_ENV,
     SIGN_IN_PATH,
@@ -62,9 +63,9 @@ from .token import (
     sts_error,
 )
 
-ALLOWED_ROLES_ENV = "MLFLOW_AWS_IAM_ALLOWED_ROLES"
-ALLOWED_GROUPS_ENV = "MLFLOW_AWS_IAM_ALLOWED_GROUPS"
-MARKER_URL_ENV = "MLFLOW_AWS_IAM_MARKER_URL"
+ALLOWED_ROLES_ENV = env_names.IAM_ALLOWED_ROLES
+ALLOWED_GROUPS_ENV = env_names.IAM_ALLOWED_GROUPS
+MARKER_URL_ENV = env_names.IAM_MARKER_URL
 GATEWAY_ENV = "MLFLOW_ENABLE_AI_GATEWAY"
 SSO_ENTRY = "sso:"  # an allowed-roles entry naming an IAM Identity Center permission set
 SSO_ROLE_PATH = "/aws-reserved/sso.amazonaws.com/"  # where Identity Center puts its roles
@@ -722,7 +723,7 @@ def _configure_logging() -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(os.environ.get("MLFLOW_AWS_IAM_LOG_LEVEL", "INFO"))
+        logger.setLevel(os.environ.get(env_names.IAM_LOG_LEVEL, "INFO"))
         logger.propagate = False
 
 

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from .. import environment as env_names
 from .token import SIGN_IN_PATH, audience_for, check_marker_url, make_token, sts_endpoint_url
 
-STS_REGION_ENV = "MLFLOW_AWS_IAM_STS_REGION"
+STS_REGION_ENV = env_names.IAM_STS_REGION
 # Tokens last 15 min on the server; reusing one for 5 lets the server's identity cache answer
 # most requests, and leaves 10 min of margin for clock skew and long uploads.
 REUSE_SECONDS = 300.0

@@ -26,6 +26,8 @@ from typing import Any
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
+from .. import environment as env_names
+
 TOKEN_PREFIX = "aws-iam-v2."  # noqa: S105 (a format marker, not a secret)
 STS_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
 CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
@@ -34,7 +36,7 @@ CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 # (a token captured by one service, or by a colleague's project, cannot be replayed elsewhere).
 AUDIENCE_HEADER = "x-mlflow-aws-iam-audience"
 # The server's own audience (infra/server.py sets ``<domain>/<project>`` per project's task).
-AUDIENCE_ENV = "MLFLOW_AWS_IAM_AUDIENCE"
+AUDIENCE_ENV = env_names.IAM_AUDIENCE
 # STS itself refuses a SigV4 signature older than 15 minutes; the server holds tokens to that too.
 TOKEN_LIFETIME = timedelta(minutes=15)
 # A token dated later than this is refused: a future date would stretch its life past 15 min.

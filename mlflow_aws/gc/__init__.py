@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from mlflow_aws import environment as env_names
+
 from .artifacts import ArtifactStore, LocalStore, S3Store
 from .collect import DEFAULT_BATCH_ROWS, TABLES, GcError, Options, Report
 
@@ -48,7 +50,7 @@ def parse_duration(text: str, what: str = "--older-than") -> int:
     return int(sum(float(n) * _UNIT_MS[unit] for unit, n in match.groupdict().items() if n))
 
 
-BATCH_ROWS_VARIABLE = "MLFLOW_AWS_GC_BATCH_ROWS"
+BATCH_ROWS_VARIABLE = env_names.GC_BATCH_ROWS
 
 
 def batch_rows_from(environ: Mapping[str, str]) -> int:

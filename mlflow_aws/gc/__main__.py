@@ -27,6 +27,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from mlflow_aws import environment as env_names
 from mlflow_aws.server.prepare import _scrub
 
 from . import GcError, LocalStore, Options, S3Store, batch_rows_from, parse_duration, run_gc
@@ -39,16 +40,16 @@ def say(message: str) -> None:
 
 
 def options_from(environ: Mapping[str, str]) -> Options:
-    retention = environ.get("MLFLOW_AWS_GC_TRACE_RETENTION", "").strip()
-    dry_run = environ.get("MLFLOW_AWS_GC_DRY_RUN", "false").strip().lower()
+    retention = environ.get(env_names.GC_TRACE_RETENTION, "").strip()
+    dry_run = environ.get(env_names.GC_DRY_RUN, "false").strip().lower()
     if dry_run not in ("true", "false", "1", "0", ""):
         raise GcError(f"MLFLOW_AWS_GC_DRY_RUN must be true or false, got {dry_run!r}")
     return Options(
         older_than_ms=parse_duration(
-            environ.get("MLFLOW_AWS_GC_OLDER_THAN", "0"), "MLFLOW_AWS_GC_OLDER_THAN"
+            environ.get(env_names.GC_OLDER_THAN, "0"), env_names.GC_OLDER_THAN
         ),
         trace_retention_ms=(
-            parse_duration(retention, "MLFLOW_AWS_GC_TRACE_RETENTION") if retention else None
+            parse_duration(retention, env_names.GC_TRACE_RETENTION) if retention else None
         ),
         dry_run=dry_run in ("true", "1"),
         batch_rows=batch_rows_from(environ),
@@ -64,14 +65,14 @@ def main(environ: Mapping[str, str] = os.environ) -> int:
         if (
             uri.startswith("mysql")
             and "ssl_ca=" not in uri
-            and environ.get("MLFLOW_AWS_DB_TLS_INSECURE") != "1"
+            and environ.get(env_names.DB_TLS_INSECURE) != "1"
         ):
             raise GcError(
                 "refusing a MySQL store whose TLS certificate cannot be verified: run through "
                 "the image's entrypoint (`entrypoint.sh gc`) with MLFLOW_AWS_DB_CA_BUNDLE set"
             )
         options = options_from(environ)
-        project = environ.get("MLFLOW_AWS_PROJECT") or root.rsplit("/", 1)[-1]
+        project = environ.get(env_names.PROJECT) or root.rsplit("/", 1)[-1]
         if root.startswith("s3://"):
             import boto3
 

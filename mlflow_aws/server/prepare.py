@@ -26,9 +26,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from mlflow_aws import environment as env_names
+
 URI_VARIABLE = "MLFLOW_BACKEND_STORE_URI"
-LOCK_SECONDS_VARIABLE = "MLFLOW_AWS_DB_MIGRATION_LOCK_SECONDS"
-MIGRATE_VARIABLE = "MLFLOW_AWS_DB_MIGRATE_ON_START"
+LOCK_SECONDS_VARIABLE = env_names.DB_MIGRATION_LOCK_SECONDS
+MIGRATE_VARIABLE = env_names.DB_MIGRATE_ON_START
 DEFAULT_LOCK_SECONDS = 540
 # A paused Aurora Serverless v2 takes ~15 s to resume; connecting is retried this long.
 CONNECT_BUDGET_SECONDS = 120.0
