@@ -88,7 +88,6 @@ for p in config.projects:
             tracking_uri=config.server.tracking_uri(p.name),
             max_user_connections=config.max_user_connections,
             partition=account.partition,
-            ecs_tasks_principal=account.ecs_tasks_principal,
             assume_roles=tuple(role.as_input() for role in config.assume_roles),
         ),
         # Schemas are made through the Data API once the writer runs and the admin secret holds
@@ -100,13 +99,13 @@ for p in config.projects:
         ServiceProject(
             name=p.name,
             connection_secret_arn=project.secret.arn,
-            server_role_arn=project.server_role_arn,
+            task_policy=project.server_policy,  # its own task role's: the prefix only
             artifact_root=project.artifact_root,
             iam_roles=p.iam_roles,
             iam_groups=p.iam_groups,
             # A task starts only once its secret holds the bundle (the project's MySQL user
-            # exists) and its server role has its policy.
-            ready=[project.secret_version, project.schema, project.server_role_policy],
+            # exists); the service also waits for its task role's policies.
+            ready=[project.secret_version, project.schema],
             connection_version=project.secret_version.version_id,
         )
     )

@@ -64,7 +64,7 @@ from tests.services import MariaDB, MotoServer, free_port, running_mariadb, runn
 
 TARGET_RATIO = 0.90
 PROXY_RSS_GROWTH_LIMIT_MIB = 64.0
-BUCKET = "mlflow-aws-bench-auth"
+BUCKET = "mlflow-aws-central-bench-auth"  # stack "central" (tests/central.py): its prefix
 PROJECT = "bench-auth"
 REGION = "eu-west-1"
 

@@ -44,7 +44,7 @@ from tests.services import MariaDB, MotoServer, free_port  # noqa: E402
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 MLFLOW = str(VENV_BIN / "mlflow") if (VENV_BIN / "mlflow").exists() else "mlflow"
-BUCKET = "mlflow-aws-bench"
+BUCKET = "mlflow-aws-bench-artifacts"  # the stack's bucket prefix (helper/trust.py)
 # The run secret of every helper this process starts (mlflow_aws.run_secret), made per process.
 HELPER_SECRET = secrets.token_urlsafe(32)
 GIB = 1024**3

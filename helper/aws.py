@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from mlflow_aws.names import connection_secret_name
 
 from .errors import HelperError
 from .invocation import helper_command
@@ -135,7 +139,11 @@ def _project_of(secret: dict[str, Any]) -> str | None:
 
 
 def list_project_secrets(region: str, project: str | None = None) -> list[ProjectSecret]:
-    """Connection secrets tagged ``mlflow-aws:project`` (with value ``project`` if given)."""
+    """Connection secrets tagged ``mlflow-aws:project`` (with value ``project`` if given) and
+    named ``mlflow-aws/<stack>/<project>``: a secret named otherwise is not one, whatever its
+    tags say (helper/trust.py)."""
+    from .trust import is_connection_secret_name
+
     filters = [{"Key": "tag-key", "Values": [PROJECT_TAG_KEY]}]
     if project is not None:
         filters.append({"Key": "tag-value", "Values": [project]})
@@ -146,34 +154,76 @@ def list_project_secrets(region: str, project: str | None = None) -> list[Projec
             for secret in page["SecretList"]:
                 tagged = _project_of(secret)
                 # The two filters match independently; keep only this exact key=value pair.
-                if tagged is not None and (project is None or tagged == project):
+                if tagged is None or (project is not None and tagged != project):
+                    continue
+                if is_connection_secret_name(secret["Name"], tagged):
                     found.append(ProjectSecret(secret["Name"], secret["ARN"], tagged))
     return sorted(found, key=lambda s: s.name)
+
+
+def _discovered_secret(project: str, region: str) -> tuple[str, str | None]:
+    """The project's secret found by its tag and name (ARN), and a note to print; the one this
+    user read before wins, and a different one in its place is refused until named."""
+    from . import trust
+
+    candidates = list_project_secrets(region, project)
+    if not candidates:
+        raise OutputsError(
+            f"no connection secret tagged {PROJECT_TAG_KEY}={project} and named "
+            f"{connection_secret_name('<stack>', project)} in {region}. Check the project name "
+            f"(`{helper_command()} projects --from-aws`) and the region (AWS_REGION), or use "
+            "--outputs FILE / --stack S"
+        )
+    pins = trust.pins()
+    remembered = []
+    for candidate in candidates:
+        account = candidate.arn.split(":")[4]
+        pin = pins.get(pins.key(account, region, project))
+        if pin is not None:
+            remembered.append(pin)
+            if pin.arn == candidate.arn:
+                others = [c.name for c in candidates if c is not candidate]
+                note = (
+                    f"note: several stacks have a project {project!r} ({', '.join(others)}); "
+                    f"using {candidate.name}, the one you used before (--secret-id picks)"
+                    if others
+                    else None
+                )
+                return candidate.arn, note
+    if remembered:
+        pin = remembered[0]
+        names = ", ".join(c.name for c in candidates)
+        raise OutputsError(
+            f"the connection secret of project {project} has changed: you used {pin.arn} "
+            f"(first on {pin.since}), and now {names} is there instead. If the platform "
+            "engineer re-created the project, confirm with --secret-id NAME; if nobody did, "
+            "someone may have planted it: do not use it, tell the platform engineer"
+        )
+    if len(candidates) > 1:
+        names = ", ".join(c.name for c in candidates)
+        raise OutputsError(
+            f"several stacks have a project {project!r}: {names}. Pick one with --secret-id NAME"
+        )
+    return candidates[0].arn, None
 
 
 def load_connection_from_aws(
     project: str, region: str | None, secret_id: str | None = None
 ) -> ProjectConnection:
-    """The project's connection bundle from its Secrets Manager secret."""
+    """The project's connection bundle from its Secrets Manager secret, checked against the
+    secret's own account, region and stack (helper/trust.py) and remembered per project."""
+    from . import trust
+
     region = resolve_region(region)
+    note = None
     if secret_id is None:
-        candidates = list_project_secrets(region, project)
-        if not candidates:
-            raise OutputsError(
-                f"no connection secret tagged {PROJECT_TAG_KEY}={project} in {region}. "
-                f"Check the project name (`{helper_command()} projects --from-aws`) and the region "
-                "(AWS_REGION), or use --outputs FILE / --stack S"
-            )
-        if len(candidates) > 1:
-            names = ", ".join(c.name for c in candidates)
-            raise OutputsError(
-                f"several stacks have a project {project!r}: {names}. "
-                "Pick one with --secret-id NAME"
-            )
-        secret_id = candidates[0].name
+        secret_id, note = _discovered_secret(project, region)
     with aws_errors(f"reading the connection secret {secret_id}"):
         value = client("secretsmanager", region).get_secret_value(SecretId=secret_id)
-    source = f"connection secret {secret_id}"
+    source = f"connection secret {value.get('Name', secret_id)}"
+    identity = trust.secret_identity(str(value.get("ARN", "")), project, source)
+    if identity.region != region:
+        raise OutputsError(f"{source} is in {identity.region}, not in {region}")
     try:
         data = json.loads(value.get("SecretString") or "")
     except json.JSONDecodeError:
@@ -181,4 +231,17 @@ def load_connection_from_aws(
     connection = parse_connection_bundle(data, source)
     if connection.project != project:
         raise OutputsError(f"{source} belongs to project {connection.project!r}, not {project!r}")
-    return connection
+    trust.check_bundle(connection, identity, source)
+    pins = trust.pins()
+    key = pins.key(identity.account, identity.region, project)
+    pin = pins.get(key)
+    if pin is None or pin.arn != identity.arn:
+        if pin is not None:
+            sys.stderr.write(
+                f"note: the connection secret of project {project} is now {identity.arn} (you "
+                f"used {pin.arn} since {pin.since}); remembering this one\n"
+            )
+        pins.put(key, identity.arn)
+    if note:
+        sys.stderr.write(note + "\n")
+    return dataclasses.replace(connection, secret_arn=identity.arn)

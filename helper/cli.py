@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .artifacts import add_artifacts_option
 from .errors import HelperError
 from .invocation import helper_command
-from .outputs import ProjectConnection, StackOutputs
+from .outputs import ProjectConnection, ProjectOutputs, StackOutputs
 from .supervise import export_line
 
 if TYPE_CHECKING:
@@ -275,6 +275,9 @@ class SecretLocation:
     project: str
     region: str | None  # None: the user's region
     secret_id: str | None  # None: found by its project tag
+    # From --outputs / --stack: the project's entry, checked against the secret's bundle.
+    outputs: ProjectOutputs | None = None
+    source: str = ""
 
 
 def connection_source(args: argparse.Namespace) -> SecretLocation:
@@ -284,9 +287,18 @@ def connection_source(args: argparse.Namespace) -> SecretLocation:
     project = _validated_project(args.project)
     outputs = _stack_outputs(args)
     if outputs is not None:
-        return SecretLocation(
-            project, outputs.region, outputs.project(project).connection_secret_arn
-        )
+        from .trust import secret_identity
+
+        entry = outputs.project(project)
+        where = f"outputs file {args.outputs}" if args.outputs else f"stack {args.stack!r}"
+        arn = entry.connection_secret_arn
+        identity = secret_identity(arn, project, f"{where}: Projects.{project}.ConnectionSecretArn")
+        if identity.region != outputs.region:
+            raise HelperError(
+                f"{where}: the connection secret of project {project} is in {identity.region}, "
+                f"but the outputs' Region is {outputs.region}"
+            )
+        return SecretLocation(project, outputs.region, arn, entry, where)
     return SecretLocation(project, None, args.secret_id)
 
 
@@ -294,7 +306,18 @@ def fetch_connection(source: SecretLocation) -> ProjectConnection:
     """The project's connection bundle, read from its secret with the user's AWS credentials."""
     from .aws import load_connection_from_aws
 
-    return load_connection_from_aws(source.project, source.region, source.secret_id)
+    connection = load_connection_from_aws(source.project, source.region, source.secret_id)
+    if source.outputs is not None:
+        from .trust import check_outputs_entry
+
+        if connection.secret_arn != source.outputs.connection_secret_arn:
+            raise HelperError(
+                f"{source.source}: AWS answered for {connection.secret_arn}, not for the secret "
+                f"the outputs name ({source.outputs.connection_secret_arn})"
+            )
+        assert source.region is not None
+        check_outputs_entry(source.region, source.outputs, connection, source.source)
+    return connection
 
 
 def load_connection(args: argparse.Namespace) -> ProjectConnection:

@@ -52,6 +52,9 @@ class ProjectConnection:
     stack: str | None = None
     # https://<domain>/<project> when the stack runs the central server, else None.
     tracking_uri: str | None = None
+    # The ARN of the secret the bundle was read from, as AWS returned it (helper/trust.py:
+    # the only registry docker logs in to is this ARN's account and region).
+    secret_arn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class ProjectOutputs:
     name: str
     artifact_root: str
     connection_secret_arn: str
+    # In the outputs of current stacks; checked against the secret's bundle when present.
+    server_role_arn: str | None = None
+    tracking_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,8 @@ def parse_stack_outputs(data: object, source: str) -> StackOutputs:
             name=name,
             artifact_root=one.string("ArtifactRoot"),
             connection_secret_arn=one.string("ConnectionSecretArn"),
+            server_role_arn=one.optional_string("ServerRoleArn"),
+            tracking_uri=one.optional_url("TrackingUri"),
         )
     return StackOutputs(region=top.string("Region"), projects=projects)
 

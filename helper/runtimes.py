@@ -250,9 +250,22 @@ def docker_command_text(connection: ProjectConnection, port: int) -> str:
     return shlex.join(docker_run_argv(connection, port, container_variable_names(connection, port)))
 
 
-def image_registry(image_uri: str) -> str:
-    """``<account>.dkr.ecr.<region>.amazonaws.com`` of ``<registry>/<repo>@sha256:…``."""
-    return image_uri.split("/", 1)[0]
+def image_registry(connection: ProjectConnection) -> str:
+    """``<account>.dkr.ecr.<region>.<suffix>`` of the connection secret's own ARN: the only
+    registry the helper logs in to (never the one a bundle's ImageUri names; helper/trust.py
+    has already refused an image outside it)."""
+    from .trust import secret_identity
+
+    if connection.secret_arn is None:
+        raise HelperError(
+            f"the connection of project {connection.project} was not read from its secret: "
+            "no registry to log in to"
+        )
+    identity = secret_identity(connection.secret_arn, connection.project, "the connection")
+    registry = identity.ecr_registry
+    if not connection.image_uri.startswith(f"{registry}/"):
+        raise HelperError(f"the image {connection.image_uri} is not in registry {registry}")
+    return registry
 
 
 def docker_login(docker: str, registry: str, password: str) -> None:
@@ -367,9 +380,8 @@ def _run_container(
         f"{credentials.expiration:%Y-%m-%d %H:%M %Z}; artifact uploads fail after that: restart "
         "the helper then (the process runtime, --runtime process, renews them itself)\n"
     )
-    docker_login(
-        docker, image_registry(connection.image_uri), aws.ecr_login_password(connection.region)
-    )
+    registry = image_registry(connection)  # before any token exists
+    docker_login(docker, registry, aws.ecr_login_password(connection.region))
     docker_pull(docker, connection.image_uri)
     name = container_name(connection.project, port)
     secret = supervise.choose_run_secret()

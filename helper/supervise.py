@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -223,12 +224,45 @@ def watchdog_argv(launch: ServerLaunch) -> list[str]:
 # -- what an earlier helper left running --------------------------------------------------------
 
 
+class UnsafeRunDirectory(HelperError):
+    """The run directory (or a record in it) is not this user's alone."""
+
+
+def _check_private_directory(path: Path, info: os.stat_result, exact_mode: bool) -> None:
+    """``path`` (lstat'ed as ``info``) is a real directory of this user that nobody else can
+    write to; with ``exact_mode`` (the helper's own directories) exactly 0700."""
+    mode = stat.S_IMODE(info.st_mode)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        problem = "is a symbolic link" if stat.S_ISLNK(info.st_mode) else "is not a directory"
+    elif info.st_uid != os.getuid():
+        problem = f"belongs to user id {info.st_uid}, not to you ({os.getuid()})"
+    elif (exact_mode and mode != 0o700) or mode & 0o022:
+        problem = f"has mode {mode:04o} (others may change it; it must be 0700)"
+    else:
+        return
+    raise UnsafeRunDirectory(
+        f"{path}, where the helper records the servers it runs, {problem}: a record planted "
+        "there would make the helper stop processes or run commands. Point XDG_RUNTIME_DIR at "
+        "a directory only you can write (mode 0700), or remove that path if you did not make it"
+    )
+
+
 def run_directory(environ: Mapping[str, str] = os.environ) -> Path:
-    """Private (0700) place for the record of each server this user's helpers run."""
-    base = environ.get("XDG_RUNTIME_DIR") or str(Path.home() / ".cache")
-    path = Path(base) / "mlflow-aws" / "run"
+    """Private (0700) place for the record of each server this user's helpers run: under
+    ``$XDG_RUNTIME_DIR`` (or ``~/.cache``), which must be the user's and writable by nobody
+    else; ``mlflow-aws/run`` in it are created 0700 and must be the user's real directories."""
+    base = Path(environ.get("XDG_RUNTIME_DIR") or str(Path.home() / ".cache"))
+    path = base / "mlflow-aws" / "run"
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not base.exists():
+            base.mkdir(parents=True, mode=0o700)
+        # stat, not lstat: the base itself may be a link the user made (~/.cache -> …); what
+        # it points to must be theirs alone.
+        _check_private_directory(base, base.stat(), exact_mode=False)
+        for directory in (base / "mlflow-aws", path):
+            with contextlib.suppress(FileExistsError):
+                directory.mkdir(mode=0o700)
+            _check_private_directory(directory, directory.lstat(), exact_mode=True)
     except OSError as exc:
         raise HelperError(
             f"cannot create {path}, where the helper records the servers it runs ({exc.strerror});"
@@ -239,6 +273,50 @@ def run_directory(environ: Mapping[str, str] = os.environ) -> Path:
 
 def _record_path(port: int) -> Path:
     return run_directory() / f"port-{port}.json"
+
+
+def _read_record(path: Path) -> dict[str, object] | None:
+    """The record at ``path`` if it is a regular file of this user's that only they can read
+    and write (never through a symbolic link); None if there is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UnsafeRunDirectory(
+            f"cannot open the run record {path} ({exc.strerror}; a symbolic link is refused): "
+            "remove it if you did not make it"
+        ) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        mode = stat.S_IMODE(info.st_mode)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or mode & 0o077:
+            raise UnsafeRunDirectory(
+                f"the run record {path} is not a private file of yours (owner {info.st_uid}, "
+                f"mode {mode:04o}): the helper ignores it; remove it if you did not make it"
+            )
+        try:
+            record = json.loads(handle.read(64 * 1024))
+        except ValueError:
+            return {}
+    return record if isinstance(record, dict) else {}
+
+
+def accepted_on_orphan(record: Mapping[str, object], port: int) -> list[str] | None:
+    """The record's ``on_orphan`` if it is exactly the ``docker stop`` this helper writes for
+    that port (its docker, the project's container name); None otherwise."""
+    import shutil
+
+    from mlflow_aws.names import name_problem
+
+    from .runtimes import container_name, docker_stop_argv
+
+    project, command = record.get("project"), record.get("on_orphan")
+    docker = shutil.which("docker")
+    if not isinstance(project, str) or name_problem(project) is not None or docker is None:
+        return None
+    expected = docker_stop_argv(docker, container_name(project, port))
+    return expected if command == expected else None
 
 
 def _group_commands(pgid: int) -> list[str]:
@@ -292,11 +370,8 @@ def reclaim_port(port: int, err: IO[str] = sys.stderr) -> None:
     """Stop the server an earlier helper left on ``port`` (it was killed before it could);
     a server whose helper still runs is that helper's: refuse the port instead."""
     path = _record_path(port)
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    if not isinstance(record, dict):
+    record = _read_record(path)
+    if record is None:
         return
     if _helper_alive(record):
         raise HelperError(
@@ -304,7 +379,9 @@ def reclaim_port(port: int, err: IO[str] = sys.stderr) -> None:
             f"(pid {record.get('helper_pid')}, since {record.get('started')}); stop that one "
             f"or pick another port with --port {port + 1}"
         )
-    pgid = int(record.get("pgid", 0))
+    pgid = record.get("pgid", 0)
+    if not isinstance(pgid, int) or isinstance(pgid, bool) or pgid < 0:
+        pgid = 0
     ours = [c for c in _group_commands(pgid) if "watchdog" in c or "mlflow" in c] if pgid else []
     if ours:
         err.write(
@@ -318,8 +395,15 @@ def reclaim_port(port: int, err: IO[str] = sys.stderr) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
     if record.get("on_orphan"):
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            subprocess.run(record["on_orphan"], capture_output=True, timeout=60, check=False)
+        command = accepted_on_orphan(record, port)
+        if command is None:
+            err.write(
+                f"ignoring the command in the run record {path}: it is not the `docker stop` "
+                "the helper writes for this port\n"
+            )
+        else:
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                subprocess.run(command, capture_output=True, timeout=60, check=False)
     path.unlink(missing_ok=True)
 
 
@@ -337,7 +421,8 @@ def recorded(launch: ServerLaunch, pgid: int, helper_pid: int | None = None) -> 
         "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
         "on_orphan": launch.on_orphan,
     }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    path.unlink(missing_ok=True)  # whatever is there (a link, another's file): ours replaces it
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(record, handle)
     try:

@@ -6,15 +6,14 @@ the bucket-wide settings that keep those artifacts safe live here.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
 
-# S3 allows 63 characters and the provider appends a 26-character unique suffix.
-_MAX_BUCKET_PREFIX = 37
+from mlflow_aws import names
+
 NONCURRENT_VERSION_DAYS = 30  # how long an overwritten or deleted artifact can be recovered
 # Parts of an upload that never completed (a killed training job, a lost laptop link) are
 # invisible as artifacts but billed until aborted: MLflow's presigned multipart uploads leave
@@ -24,9 +23,9 @@ ABORT_MULTIPART_DAYS = 1
 
 
 def bucket_prefix(stack: str) -> str:
-    """A valid S3 bucket-name prefix that names the stack (stack names allow more than S3)."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", stack.lower()).strip("-") or "stack"
-    return f"mlflow-aws-{slug}"[: _MAX_BUCKET_PREFIX - 1].rstrip("-") + "-"
+    """A valid S3 bucket-name prefix that names the stack (mlflow_aws/names.py: the helper
+    checks the bucket of a connection bundle by it)."""
+    return names.bucket_prefix(stack)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 
 import pulumi
 
+from mlflow_aws import names as aws_names
 from mlflow_aws.names import collisions, name_problem
 from mlflow_aws.server_settings import connections_per_server
 
@@ -322,8 +323,8 @@ class StackConfig:
 
 
 def stack_slug(stack: str) -> str:
-    """The stack's name in AWS names: lowercase letters and digits, single hyphens."""
-    return re.sub(r"[^a-z0-9]+", "-", stack.lower()).strip("-") or "stack"
+    """The stack's name in AWS names (mlflow_aws/names.py: the helper checks bundles by it)."""
+    return aws_names.stack_slug(stack)
 
 
 # cluster_identifier_prefix plus the provider's 26-character suffix must fit RDS's 63.

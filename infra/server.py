@@ -16,8 +16,9 @@ Load Balancer, as ``https://<server.domainName>/<project>``:
   the internet for a public load balancer, where every request but health must sign in; the VPC
   for an internal one); the tasks admit only the load balancer; the database admits the tasks
   through its client group (``MetadataDatabase.client_security_group_id``);
-* per project the task role is the project's own server role (``MlflowProject.server_role``:
-  its S3 prefix, nothing else) and an execution role that can pull the image, read the
+* per project a task role of the tasks' own (``<p>-task-role``: the project's S3 prefix, and the
+  sign-in's group lookup when it allows groups; only ECS tasks of this account and region may
+  assume it, never a teammate) and an execution role that can pull the image, read the
   project's connection secret and write the project's logs. The backend store URI and the
   database's CA bundle reach the container through ECS ``secrets`` (references to keys of the
   connection secret), never as values in the task definition.
@@ -55,6 +56,13 @@ from mlflow_aws.server_settings import container_port
 AUTH_APP = "aws-iam"
 
 CONTAINER_NAME = "mlflow"
+# The container's root file system is read-only; these are its only writable places, each a
+# task-local volume (Fargate ephemeral storage, gone with the task): /tmp for MLflow's
+# spooled uploads, Python's and the entrypoint's temporary files (the database CA), and the
+# user's home for anything MLflow or its libraries cache there (~/.cache, ~/.mlflow). The
+# image declares both as VOLUME so ECS copies their ownership (the mlflow user) into the
+# volumes; the helper's docker runtime mounts the same two (helper/runtimes.py).
+WRITABLE_PATHS = {"tmp": "/tmp", "home": "/home/mlflow"}  # noqa: S108 (inside the container)
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-Res-2021-06"  # TLS 1.3 and 1.2 with forward secrecy
 HSTS = "max-age=31536000"
 LOG_RETENTION_DAYS = 30
@@ -203,6 +211,11 @@ def container_definitions(
             },
         },
         "linuxParameters": {"capabilities": {"drop": ["ALL"]}, "initProcessEnabled": True},
+        "readonlyRootFilesystem": True,
+        "mountPoints": [
+            {"sourceVolume": volume, "containerPath": path, "readOnly": False}
+            for volume, path in sorted(WRITABLE_PATHS.items())
+        ],
         "stopTimeout": 30,
         # The entrypoint passes its arguments to `mlflow server`.
         "command": ["--app-name", AUTH_APP],
@@ -279,18 +292,48 @@ def execution_trust_policy(account_id: str, principal: str = "ecs-tasks.amazonaw
     )
 
 
+def task_trust_policy(
+    account_id: str, region: str, partition: str = "aws", principal: str = "ecs-tasks.amazonaws.com"
+) -> str:
+    """Only ECS tasks of this account and region may become a project's task role; the
+    conditions are the confused-deputy guard the ECS task IAM role documentation gives
+    (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/task-iam-roles.html)."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "TasksOfThisAccount",
+                    "Effect": "Allow",
+                    "Principal": {"Service": principal},
+                    "Action": "sts:AssumeRole",
+                    "Condition": {
+                        "ArnLike": {
+                            "aws:SourceArn": f"arn:{partition}:ecs:{region}:{account_id}:*"
+                        },
+                        "StringEquals": {"aws:SourceAccount": account_id},
+                    },
+                }
+            ],
+        },
+        sort_keys=True,
+    )
+
+
 @dataclass
 class ServiceProject:
     """What the service of one project needs from its ``MlflowProject``."""
 
     name: str
     connection_secret_arn: pulumi.Input[str]
-    server_role_arn: pulumi.Input[str]  # the task role: the project's S3 prefix only
+    # The policy of the tasks' own role (only ECS may assume it): the project's S3 prefix,
+    # what the project's server role holds (projects/project.py).
+    task_policy: pulumi.Input[str]
     artifact_root: pulumi.Input[str]  # s3://<bucket>/<project>
     iam_roles: tuple[str, ...] = ()
     iam_groups: tuple[str, ...] = ()
     # What a task reads when it starts: the connection secret's value (written once the
-    # project's MySQL user exists) and the server role's policy. The service waits for them.
+    # project's MySQL user exists). The service waits for them.
     ready: Sequence[pulumi.Resource] = ()
     # The connection secret's current version id: part of the task definition (a rotation
     # rolls the tasks); None leaves it out (tests of other parts).
@@ -303,7 +346,7 @@ class ServiceParts:
     service: the roles, the logs, the target group."""
 
     execution_role_arn: pulumi.Output[str]
-    task_role_arn: pulumi.Input[str]  # the project's server role: its prefix only
+    task_role_arn: pulumi.Input[str]  # the tasks' own role (only ECS may assume it): the prefix
     log_group_name: pulumi.Output[str]
     log_group_arn: pulumi.Output[str]
     target_group_arn_suffix: pulumi.Output[str]
@@ -731,23 +774,47 @@ class TrackingService(pulumi.ComponentResource):
             child,
         )  # fmt: skip
 
+        # The tasks' own role: the project's prefix, plus (allowed groups) the sign-in's group
+        # lookup. Only ECS can assume it; teammates become the project's server role, which
+        # holds the prefix alone, so they never get the lookup.
+        task_role = aws.iam.Role(
+            f"{prefix}-task-role",
+            aws.iam.RoleArgs(
+                name_prefix=f"mlflow-aws-{p}-task-"[:38],
+                description=f"ECS: project {p}'s MLflow tasks (stack {args.stack}): its S3 prefix",
+                assume_role_policy=pulumi.Output.all(args.account_id, args.region).apply(
+                    lambda v: task_trust_policy(
+                        v[0], v[1], args.partition, args.ecs_tasks_principal
+                    )
+                ),
+                tags=tags,
+            ),
+            child,
+        )
+        task_policies = [
+            aws.iam.RolePolicy(
+                f"{prefix}-task-policy",
+                aws.iam.RolePolicyArgs(role=task_role.id, policy=project.task_policy),
+                child,
+            )
+        ]
         sso = any(role.startswith(SSO_ENTRY) for role in project.iam_roles)
         if project.iam_groups or sso:
-            # The task role is the project's server role (its prefix); the sign-in app also
-            # reads group membership for the allowed groups (and Identity Center roles' paths).
-            aws.iam.RolePolicy(
-                f"{prefix}-group-lookup",
-                aws.iam.RolePolicyArgs(
-                    role=pulumi.Output.from_input(project.server_role_arn).apply(
-                        lambda arn: arn.rsplit("/", 1)[-1]
+            # The sign-in app reads group membership for the allowed groups (and Identity
+            # Center roles' paths): on the task role only, never on the role teammates become.
+            task_policies.append(
+                aws.iam.RolePolicy(
+                    f"{prefix}-group-lookup",
+                    aws.iam.RolePolicyArgs(
+                        role=task_role.id,
+                        policy=pulumi.Output.from_input(args.account_id).apply(
+                            lambda account: group_lookup_policy(
+                                account, args.partition, bool(project.iam_groups), sso
+                            )
+                        ),
                     ),
-                    policy=pulumi.Output.from_input(args.account_id).apply(
-                        lambda account: group_lookup_policy(
-                            account, args.partition, bool(project.iam_groups), sso
-                        )
-                    ),
-                ),
-                child,
+                    child,
+                )
             )
 
         definitions = pulumi.Output.all(
@@ -797,7 +864,11 @@ class TrackingService(pulumi.ComponentResource):
                     operating_system_family="LINUX", cpu_architecture="X86_64"
                 ),
                 execution_role_arn=execution_role.arn,
-                task_role_arn=project.server_role_arn,
+                task_role_arn=task_role.arn,
+                volumes=[
+                    aws.ecs.TaskDefinitionVolumeArgs(name=volume)
+                    for volume in sorted(WRITABLE_PATHS)
+                ],
                 container_definitions=definitions,
                 tags=tags,
             ),
@@ -865,11 +936,12 @@ class TrackingService(pulumi.ComponentResource):
                 parent=self,
                 # The target group must be attached to the load balancer first; the first
                 # tasks must be able to pull the image, read the secret's value (written once
-                # the project's MySQL user exists) and use the server role.
+                # the project's MySQL user exists) and use their task role's rights.
                 # An MLflow upgrade (the gate) completes before the service takes the new tasks.
                 depends_on=[
                     rule,
                     execution_policy,
+                    *task_policies,
                     marker,
                     *gateway_ready,
                     *project.ready,
@@ -888,7 +960,7 @@ class TrackingService(pulumi.ComponentResource):
 
         self.parts[p] = ServiceParts(
             execution_role_arn=execution_role.arn,
-            task_role_arn=project.server_role_arn,
+            task_role_arn=task_role.arn,
             log_group_name=log_group.name,
             log_group_arn=log_group.arn,
             target_group_arn_suffix=target_group.arn_suffix,

@@ -21,7 +21,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_docker as docker
 
-from infra.config import stack_slug
+from mlflow_aws import names
 
 KEEP_IMAGES = 10  # enough to roll back a few releases
 UNTAGGED_EXPIRY_DAYS = 3  # untagged layers from interrupted pushes
@@ -59,7 +59,7 @@ def context_digest(context_dir: Path) -> str:
 
 
 def repository_name(stack: str) -> str:
-    return f"mlflow-aws/{stack_slug(stack)}/server"
+    return names.server_repository_name(stack)  # the helper checks a bundle's ImageUri by it
 
 
 def lifecycle_policy() -> str:

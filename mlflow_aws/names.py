@@ -139,3 +139,30 @@ def collisions(names: list[str]) -> list[str]:
         else:
             seen[key] = name
     return problems
+
+
+# -- what a stack names in AWS: one rule for the program and the helper's checks of a bundle --
+
+# S3 allows 63 characters and the provider appends a 26-character unique suffix.
+_MAX_BUCKET_PREFIX = 37
+
+
+def stack_slug(stack: str) -> str:
+    """The stack's name in AWS names: lowercase letters and digits, single hyphens."""
+    return re.sub(r"[^a-z0-9]+", "-", stack.lower()).strip("-") or "stack"
+
+
+def bucket_prefix(stack: str) -> str:
+    """A valid S3 bucket-name prefix that names the stack (stack names allow more than S3)."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", stack.lower()).strip("-") or "stack"
+    return f"mlflow-aws-{slug}"[: _MAX_BUCKET_PREFIX - 1].rstrip("-") + "-"
+
+
+def server_repository_name(stack: str) -> str:
+    """The stack's ECR repository of the server image."""
+    return f"mlflow-aws/{stack_slug(stack)}/server"
+
+
+def connection_secret_name(stack: str, project: str) -> str:
+    """The Secrets Manager name of a project's connection secret (projects/project.py)."""
+    return f"mlflow-aws/{stack}/{project}"

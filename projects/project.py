@@ -7,9 +7,10 @@ Children (all parented to the component, named ``<name>-…``):
 * ``<name>-schema``     ``MysqlSchema`` (schema ``utf8mb4_bin`` + user + grants on it only);
 * ``<name>-connection`` ``aws.secretsmanager.Secret`` ``mlflow-aws/<stack>/<project>`` and its
   ``SecretVersion`` holding the connection bundle the helper's ``--from-aws`` reads;
-* ``<name>-server-role`` ``aws.iam.Role`` the project's MLflow server runs as (a teammate's
-  helper, or the central server's ECS tasks): exactly the project's S3 prefix, nothing else;
-  assumable by principals holding the project policy, and by ECS tasks of this account;
+* ``<name>-server-role`` ``aws.iam.Role`` a teammate's helper runs the project's MLflow server
+  as: exactly the project's S3 prefix, nothing else; assumable only by principals holding the
+  project policy (the central server's ECS tasks have a task role of their own, which only ECS
+  can assume: infra/server.py);
 * ``<name>-policy``     ``aws.iam.Policy`` allowing exactly the project's S3 prefix, its
   connection secret, assuming the server role and pulling the server image;
 * ``<name>-group-<g>`` / ``<name>-role-<r>`` attachments of that policy.
@@ -76,7 +77,6 @@ class MlflowProjectArgs:
     # the bundle (null otherwise) and in the Projects entry (only then).
     tracking_uri: str | None = None
     partition: str = "aws"  # of every ARN written here (aws-cn, aws-us-gov: infra/account.py)
-    ecs_tasks_principal: str = "ecs-tasks.amazonaws.com"
     # aws:assumeRoles: the provider's Data API calls run as the identity the AWS provider uses
     assume_roles: tuple[dict[str, Any], ...] = ()
 
@@ -113,11 +113,11 @@ def server_policy_document(bucket_arn: str, prefix: str) -> PolicyDocument:
     return {"Version": "2012-10-17", "Statement": prefix_statements(bucket_arn, prefix)}
 
 
-def server_trust_policy(
-    account_id: str, partition: str = "aws", ecs_tasks: str = "ecs-tasks.amazonaws.com"
-) -> dict[str, Any]:
+def server_trust_policy(account_id: str, partition: str = "aws") -> dict[str, Any]:
     """Who may become the server role: principals of this account that are allowed to (the
-    project policy allows exactly this role), and ECS tasks of this account."""
+    project policy allows exactly this role). Not ECS: whatever the central tasks need besides
+    the prefix (the sign-in's group lookup) must stay out of reach of every teammate, so they
+    run as a task role of their own (infra/server.py)."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -126,13 +126,6 @@ def server_trust_policy(
                 "Effect": "Allow",
                 "Principal": {"AWS": f"arn:{partition}:iam::{account_id}:root"},
                 "Action": "sts:AssumeRole",
-            },
-            {
-                "Sid": "CentralServerTasks",
-                "Effect": "Allow",
-                "Principal": {"Service": ecs_tasks},
-                "Action": "sts:AssumeRole",
-                "Condition": {"StringEquals": {"aws:SourceAccount": account_id}},
             },
         ],
     }
@@ -261,23 +254,20 @@ class MlflowProject(pulumi.ComponentResource):
                 name_prefix=f"mlflow-aws-{p.name}-"[:38],
                 description=f"MLflow server of project {p.name} (stack {stack}): its S3 prefix",
                 assume_role_policy=pulumi.Output.from_input(args.account_id).apply(
-                    lambda account: json.dumps(
-                        server_trust_policy(account, args.partition, args.ecs_tasks_principal)
-                    )
+                    lambda account: json.dumps(server_trust_policy(account, args.partition))
                 ),
                 max_session_duration=SERVER_ROLE_MAX_SESSION_SECONDS,
                 tags=tags,
             ),
             opts=child,
         )
+        # The prefix, as JSON: the server role's policy, and the central tasks' task role's.
+        self.server_policy: pulumi.Output[str] = pulumi.Output.from_input(args.bucket_arn).apply(
+            lambda arn: json.dumps(server_policy_document(arn, ids.s3_prefix))
+        )
         self.server_role_policy = aws.iam.RolePolicy(
             f"{name}-server-role-policy",
-            aws.iam.RolePolicyArgs(
-                role=self.server_role.id,
-                policy=pulumi.Output.from_input(args.bucket_arn).apply(
-                    lambda arn: json.dumps(server_policy_document(arn, ids.s3_prefix))
-                ),
-            ),
+            aws.iam.RolePolicyArgs(role=self.server_role.id, policy=self.server_policy),
             opts=child,
         )
         self.server_role_arn: pulumi.Output[str] = self.server_role.arn

@@ -252,6 +252,8 @@ IAM_ROLE = "https://docs.aws.amazon.com/IAM/latest/APIReference/API_CreateRole.h
 IAM_POLICY = "https://docs.aws.amazon.com/IAM/latest/APIReference/API_CreatePolicy.html"
 IAM_ROLE_POLICY = "https://docs.aws.amazon.com/IAM/latest/APIReference/API_PutRolePolicy.html"
 IAM_QUOTAS = "https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html"
+IAM_CONFUSED_DEPUTY = "https://docs.aws.amazon.com/IAM/latest/UserGuide/confused-deputy.html"
+ECS_TASK_ROLE = "https://docs.aws.amazon.com/AmazonECS/latest/developerguide/task-iam-roles.html"
 IAM_SID = "https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_sid.html"
 IAM_ATTACH_GROUP = "https://docs.aws.amazon.com/IAM/latest/APIReference/API_AttachGroupPolicy.html"
 IAM_ATTACH_ROLE = "https://docs.aws.amazon.com/IAM/latest/APIReference/API_AttachRolePolicy.html"
@@ -714,6 +716,33 @@ def trust_ok(r: Registered, ctx: Context) -> list[str]:
         if service is not None and not str(service).endswith(".amazonaws.com"):
             problems.append(f"service principal {service!r} is not <service>.amazonaws.com")
     return problems
+
+
+def service_trust_guarded(r: Registered, ctx: Context) -> list[str]:
+    """A role a service may assume names the account (aws:SourceAccount) so no other account's
+    resource can make the service act for it (the confused deputy); an aws:SourceArn, when
+    given, is of this partition, region and account."""
+    problems = []
+    for statement in statements(json.loads(plain(r.inputs["assumeRolePolicy"]))):
+        if "Service" not in statement.get("Principal", {}):
+            continue
+        condition = statement.get("Condition", {})
+        account = condition.get("StringEquals", {}).get("aws:SourceAccount")
+        if not isinstance(account, str) or not re.fullmatch(r"\d{12}", account):
+            problems.append(f"service principal {statement['Principal']} without aws:SourceAccount")
+        source_arn = condition.get("ArnLike", {}).get("aws:SourceArn")
+        wanted = f"arn:{ctx.account.partition}:ecs:{ctx.account.region}:{account}:*"
+        if source_arn is not None and source_arn != wanted:
+            problems.append(f"aws:SourceArn {source_arn!r} is not {wanted!r}")
+    return problems
+
+
+def break_service_trust(r: Registered, ctx: Context) -> None:
+    """ECS trusted without a condition (any account's task could become the role)."""
+    doc = json.loads(plain(r.inputs["assumeRolePolicy"]))
+    doc["Statement"] = [*statements(doc), {"Effect": "Allow", "Action": "sts:AssumeRole",
+                        "Principal": {"Service": "ecs-tasks.amazonaws.com"}}]  # fmt: skip
+    r.inputs["assumeRolePolicy"] = json.dumps(doc)
 
 
 def break_trust(r: Registered, ctx: Context) -> None:
@@ -1706,6 +1735,14 @@ RULES: list[Rule] = [
         "the stack's partition",
         f"{IAM_QUOTAS}; {IAM_ROLE}",
         break_trust,
+    ),
+    whole(
+        ROLE,
+        service_trust_guarded,
+        "a service principal only with aws:SourceAccount (and aws:SourceArn of the account's "
+        "region): the confused-deputy guard",
+        f"{IAM_CONFUSED_DEPUTY}; {ECS_TASK_ROLE}",
+        break_service_trust,
     ),
     named(
         ROLE_POLICY,

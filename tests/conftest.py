@@ -46,3 +46,12 @@ def image_venv() -> Path:
     if python is None:
         pytest.skip(f"the image runs Python {dockerfile_python()}; no such python on PATH")
     return image_venv_path(python)
+
+
+@pytest.fixture(autouse=True)
+def private_helper_state(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test's helpers remember connection secrets (helper/trust.py) in a state directory
+    of their own, never in the user's ``~/.local/state`` (children inherit it)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))

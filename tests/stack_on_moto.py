@@ -22,7 +22,14 @@ from tests.services import MariaDB
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"  # moto's default account
-IMAGE_URI = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/mlflow-aws@sha256:" + "0" * 64
+
+
+def image_uri(stack: str) -> str:
+    """The server image of ``stack`` as the program names it: its ECR repository, by digest."""
+    return f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/mlflow-aws/{stack}/server@sha256:" + "0" * 64
+
+
+IMAGE_URI = image_uri("e2e")
 SERVER_ROLE_NAME = "mlflow-aws-test-server"
 PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, REFERENCES, TRIGGER"
 
@@ -117,7 +124,7 @@ def bundle_for(
         database_endpoint=project.mariadb.host,
         database_port=port or project.mariadb.port,
         region=REGION,
-        image_uri=IMAGE_URI,
+        image_uri=image_uri(stack),
         mlflow_version=metadata.version("mlflow"),
         database_ca_bundle=ca_pem if ca_pem is not None else project.mariadb.ca_path.read_text(),
         server_role_arn=role_arn,

@@ -62,7 +62,7 @@ pytestmark = pytest.mark.slow
 MIB = 1 << 20
 GIB = 1 << 30
 PROJECT = "presigned"
-BUCKET = "mlflow-aws-presigned"
+BUCKET = "mlflow-aws-central-presigned"  # stack "central" (tests/central.py): its prefix
 REGION = "eu-west-1"
 CLIENT = Path(__file__).resolve().parent / "artifact_client.py"
 
@@ -387,7 +387,7 @@ def test_no_url_for_another_projects_prefix_can_be_obtained(
     assert status == 200 and b"X-Amz-Signature" in body, body
     escapes = ["../other/secret.bin", "%2E%2E/other/secret.bin", "..%2Fother%2Fsecret.bin",
                "x/../../other/secret.bin", "%252E%252E/other/secret.bin", "/other/secret.bin",
-               "//other/secret.bin", "s3://mlflow-aws-presigned/other/secret.bin"]  # fmt: skip
+               "//other/secret.bin", f"s3://{BUCKET}/other/secret.bin"]  # fmt: skip
     for escape in escapes:
         status, body = get(f"{base}/presigned/{escape}", headers)
         assert signed_paths(body) <= {f"/{BUCKET}/{PROJECT}/"} or status != 200, (escape, body)

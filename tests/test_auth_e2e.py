@@ -58,7 +58,8 @@ from tests.test_helper_e2e import TRACKING_SCRIPT, RunningHelper, serving, stop_
 pytestmark = pytest.mark.slow
 
 PROJECT = "central"
-BUCKET = "mlflow-aws-central"  # its own: other tests list their bucket whole
+# Its own (other tests list their bucket whole), with the stack's prefix (helper/trust.py).
+BUCKET = "mlflow-aws-central-artifacts"
 
 
 @pytest.fixture(scope="module")

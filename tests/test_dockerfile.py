@@ -7,6 +7,7 @@ from the image's own requirements is tests/test_image_requirements.py.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -202,11 +203,39 @@ def test_another_mlflow_version_gets_a_resolving_install(tmp_path: Path, version
     ]
 
 
+def base_image_problem(base: str) -> str | None:
+    """Why the FROM of the image is not a pinned python base, or None (issue 14: a tag alone
+    may be re-pushed, so the same Dockerfile would build on another base)."""
+    if not re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?@sha256:[0-9a-f]{64}", base):
+        return f"FROM {base}: must be python:3.11.<patch>-slim-<debian>@sha256:<digest>"
+    return None
+
+
+def test_an_unpinned_base_image_is_refused() -> None:
+    assert base_image_problem("python:3.11.14-slim-bookworm") is not None
+    assert base_image_problem("python:3.11.14-slim-bookworm@sha256:" + "0" * 63) is not None
+    assert base_image_problem("python:latest@sha256:" + "0" * 64) is not None
+    assert base_image_problem("python:3.11.14-slim-bookworm@sha256:" + "0" * 64) is None
+
+
 def test_dockerfile_runs_as_non_root_with_healthcheck_and_fetches_nothing_unpinned() -> None:
     instructions = dockerfile_instructions()
     words = [word for word, _ in instructions]
     [base] = [rest for word, rest in instructions if word == "FROM"]
-    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base)
+    assert base_image_problem(base) is None, base_image_problem(base)
+    # The writable places of the read-only root are volumes (ECS copies their owner into the
+    # task's volumes), the same the task definition and the helper's docker runtime mount.
+    from helper.runtimes import CONTAINER_HOME, CONTAINER_TMP
+    from infra.server import WRITABLE_PATHS
+
+    [volumes] = [json.loads(rest) for word, rest in instructions if word == "VOLUME"]
+    assert (
+        sorted(volumes)
+        == sorted(WRITABLE_PATHS.values())
+        == sorted([CONTAINER_HOME, CONTAINER_TMP])
+    )
+    last_run = max(i for i, word in enumerate(words) if word == "RUN")
+    assert words.index("VOLUME") > last_run  # after the last write into them
     [user] = [rest for word, rest in instructions if word == "USER"]
     assert user.split(":")[0] not in ("root", "0")
     assert words.index("USER") < words.index("ENTRYPOINT")

@@ -47,7 +47,7 @@ from tests.test_helper_e2e import helper_env, run_helper
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-BUCKET = "mlflow-aws-gc"
+BUCKET = "mlflow-aws-gc-artifacts"  # the stack's bucket prefix (helper/trust.py)
 BUCKET_ARN = f"arn:aws:s3:::{BUCKET}"
 
 

@@ -36,7 +36,7 @@ def test_gc_is_off_by_default_and_so_is_everything_without_the_central_server() 
     assert not laptop_only.of_type("aws:cloudwatch/dashboard:Dashboard")
 
 
-def test_a_schedule_per_project_runs_the_images_gc_as_the_projects_server_role() -> None:
+def test_a_schedule_per_project_runs_the_images_gc_as_the_projects_task_role() -> None:
     r = run({"mlflow-aws:gc": {"enabled": True, "schedule": "rate(12 hours)",
                                "olderThan": "7d", "traceRetention": "90d"}})  # fmt: skip
     schedules = {s.name: s for s in r.of_type(SCHEDULE)}
@@ -60,8 +60,9 @@ def test_a_schedule_per_project_runs_the_images_gc_as_the_projects_server_role()
                                                          "MLFLOW_AWS_DB_CA_BUNDLE"}  # fmt: skip
     assert all(s["valueFrom"].startswith(r.by_name("project-churn-connection").state["arn"])
                for s in container["secrets"])  # fmt: skip
-    # The task role is the project's server role (its prefix only), nothing broader.
-    assert task.inputs["taskRoleArn"] == r.by_name("project-churn-server-role").state["arn"]
+    # The task role is the project's tasks' own (its prefix; only ECS may assume it), nothing
+    # broader, and not the server role teammates become (issue 14).
+    assert task.inputs["taskRoleArn"] == r.by_name("tracking-churn-task-role").state["arn"]
     assert (
         task.inputs["executionRoleArn"] == (r.by_name("tracking-churn-execution-role").state["arn"])
     )
@@ -83,7 +84,7 @@ def test_the_scheduler_role_runs_that_task_and_passes_exactly_its_roles() -> Non
         == (r.by_name("tracking-cluster").state["arn"])
     )
     assert sorted(pass_role["Resource"]) == sorted([
-        r.by_name("project-churn-server-role").state["arn"],
+        r.by_name("tracking-churn-task-role").state["arn"],
         r.by_name("tracking-churn-execution-role").state["arn"],
     ])  # fmt: skip
     assert pass_role["Condition"] == {

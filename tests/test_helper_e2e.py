@@ -35,6 +35,7 @@ from tests.stack_on_moto import (
     bundle_for,
     create_project,
     ensure_bucket,
+    image_uri,
     put_connection_secret,
     server_role,
     write_outputs,
@@ -45,7 +46,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 TRACKING_SCRIPT = Path(__file__).resolve().parent / "tracking_script.py"
 AWS_SECRET_KEY = "moto-Secret-Key-5e4d3c2b1a"  # moto accepts any; distinctive, to look for leaks
-BUCKET = "mlflow-aws-e2e"
+BUCKET = "mlflow-aws-e2e-artifacts"  # the stack's bucket prefix (helper/trust.py)
 REGION = "eu-west-1"
 SERVE_TIMEOUT = 120.0
 
@@ -73,8 +74,9 @@ def role_arn(aws: dict[str, str]) -> str:
 
 def publish(aws: dict[str, str], project: Project, stack: str = "e2e", **bundle: Any) -> str:
     """The project's connection secret (ARN), as the program writes it."""
+    bucket = BUCKET if stack == "e2e" else f"mlflow-aws-{stack}-artifacts"  # the stack's own
     return put_connection_secret(
-        aws, bundle_for(project, stack, BUCKET, server_role(aws), **bundle)
+        aws, bundle_for(project, stack, bucket, server_role(aws), **bundle)
     )
 
 
@@ -406,7 +408,7 @@ def test_from_aws_with_several_stacks_needs_secret_id(
         env,
     )
     assert chosen.returncode == 0, chosen.stderr
-    assert chosen.stdout.strip().endswith(f"{IMAGE_URI} --app-name mlflow-aws-run-secret")
+    assert chosen.stdout.strip().endswith(f"{image_uri('prod')} --app-name mlflow-aws-run-secret")
     assert project.password not in chosen.stdout + chosen.stderr
     missing = run_helper(["command", "--project", "e2e-nosuch", "--from-aws"], env)
     assert missing.returncode == 1 and "no connection secret tagged" in missing.stderr
@@ -510,16 +512,15 @@ def test_upgrade_is_the_images_migration_step_under_its_lock(
     """``helper upgrade`` migrates as a starting server does (mlflow_aws.server.prepare): while
     another server holds the schema's migration lock it waits, and gives up without touching
     the schema; once the lock is free it migrates and records this MLflow as the schema's."""
-    from mlflow_aws.server.prepare import lock_name
+    from mlflow_aws.server.prepare import LOCK_TABLE, take_migration_lock
 
     project, outputs = project_with_outputs(mariadb, aws, "e2e-upgrade-lock", tmp_path)
     env = {**helper_env(aws, tmp_path), "MLFLOW_AWS_DB_MIGRATION_LOCK_SECONDS": "2"}
     source = ["--project", project.name, "--outputs", str(outputs)]
-    holder = mariadb.connect()
+    holder = mariadb.connect(project.user, project.password, project.schema)
+    holder.autocommit(False)
     try:
-        with holder.cursor() as cursor:  # another server, migrating
-            cursor.execute("SELECT GET_LOCK(%s, 0)", (lock_name(project.schema),))
-            assert cursor.fetchone() == (1,)
+        take_migration_lock(holder, 1)  # another server of the project, migrating
         started = time.monotonic()
         waited = run_helper(["upgrade", *source], env)
         assert waited.returncode == 1, waited.stderr[-3000:]
@@ -527,7 +528,7 @@ def test_upgrade_is_the_images_migration_step_under_its_lock(
         assert "another server holds the migration lock; waiting up to 2 s" in waited.stderr
         assert "gave up after 2 s waiting for another server's migration" in waited.stderr
         assert project.password not in waited.stderr and "Traceback" not in waited.stderr
-        assert project.query("SHOW TABLES") == []
+        assert project.query("SHOW TABLES") == [(LOCK_TABLE,)]  # no MLflow table yet
     finally:
         holder.close()  # the lock goes with its session
     upgraded = run_helper(["upgrade", *source], env)

@@ -51,7 +51,8 @@ AWS_SECRET = "aws-secret-KEY-9f8e7d6c5b4a"
 AWS_TOKEN = "aws-session-TOKEN-1a2b3c4d5e"
 SECRETS = (PROJECT_PASSWORD, ADMIN_PASSWORD, AWS_SECRET, AWS_TOKEN)
 ENDPOINT = "demo.cluster-abc.eu-west-1.rds.amazonaws.com"
-IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlflow-aws@sha256:" + "a" * 64
+# As the stack writes them (helper/trust.py checks each against the secret it came from).
+IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlflow-aws/dev/server@sha256:" + "a" * 64
 CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBdemo\n-----END CERTIFICATE-----\n"
 RUN_SECRET = "run-secret-" + "r" * 32
 ROLE_ARN = "arn:aws:iam::123456789012:role/mlflow-aws-churn-0001"
@@ -65,14 +66,16 @@ def sample_outputs() -> dict[str, Any]:
         return {
             "Database": schema,
             "Username": f"mlflow_{schema}",
-            "ArtifactRoot": f"s3://demo-bucket/{name}",
-            "ConnectionSecretArn": f"arn:aws:secretsmanager:eu-west-1:1:secret:dev/{name}",
-            "PolicyArn": f"arn:aws:iam::1:policy/mlflow-aws-dev-{name}",
-            "ServerRoleArn": f"arn:aws:iam::1:role/mlflow-aws-{name}",
+            "ArtifactRoot": f"s3://mlflow-aws-dev-demo/{name}",
+            "ConnectionSecretArn": (
+                f"arn:aws:secretsmanager:eu-west-1:123456789012:secret:mlflow-aws/dev/{name}-AbC123"
+            ),
+            "PolicyArn": f"arn:aws:iam::123456789012:policy/mlflow-aws-dev-{name}",
+            "ServerRoleArn": f"arn:aws:iam::123456789012:role/mlflow-aws-{name}-0001",
         }
 
     return {
-        "ArtifactRoot": "s3://demo-bucket",
+        "ArtifactRoot": "s3://mlflow-aws-dev-demo",
         "DatabaseEndpoint": ENDPOINT,
         "DatabasePort": 3306,
         "DatabaseUsername": "mlflow_admin",
@@ -95,7 +98,7 @@ def sample_bundle(project: str = "churn") -> dict[str, Any]:
         password=PROJECT_PASSWORD,
         backend_store_uri=f"mysql+pymysql://mlflow_{schema}:{PROJECT_PASSWORD}@{ENDPOINT}:3306/"
         f"{schema}",
-        artifact_root=f"s3://demo-bucket/{project}",
+        artifact_root=f"s3://mlflow-aws-dev-demo/{project}",
         database_endpoint=ENDPOINT,
         database_port=3306,
         region="eu-west-1",
@@ -169,7 +172,7 @@ def test_container_environment_holds_store_ca_role_credentials_and_pinned_hosts(
         churn.backend_store_uri + "?init_command=SET%20SESSION%20wait_timeout%3D30"
     )
     assert env["MLFLOW_AWS_DB_CA_BUNDLE"] == CA_PEM
-    assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://demo-bucket/churn"
+    assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://mlflow-aws-dev-demo/churn"
     assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert env["AWS_SECRET_ACCESS_KEY"] == AWS_SECRET and env["AWS_SESSION_TOKEN"] == AWS_TOKEN
     # Inside the container: the image's host and port; the browser's: the published one.
@@ -427,8 +430,8 @@ def test_projects_lists_names_and_artifact_roots(
     code, out, _ = projects_from(sample_outputs(), tmp_path, capsys)
     assert code == 0
     assert out.splitlines() == [
-        "churn\ts3://demo-bucket/churn",
-        "fraud-detection\ts3://demo-bucket/fraud-detection",
+        "churn\ts3://mlflow-aws-dev-demo/churn",
+        "fraud-detection\ts3://mlflow-aws-dev-demo/fraud-detection",
     ]
 
 
@@ -469,7 +472,9 @@ def test_outputs_errors_name_the_field(
 
 def test_outputs_hold_no_password_and_none_is_read() -> None:
     parsed = parse_stack_outputs(sample_outputs(), "t")
-    assert parsed.project("churn").connection_secret_arn.endswith(":secret:dev/churn")
+    assert parsed.project("churn").connection_secret_arn.endswith(
+        ":secret:mlflow-aws/dev/churn-AbC123"
+    )
     # A file from before (with passwords in it) still parses; the passwords are not kept.
     old = copy.deepcopy(sample_outputs())
     old["Projects"]["churn"]["Password"] = PROJECT_PASSWORD
@@ -541,7 +546,7 @@ def put_secret(aws_env: dict[str, str], name: str, bundle: dict[str, Any]) -> st
 def test_command_reads_the_secret_the_outputs_name_and_prints_no_value(
     aws_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    arn = put_secret(aws_env, "mlflow-aws/unit/churn", sample_bundle())
+    arn = put_secret(aws_env, "mlflow-aws/dev/churn", sample_bundle())
     outputs = sample_outputs()
     outputs["Projects"]["churn"]["ConnectionSecretArn"] = arn
     path = write_outputs(tmp_path, outputs)
@@ -820,7 +825,7 @@ def test_stack_source_reads_outputs_with_the_pulumi_cli_decrypting_nothing(
     calls = fake_pulumi(tmp_path / "bin", sample_outputs())
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}/usr/bin:/bin")
     code, out, err = run_cli(["projects", "--stack", "dev"], capsys)
-    assert code == 0 and out.startswith("churn\ts3://demo-bucket/churn\n"), err
+    assert code == 0 and out.startswith("churn\ts3://mlflow-aws-dev-demo/churn\n"), err
     logged = calls.read_text()
     # Reading a stack's outputs must not change the user's current stack, nor decrypt.
     assert logged.splitlines() == ["stack output --json --stack dev --non-interactive"]

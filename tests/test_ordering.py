@@ -22,7 +22,7 @@ WAITS_FOR: dict[str, dict[str, str]] = {
     "tracking-{p}-service": {
         "project-{p}-connection-version": "its tasks read the bundle's keys at start",
         "project-{p}-schema": "the backend URI's user must exist with its password",
-        "project-{p}-server-role-policy": "the task role's S3 rights",
+        "tracking-{p}-task-policy": "the task role's S3 rights",
         "tracking-{p}-execution-policy": "pulling the image and reading the secret",
         "tracking-{p}-rule": "the target group must be attached to the load balancer",
         "tracking-{p}-tg": "its load balancer",
@@ -44,7 +44,7 @@ WAITS_FOR: dict[str, dict[str, str]] = {
         "tracking-cluster": "where it runs",
     },
     "gc-{p}-task": {
-        "project-{p}-server-role": "the task role (its prefix only)",
+        "tracking-{p}-task-role": "the task role (its prefix only; only ECS may assume it)",
         "tracking-{p}-execution-role": "ECS starts the task as it",
         "tracking-{p}-logs": "the awslogs group",
         "server-image": "the image digest",
@@ -91,7 +91,7 @@ WAITS_FOR: dict[str, dict[str, str]] = {
     },
     "tracking-{p}-task": {
         "tracking-{p}-execution-role": "ECS starts the task as it",
-        "project-{p}-server-role": "the task role",
+        "tracking-{p}-task-role": "the task role (only ECS may assume it)",
         "server-image": "the image digest",
         "tracking-{p}-logs": "the awslogs group",
     },
@@ -217,7 +217,7 @@ def test_a_missing_wait_is_reported() -> None:
         for n in (
             "project-churn-connection-version",
             "project-churn-schema",
-            "project-churn-server-role-policy",
+            "tracking-churn-task-policy",
             "tracking-churn-upgrade",  # which waits for them too
         )
     }

@@ -33,7 +33,7 @@ from tests.stack_on_moto import (
 )
 from tests.test_helper_e2e import helper_env, run_helper
 
-BUCKET = "mlflow-aws-restore"
+BUCKET = "mlflow-aws-restore-artifacts"  # the stack's bucket prefix (helper/trust.py)
 ENDPOINT = "mlflow-aws-dev-x1.cluster-c0ffee123456.eu-west-1.rds.amazonaws.com"
 
 
@@ -71,7 +71,7 @@ def test_the_plan_names_the_stacks_resources_and_no_secret(tmp_path: Path) -> No
     assert "--db-cluster-identifier mlflow-aws-dev-x1-restore-202611301300 " in plan
     assert "--restore-to-time 2026-11-30T13:00:00Z" in plan
     assert "Key=mlflow-aws:project,Values=churn Key=mlflow-aws:stack,Values=dev" in plan
-    assert "s3://mlflow-aws-restore/churn/" in plan
+    assert "s3://mlflow-aws-restore-artifacts/churn/" in plan
     assert "restore-schema --project churn --outputs" in plan and "--stamp 202611301300" in plan
     assert "churn__before_202611301300" in plan
     assert "delete-db-cluster --region eu-west-1 --db-cluster-identifier mlflow-aws-dev-x1-" in plan

@@ -329,7 +329,14 @@ def test_task_runs_the_stack_image_under_its_prefix_with_pinned_hosts() -> None:
     # A project without roles or groups gets no empty variable (ECS would drop it: a diff).
     assert "MLFLOW_AWS_IAM_ALLOWED_ROLES" not in environment(r, "fraud")
 
+    # Issue 14: a read-only root; writable only the two task-local volumes MLflow needs.
+    assert c["readonlyRootFilesystem"] is True
+    assert c["mountPoints"] == [
+        {"sourceVolume": "home", "containerPath": "/home/mlflow", "readOnly": False},
+        {"sourceVolume": "tmp", "containerPath": "/tmp", "readOnly": False},
+    ]
     task = named(r, "tracking-churn-task").inputs
+    assert task["volumes"] == [{"name": "home"}, {"name": "tmp"}]  # no host path: ephemeral
     assert task["requiresCompatibilities"] == ["FARGATE"]
     assert task["networkMode"] == "awsvpc"
     assert (task["cpu"], task["memory"]) == ("512", "1024")
@@ -339,31 +346,54 @@ def test_task_runs_the_stack_image_under_its_prefix_with_pinned_hosts() -> None:
     }
 
 
-def test_task_role_is_the_projects_server_role_and_the_group_lookup() -> None:
+def test_tasks_run_as_their_own_role_that_only_ecs_can_assume() -> None:
+    """Issue 14: the group lookup (iam:ListGroupsForUser) was on the project's server role,
+    which every teammate may assume. The tasks now run as a task role of their own that only
+    ECS tasks of this account and region can assume; the server role keeps the prefix alone."""
     r = on()
-    # churn allows a group: its role may list an IAM user's groups (and nothing else more);
-    # fraud allows none: nothing is added.
-    lookup = json.loads(named(r, "tracking-churn-group-lookup").inputs["policy"])["Statement"]
-    assert lookup == [{"Sid": "AllowedGroupsOfCallers", "Effect": "Allow",
-                       "Action": ["iam:ListGroupsForUser"],
-                       "Resource": [f"arn:aws:iam::{ACCOUNT}:user/*"]}]  # fmt: skip
-    churn_role = named(r, "project-churn-server-role")
-    assert (
-        named(r, "tracking-churn-group-lookup").inputs["role"]
-        == churn_role.state["arn"].rsplit("/", 1)[-1]
-    )
-    assert not [x for x in r.resources if x.name == "tracking-fraud-group-lookup"]
     bucket_arn = r.one("aws:s3/bucket:Bucket").state["arn"]
     for project in ("churn", "fraud"):
-        role = named(r, f"project-{project}-server-role")
-        task = named(r, f"tracking-{project}-task").inputs
-        assert task["taskRoleArn"] == role.state["arn"]
-        policy = named(r, f"project-{project}-server-role-policy").inputs["policy"]
-        assert json.loads(policy) == server_policy_document(bucket_arn, project)
-        trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
-        [ecs] = [s for s in trust if s.get("Principal", {}).get("Service")]
-        assert ecs["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
-        assert ecs["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
+        task_role = named(r, f"tracking-{project}-task-role")
+        server_role = named(r, f"project-{project}-server-role")
+        assert named(r, f"tracking-{project}-task").inputs["taskRoleArn"] == task_role.state["arn"]
+        assert task_role.state["arn"] != server_role.state["arn"]
+        [trust] = json.loads(task_role.inputs["assumeRolePolicy"])["Statement"]
+        assert trust["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+        assert trust["Action"] == "sts:AssumeRole"
+        assert trust["Condition"] == {  # the ECS docs' confused-deputy guard
+            "ArnLike": {"aws:SourceArn": f"arn:aws:ecs:{REGION}:{ACCOUNT}:*"},
+            "StringEquals": {"aws:SourceAccount": ACCOUNT},
+        }
+        policy = named(r, f"tracking-{project}-task-policy")
+        assert policy.inputs["role"] == task_role.id  # the role's id is its name
+        assert json.loads(policy.inputs["policy"]) == server_policy_document(bucket_arn, project)
+        # The role teammates become: the prefix only, and ECS may not assume it.
+        server_trust = json.loads(server_role.inputs["assumeRolePolicy"])["Statement"]
+        assert [s["Principal"] for s in server_trust] == [{"AWS": f"arn:aws:iam::{ACCOUNT}:root"}]
+        on_server_role = [
+            json.loads(p.inputs["policy"])
+            for p in r.of_type("aws:iam/rolePolicy:RolePolicy")
+            if p.inputs["role"] == server_role.id
+        ]
+        assert on_server_role == [server_policy_document(bucket_arn, project)]
+        assert not [
+            a
+            for a in r.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+            if a.inputs["role"] == server_role.id
+        ]
+
+    # churn allows a group: its task role may list an IAM user's groups (nothing else more);
+    # fraud allows none: nothing is added.
+    lookup = named(r, "tracking-churn-group-lookup")
+    assert json.loads(lookup.inputs["policy"])["Statement"] == [
+        {"Sid": "AllowedGroupsOfCallers", "Effect": "Allow", "Action": ["iam:ListGroupsForUser"],
+         "Resource": [f"arn:aws:iam::{ACCOUNT}:user/*"]}
+    ]  # fmt: skip
+    assert lookup.inputs["role"] == named(r, "tracking-churn-task-role").id
+    assert not [x for x in r.resources if x.name == "tracking-fraud-group-lookup"]
+    service = named(r, "tracking-churn-service")
+    for waited in ("tracking-churn-task-policy", "tracking-churn-group-lookup"):
+        assert named(r, waited).urn in service.dependencies
 
 
 def test_execution_role_pulls_reads_its_secret_and_logs_only() -> None:

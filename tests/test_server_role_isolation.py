@@ -43,7 +43,7 @@ from tests.test_helper_e2e import cmdline, environ, run_tracking_script, serving
 
 pytestmark = pytest.mark.slow
 
-BUCKET = "mlflow-aws-iso"
+BUCKET = "mlflow-aws-iso-artifacts"  # the stack's bucket prefix (helper/trust.py)
 BUCKET_ARN = f"arn:aws:s3:::{BUCKET}"
 REPOSITORY_ARN = f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/mlflow-aws/iso/server"
 
@@ -79,10 +79,10 @@ def teammate(enforcing_moto: MotoServer, mariadb: MariaDB, tmp_path_factory: Any
         PolicyName="prefix",
         PolicyDocument=json.dumps(server_policy_document(BUCKET_ARN, "churn")),
     )
-    project = create_project(mariadb, "churn-iso")
+    # Named churn: its prefix is its name, as the program makes it (the helper checks that).
+    project = create_project(mariadb, "churn")
     env = {**moto.aws_env(), "AWS_ACCESS_KEY_ID": "setup", "AWS_SECRET_ACCESS_KEY": "setup"}
     bundle = bundle_for(project, "iso", BUCKET, role_arn)
-    bundle["ArtifactRoot"] = f"s3://{BUCKET}/churn"
     secret_arn = put_connection_secret(env, bundle)
     project_policy = policy_document(BUCKET_ARN, "churn", secret_arn, REPOSITORY_ARN, role_arn)
     iam.put_user_policy(UserName="teammate", PolicyName="project",

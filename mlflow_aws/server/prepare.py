@@ -5,11 +5,14 @@ in ``MLFLOW_BACKEND_STORE_URI`` (never in argv). A server of another MLflow vers
 schema's never starts (mlflow_aws/schema_version.py): with ``MLFLOW_AWS_DB_MIGRATE_ON_START``
 other than ``true`` that is all it checks; with ``true`` it may first upgrade an older schema,
 and then records its version as the schema's. Several servers starting together (the tasks of
-a Fargate rollout, or two teammates' containers) each take the MySQL named lock
-``mlflow-aws:migrate:<schema>`` (``GET_LOCK``): the first creates or upgrades the schema the way
-``mlflow db upgrade`` does, the others wait for it and then find the schema at this MLflow's
-head revision. A failure exits 1, so the server never starts on a half-migrated schema (on ECS
-the task fails and the deployment circuit breaker keeps the old tasks).
+a Fargate rollout, or two teammates' containers) each take the migration lock, a row lock on
+the one row of ``mlflow_aws_migration_lock`` in the project's own schema (``SELECT … FOR
+UPDATE``): the first creates or upgrades the schema the way ``mlflow db upgrade`` does, the
+others wait for it and then find the schema at this MLflow's head revision. Only users with
+rights on the schema can take that lock; a MySQL named lock (``GET_LOCK``) would not do: it is
+server-wide, needs no privilege, and any project's user could hold another project's name.
+A failure exits 1, so the server never starts on a half-migrated schema (on ECS the task fails
+and the deployment circuit breaker keeps the old tasks).
 
 Only the schema name and revisions are printed: never the URI, the user's password or the
 driver's connection arguments.
@@ -34,7 +37,10 @@ CONNECT_BUDGET_SECONDS = 120.0
 # The migration's sessions must outlive the server's short idle wait_timeout (init_command):
 # a lock held on a connection the database closed would be released mid-migration.
 MIGRATION_SESSION_SECONDS = 8 * 3600
-LOCK_NAME_MAX = 64  # MySQL's limit for GET_LOCK names
+# In the project's schema, so only its own users can lock it (mlflow_aws/schema_version.py and
+# the emptiness check below ignore it).
+LOCK_TABLE = "mlflow_aws_migration_lock"
+LOCK_WAIT_TIMEOUT_ERROR = 1205  # ER_LOCK_WAIT_TIMEOUT (MySQL and MariaDB)
 
 Outcome = str  # "initialised" | "upgraded" | "current"
 
@@ -47,8 +53,29 @@ def say(message: str) -> None:
     print(f"mlflow-aws: {message}", file=sys.stderr, flush=True)
 
 
-def lock_name(schema: str) -> str:
-    return f"mlflow-aws:migrate:{schema}"[:LOCK_NAME_MAX]
+class MigrationLockBusy(Exception):
+    """Another session of the project holds the migration lock past the wait."""
+
+
+def take_migration_lock(connection: Any, wait_seconds: int) -> None:
+    """Lock the one row of ``LOCK_TABLE`` on ``connection`` (a pymysql or SQLAlchemy DBAPI
+    connection, autocommit off) until it commits, rolls back or closes; ``MigrationLockBusy``
+    after ``wait_seconds`` (at least 1: InnoDB's smallest wait) if another session holds it."""
+    import pymysql
+
+    with connection.cursor() as cursor:
+        # CREATE TABLE commits implicitly: no row is locked yet at this point.
+        cursor.execute(f"CREATE TABLE IF NOT EXISTS {LOCK_TABLE} (id INTEGER NOT NULL PRIMARY KEY)")
+        cursor.execute(f"SET SESSION innodb_lock_wait_timeout = {max(1, int(wait_seconds))}")
+        try:
+            # INSERT IGNORE waits on the row too when another session has it locked.
+            cursor.execute(f"INSERT IGNORE INTO {LOCK_TABLE} (id) VALUES (1)")
+            cursor.execute(f"SELECT id FROM {LOCK_TABLE} WHERE id = 1 FOR UPDATE")
+        except pymysql.err.OperationalError as exc:
+            if exc.args and exc.args[0] == LOCK_WAIT_TIMEOUT_ERROR:
+                connection.rollback()
+                raise MigrationLockBusy from None
+            raise
 
 
 def _engine(uri: str) -> Any:
@@ -106,6 +133,16 @@ def _record(engine: Any) -> None:
         record(connection, mine.version, mine.head)
 
 
+def _is_empty(engine: Any) -> bool:
+    """No table but mlflow-aws's own (the lock table exists before MLflow's first table)."""
+    import sqlalchemy
+
+    from mlflow_aws.schema_version import RECORD_TABLE
+
+    tables = set(sqlalchemy.inspect(engine).get_table_names())
+    return not tables - {LOCK_TABLE, RECORD_TABLE}
+
+
 def _migrate(engine: Any, schema: str) -> Outcome:
     """What ``mlflow db upgrade`` does, plus refusing a schema newer than this MLflow."""
     from alembic.script import ScriptDirectory
@@ -113,7 +150,7 @@ def _migrate(engine: Any, schema: str) -> Outcome:
 
     check_version(engine, schema, may_migrate=True)
     head = db_utils._get_latest_schema_revision()
-    if db_utils._is_empty_database(engine):
+    if _is_empty(engine):
         say(f"schema {schema} is empty: creating MLflow's tables (revision {head})")
         db_utils._initialize_tables(engine)
         return "initialised"
@@ -137,31 +174,28 @@ def _migrate(engine: Any, schema: str) -> Outcome:
 
 
 def prepare(uri: str, lock_seconds: int) -> Outcome:
-    """Create or upgrade the schema of ``uri`` under the schema's named lock."""
-    import sqlalchemy
-
+    """Create or upgrade the schema of ``uri`` under the schema's migration lock."""
     engine = _engine(uri)
     schema = engine.url.database or "?"
-    name = lock_name(schema)
     try:
         with _connect(engine, schema) as lock_connection:
-            got = lock_connection.execute(
-                sqlalchemy.text("SELECT GET_LOCK(:name, 0)"), {"name": name}
-            ).scalar()
-            if got != 1:
+            # The DBAPI connection itself: its transaction (the row lock) stays open while the
+            # migration runs on the engine's other connections.
+            raw = lock_connection.connection.dbapi_connection
+            try:
+                take_migration_lock(raw, 1)
+            except MigrationLockBusy:
                 say(
                     f"schema {schema}: another server holds the migration lock; waiting up to "
                     f"{lock_seconds} s"
                 )
-                got = lock_connection.execute(
-                    sqlalchemy.text("SELECT GET_LOCK(:name, :seconds)"),
-                    {"name": name, "seconds": lock_seconds},
-                ).scalar()
-            if got != 1:
-                raise PrepareError(
-                    f"schema {schema}: gave up after {lock_seconds} s waiting for another "
-                    "server's migration (MLFLOW_AWS_DB_MIGRATION_LOCK_SECONDS)"
-                )
+                try:
+                    take_migration_lock(raw, lock_seconds)
+                except MigrationLockBusy:
+                    raise PrepareError(
+                        f"schema {schema}: gave up after {lock_seconds} s waiting for another "
+                        "server's migration (MLFLOW_AWS_DB_MIGRATION_LOCK_SECONDS)"
+                    ) from None
             try:
                 started = time.monotonic()
                 outcome = _migrate(engine, schema)
@@ -170,8 +204,7 @@ def prepare(uri: str, lock_seconds: int) -> Outcome:
                     say(f"schema {schema} {outcome} in {time.monotonic() - started:.1f} s")
                 return outcome
             finally:
-                release = sqlalchemy.text("SELECT RELEASE_LOCK(:name)")
-                lock_connection.execute(release, {"name": name})
+                raw.rollback()  # releases the row lock (nothing was written under it)
     finally:
         engine.dispose()
 
