@@ -71,6 +71,8 @@ def test_an_sso_role_matches_its_permission_set_in_this_account_only() -> None:
     assert sso_permission_set(f"x{SSO_ROLE}") is None and sso_permission_set(f"{SSO_ROLE}0") is None
     assert sso_permission_set("AWSReservedSSO_DataScientist_0123456789abcde'") is None
     assert sso_permission_set("AWSReservedSSO__0123456789abcdef") is None  # no permission set
+    # "None" is a valid permission set name: its entry allows no role that is not an SSO one
+    assert not role_allowed(OWN, "ml-team", frozenset({"sso:None"}), OWN)
     assert not role_allowed(
         OWN, "AWSReservedSSO_DataScientist", frozenset({"sso:DataScientist"}), OWN
     )
