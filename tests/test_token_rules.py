@@ -431,3 +431,19 @@ def test_an_sts_error_is_one_short_line() -> None:
     line = sts_error((long + "</Message></Error></ErrorResponse>").encode())
     assert line.startswith("X: m m") and len(line) == 300 and "\n" not in line
     assert sts_error(b"<ErrorResponse/>") == "?: "
+
+
+@pytest.mark.parametrize("change", ["drop", "add", "quote"])
+def test_a_signature_that_is_not_64_hex_digits_is_refused(change: str) -> None:
+    signature = re.search(r"Signature=([0-9a-f]+)", authorization())
+    assert signature is not None and len(signature[1]) == 64
+    forged = {"drop": signature[1][:-1], "add": signature[1] + "a",
+              "quote": signature[1][:-1] + "'"}[change]  # fmt: skip
+    refused(with_header("authorization", authorization().replace(signature[1], forged)),
+            "not an AWS4-HMAC-SHA256 signature for sts")  # fmt: skip
+
+
+def test_a_marker_read_of_another_url_names_that_url() -> None:
+    data = decoded()
+    data["marker"]["url"] = MARKER.replace("/churn/", "/fraud/")
+    refused(data, re.escape(f"token reads the sign-in marker {data['marker']['url']!r}"))
