@@ -12,11 +12,21 @@ import pulumi
 
 from infra.account import survey
 from infra.alarms import AlarmedProject, Alarms, AlarmsArgs
-from infra.artifact_store import ArtifactStore, ArtifactStoreArgs
+from infra.artifact_store import (
+    LOAD_BALANCER_LOG_PREFIX,
+    ArtifactStore,
+    ArtifactStoreArgs,
+    LoadBalancerLogDelivery,
+)
 from infra.config import load_stack_config, role_attachment_warnings
 from infra.database import MetadataDatabase, MetadataDatabaseArgs
 from infra.gc_schedule import GcSchedule, GcScheduleArgs
-from infra.server import ServiceProject, TrackingService, TrackingServiceArgs
+from infra.server import (
+    LoadBalancerAccessLogs,
+    ServiceProject,
+    TrackingService,
+    TrackingServiceArgs,
+)
 from infra.server_image import ServerImage, ServerImageArgs
 from infra.upgrade import UpgradeGate
 from projects.password_retirement import MysqlPasswordRetirement, MysqlPasswordRetirementArgs
@@ -33,7 +43,18 @@ for warning in role_attachment_warnings(config.projects):
 tags = {"mlflow-aws:stack": config.stack}
 
 store = ArtifactStore(
-    "artifacts", ArtifactStoreArgs(stack=config.stack, protect=config.protect, tags=tags)
+    "artifacts",
+    ArtifactStoreArgs(
+        stack=config.stack,
+        protect=config.protect,
+        tags=tags,
+        # The central server's load balancer logs every request here (a prefix no project reads).
+        load_balancer_logs=(
+            LoadBalancerLogDelivery(account.account_id, account.region, account.partition)
+            if config.server.enabled
+            else None
+        ),
+    ),
 )
 database = MetadataDatabase(
     "metadata",
@@ -141,6 +162,11 @@ if config.server.enabled:
             partition=account.partition,
             ecs_tasks_principal=account.ecs_tasks_principal,
             ecs_service_linked_role=account.ecs_service_linked_role,
+            access_logs=LoadBalancerAccessLogs(
+                bucket=store.bucket_name,
+                prefix=LOAD_BALANCER_LOG_PREFIX,
+                bucket_policy=store.policy,
+            ),
             upgrade=UpgradeGate(
                 mlflow_version=config.mlflow_version,
                 database_cluster_arn=database.cluster_arn,

@@ -377,6 +377,16 @@ class TrackingServiceArgs:
     # An mlflowVersion change stops the writers and migrates once (infra/upgrade.py); None
     # leaves the gate out (tests of other parts).
     upgrade: UpgradeGate | None = None
+    # The load balancer's access logs: the artifact bucket, a prefix no project can read, and
+    # the bucket policy that lets the load balancer write there (AWS checks it at enable time).
+    access_logs: LoadBalancerAccessLogs | None = None
+
+
+@dataclass
+class LoadBalancerAccessLogs:
+    bucket: pulumi.Input[str]
+    prefix: str
+    bucket_policy: pulumi.Resource
 
 
 class TrackingService(pulumi.ComponentResource):
@@ -519,9 +529,22 @@ class TrackingService(pulumi.ComponentResource):
                 idle_timeout=IDLE_TIMEOUT_SECONDS,
                 drop_invalid_header_fields=True,
                 enable_deletion_protection=args.protect,
+                access_logs=(
+                    aws.lb.LoadBalancerAccessLogsArgs(
+                        bucket=args.access_logs.bucket,
+                        prefix=args.access_logs.prefix,
+                        enabled=True,
+                    )
+                    if args.access_logs
+                    else None
+                ),
                 tags=tags,
             ),
-            pulumi.ResourceOptions(parent=self, protect=args.protect),
+            pulumi.ResourceOptions(
+                parent=self,
+                protect=args.protect,
+                depends_on=[args.access_logs.bucket_policy] if args.access_logs else [],
+            ),
         )
         https = aws.lb.Listener(
             f"{name}-https",

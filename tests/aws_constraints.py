@@ -224,6 +224,9 @@ S3_BLOCK = (
 )
 S3_POLICY = "https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucket-policies.html"
 S3_LIFECYCLE = "https://docs.aws.amazon.com/AmazonS3/latest/API/API_LifecycleRule.html"
+ELB_ACCESS_LOGS = (
+    "https://docs.aws.amazon.com/elasticloadbalancing/latest/application/enable-access-logging.html"
+)
 S3_ABORT_MPU = (
     "https://docs.aws.amazon.com/AmazonS3/latest/API/API_AbortIncompleteMultipartUpload.html; "
     "https://docs.aws.amazon.com/AmazonS3/latest/userguide/mpu-abort-incomplete-mpu-lifecycle-config.html"
@@ -1161,6 +1164,50 @@ def break_abort_multipart(r: Registered, ctx: Context) -> None:
     rule["filter"] = {"tag": {"key": "k", "value": "v"}}
 
 
+def lb_access_logs_ok(r: Registered, ctx: Context) -> list[str]:
+    """Access logs: a prefix without "AWSLogs" (ELB adds it) nor a leading or trailing slash;
+    a bucket encrypted with SSE-S3 only (ELB cannot write SSE-KMS); a policy on that bucket
+    granting s3:PutObject on <prefix>/AWSLogs/<account>/* that the load balancer waits for
+    (enabling logging writes a test object and fails on Access Denied)."""
+    logs = r.inputs.get("accessLogs") or {}
+    if not logs.get("enabled"):
+        return []
+    problems = []
+    prefix, bucket = logs.get("prefix") or "", logs.get("bucket")
+    if "AWSLogs" in prefix or prefix.startswith("/") or prefix.endswith("/"):
+        problems.append(f"accessLogs.prefix {prefix!r}: no AWSLogs, no leading/trailing /")
+    for sse in ctx.of(SSE):
+        if sse.inputs.get("bucket") == bucket:
+            algorithms = {
+                rule["applyServerSideEncryptionByDefault"]["sseAlgorithm"]
+                for rule in sse.inputs["rules"]
+            }
+            if algorithms != {"AES256"}:
+                problems.append(f"the log bucket's encryption {algorithms}: SSE-S3 (AES256) only")
+    account = ctx.account.arn("iam", "x", region=False).split(":")[4]
+    resource = f"arn:{ctx.account.partition}:s3:::{bucket}/{prefix}/AWSLogs/{account}/*"
+    granting = [
+        p
+        for p in ctx.of(BUCKET_POLICY)
+        if p.inputs.get("bucket") == bucket
+        and any(
+            st.get("Effect") == "Allow"
+            and "s3:PutObject" in str(st.get("Action"))
+            and st.get("Resource") == resource
+            for st in json.loads(p.inputs["policy"])["Statement"]
+        )
+    ]
+    if not granting:
+        problems.append(f"no bucket policy grants s3:PutObject on {resource}")
+    elif not any(p.urn in r.dependencies for p in granting):
+        problems.append("the load balancer does not wait for the log bucket's policy")
+    return problems
+
+
+def break_lb_access_logs(r: Registered, ctx: Context) -> None:
+    r.inputs["accessLogs"]["prefix"] = "AWSLogs/lb"
+
+
 def schema_ok(r: Registered, ctx: Context) -> list[str]:
     problems = []
     if not re.fullmatch(r"[a-z0-9_]{1,64}", str(r.inputs["schema"])):
@@ -1946,6 +1993,14 @@ RULES: list[Rule] = [
         "subnets; at most 5 security groups",
         f"{ELB_AZ}; {ELB_LB}",
         break_lb_subnets,
+    ),
+    whole(
+        LB,
+        lb_access_logs_ok,
+        "access logs: prefix without AWSLogs; an SSE-S3 bucket whose policy lets the "
+        "Region's ELB writer put <prefix>/AWSLogs/<account>/*, created first",
+        ELB_ACCESS_LOGS,
+        break_lb_access_logs,
     ),
     whole(
         LISTENER,

@@ -13,8 +13,10 @@ import re
 from typing import Any
 
 from helper.outputs import parse_connection_bundle
+from infra.artifact_store import LOAD_BALANCER_LOG_PREFIX, LoadBalancerLogDelivery
 from infra.iam import PULL_ACTIONS
 from infra.server import AUTH_APP, LOG_RETENTION_DAYS, TLS_POLICY
+from mlflow_aws.names import name_problem
 from projects.project import server_policy_document
 from tests.pulumi_mocks import (
     ACCOUNT,
@@ -591,3 +593,61 @@ def test_the_ai_gateway_is_off_unless_the_stack_turns_it_on_with_a_kek_of_its_ow
     [read] = [st for st in policy["Statement"] if st["Sid"] == "ReadConnectionSecret"]
     assert kek in read["Resource"]
     assert named(r, "tracking-fraud-gateway-kek").state["arn"] != kek  # one per project
+
+
+# ------------------------------------------------------------------ load balancer access logs
+
+
+def test_the_load_balancer_logs_every_request_where_no_project_can_read() -> None:
+    """Issue 14 (Low): ALB access logs go to the artifact bucket under a prefix no project's
+    policy covers; the bucket policy lets only the Region's log writer put objects there, and
+    the load balancer waits for it (AWS writes a test object when logging is enabled).
+    Source: https://docs.aws.amazon.com/elasticloadbalancing/latest/application/enable-access-logging.html"""
+    r = run(ON)
+    bucket = r.one("aws:s3/bucket:Bucket").state["bucket"]
+    lb = r.one(LB)
+    assert lb.inputs["accessLogs"] == {
+        "bucket": bucket, "prefix": LOAD_BALANCER_LOG_PREFIX, "enabled": True,
+    }  # fmt: skip
+    policy = r.one("aws:s3/bucketPolicy:BucketPolicy")
+    assert policy.urn in lb.dependencies
+    statements = {s["Sid"]: s for s in json.loads(policy.inputs["policy"])["Statement"]}
+    assert statements["DenyInsecureTransport"]["Effect"] == "Deny"  # TLS-only still holds
+    logs = statements["LoadBalancerAccessLogs"]
+    assert logs["Effect"] == "Allow" and logs["Action"] == "s3:PutObject"
+    assert logs["Principal"] == {"AWS": "arn:aws:iam::156460612806:root"}  # eu-west-1's ELB
+    assert logs["Resource"] == (
+        f"arn:aws:s3:::{bucket}/{LOAD_BALANCER_LOG_PREFIX}/AWSLogs/{ACCOUNT}/*"
+    )
+    # No project may read (or write) there: its prefix is not one a project name can have.
+    assert name_problem(LOAD_BALANCER_LOG_PREFIX) is not None
+    iam_policies = r.of_type("aws:iam/policy:Policy") + r.of_type("aws:iam/rolePolicy:RolePolicy")
+    assert iam_policies
+    for policy_resource in iam_policies:
+        text = json.dumps(plain(policy_resource.inputs.get("policy")))
+        assert LOAD_BALANCER_LOG_PREFIX not in text, policy_resource.name
+        assert f"arn:aws:s3:::{bucket}/*" not in text, policy_resource.name
+    # Without the central server there is no load balancer and nothing may write logs.
+    off = run({"mlflow-aws:projects": PROJECTS})
+    [statement] = json.loads(off.one("aws:s3/bucketPolicy:BucketPolicy").inputs["policy"])[
+        "Statement"
+    ]
+    assert statement["Sid"] == "DenyInsecureTransport"
+
+
+def test_the_log_writer_is_the_regions_elb_account_or_the_delivery_service() -> None:
+    """Regions opened before August 2022 deliver from their ELB account (partition-aware);
+    later ones (e.g. ap-south-2, eu-central-2) through the log delivery service principal."""
+    assert LoadBalancerLogDelivery(ACCOUNT, "us-east-1").writer() == {
+        "AWS": "arn:aws:iam::127311923021:root"
+    }
+    assert LoadBalancerLogDelivery(ACCOUNT, "us-gov-west-1", "aws-us-gov").writer() == {
+        "AWS": "arn:aws-us-gov:iam::048591011584:root"
+    }
+    assert LoadBalancerLogDelivery(ACCOUNT, "cn-north-1", "aws-cn").writer() == {
+        "AWS": "arn:aws-cn:iam::638102146993:root"
+    }
+    for newer in ("ap-south-2", "eu-central-2", "il-central-1", "ca-west-1"):
+        assert LoadBalancerLogDelivery(ACCOUNT, newer).writer() == {
+            "Service": "logdelivery.elasticloadbalancing.amazonaws.com"
+        }, newer
