@@ -247,6 +247,18 @@ def _check_private_directory(path: Path, info: os.stat_result, exact_mode: bool)
     )
 
 
+def _only_too_readable(info: os.stat_result) -> bool:
+    """A real directory of this user's that others may read or enter but not write to."""
+    mode = stat.S_IMODE(info.st_mode)
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == os.getuid()
+        and mode != 0o700
+        and not mode & 0o022
+        and not mode & 0o7000
+    )
+
+
 def run_directory(environ: Mapping[str, str] = os.environ) -> Path:
     """Private (0700) place for the record of each server this user's helpers run: under
     ``$XDG_RUNTIME_DIR`` (or ``~/.cache``), which must be the user's and writable by nobody
@@ -262,7 +274,13 @@ def run_directory(environ: Mapping[str, str] = os.environ) -> Path:
         for directory in (base / "mlflow-aws", path):
             with contextlib.suppress(FileExistsError):
                 directory.mkdir(mode=0o700)
-            _check_private_directory(directory, directory.lstat(), exact_mode=True)
+            info = directory.lstat()
+            if _only_too_readable(info):
+                # Earlier helpers made ~/.cache/mlflow-aws with mkdir's default mode (0755):
+                # nobody else could write there, so nothing can have been planted; tighten it.
+                os.chmod(directory, 0o700)
+                info = directory.lstat()
+            _check_private_directory(directory, info, exact_mode=True)
     except OSError as exc:
         raise HelperError(
             f"cannot create {path}, where the helper records the servers it runs ({exc.strerror});"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import weakref
 from typing import Any
 
 from mlflow_aws import environment as env_names
@@ -45,7 +46,14 @@ def _active_queues() -> list[Any]:
     import gc
 
     queue_type = module.AsyncLoggingQueue
-    return [q for q in gc.get_objects() if isinstance(q, queue_type) and not q.is_idle()]
+    # Weak proxies are skipped by their own type: isinstance() on one whose referent is gone
+    # raises ReferenceError (and a live one would name a queue found directly anyway).
+    proxies = (weakref.ProxyType, weakref.CallableProxyType)
+    return [
+        q
+        for q in gc.get_objects()
+        if type(q) not in proxies and isinstance(q, queue_type) and not q.is_idle()
+    ]
 
 
 def drain_within_bound() -> None:

@@ -151,3 +151,23 @@ def test_with_the_network_gone_at_exit_mlflow_hangs_and_the_bound_ends_it(
     assert took is not None and took < 15.0, stderr
     assert code == 1 and "did not finish within 3 s" in stderr and "lost" in stderr
     assert metric_rows(mlflow_server, run_id) == 200  # those flushed before the partition
+
+
+def test_a_dead_weak_proxy_in_the_process_does_not_break_the_exit_hook() -> None:
+    """The hook scans every object for MLflow's queues; a weak proxy whose referent is gone
+    (the gc task's process held one) made isinstance() raise ReferenceError at exit, printing
+    a traceback after gc's JSON summary. It must be skipped, and live queues still found."""
+    import weakref
+
+    import mlflow.utils.async_logging.async_logging_queue  # noqa: F401 (what the hook looks for)
+
+    from mlflow_aws import async_exit
+
+    class Referent:
+        pass
+
+    referent = Referent()
+    held = [weakref.proxy(referent)]
+    del referent
+    assert async_exit._active_queues() == []
+    assert held  # the dead proxy was there to scan

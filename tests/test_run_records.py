@@ -140,3 +140,17 @@ def test_only_the_helpers_own_docker_stop_is_run(
     supervise.reclaim_port(port, err)
     assert err.getvalue() == ""
     assert calls.read_text() == f"stop --time 10 mlflow-churn-{port}\n"
+
+
+def test_a_directory_an_earlier_helper_made_0755_is_tightened_not_refused(
+    runtime_dir: Path,
+) -> None:
+    """Helpers before the run-record checks made ``mlflow-aws`` with mkdir's default 0755
+    (a teammate upgrading keeps it): nobody else could write there, so the helper makes it
+    0700 and goes on; one that others may write to is still refused (above)."""
+    (runtime_dir / "mlflow-aws").mkdir(mode=0o755)
+    (runtime_dir / "mlflow-aws").chmod(0o755)
+    run_dir = supervise.run_directory()
+    assert stat.S_IMODE((runtime_dir / "mlflow-aws").stat().st_mode) == 0o700
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    supervise.reclaim_port(free_port(), io.StringIO())  # nothing recorded: silent
