@@ -101,6 +101,10 @@ def make_identities(moto: MotoServer) -> Identities:
             with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
                 iam.create_group(GroupName=group)
             iam.add_user_to_group(GroupName=group, UserName=name)
+        # IAM allows two access keys per user, and the moto server outlives one test module:
+        # a fresh key each time, the earlier ones deleted.
+        for old in iam.list_access_keys(UserName=name)["AccessKeyMetadata"]:
+            iam.delete_access_key(UserName=name, AccessKeyId=old["AccessKeyId"])
         key = iam.create_access_key(UserName=name)["AccessKey"]
         return Credentials(key["AccessKeyId"], key["SecretAccessKey"])
 

@@ -433,7 +433,9 @@ def test_helper_refuses_a_malformed_connection_secret(
     aws = moto.aws_env()
     secrets = aws_client("secretsmanager", aws)
     value = content if isinstance(content, str) else json.dumps(content)
-    name = f"mlflow-aws/hostile/{len(value)}-{abs(hash(value))}"
+    # Named as the stack names connection secrets (helper/trust.py reads no other), one stack
+    # per content, so that what is refused is the content, not the name.
+    name = f"mlflow-aws/hostile{len(value)}x{abs(hash(value)) % 10**12}/churn"
     try:
         arn = secrets.create_secret(Name=name, SecretString=value)["ARN"]
     except secrets.exceptions.ResourceExistsException:
