@@ -15,7 +15,7 @@ from unittest import mock
 
 import pytest
 
-from infra.server import AUTH_APP
+from infra.containers import AUTH_APP
 from mlflow_aws.auth.token import TOKEN_PREFIX, make_token, sts_endpoint_url
 from tests import image_server
 from tests.central import ALLOWED_ROLE, Identities, get, make_identities, marker_url, put_marker
