@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow_aws.names import REGISTRY_SCHEMA, ProjectIdentifiers
+from mlflow_aws.server_settings import connections_per_server
 
 CHARSET = "utf8mb4"
 COLLATION = "utf8mb4_bin"  # case-sensitive: MLflow keys "LR" and "lr" are distinct
@@ -45,8 +46,20 @@ PROJECT_PRIVILEGES = (
     "UPDATE",
 )
 # One project's servers cannot take every connection of the cluster (or keep it awake with
-# hundreds): a laptop server pools at most 10, a central task 10.
-DEFAULT_MAX_USER_CONNECTIONS = 50
+# hundreds). Every server, a teammate's laptop one or a central task, pools at most
+# ``connections_per_server()`` (server.env's pool size plus overflow, read from the file the image
+# bakes); a project user has room for this many laptop servers, plus each central task
+# (``max_user_connections``; infra/config.py adds the stack's tasks).
+LAPTOP_SERVERS_PER_PROJECT = 5
+CONNECTIONS_PER_SERVER = connections_per_server()
+
+
+def max_user_connections(central_tasks: int = 0) -> int:
+    """A project user's MySQL connection limit: its laptop servers' and central tasks' pools."""
+    return (LAPTOP_SERVERS_PER_PROJECT + central_tasks) * CONNECTIONS_PER_SERVER
+
+
+DEFAULT_MAX_USER_CONNECTIONS = max_user_connections()
 
 SqlValue = str | int | float | bool | None
 
