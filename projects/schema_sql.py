@@ -4,8 +4,8 @@ decisions it takes from what it saw. No I/O here (``projects/data_api.py`` runs 
 Every identifier enters SQL through ``quote_identifier``; every value travels as a named
 parameter (``:name``), except the password in ``CREATE USER``/``ALTER USER``: MySQL takes only
 a string literal after ``IDENTIFIED BY`` (a server-side prepared statement refuses a
-placeholder there), so ``password_literal`` admits only ``[A-Za-z0-9._~-]`` (what
-``MlflowProject`` generates), which cannot end the literal or escape from it. Statements that
+placeholder there), so ``password_literal`` admits only ``mlflow_aws/passwords.py``'s characters
+(what ``MlflowProject`` generates), which cannot end the literal or escape from it. Statements that
 carry it are marked ``secret`` and never shown.
 
 The guards of README.md "Adding a project" live in ``decide_create`` / ``decide_change``: the
@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlflow_aws import passwords
 from mlflow_aws.names import REGISTRY_SCHEMA, ProjectIdentifiers
 from mlflow_aws.server_settings import connections_per_server
 
@@ -64,8 +65,9 @@ DEFAULT_MAX_USER_CONNECTIONS = max_user_connections()
 SqlValue = str | int | float | bool | None
 
 _IDENTIFIER = re.compile(r"[a-z][a-z0-9_]{0,63}")
-_PASSWORD = re.compile(r"[A-Za-z0-9._~-]{12,128}")
-PASSWORD_RULE = "12 to 128 characters from A-Z a-z 0-9 . _ ~ -"  # noqa: S105 (a rule, not one)
+MIN_PASSWORD, MAX_PASSWORD = 12, 128
+_PASSWORD = passwords.pattern(MIN_PASSWORD, MAX_PASSWORD)
+PASSWORD_RULE = f"{MIN_PASSWORD} to {MAX_PASSWORD} characters from {passwords.SHOWN}"
 
 
 class SchemaProviderError(Exception):
