@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.pulumi_mocks import ACCOUNT, MockAccount, ProgramRun, Registered
+from tests.support.pulumi_mocks import ACCOUNT, MockAccount, ProgramRun, Registered
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 
