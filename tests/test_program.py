@@ -8,6 +8,7 @@ from functools import cache
 from typing import Any
 
 from infra.config import pinned_mlflow_version
+from mlflow_aws import passwords
 from tests.support.pulumi_mocks import (
     ACCOUNT,
     CUSTOM_VPC_ID,
@@ -162,7 +163,8 @@ def test_password_reaches_resources_only_as_secret() -> None:
 def test_admin_password_is_long_and_mysql_url_safe() -> None:
     pw = run().one("random:index/randomPassword:RandomPassword").inputs
     assert pw["length"] >= 32
-    assert set(pw["overrideSpecial"]) <= set("-_.~")  # RFC 3986 unreserved: no URL quoting
+    # RFC 3986 unreserved: no URL quoting
+    assert set(pw["overrideSpecial"]) <= set(passwords.UNRESERVED_SPECIALS)
 
 
 # ----------------------------------------------------------------------------- components
