@@ -35,7 +35,7 @@ from infra.config import (
     parse_stack_config,
     pinned_mlflow_version,
 )
-from tests.pulumi_mocks import ROOT, RecordingMocks, run_program
+from tests.support.pulumi_mocks import ROOT, RecordingMocks, run_program
 
 
 def parse(values: dict[str, Any], stack: str = "dev") -> StackConfig:
@@ -150,7 +150,7 @@ def test_names_that_map_onto_accounts_the_stack_or_engine_owns(name: str, owner:
 
 
 def test_ca_bundle_file(tmp_path: Any) -> None:
-    from tests.pulumi_mocks import make_ca_pem
+    from tests.support.pulumi_mocks import make_ca_pem
 
     pem = tmp_path / "rds-ca.pem"
     pem.write_text(make_ca_pem())

@@ -9,7 +9,7 @@ from typing import Any
 
 from infra.config import pinned_mlflow_version
 from mlflow_aws import passwords
-from tests.pulumi_mocks import (
+from tests.support.pulumi_mocks import (
     ACCOUNT,
     CUSTOM_VPC_ID,
     DEFAULT_SUBNETS,
@@ -323,7 +323,7 @@ def test_schemas_are_made_through_the_data_api_of_a_private_cluster() -> None:
 
 
 def test_the_connection_bundle_carries_the_database_ca_bundle() -> None:
-    from tests.pulumi_mocks import mock_ca_file
+    from tests.support.pulumi_mocks import mock_ca_file
 
     r = run({"mlflow-aws:projects": "churn"})
     version = r.by_name("project-churn-connection-version")

@@ -22,7 +22,7 @@ from typing import Any
 
 from mlflow_aws.passwords import CHARACTER_CLASS, UNRESERVED_SPECIALS
 from projects.schema_sql import MAX_PASSWORD, MIN_PASSWORD, PASSWORD_RULE
-from tests.pulumi_mocks import ACCOUNT, MockAccount, ProgramRun, Registered
+from tests.support.pulumi_mocks import ACCOUNT, MockAccount, ProgramRun, Registered
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 
