@@ -42,7 +42,7 @@ from helper.server_settings import (
 )
 from mlflow_aws.bundle import ConnectionBundle
 from mlflow_aws.server_settings import ServerSettingsError
-from tests.services import MotoServer, free_port
+from tests.support.services import MotoServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PASSWORD = "Pr0ject-Pw_x7Q9zK2m"

@@ -20,7 +20,7 @@ from infra.project_service import LOG_RETENTION_DAYS
 from infra.server import TLS_POLICY
 from mlflow_aws.names import name_problem
 from projects.project import server_policy_document
-from tests.pulumi_mocks import (
+from tests.support.pulumi_mocks import (
     ACCOUNT,
     CUSTOM_VPC_ID,
     DEFAULT_SUBNETS,
@@ -551,7 +551,7 @@ def test_a_password_rotation_rolls_the_tasks_and_then_retires_the_old_password()
     depends = set(retirement.dependencies)
     assert named(r, "tracking-churn-service").urn in depends
     assert named(r, "project-churn-schema").urn in depends
-    from tests.grpc_provider import is_secret
+    from tests.support.grpc_provider import is_secret
 
     assert is_secret(retirement.inputs["password"])  # the engine keeps it encrypted
 
