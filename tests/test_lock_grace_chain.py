@@ -21,7 +21,7 @@ from mlflow_aws import environment as env_names
 from mlflow_aws.server import prepare
 from mlflow_aws.server_settings import SERVER_ENV_PATH, migration_lock_seconds
 from projects.upgrade_provider import DEFAULT_START_TIMEOUT_SECONDS
-from tests.pulumi_mocks import run_program
+from tests.support.pulumi_mocks import run_program
 
 
 def lock_in_server_env() -> int:

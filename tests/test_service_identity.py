@@ -20,7 +20,13 @@ from typing import Any
 
 import pytest
 
-from tests.pulumi_mocks import MockAccount, ProgramRun, RecordingMocks, Registered, run_program
+from tests.support.pulumi_mocks import (
+    MockAccount,
+    ProgramRun,
+    RecordingMocks,
+    Registered,
+    run_program,
+)
 
 BEFORE = json.loads(
     (Path(__file__).parent / "data" / "tracking_urns_before_split.json").read_text()
