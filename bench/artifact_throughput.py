@@ -27,27 +27,24 @@ import contextlib
 import hashlib
 import os
 import secrets
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench.common import load_average, log, nothing_left_behind, rss_bytes, table, verdict, workdir
 from infra.server import IDLE_TIMEOUT_SECONDS
 from mlflow_aws.artifact_settings import PRESIGNED, PROXIED, client_settings
 from mlflow_aws.auth.token import MARKER_NAME
-from tests.central import (
+from tests.support.central import (
     CentralServer,
     client_aws_env,
     make_identities,
     moto_clients,
     running_central_server,
 )
-from tests.services import running_mariadb, running_moto
+from tests.support.services import running_mariadb, running_moto
 
 MIB = 1 << 20
 BUCKET = "mlflow-aws-bench-artifacts"
@@ -319,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
             s3.create_bucket(Bucket=BUCKET,
                              CreateBucketConfiguration={"LocationConstraint": REGION})  # fmt: skip
-        from tests.stack_on_moto import create_project
+        from tests.support.stack_on_moto import create_project
 
         project = create_project(db, PROJECT)
         uri = db.url(project.user, project.password, project.schema)

@@ -28,11 +28,11 @@ from types import FrameType
 from typing import IO
 
 from .errors import HelperError
+from .watchdog import STOP_TIMEOUT_SECONDS, stop_group
 
 # MLflow's words when the schema is older than the server ("Detected out-of-date database schema").
 SCHEMA_OUT_OF_DATE_MARKER = "out-of-date database schema"
 HEALTH_TIMEOUT_SECONDS = 300.0  # a first start migrates an empty schema; Aurora may be resuming
-STOP_TIMEOUT_SECONDS = 15.0
 
 
 class StopRequested(Exception):
@@ -162,31 +162,8 @@ def health_ok(port: int, timeout: float = 2.0) -> bool:
 def stop_process_group(
     process: subprocess.Popen[str], timeout: float = STOP_TIMEOUT_SECONDS
 ) -> None:
-    """SIGTERM the child's whole group (mlflow and its uvicorn), SIGKILL what is left."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            continue
-        # The leader is gone; workers of the group may linger a moment.
-        if _group_gone(process.pid, timeout):
-            return
-    _group_gone(process.pid, timeout)
-
-
-def _group_gone(pgid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        time.sleep(0.05)
-    return False
+    """Stop the child's whole group (mlflow and its uvicorn): ``watchdog.stop_group``."""
+    stop_group(process.pid, process, timeout)
 
 
 @dataclass
@@ -407,11 +384,7 @@ def reclaim_port(port: int, err: IO[str] = sys.stderr) -> None:
             f"started on port {port} (process group {pgid}, since {record.get('started')}) "
             "still running; stopping it\n"
         )
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGTERM)
-        _group_gone(pgid, STOP_TIMEOUT_SECONDS)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
+        stop_group(pgid)
     if record.get("on_orphan"):
         command = accepted_on_orphan(record, port)
         if command is None:

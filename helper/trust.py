@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mlflow_aws.names import (
+    CONNECTION_SECRET_NAME,
     bucket_prefix,
     connection_secret_name,
     server_repository_name,
@@ -43,8 +44,6 @@ _SECRET_ARN = re.compile(
     r"arn:(?P<partition>aws(?:-[a-z]+)*):secretsmanager:(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+):"
     r"(?P<account>\d{12}):secret:(?P<name>[A-Za-z0-9/_+=.@-]+)-[A-Za-z0-9]{6}"
 )
-# Pulumi stack names: letters, digits, hyphens, underscores and periods.
-_SECRET_NAME = re.compile(r"mlflow-aws/(?P<stack>[A-Za-z0-9._-]{1,100})/(?P<project>[a-z0-9-]+)")
 _ROLE_ARN = re.compile(r"arn:(?P<partition>[a-z-]+):iam::(?P<account>\d{12}):role/(?P<name>.+)")
 _ROLE_NAME = re.compile(r"[\w+=,.@-]{1,64}")
 _IMAGE = re.compile(r"(?P<registry>[^/@]+)/(?P<repository>[a-z0-9._/-]+)@sha256:[0-9a-f]{64}")
@@ -69,7 +68,7 @@ class SecretIdentity:
 
 
 def is_connection_secret_name(name: str, project: str | None = None) -> bool:
-    match = _SECRET_NAME.fullmatch(name)
+    match = CONNECTION_SECRET_NAME.fullmatch(name)
     return match is not None and (project is None or match["project"] == project)
 
 
@@ -84,7 +83,7 @@ def secret_identity(arn: str, project: str, source: str) -> SecretIdentity:
             f"{source}: partition {match['partition']} of {arn} is not one the helper knows "
             f"({', '.join(sorted(PARTITION_DNS_SUFFIX))})"
         )
-    name = _SECRET_NAME.fullmatch(match["name"])
+    name = CONNECTION_SECRET_NAME.fullmatch(match["name"])
     if name is None or name["project"] != project:
         raise OutputsError(
             f"{source}: secret {match['name']!r} is not the connection secret of project "

@@ -33,13 +33,15 @@ import pulumi_random as random
 
 from infra.config import ProjectConfig
 from infra.iam import PolicyDocument, Statement, image_pull_statements
+from mlflow_aws import passwords
 from mlflow_aws.bundle import ConnectionBundle
 from mlflow_aws.names import validate_name
 from projects.schema_provider import MysqlSchema, MysqlSchemaArgs
 from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS
 
 COMPONENT_TYPE = "mlflow-aws:projects:MlflowProject"
-PASSWORD_SPECIALS = "-_."  # noqa: S105 (a character set) safe unquoted in MySQL, URLs, env files and shells
+# Safe unquoted in MySQL, URLs, env files and shells (mlflow_aws/passwords.py).
+PASSWORD_SPECIALS = passwords.SHELL_SAFE_SPECIALS
 OUTPUT_KEYS = (
     "Database",
     "Username",

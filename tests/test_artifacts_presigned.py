@@ -39,7 +39,7 @@ from mlflow_aws.artifact_settings import (
     printed_settings,
 )
 from mlflow_aws.part_urls import part_url_seconds
-from tests.central import (
+from tests.support.central import (
     CentralServer,
     Identities,
     clean_env,
@@ -49,8 +49,8 @@ from tests.central import (
     outputs_with_tracking_uri,
     running_central_server,
 )
-from tests.services import MariaDB, MotoServer, free_port
-from tests.stack_on_moto import Project, aws_client, create_project
+from tests.support.services import MariaDB, MotoServer, free_port
+from tests.support.stack_on_moto import Project, aws_client, create_project
 from tests.test_helper_e2e import (
     aws,  # noqa: F401 (a fixture)
     cmdline,
@@ -67,13 +67,13 @@ pytestmark = pytest.mark.slow
 MIB = 1 << 20
 GIB = 1 << 30
 PROJECT = "presigned"
-BUCKET = "mlflow-aws-central-presigned"  # stack "central" (tests/central.py): its prefix
+BUCKET = "mlflow-aws-central-presigned"  # stack "central" (tests/support/central.py): its prefix
 REGION = "eu-west-1"
-CLIENT = Path(__file__).resolve().parent / "artifact_client.py"
+CLIENT = Path(__file__).resolve().parent / "support" / "artifact_client.py"
 
 
 def project_marker(moto: MotoServer) -> str:
-    from tests.central import marker_url
+    from tests.support.central import marker_url
 
     return marker_url(moto, f"s3://{BUCKET}/{PROJECT}")
 

@@ -36,7 +36,7 @@ from mlflow_aws.auth.token import (
     make_token,
     sts_endpoint_url,
 )
-from tests.central import (
+from tests.support.central import (
     ACCOUNT,
     REGION,
     SSO_IMPOSTOR_ROLE,
@@ -51,8 +51,8 @@ from tests.central import (
     outputs_with_tracking_uri,
     running_central_server,
 )
-from tests.services import MariaDB, MotoServer, free_port
-from tests.stack_on_moto import Project, aws_client, create_project
+from tests.support.services import MariaDB, MotoServer, free_port
+from tests.support.stack_on_moto import Project, aws_client, create_project
 from tests.test_helper_e2e import TRACKING_SCRIPT, RunningHelper, serving, stop_helper
 
 pytestmark = pytest.mark.slow

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -33,7 +35,7 @@ from infra.config import (
     parse_stack_config,
     pinned_mlflow_version,
 )
-from tests.pulumi_mocks import ROOT, RecordingMocks, run_program
+from tests.support.pulumi_mocks import ROOT, RecordingMocks, run_program
 
 
 def parse(values: dict[str, Any], stack: str = "dev") -> StackConfig:
@@ -148,7 +150,7 @@ def test_names_that_map_onto_accounts_the_stack_or_engine_owns(name: str, owner:
 
 
 def test_ca_bundle_file(tmp_path: Any) -> None:
-    from tests.pulumi_mocks import make_ca_pem
+    from tests.support.pulumi_mocks import make_ca_pem
 
     pem = tmp_path / "rds-ca.pem"
     pem.write_text(make_ca_pem())
@@ -664,17 +666,51 @@ def test_the_upgrade_settings_default_to_refusing_connected_clients_and_a_snapsh
 
 
 def test_each_project_user_has_room_for_the_laptops_and_every_central_task() -> None:
-    from infra.config import CONNECTIONS_PER_SERVER
     from mlflow_aws.server_settings import server_env_defaults
 
-    defaults = server_env_defaults()
-    assert (
-        int(defaults["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"])
-        + int(defaults["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"])
-        == CONNECTIONS_PER_SERVER
+    defaults = server_env_defaults()  # the file the image bakes (docker/Dockerfile copies it)
+    per_server = int(defaults["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]) + int(
+        defaults["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"]
     )
-    assert parse({}).max_user_connections == 50
-    assert parse({"server": {**SERVER, "maxTasks": 6}}).max_user_connections == 50 + 6 * 10
+    assert per_server == 10  # the figure the sizing comments quote
+    assert parse({}).max_user_connections == 5 * per_server == 50
+    assert parse({"server": {**SERVER, "maxTasks": 6}}).max_user_connections == 11 * per_server
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert f"connection limit ({5 * per_server}, plus {per_server} per central task)" in readme
+
+
+# server.env's pool, changed alone (as an edit of the file would), in a fresh interpreter.
+_OTHER_POOL = """
+import json, sys
+import mlflow_aws.server_settings as settings
+baked = settings.server_env_defaults
+settings.server_env_defaults = lambda path=settings.SERVER_ENV_PATH: {
+    **baked(path),
+    "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "3",
+    "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "4",
+}
+from infra.config import parse_stack_config
+from projects.project import MlflowProjectArgs
+from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS
+server = {"enabled": True, "domainName": "mlflow.example.com",
+          "hostedZoneId": "Z0123456789ABCDEFGHIJ", "maxTasks": 6}
+config = parse_stack_config({"mlflow-aws:server": json.dumps(server)}, "dev")
+fields = MlflowProjectArgs.__dataclass_fields__
+print(json.dumps([DEFAULT_MAX_USER_CONNECTIONS, config.max_user_connections,
+                  fields["max_user_connections"].default]))
+"""
+
+
+def test_a_pool_size_changed_in_server_env_alone_moves_every_connection_limit_with_it() -> None:
+    # A limit typed out anywhere (the SQL default, the config's sum, the component's default)
+    # would stay behind when the pool grows: each must follow from server.env.
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER_POOL], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    sql_default, with_tasks, component_default = json.loads(done.stdout.splitlines()[-1])
+    assert sql_default == component_default == 5 * 7
+    assert with_tasks == (5 + 6) * 7
 
 
 def test_the_load_balancer_may_be_open_to_the_internet_the_database_never() -> None:

@@ -17,10 +17,17 @@ import pytest
 
 from infra.server import AUTH_APP
 from mlflow_aws.auth.token import TOKEN_PREFIX, make_token, sts_endpoint_url
-from tests import image_server
-from tests.central import ALLOWED_ROLE, Identities, get, make_identities, marker_url, put_marker
-from tests.services import MariaDB, MotoServer, free_port
-from tests.stack_on_moto import REGION, create_project, ensure_bucket
+from tests.support import image_server
+from tests.support.central import (
+    ALLOWED_ROLE,
+    Identities,
+    get,
+    make_identities,
+    marker_url,
+    put_marker,
+)
+from tests.support.services import MariaDB, MotoServer, free_port
+from tests.support.stack_on_moto import REGION, create_project, ensure_bucket
 
 pytestmark = pytest.mark.slow
 

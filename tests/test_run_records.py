@@ -19,7 +19,7 @@ import pytest
 
 from helper import supervise
 from helper.errors import HelperError
-from tests.services import free_port
+from tests.support.services import free_port
 
 
 def plant(run_dir: Path, port: int, command: list[str], project: str = "churn") -> Path:

@@ -27,8 +27,8 @@ from typing import Any
 import boto3
 import pytest
 
-from tests import image_server
-from tests.services import MariaDB, MotoServer, free_port
+from tests.support import image_server
+from tests.support.services import MariaDB, MotoServer, free_port
 from tests.test_helper_e2e import Project, create_project, run_tracking_script
 
 BUCKET = "mlflow-aws-prefix"

@@ -18,7 +18,7 @@ from infra.iam import PULL_ACTIONS
 from infra.server import AUTH_APP, LOG_RETENTION_DAYS, TLS_POLICY
 from mlflow_aws.names import name_problem
 from projects.project import server_policy_document
-from tests.pulumi_mocks import (
+from tests.support.pulumi_mocks import (
     ACCOUNT,
     CUSTOM_VPC_ID,
     DEFAULT_SUBNETS,
@@ -546,7 +546,7 @@ def test_a_password_rotation_rolls_the_tasks_and_then_retires_the_old_password()
     depends = set(retirement.dependencies)
     assert named(r, "tracking-churn-service").urn in depends
     assert named(r, "project-churn-schema").urn in depends
-    from tests.grpc_provider import is_secret
+    from tests.support.grpc_provider import is_secret
 
     assert is_secret(retirement.inputs["password"])  # the engine keeps it encrypted
 

@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.pulumi_mocks import ACCOUNT, MockAccount, ProgramRun, Registered
+from mlflow_aws.passwords import CHARACTER_CLASS, UNRESERVED_SPECIALS
+from projects.schema_sql import MAX_PASSWORD, MIN_PASSWORD, PASSWORD_RULE
+from tests.support.pulumi_mocks import ACCOUNT, MockAccount, ProgramRun, Registered
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 
@@ -1411,8 +1413,8 @@ def password_ok(r: Registered, ctx: Context) -> list[str]:
     if r.name.endswith("admin-password"):  # the Aurora master password
         if not 8 <= length <= 41 or specials & set('/"@ '):
             return ['Aurora master password: 8-41 printable characters without / " @ or space']
-    elif not 12 <= length <= 128 or not specials <= set("._~-"):
-        return ["project password: 12-128 of A-Z a-z 0-9 . _ ~ - (a SQL literal)"]
+    elif not MIN_PASSWORD <= length <= MAX_PASSWORD or not specials <= set(UNRESERVED_SPECIALS):
+        return [f"project password: {PASSWORD_RULE} (a SQL literal)"]
     return []
 
 
@@ -1635,7 +1637,7 @@ RULES: list[Rule] = [
         PASSWORD,
         password_ok,
         'Aurora master password 8-41 without / " @ space; project '
-        "passwords 12-128 of [A-Za-z0-9._~-]",
+        f"passwords {MIN_PASSWORD}-{MAX_PASSWORD} of {CHARACTER_CLASS}",
         f"{AURORA_PASSWORD}; {MYSQL_PASSWORD}",
         break_password,
     ),

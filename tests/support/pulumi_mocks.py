@@ -42,7 +42,7 @@ with warnings.catch_warnings():
     ):  # fmt: skip
         getattr(getattr(pulumi_aws, _module), "_utilities", None)  # forces the lazy load
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "__main__.py"
 PROJECT = "mlflow-aws"
 
