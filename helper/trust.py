@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import re
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from mlflow_aws.names import (
     server_repository_name,
 )
 
+from . import private
 from .outputs import OutputsError, ProjectConnection, ProjectOutputs
 
 # The DNS suffix of each partition's service endpoints (ECR registries, S3).
@@ -239,11 +239,11 @@ class SecretPins:
                 f"secrets ({exc.strerror}; a symbolic link is refused)"
             ) from None
         with os.fdopen(fd, encoding="utf-8") as handle:
-            info = os.fstat(handle.fileno())
-            if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+            problem = private.problem(os.fstat(handle.fileno()), directory=False)
+            if problem is not None:
                 raise OutputsError(
-                    f"{self.path} is not a private file of yours (mode "
-                    f"{stat.S_IMODE(info.st_mode):04o}): remove it, the helper makes a new one"
+                    f"{self.path} is not a private file of yours (it {problem}): remove it, "
+                    "the helper makes a new one"
                 )
             try:
                 data = json.load(handle)
@@ -262,21 +262,21 @@ class SecretPins:
         data[key] = {"arn": arn, "since": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")}
         directory = self.path.parent
         try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            info = directory.lstat()
-            if (
-                not stat.S_ISDIR(info.st_mode)
-                or info.st_uid != os.getuid()
-                or stat.S_IMODE(info.st_mode) & 0o077
-            ):
+            directory.mkdir(parents=True, exist_ok=True, mode=private.PRIVATE_DIRECTORY_MODE)
+            problem = private.problem(directory.lstat(), directory=True)
+            if problem is not None:
                 raise OutputsError(
-                    f"{directory} is not a private directory of yours (it must be yours, mode "
-                    "0700, not a symbolic link); set XDG_STATE_HOME to one that is"
+                    f"{directory} is not a private directory of yours (it {problem}; it must be "
+                    "yours, mode 0700, not a symbolic link); set XDG_STATE_HOME to one that is"
                 )
             temporary = directory / f".{self.FILE}.{os.getpid()}"
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            fd = os.open(
+                temporary,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                private.PRIVATE_FILE_MODE,
+            )
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(data, handle, indent=1, sort_keys=True)
             os.replace(temporary, self.path)
