@@ -234,6 +234,7 @@ class Registered:
     dependencies: tuple[str, ...] = ()
     additional_secret_outputs: tuple[str, ...] = ()
     custom_timeouts: dict[str, str] = field(default_factory=dict)  # create/update/delete
+    aliases: tuple[Any, ...] = ()  # the request's alias specs (pulumi alias_pb2.Alias)
 
 
 class RecordingMocks(pulumi_mocks.Mocks):
@@ -492,6 +493,7 @@ class SecretAwareMonitor(pulumi_mocks.MockMonitor):
         record.dependencies = tuple(request.dependencies)
         record.ignore_changes = tuple(request.ignoreChanges)
         record.additional_secret_outputs = tuple(request.additionalSecretOutputs)
+        record.aliases = tuple(request.aliases)
         timeouts = request.customTimeouts
         record.custom_timeouts = {
             k: getattr(timeouts, k) for k in ("create", "update", "delete") if getattr(timeouts, k)
