@@ -142,9 +142,14 @@ class MockAccount:
     # The ECS service-linked role: None (the account never ran ECS) or its tags.
     ecs_service_linked_role: dict[str, str] | None = field(default_factory=dict)
 
+    @property
+    def account_id(self) -> str:
+        """The mock account's id (ACCOUNT): what every ARN of it and the caller identity name."""
+        return ACCOUNT
+
     def arn(self, service: str, resource: str, region: bool = True, account: bool = True) -> str:
         return (f"arn:{self.partition}:{service}:{self.region if region else ''}:"
-                f"{ACCOUNT if account else ''}:{resource}")  # fmt: skip
+                f"{self.account_id if account else ''}:{resource}")  # fmt: skip
 
     @property
     def dns_suffix(self) -> str:
