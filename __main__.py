@@ -22,8 +22,8 @@ from infra.config import load_stack_config, role_attachment_warnings
 from infra.database import MetadataDatabase, MetadataDatabaseArgs
 from infra.gc_schedule import GcSchedule, GcScheduleArgs
 from infra.project_service import ServiceProject
-from infra.server import LoadBalancerAccessLogs, TrackingService, TrackingServiceArgs
 from infra.server_image import ServerImage, ServerImageArgs
+from infra.tracking_service import LoadBalancerAccessLogs, TrackingService, TrackingServiceArgs
 from infra.upgrade import UpgradeGate
 from projects.password_retirement import MysqlPasswordRetirement, MysqlPasswordRetirementArgs
 from projects.project import MlflowProject, MlflowProjectArgs

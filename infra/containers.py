@@ -37,7 +37,9 @@ CONTAINER_NAME = "mlflow"
 WRITABLE_PATHS = {"tmp": "/tmp", "home": "/home/mlflow"}  # noqa: S108 (inside the container)
 # The image's server port, from mlflow_aws/server.env (the one definition the image bakes).
 CONTAINER_PORT = container_port()
-HTTPS_PORT = 443  # the load balancer's (infra/server.py): browsers send the name without it
+HTTPS_PORT = (
+    443  # the load balancer's (infra/tracking_service.py): browsers send the name without it
+)
 STOP_TIMEOUT_SECONDS = 30
 
 

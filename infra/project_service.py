@@ -119,7 +119,7 @@ class ProjectServiceArgs:
     server: ServerConfig
     project: ServiceProject
     domain: str  # server.domainName
-    rule_priority: int  # its listener rule's (infra/server.py rule_priorities)
+    rule_priority: int  # its listener rule's (infra/tracking_service.py rule_priorities)
     image_uri: pulumi.Input[str]
     repository_arn: pulumi.Input[str]
     region: pulumi.Input[str]

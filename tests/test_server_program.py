@@ -17,7 +17,7 @@ from infra.artifact_store import LOAD_BALANCER_LOG_PREFIX, LoadBalancerLogDelive
 from infra.containers import AUTH_APP
 from infra.iam import PULL_ACTIONS
 from infra.project_service import LOG_RETENTION_DAYS
-from infra.server import TLS_POLICY
+from infra.tracking_service import TLS_POLICY
 from mlflow_aws.names import name_problem
 from projects.project import server_policy_document
 from tests.support.pulumi_mocks import (
