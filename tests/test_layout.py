@@ -137,10 +137,10 @@ def test_each_environment_variable_name_of_ours_is_defined_once() -> None:
 
 
 def test_the_readmes_server_glossary_names_what_exists() -> None:
-    """README.md "What "server" names": each path it lists is in the repository and each code
+    """README.md "Five things called server": each path it lists is in the repository and each code
     name it gives is defined there, so the table cannot outlive a rename."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index('### What "server" names') :]
+    section = readme[readme.index("### Five things called server") :]
     table = section[section.index("| where") :].split("\n\n")[0].splitlines()[2:]
     rows = [row for row in table if row.startswith("| ")]
     assert len(rows) == 6  # five things, and the config key
