@@ -547,7 +547,8 @@ def test_a_1_gib_artifact_through_the_proxy_with_bounded_rss(
     assert growth_mib <= PROXY_RSS_GROWTH_LIMIT_MIB
 
 
-def chromium_driver(tmp_path: Path) -> Any:
+def chromium_driver(tmp_path: Path, performance_log: bool = False) -> Any:
+    """Headless chromium; ``performance_log``: every request it sends, for ``get_log``."""
     import shutil
 
     from selenium import webdriver
@@ -572,6 +573,8 @@ def chromium_driver(tmp_path: Path) -> Any:
         "--window-size=1400,1000",
     ):
         options.add_argument(flag)  # fmt: skip
+    if performance_log:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     return webdriver.Chrome(options=options, service=Service(executable_path=driver))
 
 
