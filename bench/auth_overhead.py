@@ -30,14 +30,11 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     HELPER_SECRET,
@@ -55,7 +52,7 @@ from bench.common import (
     verdict,
     workdir,
 )
-from tests.central import (
+from tests.support.central import (
     CentralServer,
     clean_env,
     client_aws_env,
@@ -64,11 +61,11 @@ from tests.central import (
     outputs_with_tracking_uri,
     running_central_server,
 )
-from tests.services import MariaDB, MotoServer, free_port, running_mariadb, running_moto
+from tests.support.services import MariaDB, MotoServer, free_port, running_mariadb, running_moto
 
 TARGET_RATIO = {"single": 0.95, "batch": 0.90, "tutorial": 0.90}
 PROXY_RSS_GROWTH_LIMIT_MIB = 64.0
-BUCKET = "mlflow-aws-central-bench-auth"  # stack "central" (tests/central.py): its prefix
+BUCKET = "mlflow-aws-central-bench-auth"  # stack "central" (tests/support/central.py): its prefix
 PROJECT = "bench-auth"
 REGION = "eu-west-1"
 
@@ -282,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
             s3.create_bucket(Bucket=BUCKET,
                              CreateBucketConfiguration={"LocationConstraint": REGION})  # fmt: skip
-        from tests.stack_on_moto import create_project
+        from tests.support.stack_on_moto import create_project
 
         project = create_project(db, PROJECT)
         uri = db.url(project.user, project.password, project.schema)

@@ -36,10 +36,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # bench/ is run as a script; the packages live at the root
-    sys.path.insert(0, str(ROOT))
 
-from tests.services import MariaDB, MotoServer, free_port  # noqa: E402
+from tests.support.services import MariaDB, MotoServer, free_port  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
@@ -167,7 +165,7 @@ class SqliteFactory:
 def create_project_schema(db: MariaDB, schema: str, user: str, password: str) -> None:
     """What the MysqlSchema provider creates: a utf8mb4_bin schema and a user limited to it,
     with the privileges MLflow needs there and a connection limit."""
-    from tests.stack_on_moto import PRIVILEGES
+    from tests.support.stack_on_moto import PRIVILEGES
 
     db.query(f"CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
     db.query(
@@ -435,7 +433,7 @@ def write_outputs_file(
 ) -> Path:
     """The stack as ``pulumi up`` leaves it for ``projects`` on ``db``: each project's connection
     secret and the server role in moto, and a stack-outputs file naming the secrets."""
-    from tests.stack_on_moto import (
+    from tests.support.stack_on_moto import (
         Project,
         bundle_for,
         put_connection_secret,

@@ -31,8 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script; the packages live at the root
-    sys.path.insert(0, str(ROOT))
 
 from tests.test_image_requirements import (  # noqa: E402
     cached_venv,

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the program's packages (infra, projects, helper) live at the root
     sys.path.insert(0, str(ROOT))
 
-from tests.data_api_emulator import DataApiEmulator, running_data_api  # noqa: E402
-from tests.services import MariaDB, MotoServer, running_mariadb, running_moto  # noqa: E402
+from tests.support.data_api_emulator import DataApiEmulator, running_data_api  # noqa: E402
+from tests.support.services import MariaDB, MotoServer, running_mariadb, running_moto  # noqa: E402
 
 
 @pytest.fixture(scope="session")

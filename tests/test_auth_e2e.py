@@ -36,7 +36,7 @@ from mlflow_aws.auth.token import (
     make_token,
     sts_endpoint_url,
 )
-from tests.central import (
+from tests.support.central import (
     ACCOUNT,
     REGION,
     SSO_IMPOSTOR_ROLE,
@@ -51,8 +51,8 @@ from tests.central import (
     outputs_with_tracking_uri,
     running_central_server,
 )
-from tests.services import MariaDB, MotoServer, free_port
-from tests.stack_on_moto import Project, aws_client, create_project
+from tests.support.services import MariaDB, MotoServer, free_port
+from tests.support.stack_on_moto import Project, aws_client, create_project
 from tests.test_helper_e2e import TRACKING_SCRIPT, RunningHelper, serving, stop_helper
 
 pytestmark = pytest.mark.slow
@@ -547,7 +547,8 @@ def test_a_1_gib_artifact_through_the_proxy_with_bounded_rss(
     assert growth_mib <= PROXY_RSS_GROWTH_LIMIT_MIB
 
 
-def chromium_driver(tmp_path: Path) -> Any:
+def chromium_driver(tmp_path: Path, performance_log: bool = False) -> Any:
+    """Headless chromium; ``performance_log``: every request it sends, for ``get_log``."""
     import shutil
 
     from selenium import webdriver
@@ -572,6 +573,8 @@ def chromium_driver(tmp_path: Path) -> Any:
         "--window-size=1400,1000",
     ):
         options.add_argument(flag)  # fmt: skip
+    if performance_log:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     return webdriver.Chrome(options=options, service=Service(executable_path=driver))
 
 

@@ -1,4 +1,5 @@
-"""What AWS enforces, checked under mocks over a matrix of configs (tests/aws_constraints.py is
+"""What AWS enforces, checked under mocks over a matrix of configs
+(tests/support/aws_constraints.py is
 the table: each row a rule AWS or the provider enforces, with its source).
 
 * every resource type the program registers in any config has rows (a new type without them
@@ -17,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests import aws_constraints
-from tests.aws_constraints import RULES, TYPES, Context, Rule
-from tests.pulumi_mocks import (
+from tests.support import aws_constraints
+from tests.support.aws_constraints import RULES, TYPES, Context, Rule
+from tests.support.pulumi_mocks import (
     CUSTOM_VPC_ID,
     PRIVATE_SUBNETS,
     PUBLIC_SUBNETS,

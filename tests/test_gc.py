@@ -1,7 +1,7 @@
 """``python -m helper gc`` on MariaDB (TLS, as Aurora) and a versioned moto bucket.
 
-The scenario (tests/gc_world.py) is made through a real MLflow server with proxied artifacts,
-as teammates' and the central servers run it. gc must remove exactly what MLflow marked
+The scenario (tests/support/gc_world.py) is made through a real MLflow server with proxied
+artifacts, as teammates' and the central servers run it. gc must remove exactly what MLflow marked
 deleted, keep (and name) what something that stays still uses, never touch another project's
 prefix, report the same figures in a dry run without changing anything, and finish the job
 when run again after being SIGKILLed half-way.
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from projects.project import server_policy_document
-from tests.gc_world import (
+from tests.support.gc_world import (
     World,
     build_world,
     mentions,
@@ -32,8 +32,8 @@ from tests.gc_world import (
     table_rows,
     versioned_bucket,
 )
-from tests.services import MariaDB, MotoServer
-from tests.stack_on_moto import (
+from tests.support.services import MariaDB, MotoServer
+from tests.support.stack_on_moto import (
     Project,
     aws_client,
     bundle_for,
@@ -272,7 +272,7 @@ def test_the_image_runs_gc_as_a_task(
 ) -> None:
     """``entrypoint.sh gc`` with a task's environment (URI and CA bundle as the task's secrets
     deliver them, the task role's credentials), the image's own packages."""
-    from tests import image_server
+    from tests.support import image_server
 
     project, _, live = many_metric_runs(mariadb, aws, "task", runs=2, metrics=300)
     env = {

@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from tests.gc_world import MLFLOW, migrate
-from tests.services import MariaDB
-from tests.stack_on_moto import Project, aws_client, create_project
+from tests.support.gc_world import MLFLOW, migrate
+from tests.support.services import MariaDB
+from tests.support.stack_on_moto import Project, aws_client, create_project
 from tests.test_gc import BUCKET, aws, gc, publish
 from tests.test_helper_e2e import helper_env
 

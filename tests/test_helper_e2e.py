@@ -27,8 +27,8 @@ from unittest import mock
 
 import pytest
 
-from tests.services import MariaDB, MotoServer, free_port, running_mariadb
-from tests.stack_on_moto import (
+from tests.support.services import MariaDB, MotoServer, free_port, running_mariadb
+from tests.support.stack_on_moto import (
     IMAGE_URI,
     Project,
     aws_client,
@@ -44,7 +44,7 @@ from tests.stack_on_moto import (
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-TRACKING_SCRIPT = Path(__file__).resolve().parent / "tracking_script.py"
+TRACKING_SCRIPT = Path(__file__).resolve().parent / "support" / "tracking_script.py"
 AWS_SECRET_KEY = "moto-Secret-Key-5e4d3c2b1a"  # moto accepts any; distinctive, to look for leaks
 BUCKET = "mlflow-aws-e2e-artifacts"  # the stack's bucket prefix (helper/trust.py)
 REGION = "eu-west-1"
@@ -57,7 +57,7 @@ def installed_mlflow_version() -> str:
     return metadata.version("mlflow")
 
 
-# -- a project as pulumi up leaves it (tests/stack_on_moto.py) ------------------------------------
+# -- a project as pulumi up leaves it (tests/support/stack_on_moto.py) ----------------------------
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.services import free_port
+from tests.support.services import free_port
 from tests.test_helper_e2e import RunningHelper, cmdline, serving
 from tests.test_proxy_security import ATTACK_PAGE, attack_site
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.services import MariaDB, MotoServer, free_port
-from tests.stack_on_moto import (
+from tests.support.services import MariaDB, MotoServer, free_port
+from tests.support.stack_on_moto import (
     ACCOUNT,
     REGION,
     Project,

@@ -8,7 +8,8 @@ from functools import cache
 from typing import Any
 
 from infra.config import pinned_mlflow_version
-from tests.pulumi_mocks import (
+from mlflow_aws import passwords
+from tests.support.pulumi_mocks import (
     ACCOUNT,
     CUSTOM_VPC_ID,
     DEFAULT_SUBNETS,
@@ -162,7 +163,8 @@ def test_password_reaches_resources_only_as_secret() -> None:
 def test_admin_password_is_long_and_mysql_url_safe() -> None:
     pw = run().one("random:index/randomPassword:RandomPassword").inputs
     assert pw["length"] >= 32
-    assert set(pw["overrideSpecial"]) <= set("-_.~")  # RFC 3986 unreserved: no URL quoting
+    # RFC 3986 unreserved: no URL quoting
+    assert set(pw["overrideSpecial"]) <= set(passwords.UNRESERVED_SPECIALS)
 
 
 # ----------------------------------------------------------------------------- components
@@ -321,7 +323,7 @@ def test_schemas_are_made_through_the_data_api_of_a_private_cluster() -> None:
 
 
 def test_the_connection_bundle_carries_the_database_ca_bundle() -> None:
-    from tests.pulumi_mocks import mock_ca_file
+    from tests.support.pulumi_mocks import mock_ca_file
 
     r = run({"mlflow-aws:projects": "churn"})
     version = r.by_name("project-churn-connection-version")

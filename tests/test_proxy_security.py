@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from helper.proxy import SigningProxy, Upstream
-from tests.services import free_port
+from tests.support.services import free_port
 
 SECRET = "s3cr3t-" + "x" * 40
 SIGNED = "aws-iam-v1.stand-in-token"

@@ -20,9 +20,9 @@ from typing import Any
 import pymysql
 import pytest
 
-from tests.gc_world import migrate, table_rows, versioned_bucket
-from tests.services import MariaDB, MotoServer, running_mariadb
-from tests.stack_on_moto import (
+from tests.support.gc_world import migrate, table_rows, versioned_bucket
+from tests.support.services import MariaDB, MotoServer, running_mariadb
+from tests.support.stack_on_moto import (
     REGION,
     Project,
     aws_client,

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests import image_server
-from tests.gc_world import migrate
-from tests.services import MariaDB, MotoServer, free_port
-from tests.stack_on_moto import create_project
+from tests.support import image_server
+from tests.support.gc_world import migrate
+from tests.support.services import MariaDB, MotoServer, free_port
+from tests.support.stack_on_moto import create_project
 from tests.test_gc import aws, publish
 from tests.test_helper_e2e import helper_env, run_helper
 from tests.test_image_requirements import (

@@ -30,8 +30,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from projects.project import policy_document, server_policy_document
-from tests.services import MariaDB, MotoServer, free_port, running_moto
-from tests.stack_on_moto import (
+from tests.support.services import MariaDB, MotoServer, free_port, running_moto
+from tests.support.stack_on_moto import (
     ACCOUNT,
     REGION,
     bundle_for,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import image_server
-from tests.services import MariaDB, _make_tls_files, free_port
+from tests.support import image_server
+from tests.support.services import MariaDB, _make_tls_files, free_port
 from tests.test_helper_e2e import Project, create_project
 
 # Puts a fresh schema at the MLflow revision N steps before head (with this environment's

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import boto3
 
 from mlflow_aws.bundle import ConnectionBundle
-from tests.services import MariaDB
+from tests.support.services import MariaDB
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"  # moto's default account

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.services import MariaDB, free_port
-from tests.stack_on_moto import REGION, Project, aws_client
+from tests.support.services import MariaDB, free_port
+from tests.support.stack_on_moto import REGION, Project, aws_client
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 

@@ -27,7 +27,7 @@ import boto3
 
 from helper.server_settings import server_environment
 from mlflow_aws.auth.token import MARKER_NAME
-from tests.services import MotoServer, free_port
+from tests.support.services import MotoServer, free_port
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -273,7 +273,12 @@ def running_central_server(
 def outputs_with_tracking_uri(moto: MotoServer, project: Any, bucket: str, uri: str | None) -> str:
     """The project published as pulumi up publishes it, its bundle naming ``uri`` as its
     TrackingUri (None: no central server), and the outputs JSON (no password) naming that."""
-    from tests.stack_on_moto import bundle_for, outputs_document, put_connection_secret, server_role
+    from tests.support.stack_on_moto import (
+        bundle_for,
+        outputs_document,
+        put_connection_secret,
+        server_role,
+    )
 
     env = {**moto.aws_env(), "AWS_ACCESS_KEY_ID": "setup", "AWS_SECRET_ACCESS_KEY": "setup"}
     bundle = bundle_for(project, "central", bucket, server_role(env))
