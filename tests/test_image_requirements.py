@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import pytest
 
 from helper.outputs import ProjectConnection
 from helper.runtimes import container_environment, secret_app_argv
+from helper.watchdog import stop_group
 from mlflow_aws.run_secret import new_secret
 from tests.support.services import MariaDB, MotoServer, free_port
 from tests.support.stack_on_moto import create_project
@@ -353,13 +353,7 @@ def test_server_from_the_image_venv_end_to_end(
         assert [r.info.run_id for r in found] == [run_id]
     finally:
         os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(10)
+        stop_group(server.pid, server, timeout=30)  # the helper's own group stop
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in tree) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helper.watchdog import stop_group
 from tests.support.services import MariaDB, free_port
 from tests.support.stack_on_moto import REGION, Project, aws_client
 
@@ -65,13 +65,7 @@ def mlflow_server(uri: str, destination: str, env: dict[str, str], log_dir: Path
             time.sleep(0.2)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop_group(process.pid, process, timeout=30)  # the helper's own group stop
         log.close()
 
 
