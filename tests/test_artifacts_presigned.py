@@ -44,18 +44,17 @@ from tests.support.central import (
     outputs_with_tracking_uri,
     running_central_server,
 )
-from tests.support.services import MariaDB, MotoServer, free_port
-from tests.support.stack_on_moto import Project, aws_client, create_project
-from tests.test_helper_e2e import (
-    aws,  # noqa: F401 (a fixture)
-    cmdline,
-    environ,
+from tests.support.helper_run import (  # noqa: F401 (fixtures)
+    aws,
     helper_env,
     project_with_outputs,
-    role_arn,  # noqa: F401 (a fixture)
+    role_arn,
     run_helper,
     serving,
 )
+from tests.support.processes import cmdline, environ
+from tests.support.services import MariaDB, MotoServer, free_port
+from tests.support.stack_on_moto import Project, aws_client, create_project
 
 pytestmark = pytest.mark.slow
 
@@ -160,7 +159,7 @@ def record(figure: str) -> None:
 
 
 def test_a_1_gib_artifact_both_ways_through_the_laptop_server(
-    mariadb: MariaDB, aws: dict[str, str], big_file: tuple[Path, str], tmp_path: Path,  # noqa: F811
+    mariadb: MariaDB, aws: dict[str, str], big_file: tuple[Path, str], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     project, outputs = project_with_outputs(mariadb, aws, "laptop-presigned", tmp_path)
@@ -516,7 +515,7 @@ def log_small_artifact(variables: dict[str, str], tmp_path: Path,
 
 
 def test_the_ui_downloads_through_a_presigned_url_from_the_laptop_server(
-    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path,  # noqa: F811
+    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     project, outputs = project_with_outputs(mariadb, aws, "laptop-ui", tmp_path)

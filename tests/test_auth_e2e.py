@@ -51,9 +51,9 @@ from tests.support.central import (
     outputs_with_tracking_uri,
     running_central_server,
 )
+from tests.support.helper_run import TRACKING_SCRIPT, RunningHelper, serving, stop_helper
 from tests.support.services import MariaDB, MotoServer, free_port
 from tests.support.stack_on_moto import Project, aws_client, create_project
-from tests.test_helper_e2e import TRACKING_SCRIPT, RunningHelper, serving, stop_helper
 
 pytestmark = pytest.mark.slow
 
@@ -242,7 +242,7 @@ def test_a_role_named_like_an_sso_role_is_not_one(
 def test_helper_env_remote_prints_the_plugin_lines(
     mariadb: MariaDB, project: Project, moto: MotoServer, tmp_path: Path
 ) -> None:
-    from tests.test_helper_e2e import run_helper
+    from tests.support.helper_run import run_helper
 
     outputs = tmp_path / "outputs.json"
     uri = "https://mlflow.example.com/central"
@@ -271,7 +271,7 @@ def test_helper_remote_fails_fast_for_an_identity_that_is_not_allowed(
     mariadb: MariaDB, project: Project, central: CentralServer, moto: MotoServer,
     identities: Identities, tmp_path: Path,
 ) -> None:  # fmt: skip
-    from tests.test_helper_e2e import run_helper
+    from tests.support.helper_run import run_helper
 
     outputs = tmp_path / "outputs.json"
     outputs.write_text(outputs_with_tracking_uri(moto, project, BUCKET, central.tracking_uri))
@@ -506,7 +506,7 @@ def test_a_1_gib_artifact_through_the_proxy_with_bounded_rss(
 ) -> None:  # fmt: skip
     from mlflow import MlflowClient
 
-    from tests.test_helper_e2e import record
+    from tests.support.helper_run import record
 
     block = os.urandom(1 << 20)
     source = tmp_path / "up" / "big.bin"

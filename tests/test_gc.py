@@ -32,6 +32,7 @@ from tests.support.gc_world import (
     table_rows,
     versioned_bucket,
 )
+from tests.support.helper_run import helper_env, run_helper
 from tests.support.services import MariaDB, MotoServer
 from tests.support.stack_on_moto import (
     Project,
@@ -42,7 +43,6 @@ from tests.support.stack_on_moto import (
     server_role,
     write_outputs,
 )
-from tests.test_helper_e2e import helper_env, run_helper
 
 pytestmark = pytest.mark.slow
 

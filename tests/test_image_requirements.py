@@ -35,9 +35,10 @@ import pytest
 from helper.outputs import ProjectConnection
 from helper.runtimes import container_environment, secret_app_argv
 from mlflow_aws.run_secret import new_secret
+from tests.support.helper_run import run_tracking_script
+from tests.support.processes import cmdline, descendants
 from tests.support.services import MariaDB, MotoServer, free_port
 from tests.support.stack_on_moto import create_project
-from tests.test_helper_e2e import cmdline, descendants, run_tracking_script
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"

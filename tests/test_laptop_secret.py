@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 
+from tests.support.helper_run import RunningHelper, serving
+from tests.support.processes import cmdline
 from tests.support.services import free_port
-from tests.test_helper_e2e import RunningHelper, cmdline, serving
 from tests.test_proxy_security import ATTACK_PAGE, attack_site
 
 pytestmark = pytest.mark.slow

@@ -21,10 +21,10 @@ import pytest
 
 from tests.support import image_server
 from tests.support.gc_world import migrate
+from tests.support.helper_run import helper_env, run_helper
 from tests.support.services import MariaDB, MotoServer, free_port
 from tests.support.stack_on_moto import create_project
 from tests.test_gc import aws, publish
-from tests.test_helper_e2e import helper_env, run_helper
 from tests.test_image_requirements import (
     CACHE_DIR,
     LOCK,
@@ -196,7 +196,7 @@ def test_the_docker_runtime_refuses_a_schema_of_a_newer_mlflow_than_its_image(
 ) -> None:
     """The helper compares the image's version (the bundle's) with the schema's record before
     pulling anything; the entrypoint would refuse it again inside."""
-    from tests.test_helper_e2e import fake_docker
+    from tests.support.helper_run import fake_docker
 
     project = create_project(mariadb, "newer")
     migrate(mariadb.url(project.user, project.password, project.schema))

@@ -30,6 +30,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from projects.project import policy_document, server_policy_document
+from tests.support.helper_run import run_tracking_script, serving
+from tests.support.processes import cmdline, environ
 from tests.support.services import MariaDB, MotoServer, free_port, running_moto
 from tests.support.stack_on_moto import (
     ACCOUNT,
@@ -39,7 +41,6 @@ from tests.support.stack_on_moto import (
     put_connection_secret,
     write_outputs,
 )
-from tests.test_helper_e2e import cmdline, environ, run_tracking_script, serving
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ import pytest
 
 from tests.support import image_server
 from tests.support.services import MariaDB, _make_tls_files, free_port
-from tests.test_helper_e2e import Project, create_project
+from tests.support.stack_on_moto import Project, create_project
 
 # Puts a fresh schema at the MLflow revision N steps before head (with this environment's
 # mlflow, the same version as the image's), the way an older MLflow would have left it.

@@ -176,7 +176,7 @@ class CentralServer:
         return self.log_path.read_text(errors="replace")
 
     def pids(self) -> list[int]:
-        from tests.test_helper_e2e import descendants
+        from tests.support.processes import descendants
 
         return [self.process.pid, *descendants(self.process.pid)]
 
