@@ -373,7 +373,7 @@ def test_no_url_for_another_projects_prefix_can_be_obtained(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     """Signed in and allowed, a caller asks the server to sign URLs outside ``presigned/``."""
-    from tests.test_auth_e2e import bearer, token_for
+    from tests.support.central import bearer, token_for
 
     s3 = aws_client("s3", moto.aws_env())
     s3.put_object(Bucket=BUCKET, Key="other/secret.bin", Body=b"another project's")
@@ -442,7 +442,7 @@ def test_an_interrupted_upload_leaves_no_visible_artifact(
     [upload] = started
     parts = s3.list_parts(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])["Parts"]
     assert 0 < len(parts) < source.stat().st_size // MULTIPART_UPLOAD_CHUNK_SIZE
-    from tests.test_auth_e2e import bearer, token_for
+    from tests.support.central import bearer, token_for
 
     status, body = get(
         f"{central.tracking_uri}/api/2.0/mlflow/artifacts/list?run_id={run_id}",
@@ -478,7 +478,7 @@ const [path, done] = [arguments[0], arguments[arguments.length - 1]];
 def download_in_the_browser(uri: str, secret: str, path: str, directory: Path,
                             tmp_path: Path) -> bytes:  # fmt: skip
     from mlflow_aws import run_secret
-    from tests.test_auth_e2e import chromium_driver
+    from tests.support.browser import chromium_driver
 
     directory.mkdir(parents=True, exist_ok=True)
     driver = chromium_driver(tmp_path)

@@ -33,17 +33,9 @@ from tests.support.stack_on_moto import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
 TRACKING_SCRIPT = Path(__file__).resolve().parent / "tracking_script.py"
-
-
 AWS_SECRET_KEY = "moto-Secret-Key-5e4d3c2b1a"  # moto accepts any; distinctive, to look for leaks
-
-
 BUCKET = "mlflow-aws-e2e-artifacts"  # the stack's bucket prefix (helper/trust.py)
-
-
 SERVE_TIMEOUT = 120.0
 
 
