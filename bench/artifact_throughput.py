@@ -13,7 +13,7 @@ RSS (its process tree, peak against the start of the transfer) and the bytes it 
 writes (``/proc/<pid>/io`` rchar + wchar: sockets, spool files and S3 alike) are recorded; the
 longest single request to the server is recorded too (a proxied transfer is one request that
 lasts the whole transfer: it must fit the load balancer's idle timeout,
-``infra/server.py IDLE_TIMEOUT_SECONDS``).
+``infra/tracking_service.py IDLE_TIMEOUT_SECONDS``).
 
 Targets: (b) >= 80% of (c) in MiB/s; in (b) the server's RSS grows <= 64 MiB and it handles
 <= 1% of the bytes; no single request through the load balancer's path (the central route)
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import load_average, log, nothing_left_behind, rss_bytes, table, verdict, workdir
-from infra.server import IDLE_TIMEOUT_SECONDS
+from infra.tracking_service import IDLE_TIMEOUT_SECONDS
 from mlflow_aws.artifact_settings import PRESIGNED, PROXIED, client_settings
 from mlflow_aws.auth.token import MARKER_NAME
 from tests.support.central import (

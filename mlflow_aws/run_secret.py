@@ -281,4 +281,8 @@ def create_app() -> RunSecretMiddleware:
     gate = gate_from_environ(os.environ)
     from mlflow.server.fastapi_app import app as mlflow_app
 
+    from mlflow_aws import part_urls
+
+    part_urls.install()
+
     return RunSecretMiddleware(mlflow_app, gate)

@@ -33,7 +33,12 @@ from typing import Any
 
 import pytest
 
-from mlflow_aws.artifact_settings import MULTIPART_UPLOAD_CHUNK_SIZE, printed_settings
+from mlflow_aws.artifact_settings import (
+    MULTIPART_UPLOAD_CHUNK_SIZE,
+    PRESIGNED_DOWNLOAD_TTL_SECONDS,
+    printed_settings,
+)
+from mlflow_aws.part_urls import part_url_seconds
 from tests.support.central import (
     CentralServer,
     Identities,
@@ -205,7 +210,13 @@ def test_a_1_gib_artifact_both_ways_through_the_laptop_server(
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(json.loads(body)["url"]).query)
         key_id = query["X-Amz-Credential"][0].split("/")[0]
         assert key_id != aws["AWS_ACCESS_KEY_ID"] and "X-Amz-Security-Token" in query
-        assert int(query["X-Amz-Expires"][0]) <= 300
+        assert int(query["X-Amz-Expires"][0]) == PRESIGNED_DOWNLOAD_TTL_SECONDS
+        # Part URLs live as long as the whole file takes over a slow link (mlflow_aws/part_urls.py),
+        # not boto3's hour.
+        assert part_url_expiries(f"http://127.0.0.1:{port}/api/2.0/mlflow-artifacts",
+                                 {"Authorization": f"Bearer {variables['MLFLOW_TRACKING_TOKEN']}"},
+                                 f"{run.info.experiment_id}/{run.info.run_id}/artifacts",
+                                 3) == {part_url_seconds(3)}  # fmt: skip
         server_env = "\n".join(environ(pid) for pid in server)
         assert "AWS_CONTAINER_CREDENTIALS_FULL_URI=" in server_env  # the role's, via the helper
         assert "AWS_ACCESS_KEY_ID=" not in server_env
@@ -399,6 +410,57 @@ def test_no_url_for_another_projects_prefix_can_be_obtained(
     assert [k for k in keys if not k.startswith(f"{PROJECT}/")] == ["other/secret.bin"]
     uploads = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
     assert [u["Key"] for u in uploads if not u["Key"].startswith(f"{PROJECT}/")] == []
+
+
+def part_url_expiries(base: str, headers: dict[str, str], directory: str, num_parts: int,
+                      prefix: str | None = None) -> set[int]:  # fmt: skip
+    """The X-Amz-Expires of the part URLs ``mpu/create`` hands out for ``num_parts`` parts; every
+    URL names one part of one upload under the directory asked for. The upload is aborted."""
+    data = json.dumps({"path": "parts.bin", "num_parts": num_parts}).encode()
+    status, body = get(f"{base}/mpu/create/{directory}", {**headers,
+                       "Content-Type": "application/json"}, "POST", data)  # fmt: skip
+    assert status == 200, body
+    answer = json.loads(body)
+    urls = [urllib.parse.urlsplit(c["url"]) for c in answer["credentials"]]
+    assert len(urls) == num_parts
+    queries = [urllib.parse.parse_qs(url.query) for url in urls]
+    assert sorted(int(q["partNumber"][0]) for q in queries) == list(range(1, num_parts + 1))
+    assert {q["uploadId"][0] for q in queries} == {answer["upload_id"]}
+    [path] = {urllib.parse.unquote(u.path) for u in urls}  # one object, ...
+    assert path.endswith(f"/{directory}/parts.bin"), path
+    if prefix is not None:  # ... under the project's prefix
+        assert path == f"/{prefix}/{directory}/parts.bin", path
+    abort = json.dumps({"path": "parts.bin", "upload_id": answer["upload_id"]}).encode()
+    status, body = get(f"{base}/mpu/abort/{directory}", {**headers,
+                       "Content-Type": "application/json"}, "POST", abort)  # fmt: skip
+    assert status == 200, body
+    return {int(q["X-Amz-Expires"][0]) for q in queries}
+
+
+def test_part_urls_expire_when_the_upload_should_be_done_not_in_an_hour(
+    moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
+) -> None:  # fmt: skip
+    """A leaked part URL is good for writing a part until the client's upload, over a slow link,
+    would have started its last part: one part about 1.5 min, a 4 GiB file (256 parts) about
+    2.3 h; MLflow's own is an hour whatever the size (too long for one part, too short for a big
+    file over a slow link, which then fails half-way). The download URL: 5 minutes."""
+    from tests.test_auth_e2e import bearer, token_for
+
+    s3 = aws_client("s3", moto.aws_env())
+    headers = bearer(token_for(moto, identities.allowed_role, central.audience,
+                               project_marker(moto)))  # fmt: skip
+    base = f"{central.tracking_uri}/api/2.0/mlflow-artifacts"
+    for num_parts, seconds in [(1, 92), (13, 476), (256, 8252)]:
+        assert part_url_seconds(num_parts) == seconds
+        got = part_url_expiries(base, headers, "expiry", num_parts, f"{BUCKET}/{PROJECT}")
+        assert got == {seconds}
+    s3.put_object(Bucket=BUCKET, Key=f"{PROJECT}/expiry/model.bin", Body=b"model")
+    status, body = get(f"{base}/presigned/expiry/model.bin", headers)
+    assert status == 200, body
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(json.loads(body)["url"]).query)
+    assert int(query["X-Amz-Expires"][0]) == PRESIGNED_DOWNLOAD_TTL_SECONDS
+    uploads = s3.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{PROJECT}/expiry/")
+    assert uploads.get("Uploads", []) == []  # each aborted through the server
 
 
 def test_an_interrupted_upload_leaves_no_visible_artifact(

@@ -649,6 +649,84 @@ def test_each_documented_default_is_the_typed_configs() -> None:
     assert wrong == []
 
 
+# ------------------------------------------------ README.md's config table states the defaults
+
+# A default cell (or one " / " part of it per key): a backquoted value, then nothing, a unit, a
+# parenthesis or "; when it differs" -- the typed config's default; anything else is prose for a
+# default decided at pulumi up or by another key, which the typed config leaves unset.
+_README_LITERAL = re.compile(r"`(?P<value>[^`]*)`(?:$| ACU$| \(|; )")
+
+
+def readme_config_rows(readme: str) -> list[tuple[list[str], str]]:
+    """The config table of README.md: each row's keys (``db.minCapacity``) and default cell."""
+    table = readme[readme.index("| key | default | meaning |") :].splitlines()[2:]
+    rows = []
+    for line in table:
+        if not line.startswith("|"):
+            break
+        key_cell, default_cell = (cell.strip() for cell in line.strip("|").split("|")[:2])
+        rows.append((re.findall(r"`([^`]+)`", key_cell), default_cell))
+    return rows
+
+
+def readme_default_problems(rows: list[tuple[list[str], str]]) -> list[str]:
+    """Where README.md's table misstates infra/config.py (or names a key it does not have)."""
+    wrong: list[str] = []
+    for keys, cell in rows:
+        parts = cell.split(" / ")
+        if len(parts) != len(keys):
+            parts = [cell] * len(keys)  # one default for each key named
+        for key, part in zip(keys, parts, strict=True):
+            section, _, name = key.rpartition(".")
+            known = SECTIONS[section][0] if section in SECTIONS else TOP_LEVEL_KEYS
+            if name not in known:
+                wrong.append(f"{key}: not a config key")
+                continue
+            literal = _README_LITERAL.match(part)
+            if section:
+                setting = SECTIONS[section][2]
+                declared = {f.name: f for f in dataclasses.fields(SECTIONS[section][1])}
+                unset = declared[snake(name)].default
+                if literal is None:
+                    if unset not in (None, ()):
+                        wrong.append(f"{key}: README says {part!r}, the config {unset!r}")
+                    continue
+                given, default = (
+                    setting(name, yaml.safe_load(literal["value"])),
+                    setting(name, None),
+                )
+            else:
+                if literal is None:
+                    continue  # decided elsewhere: mlflowVersion (docker/requirements.txt)
+                given, default = {key: yaml.safe_load(literal["value"])}, {}
+            try:
+                if parse(given) != parse(default):
+                    wrong.append(f"{key}: README's {part!r} is not the config's default")
+            except ConfigError as refused:
+                wrong.append(f"{key}: README's {part!r} is refused: {refused}")
+    return wrong
+
+
+def test_the_readme_config_table_states_the_typed_configs_defaults() -> None:
+    rows = readme_config_rows((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert len(rows) >= 20 and readme_default_problems(rows) == []
+
+
+@pytest.mark.parametrize(
+    ("row", "why"),
+    [
+        ((["server.cpu", "server.memory"], "`256` / `1024`"), "server.cpu: README's '`256`'"),
+        ((["db.maxCapacity"], "`4` ACU"), "db.maxCapacity: README's '`4` ACU'"),
+        ((["server.maxTasks"], "three"), "server.maxTasks: README says 'three', the config 3"),
+        ((["server.maxTask"], "`3`"), "server.maxTask: not a config key"),
+        ((["protect"], "`true`; on prod*"), "protect: README's '`true`; on prod*'"),
+    ],
+)
+def test_a_default_the_readme_misstates_is_caught(row: tuple[list[str], str], why: str) -> None:
+    problems = readme_default_problems([row])
+    assert len(problems) == 1 and problems[0].startswith(why), problems
+
+
 def test_a_default_pulumi_yaml_misstates_is_caught() -> None:
     """The comparison above can fail: a documented 3 where the typed config says 2."""
     documented = DocumentedKey("maxCapacity", "number", "`3`", "")

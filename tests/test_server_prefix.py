@@ -74,8 +74,8 @@ def prefixed_task_env(
         artifacts_destination=f"s3://{BUCKET}/{project.name}",
         port=port,
         prefix=f"/{project.name}",
-        # infra/server.py pins the load balancer's name; the test reaches the task directly,
-        # as 127.0.0.1:<port>, so that is allowed too.
+        # infra/containers.py pins the load balancer's name; the test reaches the task
+        # directly, as 127.0.0.1:<port>, so that is allowed too.
         allowed_hosts=f"{DOMAIN},{DOMAIN}:443,127.0.0.1:{port}",
         cors_origins=f"https://{DOMAIN}",
         extra={**moto.aws_env(), "MLFLOW_AWS_DB_IDLE_SECONDS": str(idle_seconds)},

@@ -14,8 +14,10 @@ from typing import Any
 
 from helper.outputs import parse_connection_bundle
 from infra.artifact_store import LOAD_BALANCER_LOG_PREFIX, LoadBalancerLogDelivery
+from infra.containers import AUTH_APP
 from infra.iam import PULL_ACTIONS
-from infra.server import AUTH_APP, LOG_RETENTION_DAYS, TLS_POLICY
+from infra.project_service import LOG_RETENTION_DAYS
+from infra.tracking_service import TLS_POLICY
 from mlflow_aws.names import name_problem
 from projects.project import server_policy_document
 from tests.support.aws_constraints import plain
@@ -159,7 +161,10 @@ def test_outputs_and_bundles_carry_the_tracking_uris() -> None:
 def test_one_component_holds_every_server_resource() -> None:
     r = on()
     component = r.one("mlflow-aws:infra:TrackingService")
-    children = r.children_of(component)
+    # Its own children and each project's, under that project's ProjectService.
+    projects = [c for c in r.children_of(component) if c.typ == "mlflow-aws:infra:ProjectService"]
+    assert {p.name for p in projects} == {"tracking-churn", "tracking-fraud"}
+    children = r.children_of(component) + [c for p in projects for c in r.children_of(p)]
     assert {c.typ for c in children} >= SERVER_TYPES
     assert all(c.name.startswith("tracking-") for c in children)
     assert not [res for res in r.resources if res.typ in SERVER_TYPES and res not in children]

@@ -739,6 +739,9 @@ def create_app() -> AwsIamAuthMiddleware:
         logger.warning("aws-iam: no allowed roles or groups: every request will be refused (403)")
     from mlflow.server.fastapi_app import app as mlflow_app
 
+    from mlflow_aws import part_urls
+
+    part_urls.install()
     lookups = AwsLookups(settings.region)
     authenticator = Authenticator(
         settings, StsReplay(), lookups.own_account, lookups.groups_of,

@@ -22,7 +22,7 @@ from typing import Any
 
 from mlflow_aws.passwords import CHARACTER_CLASS, UNRESERVED_SPECIALS
 from projects.schema_sql import MAX_PASSWORD, MIN_PASSWORD, PASSWORD_RULE
-from tests.support.pulumi_mocks import ACCOUNT, MockAccount, ProgramRun, Registered
+from tests.support.pulumi_mocks import MockAccount, ProgramRun, Registered
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 
@@ -1186,8 +1186,9 @@ def lb_access_logs_ok(r: Registered, ctx: Context) -> list[str]:
             }
             if algorithms != {"AES256"}:
                 problems.append(f"the log bucket's encryption {algorithms}: SSE-S3 (AES256) only")
-    account = ctx.account.arn("iam", "x", region=False).split(":")[4]
-    resource = f"arn:{ctx.account.partition}:s3:::{bucket}/{prefix}/AWSLogs/{account}/*"
+    resource = (
+        f"arn:{ctx.account.partition}:s3:::{bucket}/{prefix}/AWSLogs/{ctx.account.account_id}/*"
+    )
     granting = [
         p
         for p in ctx.of(BUCKET_POLICY)
@@ -1328,7 +1329,7 @@ def scheduler_trust_ok(r: Registered, ctx: Context) -> list[str]:
         if statement.get("Principal", {}).get("Service") != "scheduler.amazonaws.com":
             continue
         account = statement.get("Condition", {}).get("StringEquals", {}).get("aws:SourceAccount")
-        if account != ACCOUNT:
+        if account != ctx.account.account_id:
             problems.append("scheduler.amazonaws.com trusted without aws:SourceAccount = account")
     return problems
 

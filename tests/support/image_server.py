@@ -2,7 +2,7 @@
 image's own packages (the lock, installed as the Dockerfile installs it, see
 tests/test_image_requirements.py) and the environment an ECS task gets.
 
-``task_environment`` mirrors ``infra/server.py``'s container definition: the backend store URI
+``task_environment`` mirrors ``infra/containers.py``'s container definition: the backend store URI
 and the database's CA bundle as the task's ``secrets`` deliver them (plain environment variables
 inside the container), the static prefix, allowed hosts and CORS origins, the artifact
 destination. Everything listens on 127.0.0.1.
