@@ -444,7 +444,7 @@ def test_part_urls_expire_when_the_upload_should_be_done_not_in_an_hour(
     would have started its last part: one part about 1.5 min, a 4 GiB file (256 parts) about
     2.3 h; MLflow's own is an hour whatever the size (too long for one part, too short for a big
     file over a slow link, which then fails half-way). The download URL: 5 minutes."""
-    from tests.test_auth_e2e import bearer, token_for
+    from tests.support.central import bearer, token_for
 
     s3 = aws_client("s3", moto.aws_env())
     headers = bearer(token_for(moto, identities.allowed_role, central.audience,
