@@ -246,11 +246,25 @@ def transfer(
     target.unlink()
     route.figures[(size, mode, "up")] = up
     route.figures[(size, mode, "down")] = got
+    # Each figure as it comes (a long run cut short still shows them), and the machine's memory
+    # (moto keeps objects: a 4 GiB multipart completion is assembled in its memory).
+    for direction, figure in (("up", up), ("down", got)):
+        log(f"    {direction}: {mib_s(size, figure):,.1f} MiB/s, server "
+            f"{figure.server_bytes / size:.2%} of the bytes, +{figure.server_rss_growth_mib:.0f} "
+            f"MiB RSS, longest request {figure.longest_request_s:.1f} s; "
+            f"{memory_available_gib():.1f} GiB available")  # fmt: skip
     # What the server stored, gone (moto keeps objects in memory and temp files).
     for listed in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PROJECT):
         for item in listed.get("Contents", []):
             if not item["Key"].endswith(MARKER_NAME):  # the central app's sign-in marker stays
                 s3.delete_object(Bucket=BUCKET, Key=item["Key"])
+
+
+def memory_available_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / (1 << 20)
+    return float("nan")
 
 
 def mib_s(size: int, figure: Figure) -> float:

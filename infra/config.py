@@ -200,7 +200,8 @@ PROTECTED_BACKUP_RETENTION_DAYS = 7
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """The central tracking server (ECS Fargate behind an HTTPS load balancer), optional."""
+    """The ``server.*`` key: the central server (ECS Fargate behind an HTTPS load balancer,
+    infra/tracking_service.py), optional. The key keeps its name: stacks set it."""
 
     enabled: bool = False
     domain_name: str | None = None  # https://<domain_name>/<project>

@@ -35,7 +35,7 @@ from mlflow_aws.auth.token import (
     make_token,
 )
 from tests.support.browser import chromium_driver
-from tests.support.central import (  # noqa: F401
+from tests.support.central import (
     ACCOUNT,
     BUCKET,
     PROJECT,
@@ -49,7 +49,6 @@ from tests.support.central import (  # noqa: F401
     client_aws_env,
     get,
     make_identities,
-    marker_url,
     outputs_with_tracking_uri,
     running_central_server,
     sts_url,

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.gc_world import (  # noqa: F401
+from tests.support.gc_world import (  # noqa: F401 (fixtures)
     BUCKET,
     World,
     aws,

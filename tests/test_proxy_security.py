@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.proxy_harness import (  # noqa: F401
+from tests.support.proxy_harness import (  # noqa: F401 (fixtures)
     ATTACK_PAGE,
     SECRET,
     SIGNED,

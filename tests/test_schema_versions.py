@@ -22,7 +22,7 @@ from tests.support import image_server
 from tests.support.gc_world import aws, migrate, publish
 from tests.support.helper_run import helper_env, run_helper
 from tests.support.image_server import task_env
-from tests.support.image_venv import (  # noqa: F401
+from tests.support.image_venv import (  # noqa: F401 (fixtures)
     CACHE_DIR,
     LOCK,
     PREVIOUS,

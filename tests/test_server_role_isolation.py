@@ -31,7 +31,7 @@ from botocore.exceptions import ClientError
 from projects.project import policy_document, server_policy_document
 from tests.support.helper_run import run_tracking_script, serving
 from tests.support.processes import cmdline, environ
-from tests.support.role_isolation import (  # noqa: F401
+from tests.support.role_isolation import (  # noqa: F401 (fixtures)
     BUCKET,
     BUCKET_ARN,
     REPOSITORY_ARN,

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 
-def chromium_driver(tmp_path: Path) -> Any:
+def chromium_driver(tmp_path: Path, performance_log: bool = False) -> Any:
+    """Headless chromium; ``performance_log``: every request it sends, for ``get_log``."""
     import shutil
 
     from selenium import webdriver
@@ -33,4 +34,6 @@ def chromium_driver(tmp_path: Path) -> Any:
         "--window-size=1400,1000",
     ):
         options.add_argument(flag)  # fmt: skip
+    if performance_log:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     return webdriver.Chrome(options=options, service=Service(executable_path=driver))
