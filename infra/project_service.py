@@ -50,7 +50,7 @@ from infra.iam import (
 )
 from infra.upgrade import UpgradeGate, upgrade_gate
 from mlflow_aws.auth.server import SSO_ENTRY
-from mlflow_aws.server_settings import migration_lock_seconds
+from mlflow_aws.start_timing import health_check_grace_seconds, rollout_seconds
 
 LOG_RETENTION_DAYS = 30
 DEREGISTRATION_DELAY_SECONDS = 60
@@ -58,17 +58,10 @@ REQUESTS_PER_TASK_PER_MINUTE = 1200.0  # ~20 requests/s: a 0.5 vCPU task serves 
 CPU_TARGET_PERCENT = 60.0
 SCALE_OUT_COOLDOWN_SECONDS = 60
 SCALE_IN_COOLDOWN_SECONDS = 300
-# A starting task may wait MLFLOW_AWS_DB_MIGRATION_LOCK_SECONDS (server.env, the one definition)
-# for another task's migration before it serves; the load balancer's failed health checks must
-# not count until then, plus the time to start serving after the wait.
-SERVE_AFTER_LOCK_SECONDS = 60
-HEALTH_CHECK_GRACE_SECONDS = migration_lock_seconds() + SERVE_AFTER_LOCK_SECONDS
-# A rollout must reach steady state for `pulumi up` to succeed: the first task gets
-# HEALTH_CHECK_GRACE_SECONDS to turn healthy; around it the tasks are placed and pull the image,
-# pass two health checks, and the old tasks drain. projects/upgrade_provider.py waits as long
-# (DEFAULT_START_TIMEOUT_SECONDS) for the service's tasks after an upgrade.
-ROLLOUT_SLACK_SECONDS = 1200
-ROLLOUT_TIMEOUT_SECONDS = HEALTH_CHECK_GRACE_SECONDS + ROLLOUT_SLACK_SECONDS
+# Derived from server.env's migration lock wait (mlflow_aws/start_timing.py): a task waiting for
+# another's migration is not yet failing its health checks, and `pulumi up` waits for the rollout.
+HEALTH_CHECK_GRACE_SECONDS = health_check_grace_seconds()
+ROLLOUT_TIMEOUT_SECONDS = rollout_seconds()
 ROLLOUT_TIMEOUT = f"{-(-ROLLOUT_TIMEOUT_SECONDS // 60)}m"
 
 

@@ -28,6 +28,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,18 +50,17 @@ from tests.support.central import (
     outputs_with_tracking_uri,
     running_central_server,
 )
-from tests.support.services import MariaDB, MotoServer, free_port
-from tests.support.stack_on_moto import Project, aws_client, create_project
-from tests.test_helper_e2e import (
-    aws,  # noqa: F401 (a fixture)
-    cmdline,
-    environ,
+from tests.support.helper_run import (  # noqa: F401 (fixtures)
+    aws,
     helper_env,
     project_with_outputs,
-    role_arn,  # noqa: F401 (a fixture)
+    role_arn,
     run_helper,
     serving,
 )
+from tests.support.processes import cmdline, environ
+from tests.support.services import MariaDB, MotoServer, free_port
+from tests.support.stack_on_moto import Project, aws_client, create_project
 
 pytestmark = pytest.mark.slow
 
@@ -165,7 +165,7 @@ def record(figure: str) -> None:
 
 
 def test_a_1_gib_artifact_both_ways_through_the_laptop_server(
-    mariadb: MariaDB, aws: dict[str, str], big_file: tuple[Path, str], tmp_path: Path,  # noqa: F811
+    mariadb: MariaDB, aws: dict[str, str], big_file: tuple[Path, str], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     project, outputs = project_with_outputs(mariadb, aws, "laptop-presigned", tmp_path)
@@ -385,7 +385,7 @@ def test_no_url_for_another_projects_prefix_can_be_obtained(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     """Signed in and allowed, a caller asks the server to sign URLs outside ``presigned/``."""
-    from tests.test_auth_e2e import bearer, token_for
+    from tests.support.central import bearer, token_for
 
     s3 = aws_client("s3", moto.aws_env())
     s3.put_object(Bucket=BUCKET, Key="other/secret.bin", Body=b"another project's")
@@ -445,7 +445,7 @@ def test_part_urls_expire_when_the_upload_should_be_done_not_in_an_hour(
     would have started its last part: one part about 1.5 min, a 4 GiB file (256 parts) about
     2.3 h; MLflow's own is an hour whatever the size (too long for one part, too short for a big
     file over a slow link, which then fails half-way). The download URL: 5 minutes."""
-    from tests.test_auth_e2e import bearer, token_for
+    from tests.support.central import bearer, token_for
 
     s3 = aws_client("s3", moto.aws_env())
     headers = bearer(token_for(moto, identities.allowed_role, central.audience,
@@ -505,7 +505,7 @@ def test_an_interrupted_upload_leaves_no_visible_artifact(
     [upload] = started
     parts = s3.list_parts(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])["Parts"]
     assert 0 < len(parts) < source.stat().st_size // MULTIPART_UPLOAD_CHUNK_SIZE
-    from tests.test_auth_e2e import bearer, token_for
+    from tests.support.central import bearer, token_for
 
     status, body = get(
         f"{central.tracking_uri}/api/2.0/mlflow/artifacts/list?run_id={run_id}",
@@ -520,52 +520,96 @@ def test_an_interrupted_upload_leaves_no_visible_artifact(
 # -- the MLflow UI in a browser ----------------------------------------------------------------
 
 # What the UI's download button does (mlflow 3.17.2, ArtifactView onDownloadClick): when
-# server-info says multipart_downloads_enabled, ask ajax-api/2.0/mlflow-artifacts/presigned/<path>
-# and navigate to the URL (window.location.assign): a navigation, which S3's CORS rules never
-# see. Run in the page, with the page's own cookie, against the page's own origin.
-UI_DOWNLOAD_JS = """
-const [path, done] = [arguments[0], arguments[arguments.length - 1]];
-(async () => {
-  const info = await (await fetch("ajax-api/3.0/mlflow/server-info")).json();
-  if (!info.multipart_downloads_enabled) return done("server-info: no multipart downloads");
-  const answer = await fetch("ajax-api/2.0/mlflow-artifacts/presigned/" + path);
-  if (!answer.ok) return done("presigned: " + answer.status);
-  const body = await answer.json();
-  if (Object.keys(body.headers || {}).length) return done("presigned URL needs headers");
-  done("navigating");
-  window.location.assign(body.url);
-})().catch((e) => done("error: " + e));
-"""
+# server-info says multipart_downloads_enabled and the run's artifact URI is mlflow-artifacts:,
+# it asks ajax-api/2.0/mlflow-artifacts/presigned/<path> and navigates to the URL
+# (window.location.assign): a navigation, which S3's CORS rules never see; otherwise it fetches
+# the file through the server (get-artifact) into a blob. The test clicks the real button and
+# reads the browser's own request log to tell the two apart.
+DOWNLOAD_BUTTON = (
+    '[data-component-id="codegen_mlflow_app_src_experiment-tracking_components_'
+    'artifactview.tsx_337"]'
+)
 
 
-def download_in_the_browser(uri: str, secret: str, path: str, directory: Path,
-                            tmp_path: Path) -> bytes:  # fmt: skip
+@dataclass
+class BrowserDownload:
+    data: bytes
+    navigations: list[str]  # the documents the tab loaded after the click
+    through_server: list[str]  # requests for the file's bytes through the server
+
+
+def click_download_in_the_ui(uri: str, secret: str | None, artifact: LoggedArtifact,
+                             tmp_path: Path) -> BrowserDownload:  # fmt: skip
+    """Sign the browser in with the one-time URL (``secret``; None: nothing to sign in to), open
+    the run's artifacts, select the file and click the download button; the file as saved by
+    the browser."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
     from mlflow_aws import run_secret
-    from tests.test_auth_e2e import chromium_driver
+    from tests.support.browser import chromium_driver
 
+    directory = tmp_path / "downloads"
     directory.mkdir(parents=True, exist_ok=True)
-    driver = chromium_driver(tmp_path)
+    driver = chromium_driver(tmp_path, performance_log=True)
     try:
         driver.set_page_load_timeout(60)
-        driver.set_script_timeout(60)
         driver.execute_cdp_cmd(
             "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(directory)}
         )
-        driver.get(run_secret.browser_url(uri, secret))  # signs the browser in (a cookie)
-        assert driver.execute_async_script(UI_DOWNLOAD_JS, path) == "navigating"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            files = [p for p in directory.iterdir() if not p.name.endswith(".crdownload")]
-            if files:
-                return files[0].read_bytes()
+        if secret is not None:
+            driver.get(run_secret.browser_url(uri, secret))  # signs the browser in (a cookie)
+        driver.get(f"{uri}/#/experiments/{artifact.experiment_id}/runs/{artifact.run_id}"
+                   "/artifacts")  # fmt: skip
+        wait = WebDriverWait(driver, 90)
+        wait.until(
+            lambda d: d.find_elements(By.XPATH, f"//*[normalize-space(text())='{artifact.name}']")
+        )[0].click()
+        try:
+            button = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, DOWNLOAD_BUTTON))[0]
+        except Exception:
+            buttons = [b.get_attribute("outerHTML")[:300] for b in
+                       driver.find_elements(By.TAG_NAME, "button")]  # fmt: skip
+            pytest.fail(f"no download button; the page's buttons: {buttons}")
+        driver.get_log("performance")  # what came before the click
+        button.click()
+        deadline, got = time.monotonic() + 120, None
+        while got is None and time.monotonic() < deadline:
+            done = [p for p in directory.iterdir() if not p.name.endswith(".crdownload")]
+            got = done[0].read_bytes() if done else None
             time.sleep(0.2)
-        pytest.fail(f"nothing downloaded; the browser is at {driver.current_url[:80]}")
+        if got is None:
+            pytest.fail(f"nothing downloaded; the browser is at {driver.current_url[:80]}")
+        sent = []
+        for entry in driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Network.requestWillBeSent":
+                sent.append(
+                    (message["params"].get("type", ""), message["params"]["request"]["url"])
+                )
     finally:
         driver.quit()
+    return BrowserDownload(
+        got,
+        [url for kind, url in sent if kind == "Document"],
+        [
+            url
+            for kind, url in sent
+            if "get-artifact" in url or "/mlflow-artifacts/artifacts/" in url
+        ],
+    )
+
+
+@dataclass
+class LoggedArtifact:
+    experiment_id: str
+    run_id: str
+    name: str
+    data: bytes
 
 
 def log_small_artifact(variables: dict[str, str], tmp_path: Path,
-                       monkeypatch: pytest.MonkeyPatch) -> tuple[str, bytes]:  # fmt: skip
+                       monkeypatch: pytest.MonkeyPatch) -> LoggedArtifact:  # fmt: skip
     from mlflow import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", variables["MLFLOW_TRACKING_TOKEN"])
@@ -574,11 +618,24 @@ def log_small_artifact(variables: dict[str, str], tmp_path: Path,
     client = MlflowClient(tracking_uri=variables["MLFLOW_TRACKING_URI"])
     run = client.create_run(client.create_experiment(f"ui-{time.time_ns()}"))
     client.log_artifact(run.info.run_id, str(source))
-    return f"{run.info.experiment_id}/{run.info.run_id}/artifacts/model.bin", source.read_bytes()
+    return LoggedArtifact(run.info.experiment_id, run.info.run_id, source.name, source.read_bytes())
 
 
-def test_the_ui_downloads_through_a_presigned_url_from_the_laptop_server(
-    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path,  # noqa: F811
+def assert_presigned_navigation(download: BrowserDownload, artifact: LoggedArtifact,
+                                prefix: str | None = None) -> None:  # fmt: skip
+    """The browser saved the file byte-exact by loading one signed S3 URL (of the project's
+    prefix), never through the server."""
+    assert download.data == artifact.data
+    assert download.through_server == []
+    [signed] = [url for url in download.navigations if "X-Amz-Signature=" in url]
+    path = urllib.parse.unquote(urllib.parse.urlsplit(signed).path)
+    assert path.endswith(f"/{artifact.experiment_id}/{artifact.run_id}/artifacts/{artifact.name}")
+    if prefix is not None:
+        assert path.startswith(f"/{prefix}/"), path
+
+
+def test_the_ui_download_button_fetches_from_s3_on_the_laptop_server(
+    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     project, outputs = project_with_outputs(mariadb, aws, "laptop-ui", tmp_path)
@@ -593,23 +650,98 @@ def test_the_ui_downloads_through_a_presigned_url_from_the_laptop_server(
             assert time.monotonic() < deadline, running.stdout_lines
             time.sleep(0.05)
         variables = exported(running.stdout_lines)
-        path, data = log_small_artifact(variables, tmp_path, monkeypatch)
-        got = download_in_the_browser(variables["MLFLOW_TRACKING_URI"],
-                                      variables["MLFLOW_TRACKING_TOKEN"], path,
-                                      tmp_path / "downloads", tmp_path)  # fmt: skip
-    assert got == data
+        artifact = log_small_artifact(variables, tmp_path, monkeypatch)
+        download = click_download_in_the_ui(variables["MLFLOW_TRACKING_URI"],
+                                            variables["MLFLOW_TRACKING_TOKEN"], artifact,
+                                            tmp_path)  # fmt: skip
+    assert_presigned_navigation(download, artifact)
 
 
-def test_the_ui_downloads_through_a_presigned_url_through_the_signing_proxy(
+def test_the_ui_download_button_fetches_from_s3_through_the_signing_proxy(
     moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
+    """The browser's one way to the central app with sign-in: ``helper serve --remote``, which
+    forwards to the app under its prefix (``/<project>``)."""
     with signing_proxy(moto, project, central, identities, tmp_path) as (uri, running):
         variables = exported(running.stdout_lines)
-        path, data = log_small_artifact(variables, tmp_path, monkeypatch)
-        got = download_in_the_browser(uri, variables["MLFLOW_TRACKING_TOKEN"], path,
-                                      tmp_path / "downloads", tmp_path)  # fmt: skip
-    assert got == data
+        artifact = log_small_artifact(variables, tmp_path, monkeypatch)
+        download = click_download_in_the_ui(uri, variables["MLFLOW_TRACKING_TOKEN"], artifact,
+                                            tmp_path)  # fmt: skip
+    assert_presigned_navigation(download, artifact, f"{BUCKET}/{PROJECT}")
     # No CORS rule is involved: moto's bucket has none (and the program sets none).
     with pytest.raises(aws_client("s3", moto.aws_env()).exceptions.ClientError):
         aws_client("s3", moto.aws_env()).get_bucket_cors(Bucket=BUCKET)
+
+
+@contextlib.contextmanager
+def token_adding_relay(central: CentralServer, token: str) -> Iterator[tuple[str, list[str]]]:
+    """Stands in for a browser that signs in to the central app itself: every request goes on
+    to the app unchanged but for its bearer token (no browser can make one, which is why users
+    reach the UI through ``helper serve --remote``). The address keeps the app's prefix; the
+    paths it forwarded are listed."""
+    import http.client
+    import http.server
+    import threading
+
+    forwarded: list[str] = []
+    dropped = {"host", "authorization", "connection", "cookie", "content-length"}
+
+    class Relay(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def forward(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
+            headers["Authorization"] = f"Bearer {token}"
+            forwarded.append(self.path)
+            upstream = http.client.HTTPConnection("127.0.0.1", central.port, timeout=60)
+            try:
+                upstream.request(self.command, self.path, body=body, headers=headers)
+                answer = upstream.getresponse()
+                data = answer.read()
+            finally:
+                upstream.close()
+            self.send_response(answer.status)
+            for key, value in answer.getheaders():
+                if key.lower() not in {"transfer-encoding", "connection", "content-length"}:
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = forward
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Relay)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{PROJECT}", forwarded
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_the_ui_download_button_fetches_from_s3_from_the_central_app_under_its_prefix(
+    moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The UI served by the central app with sign-in at ``/<project>`` (the load balancer's
+    path): the page's relative ``ajax-api`` calls stay under the prefix, the app signs the URL,
+    the browser loads it from S3 (no CORS rule)."""
+    from tests.support.central import token_for
+
+    token = token_for(moto, identities.allowed_role, central.audience, project_marker(moto))
+    with token_adding_relay(central, token) as (uri, forwarded):
+        variables = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_TOKEN": "the relay's"}
+        artifact = log_small_artifact(variables, tmp_path, monkeypatch)
+        download = click_download_in_the_ui(uri, None, artifact, tmp_path)
+    assert_presigned_navigation(download, artifact, f"{BUCKET}/{PROJECT}")
+    path = f"{artifact.experiment_id}/{artifact.run_id}/artifacts/{artifact.name}"
+    assert f"/{PROJECT}/ajax-api/2.0/mlflow-artifacts/presigned/{path}" in forwarded
+    assert all(p.startswith(f"/{PROJECT}/") for p in forwarded), forwarded

@@ -10,7 +10,11 @@ restated number instead of the derived one, or a timeout left behind a longer wa
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +22,13 @@ import pytest
 from helper.upgrade import migration_lock_seconds as helper_lock_seconds
 from infra import project_service
 from mlflow_aws import environment as env_names
+from mlflow_aws import start_timing
 from mlflow_aws.server import prepare
 from mlflow_aws.server_settings import SERVER_ENV_PATH, migration_lock_seconds
 from projects.upgrade_provider import DEFAULT_START_TIMEOUT_SECONDS
 from tests.support.pulumi_mocks import run_program
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def lock_in_server_env() -> int:
@@ -56,9 +63,9 @@ def test_a_server_started_without_the_variable_waits_as_long_as_the_image_would(
 def test_the_health_grace_outlasts_the_lock_wait_by_the_time_to_start_serving() -> None:
     lock = lock_in_server_env()
     assert (
-        lock + project_service.SERVE_AFTER_LOCK_SECONDS
+        lock + start_timing.SERVE_AFTER_LOCK_SECONDS
     ) == project_service.HEALTH_CHECK_GRACE_SECONDS
-    assert project_service.SERVE_AFTER_LOCK_SECONDS > 0
+    assert start_timing.SERVE_AFTER_LOCK_SECONDS > 0
 
 
 def test_the_rollout_and_the_upgrade_gate_wait_longer_than_the_grace() -> None:
@@ -67,8 +74,7 @@ def test_the_rollout_and_the_upgrade_gate_wait_longer_than_the_grace() -> None:
     assert rollout > grace + project_service.DEREGISTRATION_DELAY_SECONDS
     minutes = re.fullmatch(r"(\d+)m", project_service.ROLLOUT_TIMEOUT)
     assert minutes and int(minutes[1]) * 60 >= rollout
-    # The gate's own default (projects/upgrade_provider.py, a dynamic provider that does not
-    # import the program) must be kept equal by hand: this is the check that it was.
+    # The upgrade gate waits as long for the service's new tasks.
     assert rollout == DEFAULT_START_TIMEOUT_SECONDS
 
 
@@ -85,9 +91,43 @@ def test_the_deployed_service_gets_the_derived_grace_and_timeouts() -> None:
     )
     service: Any = r.one("aws:ecs/service:Service")
     assert service.inputs["healthCheckGracePeriodSeconds"] == lock_in_server_env() + (
-        project_service.SERVE_AFTER_LOCK_SECONDS
+        start_timing.SERVE_AFTER_LOCK_SECONDS
     )
     assert service.custom_timeouts == {
         "create": project_service.ROLLOUT_TIMEOUT,
         "update": project_service.ROLLOUT_TIMEOUT,
     }
+
+
+# server.env's lock wait, changed alone (as an edit of the file would), in a fresh interpreter.
+_OTHER_LOCK = """
+import json
+import mlflow_aws.server_settings as settings
+baked = settings.server_env_defaults
+settings.server_env_defaults = lambda path=settings.SERVER_ENV_PATH: {
+    **baked(path), "MLFLOW_AWS_DB_MIGRATION_LOCK_SECONDS": "900",
+}
+from infra import project_service
+from mlflow_aws.server import prepare
+from projects.upgrade_provider import DEFAULT_START_TIMEOUT_SECONDS
+from helper.upgrade import migration_lock_seconds
+waited = []
+prepare.prepare = lambda uri, seconds: waited.append(seconds)
+prepare.main({prepare.URI_VARIABLE: "mysql+pymysql://u:p@db/churn",
+              prepare.MIGRATE_VARIABLE: "true"})
+print(json.dumps([project_service.HEALTH_CHECK_GRACE_SECONDS, project_service.ROLLOUT_TIMEOUT,
+                  DEFAULT_START_TIMEOUT_SECONDS, waited, migration_lock_seconds({})]))
+"""
+
+
+def test_a_lock_wait_changed_in_server_env_alone_moves_every_timeout_with_it() -> None:
+    """A number typed out anywhere in the chain would stay behind when the wait grows."""
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER_LOCK], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    grace, rollout, gate, waited, helper = json.loads(done.stdout.splitlines()[-1])
+    assert waited == [900] and helper == 900
+    assert grace == 900 + start_timing.SERVE_AFTER_LOCK_SECONDS
+    rollout_seconds = grace + start_timing.ROLLOUT_SLACK_SECONDS
+    assert gate == rollout_seconds and rollout == f"{-(-rollout_seconds // 60)}m"

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helper.watchdog import stop_group
+from tests.support import image_server
+from tests.support.stack_on_moto import Project
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -146,3 +148,15 @@ def running(
         yield server
     finally:
         stop(server)
+
+
+def task_env(
+    project: Project, port: int, tmp_path: Path, ca_pem: str | None = None
+) -> dict[str, str]:
+    return image_server.task_environment(
+        backend_store_uri=project.backend_store_uri,  # as the connection bundle has it
+        ca_pem=ca_pem if ca_pem is not None else project.mariadb.ca_path.read_text(),
+        artifacts_destination=str(tmp_path / "artifacts"),
+        port=port,
+        prefix=f"/{project.name}",
+    )
