@@ -170,8 +170,10 @@ def create_project_schema(db: MariaDB, schema: str, user: str, password: str) ->
     from tests.support.stack_on_moto import PRIVILEGES
 
     db.query(f"CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS as limit
+
     db.query(
-        "CREATE USER %s@'%%' IDENTIFIED BY %s REQUIRE SSL WITH MAX_USER_CONNECTIONS 50",
+        f"CREATE USER %s@'%%' IDENTIFIED BY %s REQUIRE SSL WITH MAX_USER_CONNECTIONS {limit}",
         (user, password),
     )
     pattern = schema.replace("_", "\\_")
