@@ -15,6 +15,8 @@ longest single request to the server is recorded too (a proxied transfer is one 
 lasts the whole transfer: it must fit the load balancer's idle timeout,
 ``infra/tracking_service.py IDLE_TIMEOUT_SECONDS``).
 
+moto runs as ``bench/moto_ranged.py`` (a ranged GET reads its range, not the whole object).
+
 Targets: (b) >= 80% of (c) in MiB/s; in (b) the server's RSS grows <= 64 MiB and it handles
 <= 1% of the bytes; no single request through the load balancer's path (the central route)
 lasts longer than the load balancer's idle timeout.
@@ -320,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with (
         nothing_left_behind(),
-        running_moto() as moto,
+        running_moto("bench.moto_ranged") as moto,  # real S3 reads a range, not the object
         running_mariadb() as db,
         workdir() as directory,
     ):

@@ -49,8 +49,8 @@ from bench.common import (
 )
 from infra.config import ServerConfig
 from tests.support import image_server
+from tests.support.image_venv import image_venv_path, python_for_image
 from tests.support.services import free_port, running_mariadb, running_moto
-from tests.test_image_requirements import image_venv_path, python_for_image
 
 MIB = 1024**2
 TARGET_PREFIX_RATIO = 0.95

@@ -32,6 +32,7 @@ import pulumi_aws as aws
 
 from infra.config import GcConfig, ServerConfig, stack_slug
 from infra.containers import container_secrets, fargate_task_definition_args, task_container
+from infra.iam import ECS_TASKS, service_trust_policy
 from infra.project_service import ServiceParts
 from mlflow_aws import environment as env_names
 
@@ -85,20 +86,7 @@ def gc_container_definitions(
 
 
 def scheduler_trust_policy(account_id: str) -> str:
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"Service": "scheduler.amazonaws.com"},
-                    "Action": "sts:AssumeRole",
-                    "Condition": {"StringEquals": {"aws:SourceAccount": account_id}},
-                }
-            ],
-        },
-        sort_keys=True,
-    )
+    return service_trust_policy(account_id, "scheduler.amazonaws.com")
 
 
 def scheduler_policy(
@@ -121,9 +109,7 @@ def scheduler_policy(
                     "Effect": "Allow",
                     "Action": ["iam:PassRole"],
                     "Resource": [execution_role_arn, task_role_arn],
-                    "Condition": {
-                        "StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
-                    },
+                    "Condition": {"StringEquals": {"iam:PassedToService": ECS_TASKS}},
                 },
             ],
         },

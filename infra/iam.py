@@ -104,8 +104,8 @@ def execution_role_policy(
     return json.dumps(document, sort_keys=True)
 
 
-def execution_trust_policy(account_id: str, principal: str = ECS_TASKS) -> str:
-    """ECS may start tasks with the execution role for this account only."""
+def service_trust_policy(account_id: str, principal: str) -> str:
+    """An AWS service may assume the role on behalf of this account only (aws:SourceAccount)."""
     return json.dumps(
         {
             "Version": "2012-10-17",
@@ -120,6 +120,11 @@ def execution_trust_policy(account_id: str, principal: str = ECS_TASKS) -> str:
         },
         sort_keys=True,
     )
+
+
+def execution_trust_policy(account_id: str, principal: str = ECS_TASKS) -> str:
+    """ECS may start tasks with the execution role for this account only."""
+    return service_trust_policy(account_id, principal)
 
 
 def task_trust_policy(

@@ -187,3 +187,11 @@ def test_the_group_lookup_reads_only_users_groups_and_identity_center_role_paths
         (["iam:GetRole"], [f"arn:aws:iam::{ACCOUNT}:role/aws-reserved/sso.amazonaws.com/*"]),
     ]
     assert json.loads(iam.group_lookup_policy(ACCOUNT, groups=False, sso=False))["Statement"] == []
+
+
+def test_the_scheduler_runs_the_gc_task_for_this_account_only() -> None:
+    from infra.gc_schedule import scheduler_trust_policy
+
+    [statement] = json.loads(scheduler_trust_policy(ACCOUNT))["Statement"]
+    assert statement["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert statement["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}

@@ -28,8 +28,9 @@ import boto3
 import pytest
 
 from tests.support import image_server
+from tests.support.helper_run import run_tracking_script
 from tests.support.services import MariaDB, MotoServer, free_port
-from tests.test_helper_e2e import Project, create_project, run_tracking_script
+from tests.support.stack_on_moto import Project, create_project
 
 BUCKET = "mlflow-aws-prefix"
 REGION = "eu-west-1"

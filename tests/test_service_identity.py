@@ -68,14 +68,36 @@ CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         },
         {},
     ),
+    # A stack of one's own VPC, protected, with a long name (the URNs name the stack).
+    "own": (
+        {
+            "mlflow-aws:projects": ["churn", {"name": "fraud", "iamGroups": ["g1", "g2"]}],
+            "mlflow-aws:db": {"vpcId": "vpc-0abc1234"},
+            "mlflow-aws:protect": True,
+            "mlflow-aws:server": {
+                **SERVER,
+                "certificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/"
+                "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0",
+                "internal": True, "allowedCidrs": ["203.0.113.0/24"],
+                "subnetIds": ["subnet-0c0a0001", "subnet-0c0b0002"],
+                "taskSubnetIds": ["subnet-0c0a0004", "subnet-0c0b0005"],
+                "cpu": 1024, "memory": 2048, "minTasks": 2, "maxTasks": 5,
+            },
+            "mlflow-aws:gc": {"enabled": True},
+        },
+        {},
+    ),
 }  # fmt: skip
+STACKS = {"own": "production-europe-west-data-science-platform.v2"}
 PROJECT_SERVICE = "mlflow-aws:infra:ProjectService"
 
 
 @cache
 def program(config: str) -> ProgramRun:
     values, account = CONFIGS[config]
-    return run_program(values, recording=RecordingMocks(MockAccount(**account)))
+    return run_program(
+        values, stack=STACKS.get(config, "dev"), recording=RecordingMocks(MockAccount(**account))
+    )
 
 
 def urn_of(parent_urn: str, typ: str, name: str, stack: str, project: str) -> str:
@@ -114,7 +136,9 @@ def test_the_alias_resolver_names_each_resource_as_the_monitor_did(config: str) 
     """The resolver below is trusted only because it reproduces every URN the monitor made."""
     r = program(config)
     for res in r.resources:
-        assert urn_of(res.parent, res.typ, res.name, "dev", "mlflow-aws") == res.urn
+        assert urn_of(res.parent, res.typ, res.name, STACKS.get(config, "dev"), "mlflow-aws") == (
+            res.urn
+        )
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
@@ -174,7 +198,8 @@ def test_each_projects_resources_are_grouped_under_its_project_service(config: s
         }  # fmt: skip
         # Each of them keeps its old identity: the TrackingService as its parent before.
         for c in children:
-            assert urn_of(tracking.urn, c.typ, c.name, "dev", "mlflow-aws") in alias_urns(c)
+            old = urn_of(tracking.urn, c.typ, c.name, STACKS.get(config, "dev"), "mlflow-aws")
+            assert old in alias_urns(c)
     shared = {c.typ for c in r.children_of(tracking)} - {PROJECT_SERVICE}
     assert "aws:lb/loadBalancer:LoadBalancer" in shared
     assert "aws:ecs/service:Service" not in shared
