@@ -186,6 +186,7 @@ class BigTransfer:
     seconds: float
     growth_mib: float  # the proxy's VmHWM over its VmRSS before
     gib_per_s: float
+    failed: str = ""  # why the transfer failed (its RSS is still measured)
 
 
 def reset_peak(pid: int) -> int:
@@ -217,11 +218,18 @@ def big_artifact_through_proxy(
     def measured(direction: str, transfer: Any) -> None:
         before = reset_peak(proxy_pid)
         started = time.monotonic()
-        transfer()
+        failed = ""
+        try:
+            transfer()
+        except (OSError, RuntimeError, http.client.HTTPException) as exc:
+            failed = str(exc)  # the figures above still print (a server on moto may be slow)
         seconds = time.monotonic() - started
         peak = vm_kib(proxy_pid, "VmHWM")
-        log(f"    {direction}: {seconds:.0f} s; proxy RSS {before} KiB before, peak {peak} KiB")
-        transfers.append(BigTransfer(direction, seconds, (peak - before) / 1024, gib / seconds))
+        log(f"    {direction}: {seconds:.0f} s; proxy RSS {before} KiB before, peak {peak} KiB"
+            f"{'; FAILED: ' + failed if failed else ''}")  # fmt: skip
+        transfers.append(
+            BigTransfer(direction, seconds, (peak - before) / 1024, gib / seconds, failed)
+        )
 
     def upload() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
@@ -325,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([
             f"proxy RSS growth, {args.big_gib:g} GiB {transfer.direction}", "", "",
             f"+{transfer.growth_mib:.0f} MiB ({transfer.seconds:.0f} s, "
-            f"{transfer.gib_per_s * 1024:.0f} MiB/s)",
-            f"≤ {limit:.0f} MiB", verdict(transfer.growth_mib <= limit),
+            + (f"FAILED: {transfer.failed[:60]})" if transfer.failed
+               else f"{transfer.gib_per_s * 1024:.0f} MiB/s)"),
+            f"≤ {limit:.0f} MiB", verdict(transfer.growth_mib <= limit and not transfer.failed),
         ])  # fmt: skip
     rows.append(["big artifact back byte-exact (sha256)", "", "", "yes" if intact else "NO",
                  "the same bytes", verdict(intact)])  # fmt: skip

@@ -95,8 +95,9 @@ TARGETS: dict[str, Target] = {
     ),
     "helper/proxy.py": Target(
         # test_proxy_security.py waits on sockets (~30 s a run): only for the fast survivors;
-        # test_proxy_wire.py (the wire rules, ~4 s) first, so most mutants die in seconds
-        fast=("tests/test_proxy_wire.py", "tests/test_proxy_rules.py", "tests/test_auth_unit.py"),
+        # test_proxy_wire.py (the wire rules, ~9 s) first, so most mutants die in seconds;
+        # test_auth_unit.py's proxy checks are repeated in test_proxy_rules.py
+        fast=("tests/test_proxy_wire.py", "tests/test_proxy_rules.py"),
         full=(
             "tests/test_proxy_wire.py",
             "tests/test_proxy_rules.py",
