@@ -85,11 +85,20 @@ TARGETS: dict[str, Target] = {
         ),
     ),
     "mlflow_aws/auth/server.py": Target(
-        fast=("tests/test_auth_rules.py", "tests/test_token_rules.py", "tests/test_auth_unit.py"),
+        fast=(
+            "tests/test_auth_rules.py",
+            "tests/test_token_rules.py",
+            "tests/test_auth_unit.py",
+            "tests/test_auth_asgi.py",
+            "tests/test_auth_aws_answers.py",
+        ),
         full=(
             "tests/test_auth_rules.py",
             "tests/test_token_rules.py",
             "tests/test_auth_unit.py",
+            "tests/test_auth_asgi.py",
+            "tests/test_auth_aws_answers.py",
+            "tests/test_auth_revocation.py",
             "tests/test_auth_e2e.py",
         ),
     ),
