@@ -21,13 +21,9 @@ from infra.artifact_store import (
 from infra.config import load_stack_config, role_attachment_warnings
 from infra.database import MetadataDatabase, MetadataDatabaseArgs
 from infra.gc_schedule import GcSchedule, GcScheduleArgs
-from infra.server import (
-    LoadBalancerAccessLogs,
-    ServiceProject,
-    TrackingService,
-    TrackingServiceArgs,
-)
+from infra.project_service import ServiceProject
 from infra.server_image import ServerImage, ServerImageArgs
+from infra.tracking_service import LoadBalancerAccessLogs, TrackingService, TrackingServiceArgs
 from infra.upgrade import UpgradeGate
 from projects.password_retirement import MysqlPasswordRetirement, MysqlPasswordRetirementArgs
 from projects.project import MlflowProject, MlflowProjectArgs

@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # bench/ is run as a script; the packages live at the root
-    sys.path.insert(0, str(ROOT))
+from helper.watchdog import stop_group
 
-from tests.services import MariaDB, MotoServer, free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
+from tests.support.services import MariaDB, MotoServer, free_port  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
@@ -167,11 +167,13 @@ class SqliteFactory:
 def create_project_schema(db: MariaDB, schema: str, user: str, password: str) -> None:
     """What the MysqlSchema provider creates: a utf8mb4_bin schema and a user limited to it,
     with the privileges MLflow needs there and a connection limit."""
-    from tests.stack_on_moto import PRIVILEGES
+    from tests.support.stack_on_moto import PRIVILEGES
 
     db.query(f"CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS as limit
+
     db.query(
-        "CREATE USER %s@'%%' IDENTIFIED BY %s REQUIRE SSL WITH MAX_USER_CONNECTIONS 50",
+        f"CREATE USER %s@'%%' IDENTIFIED BY %s REQUIRE SSL WITH MAX_USER_CONNECTIONS {limit}",
         (user, password),
     )
     pattern = schema.replace("_", "\\_")
@@ -357,18 +359,8 @@ class Server:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the whole session (the server's workers too), SIGKILL after ``timeout``."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        # Workers that outlived their parent still belong to the session/process group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        # The helper's own group stop: workers that outlived their parent are in the group too.
+        stop_group(self.process.pid, self.process, timeout)
         for path in self.temp_files:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -435,7 +427,7 @@ def write_outputs_file(
 ) -> Path:
     """The stack as ``pulumi up`` leaves it for ``projects`` on ``db``: each project's connection
     secret and the server role in moto, and a stack-outputs file naming the secrets."""
-    from tests.stack_on_moto import (
+    from tests.support.stack_on_moto import (
         Project,
         bundle_for,
         put_connection_secret,

@@ -26,12 +26,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     GIB,
@@ -60,7 +57,7 @@ from bench.common import (
     verdict,
     workdir,
 )
-from tests.services import MariaDB, MotoServer, running_mariadb, running_moto
+from tests.support.services import MariaDB, MotoServer, running_mariadb, running_moto
 
 TARGET_PROCESSES = 2
 TARGET_RSS_GIB = 0.6

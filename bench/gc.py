@@ -30,8 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench.common import (
     MLFLOW,
     PYTHON,
@@ -43,7 +41,7 @@ from bench.common import (
     verdict,
     workdir,
 )
-from tests.services import MariaDB, MotoServer, running_mariadb, running_moto
+from tests.support.services import MariaDB, MotoServer, running_mariadb, running_moto
 
 BUCKET = "mlflow-aws-bench-gc"
 TARGET_RSS_MIB = 512
@@ -53,8 +51,8 @@ ARTIFACTS = 50
 def make_project(db: MariaDB, moto: MotoServer, name: str, rows: int, proxied: bool) -> Any:
     from mlflow import MlflowClient
 
-    from tests.gc_world import migrate
-    from tests.stack_on_moto import aws_client, create_project
+    from tests.support.gc_world import migrate
+    from tests.support.stack_on_moto import aws_client, create_project
 
     project = create_project(db, name)
     uri = db.url(project.user, project.password, project.schema)
@@ -112,8 +110,13 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    from tests.gc_world import versioned_bucket
-    from tests.stack_on_moto import bundle_for, put_connection_secret, server_role, write_outputs
+    from tests.support.gc_world import versioned_bucket
+    from tests.support.stack_on_moto import (
+        bundle_for,
+        put_connection_secret,
+        server_role,
+        write_outputs,
+    )
 
     with nothing_left_behind(), running_mariadb() as db, running_moto() as moto, workdir() as work:
         aws = moto.aws_env()

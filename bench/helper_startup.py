@@ -24,10 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script; the packages live at the root
-    sys.path.insert(0, str(ROOT))
 
-from tests.services import free_port, running_mariadb, running_moto  # noqa: E402
+from tests.support.services import free_port, running_mariadb, running_moto  # noqa: E402
 
 PROJECT = "bench-startup"
 BUCKET = "mlflow-aws-bench-startup"
@@ -111,7 +109,7 @@ def main() -> None:
     rows = [f"python -m helper --help  {time.monotonic() - started:6.2f} s"]
 
     with running_mariadb() as db, running_moto() as moto, tempfile.TemporaryDirectory() as tmp:
-        from tests.stack_on_moto import (
+        from tests.support.stack_on_moto import (
             bundle_for,
             create_project,
             ensure_bucket,

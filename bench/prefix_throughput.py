@@ -34,8 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench.common import (
     BUCKET,
     MariaDBFactory,
@@ -50,9 +48,9 @@ from bench.common import (
     workdir,
 )
 from infra.config import ServerConfig
-from tests import image_server
-from tests.services import free_port, running_mariadb, running_moto
-from tests.test_image_requirements import image_venv_path, python_for_image
+from tests.support import image_server
+from tests.support.image_venv import image_venv_path, python_for_image
+from tests.support.services import free_port, running_mariadb, running_moto
 
 MIB = 1024**2
 TARGET_PREFIX_RATIO = 0.95
@@ -73,7 +71,7 @@ def tutorial_runs(url: str, count: int, artifacts: Path) -> float:
 
 
 def tutorial_run(mlflow: Any, artifacts: Path) -> None:
-    """tests/tracking_script.py, as one run."""
+    """tests/support/tracking_script.py, as one run."""
     import random
 
     with mlflow.start_run():

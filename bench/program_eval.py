@@ -1,6 +1,6 @@
 """How long evaluating the Pulumi program takes as the project list grows.
 
-Runs the real ``__main__.py`` in-process with the test mocks (tests/pulumi_mocks.py) for
+Runs the real ``__main__.py`` in-process with the test mocks (tests/support/pulumi_mocks.py) for
 1, 10, 50 and 200 configured projects, a few times each after a warm-up run (so imports are
 not counted), and prints the median time, the resources registered and the ratios against the
 1-project run. Usage: ``.venv/bin/python bench/program_eval.py [--repeat N]``.
@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from tests.pulumi_mocks import run_program  # noqa: E402
+from tests.support.pulumi_mocks import run_program  # noqa: E402
 
 SIZES = (1, 10, 50, 200)
 

@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/provider_scale.py [--sizes 10,50,200] [--parallel 8]
 
-Starts its own MariaDB (tests/services.py: TLS required, like Aurora), a moto server holding
-the admin secret, the RDS Data API emulator in front of the MariaDB (tests/data_api_emulator.py;
+Starts its own MariaDB (tests/support/services.py: TLS required, like Aurora), a moto server holding
+the admin secret, the RDS Data API emulator in front of the MariaDB
+(tests/support/data_api_emulator.py;
 the provider's SQL goes through it as it goes through AWS's Data API, one HTTPS call per
 statement, here plain HTTP on loopback) and the SDK's provider server (``python -u -m
 pulumi.dynamic``, as the engine starts it), then for each size:
@@ -32,18 +33,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from projects.schema_provider import MysqlSchemaProvider  # noqa: E402
-from tests.data_api_emulator import (  # noqa: E402
+from tests.support.data_api_emulator import (  # noqa: E402
     CLUSTER_ARN,
     admin_secret,
     provider_environment,
     running_data_api,
 )
-from tests.grpc_provider import ProviderClient, provider_server, secret  # noqa: E402
-from tests.services import MariaDB, running_mariadb, running_moto  # noqa: E402
+from tests.support.grpc_provider import ProviderClient, provider_server, secret  # noqa: E402
+from tests.support.services import MariaDB, running_mariadb, running_moto  # noqa: E402
 
 
 def news(admin_arn: str, project: str) -> dict[str, Any]:

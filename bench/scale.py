@@ -6,11 +6,11 @@
 Reuses the two scale benches rather than re-implementing them:
 
 * ``bench/program_eval.py``: the real ``__main__.py`` evaluated in-process with the test mocks
-  (tests/pulumi_mocks.py) for N configured projects;
+  (tests/support/pulumi_mocks.py) for N configured projects;
 * ``bench/provider_scale.py``: Check + Create, then Delete, of N projects through the SDK's
   provider server (``python -u -m pulumi.dynamic``) over gRPC, the SQL through the RDS Data API
-  emulator (tests/data_api_emulator.py) to a real MariaDB (TLS), one at a time (``grpc``) and
-  with the engine's default parallelism (``grpc-parallel``).
+  emulator (tests/support/data_api_emulator.py) to a real MariaDB (TLS), one at a time
+  (``grpc``) and with the engine's default parallelism (``grpc-parallel``).
 
 The growth table shows each figure at 10, 50 and 200 projects and the factor per 10x more
 projects, ``(t200 / t10) ** (1 / log10(20))``: 10.0 is linear, less is better than linear.
@@ -22,10 +22,7 @@ import argparse
 import contextlib
 import json
 import math
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import log, table
 

@@ -19,13 +19,10 @@ import argparse
 import contextlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     Database,
@@ -49,7 +46,7 @@ from bench.common import (
     verdict,
     workdir,
 )
-from tests.services import running_mariadb, running_moto
+from tests.support.services import running_mariadb, running_moto
 
 TARGET_B_OVER_A_SINGLE = 7.0
 TARGET_B_OVER_C_SINGLE = 0.45

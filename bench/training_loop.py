@@ -28,18 +28,20 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench.common import PYTHON, load_average, log, nothing_left_behind, table, verdict, workdir
-from tests.central import client_aws_env, make_identities, moto_clients, running_central_server
-from tests.services import free_port, running_mariadb, running_moto
+from tests.support.central import (
+    client_aws_env,
+    make_identities,
+    moto_clients,
+    running_central_server,
+)
+from tests.support.services import free_port, running_mariadb, running_moto
 
 PROJECT = "bench-loop"
 BUCKET = "mlflow-aws-bench-loop"
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         log("moto identities, project schema, the central app behind a 2 x 15 ms relay")
         identities = make_identities(moto)
-        from tests.stack_on_moto import create_project
+        from tests.support.stack_on_moto import create_project
 
         project = create_project(db, PROJECT)
         uri = db.url(project.user, project.password, project.schema)

@@ -7,6 +7,11 @@ no Docker, no database access, no MLflow server on the laptop. One thread per cl
 each with its own kept-alive upstream connection; bodies stream both ways in blocks of
 ``BLOCK_BYTES``, so a multi-GB artifact never sits in memory.
 
+HTTP/1.1 is spoken here directly on the sockets, not through http.server and http.client: their
+email-based header parsing and separate writes for head and body cost more CPU and wake-ups per
+call than everything else the proxy does (issue 17). It is also stricter than theirs: a request
+line, header line or chunk that is not exactly as RFC 9112 spells it is refused.
+
 The proxy holds the teammate's identity, so it is the trust boundary: it answers only requests
 that carry the run's secret (``mlflow_aws.run_secret``: the client's MLFLOW_TRACKING_TOKEN or the
 browser's cookie), whose Host is itself (no DNS rebinding) and whose Origin, if any, is itself
@@ -28,12 +33,12 @@ import io
 import re
 import select
 import socket
+import socketserver
 import ssl
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -47,28 +52,50 @@ SMALL_BODY_BYTES = 1 << 20  # read whole (one send, replayable on a stale connec
 UPSTREAM_TIMEOUT = 300.0  # per socket operation; a large artifact's transfer may take long overall
 CLIENT_IDLE_TIMEOUT = 300.0
 CHECK_TIMEOUT = 30.0  # the sign-in check before serving (Aurora resuming can take ~15 s)
+MAX_LINE = 65536  # a request line, header line or chunk line (http.client's limit)
+MAX_HEADERS = 100
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
      "te", "trailer", "transfer-encoding", "upgrade"}
 )  # fmt: skip
-# Replaced by the proxy (host, authorization), or not for the server (origin and referer name
-# 127.0.0.1, which MLflow's CORS check would treat as another site; expect is the proxy's
-# business; cookies are the browser's for 127.0.0.1, the proxy's own secret among them, and no
-# business of the server's).
+# Replaced by the proxy (host, authorization, content-length), or not for the server (origin and
+# referer name 127.0.0.1, which MLflow's CORS check would treat as another site; expect is the
+# proxy's business; cookies are the browser's for 127.0.0.1, the proxy's own secret among them,
+# and no business of the server's).
 DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {
-    "host", "authorization", "origin", "referer", "expect", "cookie"
+    "host", "authorization", "origin", "referer", "expect", "cookie", "content-length"
 }  # fmt: skip
 # No cookie of the server lands in the browser under 127.0.0.1, where every local server reads it.
 DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {"content-length", "set-cookie"}
 NO_BODY_STATUSES = frozenset({204, 304})
 LINGER_SECONDS = 1.0  # after a refusal, unread body bytes are discarded this long (then closed)
 LINGER_BYTES = 1 << 20
-_DIGITS = re.compile(rb"[0-9]{1,18}")
+_DIGITS = re.compile(r"[0-9]{1,18}")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(;[^\r\n]*)?\r?\n")
+# RFC 9112: method SP request-target SP HTTP-version; a target of visible ASCII only.
+_REQUEST_LINE = re.compile(rb"([A-Z]{1,16}) ([\x21-\x7e]{1,16384}) HTTP/1\.([01])\r?\n")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: ([^\r\n]*))?\r?\n")
+# field-name ":" OWS field-value OWS, no obsolete line folding, no control characters.
+_HEADER_LINE = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*\r?\n"
+)
 
 
 class BadRequestBody(Exception):
     """The request's body framing is ambiguous or malformed: refused, the connection closed."""
+
+
+class BadMessage(Exception):
+    """A request (or the server's answer) that is not well-formed HTTP/1.1: refused, closed."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UpstreamClosed(ConnectionError):
+    """The server closed the connection without answering (a stale kept-alive connection)."""
 
 
 @dataclass(frozen=True)
@@ -107,19 +134,27 @@ class Upstream:
         return location
 
     def connect(self, timeout: float = UPSTREAM_TIMEOUT) -> http.client.HTTPConnection:
+        """An http.client connection (the one-off sign-in check)."""
         if self.scheme == "https":
-            connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            return http.client.HTTPSConnection(
                 self.hostname, self.port, timeout=timeout,
                 context=_tls_context(),  # certificate and host name verified
             )  # fmt: skip
-        else:
-            connection = http.client.HTTPConnection(self.hostname, self.port, timeout=timeout)
-        connection.connect()
-        assert connection.sock is not None
-        # Headers and a small body go out in separate writes: without this, Nagle and delayed
-        # ACKs add ~40 ms to every call.
-        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return connection
+        return http.client.HTTPConnection(self.hostname, self.port, timeout=timeout)
+
+    def open_socket(self, timeout: float = UPSTREAM_TIMEOUT) -> socket.socket:
+        """A connected socket to the server (TLS, certificate and host name verified, for
+        https); no Nagle: a request's head and body go out in one write anyway, and a streamed
+        body's last block must not wait for an ACK."""
+        sock = socket.create_connection((self.hostname, self.port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.scheme == "https":
+            try:
+                return _tls_context().wrap_socket(sock, server_hostname=self.hostname)
+            except BaseException:
+                sock.close()
+                raise
+        return sock
 
 
 @functools.cache
@@ -129,8 +164,8 @@ def _tls_context() -> ssl.SSLContext:
 
 
 def _chunked_body(stream: io.BufferedIOBase) -> Iterator[bytes]:
-    """Decode a chunked request body from the client, block by block (strictly: anything but
-    well-formed chunks raises BadRequestBody, and the connection is closed)."""
+    """Decode a chunked body, block by block (strictly: anything but well-formed chunks raises
+    BadRequestBody, and the connection is closed)."""
     while True:
         size_line = stream.readline(1024)
         match = _CHUNK_SIZE.fullmatch(size_line)
@@ -155,27 +190,136 @@ def _sized_body(stream: io.BufferedIOBase, length: int) -> Iterator[bytes]:
     while remaining:
         block = stream.read(min(remaining, BLOCK_BYTES))
         if not block:
-            raise ConnectionError("client closed the connection mid-body")
+            raise ConnectionError("the peer closed the connection mid-body")
         remaining -= len(block)
         yield block
 
 
-def _peer_closed(connection: http.client.HTTPConnection) -> bool:
-    """An idle kept-alive connection is readable only when the server has closed it."""
-    if connection.sock is None:
-        return True
-    readable, _, _ = select.select([connection.sock], [], [], 0)
-    return bool(readable)
+def _read_exactly(stream: io.BufferedIOBase, length: int) -> bytes:
+    data = stream.read(length)
+    if len(data) != length:
+        raise ConnectionError("the peer closed the connection mid-body")
+    return data
 
 
-class SigningProxy(ThreadingHTTPServer):
+def _head_lines(stream: io.BufferedIOBase) -> list[bytes]:
+    """The header lines up to the blank line that ends a head (each with its line ending)."""
+    lines: list[bytes] = []
+    while True:
+        line = stream.readline(MAX_LINE + 1)
+        if line in (b"\r\n", b"\n"):
+            return lines
+        if len(line) > MAX_LINE or len(lines) >= MAX_HEADERS:
+            raise BadMessage("a header line is too long, or there are too many", 431)
+        if not line.endswith(b"\n"):
+            raise BadMessage("the connection closed mid-head")  # an answer in part: no retry
+        lines.append(line)
+
+
+def _parse_headers(lines: list[bytes]) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+    """(name, value) pairs as sent, and lower-case names to every value (``Gate.decide``'s)."""
+    pairs: list[tuple[str, str]] = []
+    by_name: dict[str, list[str]] = {}
+    for line in lines:
+        match = _HEADER_LINE.fullmatch(line)
+        if match is None:
+            raise BadMessage(f"malformed header line {line[:40]!r}")
+        name, value = match.group(1).decode("ascii"), match.group(2).decode("latin-1")
+        pairs.append((name, value))
+        by_name.setdefault(name.lower(), []).append(value)
+    return pairs, by_name
+
+
+def _tokens(values: list[str]) -> set[str]:
+    """The comma-separated tokens of a header such as Connection, lower case."""
+    return {token.strip().lower() for value in values for token in value.split(",")}
+
+
+def _content_length(lengths: list[str]) -> int:
+    if len(set(lengths)) != 1 or not _DIGITS.fullmatch(lengths[0]):
+        raise BadRequestBody(f"Content-Length {', '.join(lengths)!r}")
+    return int(lengths[0])
+
+
+def _chunk(block: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(block), block)
+
+
+class UpstreamConnection:
+    """One kept-alive connection to the server, used by one client connection's thread."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.sock = upstream.open_socket()
+        self.reader = self.sock.makefile("rb")
+
+    def closed_by_peer(self) -> bool:
+        """An idle kept-alive connection is readable only when the server has closed it."""
+        pending = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
+        return bool(pending or select.select([self.sock], [], [], 0)[0])
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.reader.close()
+            self.sock.close()
+
+
+@dataclass
+class Response:
+    """The server's answer: its head parsed, its body still on the connection."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    length: int | None  # Content-Length, when sized
+    chunked: bool
+    will_close: bool  # the server closes after it (or its end is the close)
+
+
+def read_response(reader: io.BufferedIOBase, method: str) -> Response:
+    """The next final answer's head (1xx interim answers skipped); raises BadMessage when it is
+    not well-formed, UpstreamClosed when the server closed without answering."""
+    while True:
+        line = reader.readline(MAX_LINE + 1)
+        if not line:
+            raise UpstreamClosed("the server closed the connection without answering")
+        match = _STATUS_LINE.fullmatch(line)
+        if match is None:
+            raise BadMessage(f"a malformed status line {line[:40]!r}", 502)
+        pairs, by_name = _parse_headers(_head_lines(reader))
+        status = int(match.group(2))
+        if status >= 200:
+            break
+    connection = _tokens(by_name.get("connection", []))
+    http10 = match.group(1) == b"0"
+    will_close = "close" in connection or (http10 and "keep-alive" not in connection)
+    codings, lengths = by_name.get("transfer-encoding"), by_name.get("content-length")
+    if method == "HEAD" or status in NO_BODY_STATUSES:
+        length, chunked = 0, False
+    elif codings:
+        if [c.strip().lower() for c in codings] != ["chunked"] or lengths:
+            raise BadMessage(f"the server's Transfer-Encoding {', '.join(codings)!r}", 502)
+        length, chunked = None, True
+    elif lengths:
+        try:
+            length, chunked = _content_length(lengths), False
+        except BadRequestBody as exc:
+            raise BadMessage(f"the server's {exc}", 502) from None
+    else:
+        length, chunked, will_close = None, False, True  # delimited by the server closing
+    reason = (match.group(3) or b"").decode("latin-1")
+    return Response(status, reason, pairs, length, chunked, will_close)
+
+
+class SigningProxy(socketserver.ThreadingTCPServer):
     daemon_threads = True
     block_on_close = False
+    allow_reuse_address = True
 
     def __init__(
         self, port: int, upstream: Upstream, tokens: Any, log: IO[str], secret: str
     ) -> None:
         self.upstream = upstream
+        self.upstream_host = upstream.host_header  # computed once, sent with every request
         self.tokens = tokens  # mlflow_aws.auth.signer.TokenSource
         self.log = log
         self.local_port = port
@@ -183,140 +327,188 @@ class SigningProxy(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port), ProxyHandler)
 
 
-class ProxyHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    timeout = CLIENT_IDLE_TIMEOUT
+class ProxyHandler(socketserver.BaseRequestHandler):
+    """One client connection: its requests one after the other, each forwarded signed."""
+
     server: SigningProxy
-    upstream_connection: http.client.HTTPConnection | None = None
+    request: socket.socket
+    upstream_connection: UpstreamConnection | None = None
+    command = ""
+    path = ""
+    answered = False  # the head of this request's answer is written
 
-    def do_GET(self) -> None:
-        self.forward()
+    def setup(self) -> None:
+        self.request.settimeout(CLIENT_IDLE_TIMEOUT)
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = self.request.makefile("rb")
+        self.close_connection = False
 
-    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # refusals and failures are reported below; nothing else is worth a line
+    def handle(self) -> None:
+        with contextlib.suppress(OSError):  # the client went away (reset, timeout)
+            while not self.close_connection:
+                self.handle_one_request()
 
     def finish(self) -> None:
-        super().finish()
-        if self.upstream_connection is not None:
-            self.upstream_connection.close()
+        self.drop_upstream()
+        with contextlib.suppress(OSError):
+            self.rfile.close()
 
     # -- one request ---------------------------------------------------------------------------
 
-    def forward(self) -> None:
+    def handle_one_request(self) -> None:
+        self.command = self.path = ""
+        line = self.rfile.readline(MAX_LINE + 1)
+        if line in (b"\r\n", b"\n"):  # RFC 9112 2.2: one empty line before a request is ignored
+            line = self.rfile.readline(MAX_LINE + 1)
+        if not line:
+            self.close_connection = True  # the client closed between requests
+            return
+        try:
+            headers, by_name = self.parse_head(line)
+        except BadMessage as exc:
+            self.reply_error(exc.status, f"refused: {exc}")
+            return
+        self.forward(headers, by_name)
+
+    def parse_head(self, line: bytes) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+        match = _REQUEST_LINE.fullmatch(line)
+        if match is None:
+            raise BadMessage(f"a malformed request line {line[:40]!r}")
+        self.command = match.group(1).decode("ascii")
+        path = match.group(2).decode("ascii")
+        # As http.server: a path starting with // is not a scheme-relative URL.
+        self.path = "/" + path.lstrip("/") if path.startswith("//") else path
+        headers, by_name = _parse_headers(_head_lines(self.rfile))
+        connection = _tokens(by_name.get("connection", []))
+        if match.group(3) == b"0":
+            self.close_connection = "keep-alive" not in connection
+        else:
+            self.close_connection = "close" in connection
+        if self.command not in METHODS:
+            raise BadMessage(f"method {self.command} is not supported", 501)
+        return headers, by_name
+
+    def forward(self, headers: list[tuple[str, str]], by_name: dict[str, list[str]]) -> None:
         path, _, query = self.path.partition("?")
-        verdict = self.server.gate.decide(
-            self.command, path, query, run_secret.header_lists(self.headers.items())
-        )
+        verdict = self.server.gate.decide(self.command, path, query, by_name)
         if not verdict.allowed:
             self.refuse(verdict)
             return
         try:
-            body, headers = self.request_body_and_headers()
+            body, length, chunked = self.request_body(by_name)
         except BadRequestBody as exc:
             self.reply_error(400, f"refused: {exc}")
             return
         try:
-            headers["Authorization"] = f"Bearer {self.server.tokens.token()}"
+            token = self.server.tokens.token()
         except Exception as exc:  # no credentials, expired SSO session: say so, sign nothing
             self.reply_error(503, f"cannot sign the request with your AWS identity: {exc}")
             return
-        upstream_path = self.server.upstream.path_for(self.path)
+        head = self.upstream_head(headers, by_name, token, length, chunked)
         try:
-            response = self.send_upstream(upstream_path, headers, body)
+            response = self.send_upstream(head, body, chunked)
         except BadRequestBody as exc:
             self.drop_upstream()  # it has part of a body: never reused
             self.reply_error(400, f"refused: {exc}")
             return
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, BadMessage) as exc:
             self.drop_upstream()
             self.reply_error(502, f"cannot reach {self.server.upstream.origin}: {exc}")
             return
         relayed = False
+        self.answered = False
         try:
             self.relay_response(response)
             relayed = True
+        except (BadRequestBody, BadMessage) as exc:  # the server's body is malformed
+            if self.answered:  # the client sees a truncated answer: the connection closes
+                self.server.log.write(f"proxy: {self.command} {self.path_for_log()}: {exc}\n")
+                self.close_connection = True
+            else:
+                self.reply_error(502, f"{self.server.upstream.origin} answered badly: {exc}")
         finally:
-            # read1 leaves a fully read sized response open (CPython), which blocks the next
-            # request on this connection; one not fully read leaves bytes behind: drop it then.
-            response.close()
             if response.will_close or not relayed:
-                self.drop_upstream()
+                self.drop_upstream()  # bytes of it may be left behind: never reused
 
-    def request_body_and_headers(self) -> tuple[bytes | Iterator[bytes] | None, dict[str, str]]:
-        """The headers for the server and the body, read as it is framed, strictly: whatever
-        does not say exactly one way where the body ends raises BadRequestBody."""
-        headers = {
-            name: value
-            for name, value in self.headers.items()
-            if name.lower() not in DROPPED_REQUEST_HEADERS
-        }
-        headers["Host"] = self.server.upstream.host_header
-        codings = self.headers.get_all("Transfer-Encoding") or []
-        lengths = self.headers.get_all("Content-Length") or []
+    def request_body(
+        self, by_name: dict[str, list[str]]
+    ) -> tuple[bytes | Iterator[bytes] | None, int | None, bool]:
+        """(body, Content-Length, chunked), read as it is framed, strictly: whatever does not
+        say exactly one way where the body ends raises BadRequestBody."""
+        codings = by_name.get("transfer-encoding", [])
+        lengths = by_name.get("content-length", [])
         if codings and lengths:
             raise BadRequestBody("both Content-Length and Transfer-Encoding")
+        expect = by_name.get("expect", [])
+        if expect:
+            if [e.strip().lower() for e in expect] != ["100-continue"]:
+                raise BadRequestBody(f"Expect {', '.join(expect)!r} (only 100-continue)")
+            if codings or lengths:
+                self.request.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         if codings:
             if [c.strip().lower() for c in codings] != ["chunked"]:
                 raise BadRequestBody(f"Transfer-Encoding {', '.join(codings)!r} (only chunked)")
-            headers.pop("Content-Length", None)
-            headers["Transfer-Encoding"] = "chunked"
-            return _chunked_body(self.rfile), headers
+            return _chunked_body(self.rfile), None, True
         if not lengths:
-            return None, headers
-        if len(set(lengths)) != 1 or not _DIGITS.fullmatch(lengths[0].strip().encode()):
-            raise BadRequestBody(f"Content-Length {', '.join(lengths)!r}")
-        length = int(lengths[0])
-        headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
-        headers["Content-Length"] = str(length)
+            return None, None, False
+        length = _content_length([value.strip() for value in lengths])
         if length <= SMALL_BODY_BYTES:
-            body = self.rfile.read(length)
-            if len(body) != length:
-                raise BadRequestBody("the client closed the connection mid-body")
-            return body, headers
-        return _sized_body(self.rfile, length), headers
+            try:
+                return _read_exactly(self.rfile, length), length, False
+            except ConnectionError:
+                raise BadRequestBody("the client closed the connection mid-body") from None
+        return _sized_body(self.rfile, length), length, False
+
+    def upstream_head(
+        self, headers: list[tuple[str, str]], by_name: dict[str, list[str]], token: str,
+        length: int | None, chunked: bool,
+    ) -> bytes:  # fmt: skip
+        """The request for the server: the client's own headers without the dropped ones (and
+        those its Connection header names), then the server's Host, the token and the framing."""
+        dropped = DROPPED_REQUEST_HEADERS | _tokens(by_name.get("connection", []))
+        lines = [f"{self.command} {self.server.upstream.path_for(self.path)} HTTP/1.1"]
+        lines += [f"{n}: {v}" for n, v in headers if n.lower() not in dropped]
+        lines += [f"Host: {self.server.upstream_host}", f"Authorization: Bearer {token}"]
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
+        elif length is not None:
+            lines.append(f"Content-Length: {length}")
+        return "\r\n".join([*lines, "", ""]).encode("latin-1")
 
     def send_upstream(
-        self, path: str, headers: dict[str, str], body: bytes | Iterator[bytes] | None
-    ) -> http.client.HTTPResponse:
+        self, head: bytes, body: bytes | Iterator[bytes] | None, chunked: bool
+    ) -> Response:
         reused = self.upstream_connection is not None
         try:
-            return self._send(path, headers, body)
-        except (ConnectionError, http.client.RemoteDisconnected, http.client.CannotSendRequest):
+            return self._send(head, body, chunked)
+        except ConnectionError:
             # A kept-alive connection the server closed meanwhile: retry once on a new one,
             # unless part of a streamed body is already gone.
             self.drop_upstream()
             if not reused or not (body is None or isinstance(body, bytes)):
                 raise
-            return self._send(path, headers, body)
+            return self._send(head, body, chunked)
 
-    def _send(
-        self, path: str, headers: dict[str, str], body: bytes | Iterator[bytes] | None
-    ) -> http.client.HTTPResponse:
-        if self.upstream_connection is not None and _peer_closed(self.upstream_connection):
-            self.drop_upstream()  # the server closed it while idle (uvicorn: after 5 s)
-        if self.upstream_connection is None:
-            self.upstream_connection = self.server.upstream.connect()
+    def _send(self, head: bytes, body: bytes | Iterator[bytes] | None, chunked: bool) -> Response:
         connection = self.upstream_connection
-        connection.putrequest(self.command, path, skip_host=True, skip_accept_encoding=True)
-        for name, value in headers.items():
-            connection.putheader(name, value)
-        if isinstance(body, bytes):
-            connection.endheaders(body)  # headers and body in one write
+        if connection is not None and connection.closed_by_peer():
+            self.drop_upstream()  # the server closed it while idle (uvicorn: after 5 s)
+            connection = None
+        if connection is None:
+            connection = self.upstream_connection = UpstreamConnection(self.server.upstream)
+        if body is None or isinstance(body, bytes):
+            connection.sock.sendall(head + (body or b""))  # one write: one wake-up of the server
         else:
-            connection.endheaders()
-            chunked = headers.get("Transfer-Encoding") == "chunked"
-            for block in body or ():
-                connection.send(b"%x\r\n%s\r\n" % (len(block), block) if chunked else block)
+            connection.sock.sendall(head)
+            for block in body:
+                connection.sock.sendall(_chunk(block) if chunked else block)
             if chunked:
-                connection.send(b"0\r\n\r\n")
-        return connection.getresponse()
+                connection.sock.sendall(b"0\r\n\r\n")
+        return read_response(connection.reader, self.command)
 
-    def relay_response(self, response: http.client.HTTPResponse) -> None:
+    def relay_response(self, response: Response) -> None:
         head = [f"HTTP/1.1 {response.status} {response.reason}"]
-        for name, value in response.getheaders():
+        for name, value in response.headers:
             lower = name.lower()
             if lower in DROPPED_RESPONSE_HEADERS:
                 continue
@@ -327,32 +519,57 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.server.log.write(
                 f"proxy: {self.command} {self.path_for_log()} -> {response.status}\n"
             )
-        sized = response.length is not None and not response.chunked
-        if self.command == "HEAD" or response.status in NO_BODY_STATUSES:
-            length = response.getheader("Content-Length")
-            self.write_head(head + ([f"Content-Length: {length}"] if length is not None else []))
-            response.read()
-            return
-        if sized and (response.length or 0) <= SMALL_BODY_BYTES:
-            # Most API answers: head and body in one write, one wake-up of the client.
-            body = response.read()
+        assert self.upstream_connection is not None
+        reader = self.upstream_connection.reader
+        if response.length is not None and response.length <= SMALL_BODY_BYTES:
+            # Most API answers (and HEAD, 204, 304): head and body in one write.
+            if self.command == "HEAD" or response.status in NO_BODY_STATUSES:
+                lengths = [v for n, v in response.headers if n.lower() == "content-length"]
+                self.write_head(head + [f"Content-Length: {v}" for v in lengths[:1]])
+                return
+            try:
+                body = _read_exactly(reader, response.length)
+            except ConnectionError:
+                raise BadMessage("the server closed the connection mid-answer", 502) from None
             self.write_head([*head, f"Content-Length: {len(body)}"], body)
             return
-        if sized:
+        if response.length is not None:
             self.write_head([*head, f"Content-Length: {response.length}"])
+            blocks = _sized_body(reader, response.length)
         elif response.chunked:
-            self.write_head([*head, "Transfer-Encoding: chunked"])
+            rest = self.small_chunked_answer(head, _chunked_body(reader))
+            if rest is None:
+                return
+            blocks = rest
         else:  # delimited by the server closing: so is ours
             self.write_head([*head, "Connection: close"])
             self.close_connection = True
-        while block := response.read1(BLOCK_BYTES):
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block) if response.chunked else block)
+            blocks = iter(functools.partial(reader.read1, BLOCK_BYTES), b"")
+        for block in blocks:
+            self.request.sendall(_chunk(block) if response.chunked else block)
         if response.chunked:
-            self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+            self.request.sendall(b"0\r\n\r\n")
+
+    def small_chunked_answer(
+        self, head: list[str], blocks: Iterator[bytes]
+    ) -> Iterator[bytes] | None:
+        """A chunked answer that ends within SMALL_BODY_BYTES goes out sized, in one write
+        (None); a longer one goes out chunked: its head now, the blocks to stream returned."""
+        buffered: list[bytes] = []
+        size = 0
+        for block in blocks:
+            buffered.append(block)
+            size += len(block)
+            if size > SMALL_BODY_BYTES:
+                self.write_head([*head, "Transfer-Encoding: chunked"])
+                return _prepended(buffered, blocks)
+        body = b"".join(buffered)
+        self.write_head([*head, f"Content-Length: {len(body)}"], body)
+        return None
 
     def write_head(self, lines: list[str], body: bytes = b"") -> None:
-        self.wfile.write("\r\n".join([*lines, "", ""]).encode("latin-1") + body)
+        self.answered = True
+        self.request.sendall("\r\n".join([*lines, "", ""]).encode("latin-1") + body)
 
     # -- small parts ---------------------------------------------------------------------------
 
@@ -376,28 +593,25 @@ class ProxyHandler(BaseHTTPRequestHandler):
         its unread bytes must never be parsed as another request."""
         if log:
             self.server.log.write(
-                f"proxy: {self.command} {self.path_for_log()} -> {status}: {message}\n"
+                f"proxy: {self.command or '-'} {self.path_for_log()} -> {status}: {message}\n"
             )
         data = (message + "\n").encode()
         self.close_connection = True
-        self.send_response_only(status)
+        reason = http.HTTPStatus(status).phrase
+        lines = [f"HTTP/1.1 {status} {reason}"]
         for name, value in head or [("Content-Type", "text/plain; charset=utf-8")]:
             if name.lower() != "connection":
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-        self.wfile.flush()
+                lines.append(f"{name}: {value}")
+        lines += [f"Content-Length: {len(data)}", "Connection: close"]
+        self.write_head(lines, b"" if self.command == "HEAD" else data)
         self.linger()
 
     def linger(self) -> None:
         """Half-close, then discard what the client still sends for a moment, so the answer is
         not lost to a reset (closing with unread bytes sends one) before the client reads it."""
         with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(LINGER_SECONDS)
+            self.request.shutdown(socket.SHUT_WR)
+            self.request.settimeout(LINGER_SECONDS)
             discarded = 0
             while discarded < LINGER_BYTES and (block := self.rfile.read1(BLOCK_BYTES)):
                 discarded += len(block)
@@ -405,6 +619,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def path_for_log(self) -> str:
         """The request's path without its query (the one-time URL's token is never logged)."""
         return self.path.partition("?")[0]
+
+
+def _prepended(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield from first
+    yield from rest
 
 
 # -- the command ----------------------------------------------------------------------------------

@@ -18,13 +18,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlflow_aws.names import CONNECTION_SECRET_NAME, PROJECT_NAME_PATTERN
+
 from .errors import HelperError
 from .invocation import helper_command
 from .outputs import OutputsError, read_outputs_file, read_stack_outputs
 
 # <cluster-id>.cluster-<hash>.<region>.rds.amazonaws.com (Aurora's cluster endpoint)
 _CLUSTER_ENDPOINT = re.compile(r"([a-z][a-z0-9-]{0,62})\.cluster-[a-z0-9]+\.([a-z0-9-]+)\.rds\.")
-_SECRET_NAME = re.compile(r":secret:mlflow-aws/([^/]+)/([^/]+)-[A-Za-z0-9]{6}$")
+_SECRET_NAME = re.compile(rf":secret:{CONNECTION_SECRET_NAME.pattern}-[A-Za-z0-9]{{6}}$")
+_ARTIFACT_ROOT = re.compile(rf"s3://([a-z0-9.-]+)/({PROJECT_NAME_PATTERN})")
 NONCURRENT_DAYS_NOTE = "30 days (the bucket's lifecycle, NONCURRENT_VERSION_DAYS)"
 
 
@@ -59,7 +62,7 @@ def stack_facts(data: object, project: str, source: str) -> StackFacts:
         raise OutputsError(f"{source}: no project {project!r} in Projects")
     entry = projects[project]
     root = str(entry.get("ArtifactRoot", ""))
-    match = re.fullmatch(r"s3://([a-z0-9.-]+)/([a-z0-9-]+)", root)
+    match = _ARTIFACT_ROOT.fullmatch(root)
     if not match:
         raise OutputsError(f"{source}: Projects.{project}.ArtifactRoot is not s3://bucket/prefix")
     endpoint = field("DatabaseEndpoint")
@@ -67,7 +70,7 @@ def stack_facts(data: object, project: str, source: str) -> StackFacts:
     secret = _SECRET_NAME.search(str(entry.get("ConnectionSecretArn", "")))
     return StackFacts(
         region=field("Region"),
-        stack=secret.group(1) if secret else "?",
+        stack=secret["stack"] if secret else "?",
         project=project,
         bucket=match.group(1),
         prefix=match.group(2),

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -27,12 +26,13 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from . import private
 from .errors import HelperError
+from .watchdog import STOP_TIMEOUT_SECONDS, stop_group
 
 # MLflow's words when the schema is older than the server ("Detected out-of-date database schema").
 SCHEMA_OUT_OF_DATE_MARKER = "out-of-date database schema"
 HEALTH_TIMEOUT_SECONDS = 300.0  # a first start migrates an empty schema; Aurora may be resuming
-STOP_TIMEOUT_SECONDS = 15.0
 
 
 class StopRequested(Exception):
@@ -162,31 +162,8 @@ def health_ok(port: int, timeout: float = 2.0) -> bool:
 def stop_process_group(
     process: subprocess.Popen[str], timeout: float = STOP_TIMEOUT_SECONDS
 ) -> None:
-    """SIGTERM the child's whole group (mlflow and its uvicorn), SIGKILL what is left."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            continue
-        # The leader is gone; workers of the group may linger a moment.
-        if _group_gone(process.pid, timeout):
-            return
-    _group_gone(process.pid, timeout)
-
-
-def _group_gone(pgid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        time.sleep(0.05)
-    return False
+    """Stop the child's whole group (mlflow and its uvicorn): ``watchdog.stop_group``."""
+    stop_group(process.pid, process, timeout)
 
 
 @dataclass
@@ -230,32 +207,14 @@ class UnsafeRunDirectory(HelperError):
 
 def _check_private_directory(path: Path, info: os.stat_result, exact_mode: bool) -> None:
     """``path`` (lstat'ed as ``info``) is a real directory of this user that nobody else can
-    write to; with ``exact_mode`` (the helper's own directories) exactly 0700."""
-    mode = stat.S_IMODE(info.st_mode)
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        problem = "is a symbolic link" if stat.S_ISLNK(info.st_mode) else "is not a directory"
-    elif info.st_uid != os.getuid():
-        problem = f"belongs to user id {info.st_uid}, not to you ({os.getuid()})"
-    elif (exact_mode and mode != 0o700) or mode & 0o022:
-        problem = f"has mode {mode:04o} (others may change it; it must be 0700)"
-    else:
+    write to; with ``exact_mode`` (the helper's own directories) private (helper/private.py)."""
+    problem = private.problem(info, directory=True, others_may_read=not exact_mode)
+    if problem is None:
         return
     raise UnsafeRunDirectory(
         f"{path}, where the helper records the servers it runs, {problem}: a record planted "
         "there would make the helper stop processes or run commands. Point XDG_RUNTIME_DIR at "
         "a directory only you can write (mode 0700), or remove that path if you did not make it"
-    )
-
-
-def _only_too_readable(info: os.stat_result) -> bool:
-    """A real directory of this user's that others may read or enter but not write to."""
-    mode = stat.S_IMODE(info.st_mode)
-    return (
-        stat.S_ISDIR(info.st_mode)
-        and info.st_uid == os.getuid()
-        and mode != 0o700
-        and not mode & 0o022
-        and not mode & 0o7000
     )
 
 
@@ -267,18 +226,18 @@ def run_directory(environ: Mapping[str, str] = os.environ) -> Path:
     path = base / "mlflow-aws" / "run"
     try:
         if not base.exists():
-            base.mkdir(parents=True, mode=0o700)
+            base.mkdir(parents=True, mode=private.PRIVATE_DIRECTORY_MODE)
         # stat, not lstat: the base itself may be a link the user made (~/.cache -> …); what
         # it points to must be theirs alone.
         _check_private_directory(base, base.stat(), exact_mode=False)
         for directory in (base / "mlflow-aws", path):
             with contextlib.suppress(FileExistsError):
-                directory.mkdir(mode=0o700)
+                directory.mkdir(mode=private.PRIVATE_DIRECTORY_MODE)
             info = directory.lstat()
-            if _only_too_readable(info):
+            if private.only_too_readable(info):
                 # Earlier helpers made ~/.cache/mlflow-aws with mkdir's default mode (0755):
                 # nobody else could write there, so nothing can have been planted; tighten it.
-                os.chmod(directory, 0o700)
+                os.chmod(directory, private.PRIVATE_DIRECTORY_MODE)
                 info = directory.lstat()
             _check_private_directory(directory, info, exact_mode=True)
     except OSError as exc:
@@ -307,11 +266,11 @@ def _read_record(path: Path) -> dict[str, object] | None:
         ) from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
-        mode = stat.S_IMODE(info.st_mode)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or mode & 0o077:
+        problem = private.problem(info, directory=False)
+        if problem is not None:
             raise UnsafeRunDirectory(
-                f"the run record {path} is not a private file of yours (owner {info.st_uid}, "
-                f"mode {mode:04o}): the helper ignores it; remove it if you did not make it"
+                f"the run record {path} is not a private file of yours (it {problem}): the "
+                "helper ignores it; remove it if you did not make it"
             )
         try:
             record = json.loads(handle.read(64 * 1024))
@@ -407,11 +366,7 @@ def reclaim_port(port: int, err: IO[str] = sys.stderr) -> None:
             f"started on port {port} (process group {pgid}, since {record.get('started')}) "
             "still running; stopping it\n"
         )
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGTERM)
-        _group_gone(pgid, STOP_TIMEOUT_SECONDS)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
+        stop_group(pgid)
     if record.get("on_orphan"):
         command = accepted_on_orphan(record, port)
         if command is None:
@@ -440,7 +395,9 @@ def recorded(launch: ServerLaunch, pgid: int, helper_pid: int | None = None) -> 
         "on_orphan": launch.on_orphan,
     }
     path.unlink(missing_ok=True)  # whatever is there (a link, another's file): ours replaces it
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    fd = os.open(
+        path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, private.PRIVATE_FILE_MODE
+    )
     with os.fdopen(fd, "w") as handle:
         json.dump(record, handle)
     try:

@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import re
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,11 +28,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mlflow_aws.names import (
+    CONNECTION_SECRET_NAME,
     bucket_prefix,
     connection_secret_name,
     server_repository_name,
 )
 
+from . import private
 from .outputs import OutputsError, ProjectConnection, ProjectOutputs
 
 # The DNS suffix of each partition's service endpoints (ECR registries, S3).
@@ -43,8 +44,6 @@ _SECRET_ARN = re.compile(
     r"arn:(?P<partition>aws(?:-[a-z]+)*):secretsmanager:(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+):"
     r"(?P<account>\d{12}):secret:(?P<name>[A-Za-z0-9/_+=.@-]+)-[A-Za-z0-9]{6}"
 )
-# Pulumi stack names: letters, digits, hyphens, underscores and periods.
-_SECRET_NAME = re.compile(r"mlflow-aws/(?P<stack>[A-Za-z0-9._-]{1,100})/(?P<project>[a-z0-9-]+)")
 _ROLE_ARN = re.compile(r"arn:(?P<partition>[a-z-]+):iam::(?P<account>\d{12}):role/(?P<name>.+)")
 _ROLE_NAME = re.compile(r"[\w+=,.@-]{1,64}")
 _IMAGE = re.compile(r"(?P<registry>[^/@]+)/(?P<repository>[a-z0-9._/-]+)@sha256:[0-9a-f]{64}")
@@ -69,7 +68,7 @@ class SecretIdentity:
 
 
 def is_connection_secret_name(name: str, project: str | None = None) -> bool:
-    match = _SECRET_NAME.fullmatch(name)
+    match = CONNECTION_SECRET_NAME.fullmatch(name)
     return match is not None and (project is None or match["project"] == project)
 
 
@@ -84,7 +83,7 @@ def secret_identity(arn: str, project: str, source: str) -> SecretIdentity:
             f"{source}: partition {match['partition']} of {arn} is not one the helper knows "
             f"({', '.join(sorted(PARTITION_DNS_SUFFIX))})"
         )
-    name = _SECRET_NAME.fullmatch(match["name"])
+    name = CONNECTION_SECRET_NAME.fullmatch(match["name"])
     if name is None or name["project"] != project:
         raise OutputsError(
             f"{source}: secret {match['name']!r} is not the connection secret of project "
@@ -240,11 +239,11 @@ class SecretPins:
                 f"secrets ({exc.strerror}; a symbolic link is refused)"
             ) from None
         with os.fdopen(fd, encoding="utf-8") as handle:
-            info = os.fstat(handle.fileno())
-            if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+            problem = private.problem(os.fstat(handle.fileno()), directory=False)
+            if problem is not None:
                 raise OutputsError(
-                    f"{self.path} is not a private file of yours (mode "
-                    f"{stat.S_IMODE(info.st_mode):04o}): remove it, the helper makes a new one"
+                    f"{self.path} is not a private file of yours (it {problem}): remove it, "
+                    "the helper makes a new one"
                 )
             try:
                 data = json.load(handle)
@@ -263,21 +262,21 @@ class SecretPins:
         data[key] = {"arn": arn, "since": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")}
         directory = self.path.parent
         try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            info = directory.lstat()
-            if (
-                not stat.S_ISDIR(info.st_mode)
-                or info.st_uid != os.getuid()
-                or stat.S_IMODE(info.st_mode) & 0o077
-            ):
+            directory.mkdir(parents=True, exist_ok=True, mode=private.PRIVATE_DIRECTORY_MODE)
+            problem = private.problem(directory.lstat(), directory=True)
+            if problem is not None:
                 raise OutputsError(
-                    f"{directory} is not a private directory of yours (it must be yours, mode "
-                    "0700, not a symbolic link); set XDG_STATE_HOME to one that is"
+                    f"{directory} is not a private directory of yours (it {problem}; it must be "
+                    "yours, mode 0700, not a symbolic link); set XDG_STATE_HOME to one that is"
                 )
             temporary = directory / f".{self.FILE}.{os.getpid()}"
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            fd = os.open(
+                temporary,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                private.PRIVATE_FILE_MODE,
+            )
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(data, handle, indent=1, sort_keys=True)
             os.replace(temporary, self.path)

@@ -7,7 +7,8 @@ ends with its exit code. If the pipe reports end-of-file, the helper is gone how
 the watchdog runs ``--on-orphan`` (``docker stop …`` for the docker runtime, whose container
 does not die with its client), then stops the whole group.
 
-Standard library only, and nothing imported from the helper: it must start fast.
+Standard library only, and nothing imported from the helper: it must start fast. The helper
+imports ``stop_group`` from here: the one way a server's process group is stopped.
 """
 
 from __future__ import annotations
@@ -18,23 +19,58 @@ import os
 import signal
 import subprocess
 import threading
+import time
+from typing import Any
 
 STOP_TIMEOUT_SECONDS = 15.0
 
 
-def _stop_group(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the group (the server and its workers), SIGKILL what is left."""
-    group = os.getpgid(0)
+def group_gone(pgid: int, timeout: float) -> bool:
+    """Whether process group ``pgid`` is empty within ``timeout`` (False: not ours to see)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def stop_group(
+    pgid: int, leader: subprocess.Popen[Any] | None = None, timeout: float = STOP_TIMEOUT_SECONDS
+) -> bool:
+    """THE process-group stop (the helper's, the watchdog's, the reclaim of an orphan's): SIGTERM
+    the group (the server and its workers), SIGKILL what is left after ``timeout``.
+
+    ``leader``: our child in the group, waited for (reaped) first. True once the group is gone;
+    a caller inside the group (the watchdog) cannot outwait itself, so for it once the leader is.
+    """
+    inside = os.getpgid(0) == pgid
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(group, sig)
-        except ProcessLookupError:
-            return
-        try:
-            child.wait(STOP_TIMEOUT_SECONDS)
-            return
-        except subprocess.TimeoutExpired:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:  # nobody left; reap the leader if it is a zombie of ours
+            if leader is not None:
+                leader.poll()
+            return True
+        except PermissionError:
+            return False
+        if leader is not None:
+            try:
+                leader.wait(timeout)
+            except subprocess.TimeoutExpired:
+                continue
+        if inside:
+            if leader is not None:
+                return True
             continue
+        # The leader is gone; workers of the group may linger a moment.
+        if group_gone(pgid, timeout):
+            return True
+    return not inside and group_gone(pgid, timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             # The helper read our output: that pipe is broken now, so nothing is printed.
             if on_orphan:
                 subprocess.run(on_orphan, timeout=60, check=False, capture_output=True)
-            _stop_group(child)
+            stop_group(os.getpgid(0), child)
             return 1
     return int(child.returncode)
 

@@ -47,6 +47,63 @@ def alarm_name(stack: str, project: str | None, what: str) -> str:
     return f"mlflow-aws-{stack_slug(stack)}-{scope}{what}"[:ALARM_NAME_MAX]
 
 
+@dataclass(frozen=True)
+class Threshold:
+    """One alarm on one metric against a threshold: the table row every simple alarm is."""
+
+    logical: str  # the resource's name after the component's (and the project's)
+    what: str  # the alarm name's last part (alarm_name)
+    description: str
+    namespace: str
+    metric: str
+    statistic: str  # Sum, Minimum, ... or a percentile (p95: an extended statistic)
+    periods: int  # evaluation periods
+    comparison: str
+    threshold: float
+    period: int = 60  # seconds
+    missing: str = "notBreaching"  # no data (no traffic) is no alarm
+
+    def args(self, dimensions: Mapping[str, pulumi.Input[str]]) -> dict[str, Any]:
+        """The MetricAlarm arguments (but the name, the actions and the tags)."""
+        percentile = self.statistic.startswith("p")
+        return {
+            "alarm_description": self.description,
+            "namespace": self.namespace,
+            "metric_name": self.metric,
+            **({"dimensions": dimensions} if dimensions else {}),  # a log metric has none
+            "extended_statistic" if percentile else "statistic": self.statistic,
+            "period": self.period,
+            "evaluation_periods": self.periods,
+            "comparison_operator": self.comparison,
+            "threshold": self.threshold,
+            "treat_missing_data": self.missing,
+        }
+
+
+def project_thresholds(project: str, min_tasks: int) -> list[Threshold]:
+    """A project's alarms on its target group's metrics (the 5xx rate, metric math, apart)."""
+    elb = "AWS/ApplicationELB"
+    return [
+        Threshold(
+            "unhealthy", "unhealthy-targets",
+            f"project {project}: a task fails its health checks ({UNHEALTHY_MINUTES} minutes)",
+            elb, "UnHealthyHostCount", "Maximum", UNHEALTHY_MINUTES, "GreaterThanThreshold", 0,
+        ),
+        Threshold(
+            "tasks-below-min", "tasks-below-min",
+            f"project {project}: fewer than server.minTasks ({min_tasks}) healthy tasks "
+            f"({BELOW_MIN_MINUTES} minutes)",
+            elb, "HealthyHostCount", "Minimum", BELOW_MIN_MINUTES, "LessThanThreshold", min_tasks,
+            missing="breaching",  # no data: no healthy target reported
+        ),
+        Threshold(
+            "latency-p95", "latency-p95",
+            f"project {project}: 95% of requests slower than {P95_SECONDS:g} s (5 minutes)",
+            elb, "TargetResponseTime", "p95", 5, "GreaterThanThreshold", P95_SECONDS,
+        ),
+    ]  # fmt: skip
+
+
 @dataclass
 class AlarmedProject:
     target_group_arn_suffix: pulumi.Input[str]
@@ -185,6 +242,15 @@ class Alarms(pulumi.ComponentResource):
             )
             self.alarm_names.append(created.name)
 
+        def threshold_alarm(
+            row: Threshold, project: str | None, dimensions: Mapping[str, pulumi.Input[str]]
+        ) -> None:
+            alarm(
+                f"{project}-{row.logical}" if project else row.logical,
+                name=alarm_name(args.stack, project, row.what),
+                **row.args(dimensions),
+            )
+
         lb = args.load_balancer_arn_suffix
         for p, project in args.projects.items():
             dims = {"TargetGroup": project.target_group_arn_suffix, "LoadBalancer": lb}
@@ -222,53 +288,11 @@ class Alarms(pulumi.ComponentResource):
                     ),
                 ],
             )
-            alarm(
-                f"{p}-unhealthy",
-                name=alarm_name(args.stack, p, "unhealthy-targets"),
-                alarm_description=f"project {p}: a task fails its health checks "
-                f"({UNHEALTHY_MINUTES} minutes)",
-                namespace="AWS/ApplicationELB",
-                metric_name="UnHealthyHostCount",
-                dimensions=dims,
-                statistic="Maximum",
-                period=60,
-                evaluation_periods=UNHEALTHY_MINUTES,
-                comparison_operator="GreaterThanThreshold",
-                threshold=0,
-                treat_missing_data="notBreaching",
-            )
-            alarm(
-                f"{p}-tasks-below-min",
-                name=alarm_name(args.stack, p, "tasks-below-min"),
-                alarm_description=f"project {p}: fewer than server.minTasks ({args.min_tasks}) "
-                f"healthy tasks ({BELOW_MIN_MINUTES} minutes)",
-                namespace="AWS/ApplicationELB",
-                metric_name="HealthyHostCount",
-                dimensions=dims,
-                statistic="Minimum",
-                period=60,
-                evaluation_periods=BELOW_MIN_MINUTES,
-                comparison_operator="LessThanThreshold",
-                threshold=args.min_tasks,
-                treat_missing_data="breaching",  # no data: no healthy target reported
-            )
-            alarm(
-                f"{p}-latency-p95",
-                name=alarm_name(args.stack, p, "latency-p95"),
-                alarm_description=f"project {p}: 95% of requests slower than "
-                f"{P95_SECONDS:g} s (5 minutes)",
-                namespace="AWS/ApplicationELB",
-                metric_name="TargetResponseTime",
-                dimensions=dims,
-                extended_statistic="p95",
-                period=60,
-                evaluation_periods=5,
-                comparison_operator="GreaterThanThreshold",
-                threshold=P95_SECONDS,
-                treat_missing_data="notBreaching",
-            )
+            for row in project_thresholds(p, args.min_tasks):
+                threshold_alarm(row, p, dims)
             if args.gc_enabled:
                 metric = f"GcFailures-{p}"
+                namespace = f"{GC_FAILURE_METRIC_NAMESPACE}/{stack_slug(args.stack)}"
                 aws.cloudwatch.LogMetricFilter(
                     f"{name}-{p}-gc-failures",
                     aws.cloudwatch.LogMetricFilterArgs(
@@ -276,42 +300,30 @@ class Alarms(pulumi.ComponentResource):
                         pattern=FAILURE_PATTERN,
                         metric_transformation=aws.cloudwatch.LogMetricFilterMetricTransformationArgs(
                             name=metric,
-                            namespace=f"{GC_FAILURE_METRIC_NAMESPACE}/{stack_slug(args.stack)}",
+                            namespace=namespace,
                             value="1",
                         ),
                     ),
                     child,
                 )
-                alarm(
-                    f"{p}-gc-failed",
-                    name=alarm_name(args.stack, p, "gc-failed"),
-                    alarm_description=f"project {p}: the scheduled gc failed (its log group, "
-                    "stream prefix gc, says why)",
-                    namespace=f"{GC_FAILURE_METRIC_NAMESPACE}/{stack_slug(args.stack)}",
-                    metric_name=metric,
-                    statistic="Sum",
+                gc_failed = Threshold(
+                    "gc-failed", "gc-failed",
+                    f"project {p}: the scheduled gc failed (its log group, stream prefix gc, "
+                    "says why)",
+                    namespace, metric, "Sum", 1, "GreaterThanOrEqualToThreshold", 1,
                     period=86_400,
-                    evaluation_periods=1,
-                    comparison_operator="GreaterThanOrEqualToThreshold",
-                    threshold=1,
-                    treat_missing_data="notBreaching",
-                )
+                )  # fmt: skip
+                threshold_alarm(gc_failed, p, {})
 
-        alarm(
-            "aurora-at-max",
-            name=alarm_name(args.stack, None, "aurora-at-max-capacity"),
-            alarm_description=f"Aurora at db.maxCapacity ({args.max_capacity:g} ACU) for "
-            f"{AURORA_MAX_MINUTES} minutes: raise it, or find the load",
-            namespace="AWS/RDS",
-            metric_name="ServerlessDatabaseCapacity",
-            dimensions={"DBClusterIdentifier": args.cluster_identifier},
-            statistic="Average",
+        aurora_at_max = Threshold(
+            "aurora-at-max", "aurora-at-max-capacity",
+            f"Aurora at db.maxCapacity ({args.max_capacity:g} ACU) for {AURORA_MAX_MINUTES} "
+            "minutes: raise it, or find the load",
+            "AWS/RDS", "ServerlessDatabaseCapacity", "Average", AURORA_MAX_MINUTES // 5,
+            "GreaterThanOrEqualToThreshold", args.max_capacity,
             period=300,
-            evaluation_periods=AURORA_MAX_MINUTES // 5,
-            comparison_operator="GreaterThanOrEqualToThreshold",
-            threshold=args.max_capacity,
-            treat_missing_data="notBreaching",
-        )
+        )  # fmt: skip
+        threshold_alarm(aurora_at_max, None, {"DBClusterIdentifier": args.cluster_identifier})
 
         groups = pulumi.Output.all(
             **{p: project.target_group_arn_suffix for p, project in args.projects.items()}

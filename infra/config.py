@@ -22,7 +22,6 @@ import pulumi
 
 from mlflow_aws import names as aws_names
 from mlflow_aws.names import collisions, name_problem
-from mlflow_aws.server_settings import connections_per_server
 
 NAMESPACE = "mlflow-aws"
 DOCKER_REQUIREMENTS = Path(__file__).resolve().parent.parent / "docker" / "requirements.txt"
@@ -124,9 +123,6 @@ ENGINE_VERSIONS_COMMAND = (
     "--query 'DBEngineVersions[].EngineVersion' --region <region>"
 )
 
-# The most MySQL connections one server holds (server.env's pool size + overflow: 10).
-CONNECTIONS_PER_SERVER = connections_per_server()
-
 # Aurora Serverless v2 limits (ACU) and auto-pause window (seconds).
 MIN_ACU, MAX_ACU = 0.0, 256.0
 AUTO_PAUSE_MIN_S, AUTO_PAUSE_MAX_S = 300, 86400
@@ -141,7 +137,8 @@ FARGATE_SIZES: dict[int, tuple[int, ...]] = {
     8192: tuple(range(16384, 61440 + 1, 4096)),
     16384: tuple(range(32768, 122880 + 1, 8192)),
 }
-# One task holds at most MLFLOW_SQLALCHEMYSTORE_POOL_SIZE + MAX_OVERFLOW (10) MySQL connections;
+# One task holds at most server.env's pool size + overflow (10) MySQL connections
+# (projects/schema_sql.py CONNECTIONS_PER_SERVER);
 # 20 tasks of one project are 200, beyond what a small Aurora Serverless v2 cluster admits.
 MAX_TASKS = 20
 _HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -203,7 +200,8 @@ PROTECTED_BACKUP_RETENTION_DAYS = 7
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """The central tracking server (ECS Fargate behind an HTTPS load balancer), optional."""
+    """The ``server.*`` key: the central server (ECS Fargate behind an HTTPS load balancer,
+    infra/tracking_service.py), optional. The key keeps its name: stacks set it."""
 
     enabled: bool = False
     domain_name: str | None = None  # https://<domain_name>/<project>
@@ -315,11 +313,10 @@ class StackConfig:
     @property
     def max_user_connections(self) -> int:
         """Each project user's MySQL connection limit: the laptop servers' share, plus every
-        central task's pool at its largest (server.env: pool size + overflow)."""
-        from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS
+        central task's pool at its largest (projects/schema_sql.py ``max_user_connections``)."""
+        from projects.schema_sql import max_user_connections
 
-        tasks = self.server.max_tasks if self.server.enabled else 0
-        return DEFAULT_MAX_USER_CONNECTIONS + tasks * CONNECTIONS_PER_SERVER
+        return max_user_connections(self.server.max_tasks if self.server.enabled else 0)
 
 
 def stack_slug(stack: str) -> str:

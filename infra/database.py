@@ -18,15 +18,17 @@ import pulumi_random as random
 from infra.account import PARAMETER_GROUP_FAMILY, Network
 from infra.config import DEFAULT_ENGINE_VERSION, DatabaseConfig, database_identifier
 from infra.rds_ca import fetch_rds_ca_bundle
+from mlflow_aws import passwords
 from mlflow_aws.names import MASTER_USERNAME
 
 ENGINE = aws.rds.EngineType.AURORA_MYSQL
 PORT = 3306
 ADMIN_USERNAME = MASTER_USERNAME  # the name rule keeps every project off this account
-# Aurora allows 8-41 characters. Only URL-unreserved specials, so the password can sit in a
-# mysql+pymysql:// URL unquoted and never trips over MySQL's forbidden / @ " characters.
+# Aurora allows 8-41 characters. Only URL-unreserved specials (mlflow_aws/passwords.py), so the
+# password can sit in a mysql+pymysql:// URL unquoted and never trips over MySQL's forbidden
+# / @ " characters.
 PASSWORD_LENGTH = 40
-MYSQL_SAFE_SPECIALS = "-_.~"
+MYSQL_SAFE_SPECIALS = passwords.UNRESERVED_SPECIALS
 
 
 @dataclass

@@ -31,7 +31,9 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.config import GcConfig, ServerConfig, stack_slug
-from infra.server import CONTAINER_NAME, ServiceParts, container_secrets
+from infra.containers import container_secrets, fargate_task_definition_args, task_container
+from infra.iam import ECS_TASKS, service_trust_policy
+from infra.project_service import ServiceParts
 from mlflow_aws import environment as env_names
 
 SCHEDULE_NAME_MAX = 64  # EventBridge Scheduler: 1-64 of [0-9a-zA-Z-_.]
@@ -71,42 +73,20 @@ def gc_container_definitions(
     artifact_root: str,
     gc: GcConfig,
 ) -> str:
-    environment = gc_environment(project, artifact_root, region, gc)
-    container: dict[str, Any] = {
-        "name": CONTAINER_NAME,
-        "image": image_uri,
-        "essential": True,
-        "command": ["gc"],
-        "environment": [{"name": k, "value": v} for k, v in sorted(environment.items())],
-        "secrets": container_secrets(secret_arn),
-        "logConfiguration": {
-            "logDriver": "awslogs",
-            "options": {
-                "awslogs-group": log_group,
-                "awslogs-region": region,
-                "awslogs-stream-prefix": GC_STREAM_PREFIX,
-            },
-        },
-        "linuxParameters": {"capabilities": {"drop": ["ALL"]}, "initProcessEnabled": True},
-    }
+    container = task_container(
+        image_uri=image_uri,
+        command=["gc"],
+        environment=gc_environment(project, artifact_root, region, gc),
+        secrets=container_secrets(secret_arn),
+        log_group=log_group,
+        region=region,
+        stream_prefix=GC_STREAM_PREFIX,
+    )
     return json.dumps([container], sort_keys=True)
 
 
 def scheduler_trust_policy(account_id: str) -> str:
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"Service": "scheduler.amazonaws.com"},
-                    "Action": "sts:AssumeRole",
-                    "Condition": {"StringEquals": {"aws:SourceAccount": account_id}},
-                }
-            ],
-        },
-        sort_keys=True,
-    )
+    return service_trust_policy(account_id, "scheduler.amazonaws.com")
 
 
 def scheduler_policy(
@@ -129,9 +109,7 @@ def scheduler_policy(
                     "Effect": "Allow",
                     "Action": ["iam:PassRole"],
                     "Resource": [execution_role_arn, task_role_arn],
-                    "Condition": {
-                        "StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
-                    },
+                    "Condition": {"StringEquals": {"iam:PassedToService": ECS_TASKS}},
                 },
             ],
         },
@@ -181,15 +159,10 @@ class GcSchedule(pulumi.ComponentResource):
             ).apply(self._definitions(p, args.gc))
             task = aws.ecs.TaskDefinition(
                 f"{name}-{p}-task",
-                aws.ecs.TaskDefinitionArgs(
+                fargate_task_definition_args(
                     family=family,
-                    requires_compatibilities=["FARGATE"],
-                    network_mode="awsvpc",
-                    cpu=str(args.server.cpu),
-                    memory=str(args.server.memory),
-                    runtime_platform=aws.ecs.TaskDefinitionRuntimePlatformArgs(
-                        operating_system_family="LINUX", cpu_architecture="X86_64"
-                    ),
+                    cpu=args.server.cpu,
+                    memory=args.server.memory,
                     execution_role_arn=parts.execution_role_arn,
                     task_role_arn=parts.task_role_arn,
                     container_definitions=definitions,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import TypedDict
+
+from mlflow_aws.auth.server import SSO_ROLE_PATH
 
 Condition = dict[str, dict[str, list[str]]]
 
@@ -19,6 +22,8 @@ class PolicyDocument(TypedDict):
     Version: str
     Statement: list[Statement]
 
+
+ECS_TASKS = "ecs-tasks.amazonaws.com"  # the service principal of ECS tasks (aws-cn: its own)
 
 PULL_ACTIONS = [
     "ecr:BatchGetImage",
@@ -44,3 +49,107 @@ def image_pull_statements(repository_arn: str) -> list[Statement]:
             "Resource": [repository_arn],
         },
     ]
+
+
+# -- the central service's roles (infra/project_service.py) ---------------------------------
+
+
+def group_lookup_policy(
+    account_id: str, partition: str = "aws", groups: bool = True, sso: bool = False
+) -> str:
+    """The sign-in app asks IAM which groups an IAM user is in (iamGroups) and, for
+    ``sso:<PermissionSet>`` entries of iamRoles, the path of an Identity Center role (only those
+    roles: anyone may name a role AWSReservedSSO_…, only Identity Center puts it there)."""
+    statements: list[Statement] = []
+    if groups:
+        statements.append({
+            "Sid": "AllowedGroupsOfCallers",
+            "Effect": "Allow",
+            "Action": ["iam:ListGroupsForUser"],
+            "Resource": [f"arn:{partition}:iam::{account_id}:user/*"],
+        })  # fmt: skip
+    if sso:
+        statements.append({
+            "Sid": "IdentityCenterRolePaths",
+            "Effect": "Allow",
+            "Action": ["iam:GetRole"],
+            "Resource": [f"arn:{partition}:iam::{account_id}:role{SSO_ROLE_PATH}*"],
+        })  # fmt: skip
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
+def execution_role_policy(
+    repository_arn: str, secret_arn: str, log_group_arn: str, gateway_kek_arn: str | None = None
+) -> str:
+    """Pull the image, read the project's connection secret (and its gateway passphrase, with
+    server.aiGateway), write the project's logs."""
+    document: PolicyDocument = {
+        "Version": "2012-10-17",
+        "Statement": [
+            *image_pull_statements(repository_arn),
+            {
+                "Sid": "ReadConnectionSecret",
+                "Effect": "Allow",
+                "Action": ["secretsmanager:GetSecretValue"],
+                "Resource": [secret_arn, *([gateway_kek_arn] if gateway_kek_arn else [])],
+            },
+            {
+                "Sid": "WriteLogs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": [log_group_arn, f"{log_group_arn}:*"],
+            },
+        ],
+    }
+    return json.dumps(document, sort_keys=True)
+
+
+def service_trust_policy(account_id: str, principal: str) -> str:
+    """An AWS service may assume the role on behalf of this account only (aws:SourceAccount)."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": principal},
+                    "Action": "sts:AssumeRole",
+                    "Condition": {"StringEquals": {"aws:SourceAccount": account_id}},
+                }
+            ],
+        },
+        sort_keys=True,
+    )
+
+
+def execution_trust_policy(account_id: str, principal: str = ECS_TASKS) -> str:
+    """ECS may start tasks with the execution role for this account only."""
+    return service_trust_policy(account_id, principal)
+
+
+def task_trust_policy(
+    account_id: str, region: str, partition: str = "aws", principal: str = ECS_TASKS
+) -> str:
+    """Only ECS tasks of this account and region may become a project's task role; the
+    conditions are the confused-deputy guard the ECS task IAM role documentation gives
+    (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/task-iam-roles.html)."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "TasksOfThisAccount",
+                    "Effect": "Allow",
+                    "Principal": {"Service": principal},
+                    "Action": "sts:AssumeRole",
+                    "Condition": {
+                        "ArnLike": {
+                            "aws:SourceArn": f"arn:{partition}:ecs:{region}:{account_id}:*"
+                        },
+                        "StringEquals": {"aws:SourceAccount": account_id},
+                    },
+                }
+            ],
+        },
+        sort_keys=True,
+    )

@@ -16,8 +16,9 @@ destination, every mlflow-aws server) advertise presigned multipart transfer in
 The server signs with its own credentials, which are the project's server role: a URL can only
 ever name the project's prefix (and the server refuses ``..`` in artifact paths). No AWS
 credential reaches the client. Download URLs last ``PRESIGNED_DOWNLOAD_TTL_SECONDS`` (server
-side, ``mlflow_aws/server.env``); part URLs an hour (boto3's default, which MLflow 3.17.2 does
-not let a server change).
+side, ``mlflow_aws/server.env``); part URLs until the whole file could have gone up over a slow
+link, 92 s for one part (``mlflow_aws/part_urls.py``: MLflow 3.17.2 signs them for boto3's hour
+and has no setting; the mlflow-aws server apps install the shorter one).
 
 The sizes were chosen with ``bench/artifact_throughput.py`` (README, Performance): MLflow's own
 500 MiB threshold left a 200 MiB checkpoint proxied, the server handling 4x its bytes at about

@@ -3,7 +3,7 @@ holds, defined once.
 
 ``projects/project.py`` writes it (``ConnectionBundle.to_json``), the helper reads it
 (``helper/outputs.py``: ``parse_connection_bundle``, by ``KEY``), the central server's task
-definition references two of its keys (``infra/server.py``: ECS ``secrets``), and the tests'
+definition references two of its keys (``infra/containers.py``: ECS ``secrets``), and the tests'
 stand-ins build it here too. A field renamed here renames the key everywhere; a reader or
 writer that misses one fails a unit test (tests/test_bundle.py), not a deployment.
 """

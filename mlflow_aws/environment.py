@@ -7,7 +7,7 @@ its name lives here and both sides import it. What a value means is said where i
 
 from __future__ import annotations
 
-# The aws-iam sign-in (mlflow_aws/auth): set on the central tasks by infra/server.py.
+# The aws-iam sign-in (mlflow_aws/auth): set on the central tasks by infra/containers.py.
 IAM_AUDIENCE = "MLFLOW_AWS_IAM_AUDIENCE"
 IAM_MARKER_URL = "MLFLOW_AWS_IAM_MARKER_URL"
 IAM_ALLOWED_ROLES = "MLFLOW_AWS_IAM_ALLOWED_ROLES"

@@ -37,7 +37,10 @@ ENGINE_ACCOUNTS = frozenset(
 ENGINE_SCHEMAS = frozenset({"sys", "innodb", "tmp"})
 ENGINE_PREFIXES = ("rds", "mysql", "mariadb", "performance_schema", "information_schema")
 
-_SLUG = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+# The project-name slug, for every pattern that holds a project name (the helper's checks of
+# secret names and artifact roots); ``name_problem`` adds the length and the reserved names.
+PROJECT_NAME_PATTERN = r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*"
+_SLUG = re.compile(PROJECT_NAME_PATTERN)
 
 # Names that would confuse people. (The server's own schemas, mysql, sys, information_schema...,
 # are refused above as the engine's, with the reason.)
@@ -147,14 +150,26 @@ def collisions(names: list[str]) -> list[str]:
 _MAX_BUCKET_PREFIX = 37
 
 
+# Pulumi stack names: letters, digits, hyphens, underscores and periods.
+STACK_NAME_PATTERN = r"[A-Za-z0-9._-]{1,100}"
+
+
+def _slug(text: str, keep: str = "") -> str:
+    """THE slug rule: ``text`` lowercased, each run of characters other than a-z, 0-9 (and
+    ``keep``) one hyphen, none at either end; ``stack`` when nothing is left."""
+    return re.sub(f"[^a-z0-9{re.escape(keep)}]+", "-", text.lower()).strip("-") or "stack"
+
+
 def stack_slug(stack: str) -> str:
     """The stack's name in AWS names: lowercase letters and digits, single hyphens."""
-    return re.sub(r"[^a-z0-9]+", "-", stack.lower()).strip("-") or "stack"
+    return _slug(stack)
 
 
 def bucket_prefix(stack: str) -> str:
     """A valid S3 bucket-name prefix that names the stack (stack names allow more than S3)."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", stack.lower()).strip("-") or "stack"
+    # The bucket's slug keeps a stack name's own hyphens (``a--b``, ``a-.b`` -> ``a--b``): the
+    # name was fixed so before stack_slug, and a bucket cannot be renamed, only replaced.
+    slug = _slug(stack, keep="-")
     return f"mlflow-aws-{slug}"[: _MAX_BUCKET_PREFIX - 1].rstrip("-") + "-"
 
 
@@ -166,3 +181,10 @@ def server_repository_name(stack: str) -> str:
 def connection_secret_name(stack: str, project: str) -> str:
     """The Secrets Manager name of a project's connection secret (projects/project.py)."""
     return f"mlflow-aws/{stack}/{project}"
+
+
+# What ``connection_secret_name`` makes, as the helper recognises it (fullmatch; in an ARN, the
+# name is followed by Secrets Manager's -<6 characters>).
+CONNECTION_SECRET_NAME = re.compile(
+    rf"mlflow-aws/(?P<stack>{STACK_NAME_PATTERN})/(?P<project>{PROJECT_NAME_PATTERN})"
+)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from mlflow_aws import environment as env_names
+from mlflow_aws import passwords
 
 SECRET_ENV = env_names.RUN_SECRET
 PUBLIC_PORT_ENV = env_names.PUBLIC_PORT  # the port browsers use (docker publishes another)
@@ -45,7 +45,7 @@ HEALTH_METHODS = frozenset({"GET", "HEAD"})
 
 
 MIN_SECRET_CHARS = 32
-_SECRET = re.compile(rf"[A-Za-z0-9._~-]{{{MIN_SECRET_CHARS},512}}")
+_SECRET = passwords.pattern(MIN_SECRET_CHARS, 512)
 
 
 def new_secret() -> str:
@@ -62,7 +62,7 @@ def run_secret_for(environ: Mapping[str, str]) -> str:
     if not _SECRET.fullmatch(given):
         raise ValueError(
             f"{CLIENT_TOKEN_ENV} in your environment would be this run's secret, but it is not "
-            f"{MIN_SECRET_CHARS}+ characters of A-Z a-z 0-9 . _ ~ -; unset it (the helper then "
+            f"{MIN_SECRET_CHARS}+ characters of {passwords.SHOWN}; unset it (the helper then "
             "makes one) or set a strong one"
         )
     return given
@@ -280,5 +280,9 @@ def create_app() -> RunSecretMiddleware:
     """The uvicorn factory of ``mlflow server --app-name mlflow-aws-run-secret``."""
     gate = gate_from_environ(os.environ)
     from mlflow.server.fastapi_app import app as mlflow_app
+
+    from mlflow_aws import part_urls
+
+    part_urls.install()
 
     return RunSecretMiddleware(mlflow_app, gate)

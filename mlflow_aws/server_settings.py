@@ -11,6 +11,8 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from mlflow_aws import environment as env_names
+
 # Package data of ``mlflow_aws``, in the repository and when installed.
 SERVER_ENV_PATH = Path(str(resources.files("mlflow_aws").joinpath("server.env")))
 
@@ -55,3 +57,10 @@ def connections_per_server() -> int:
     return int(defaults["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]) + int(
         defaults["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"]
     )
+
+
+def migration_lock_seconds() -> int:
+    """How long a starting server waits for another's schema migration (server.env's default):
+    the image's entrypoint, ``helper upgrade`` and the central service's health grace
+    (infra/project_service.py) all derive from it."""
+    return int(server_env_defaults()[env_names.DB_MIGRATION_LOCK_SECONDS])

@@ -10,7 +10,7 @@ Children (all parented to the component, named ``<name>-…``):
 * ``<name>-server-role`` ``aws.iam.Role`` a teammate's helper runs the project's MLflow server
   as: exactly the project's S3 prefix, nothing else; assumable only by principals holding the
   project policy (the central server's ECS tasks have a task role of their own, which only ECS
-  can assume: infra/server.py);
+  can assume: infra/project_service.py);
 * ``<name>-policy``     ``aws.iam.Policy`` allowing exactly the project's S3 prefix, its
   connection secret, assuming the server role and pulling the server image;
 * ``<name>-group-<g>`` / ``<name>-role-<r>`` attachments of that policy.
@@ -33,13 +33,15 @@ import pulumi_random as random
 
 from infra.config import ProjectConfig
 from infra.iam import PolicyDocument, Statement, image_pull_statements
+from mlflow_aws import passwords
 from mlflow_aws.bundle import ConnectionBundle
 from mlflow_aws.names import validate_name
 from projects.schema_provider import MysqlSchema, MysqlSchemaArgs
 from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS
 
 COMPONENT_TYPE = "mlflow-aws:projects:MlflowProject"
-PASSWORD_SPECIALS = "-_."  # noqa: S105 (a character set) safe unquoted in MySQL, URLs, env files and shells
+# Safe unquoted in MySQL, URLs, env files and shells (mlflow_aws/passwords.py).
+PASSWORD_SPECIALS = passwords.SHELL_SAFE_SPECIALS
 OUTPUT_KEYS = (
     "Database",
     "Username",
@@ -117,7 +119,7 @@ def server_trust_policy(account_id: str, partition: str = "aws") -> dict[str, An
     """Who may become the server role: principals of this account that are allowed to (the
     project policy allows exactly this role). Not ECS: whatever the central tasks need besides
     the prefix (the sign-in's group lookup) must stay out of reach of every teammate, so they
-    run as a task role of their own (infra/server.py)."""
+    run as a task role of their own (infra/project_service.py)."""
     return {
         "Version": "2012-10-17",
         "Statement": [

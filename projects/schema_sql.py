@@ -4,8 +4,8 @@ decisions it takes from what it saw. No I/O here (``projects/data_api.py`` runs 
 Every identifier enters SQL through ``quote_identifier``; every value travels as a named
 parameter (``:name``), except the password in ``CREATE USER``/``ALTER USER``: MySQL takes only
 a string literal after ``IDENTIFIED BY`` (a server-side prepared statement refuses a
-placeholder there), so ``password_literal`` admits only ``[A-Za-z0-9._~-]`` (what
-``MlflowProject`` generates), which cannot end the literal or escape from it. Statements that
+placeholder there), so ``password_literal`` admits only ``mlflow_aws/passwords.py``'s characters
+(what ``MlflowProject`` generates), which cannot end the literal or escape from it. Statements that
 carry it are marked ``secret`` and never shown.
 
 The guards of README.md "Adding a project" live in ``decide_create`` / ``decide_change``: the
@@ -22,7 +22,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlflow_aws import passwords
 from mlflow_aws.names import REGISTRY_SCHEMA, ProjectIdentifiers
+from mlflow_aws.server_settings import connections_per_server
 
 CHARSET = "utf8mb4"
 COLLATION = "utf8mb4_bin"  # case-sensitive: MLflow keys "LR" and "lr" are distinct
@@ -45,14 +47,27 @@ PROJECT_PRIVILEGES = (
     "UPDATE",
 )
 # One project's servers cannot take every connection of the cluster (or keep it awake with
-# hundreds): a laptop server pools at most 10, a central task 10.
-DEFAULT_MAX_USER_CONNECTIONS = 50
+# hundreds). Every server, a teammate's laptop one or a central task, pools at most
+# ``connections_per_server()`` (server.env's pool size plus overflow, read from the file the image
+# bakes); a project user has room for this many laptop servers, plus each central task
+# (``max_user_connections``; infra/config.py adds the stack's tasks).
+LAPTOP_SERVERS_PER_PROJECT = 5
+CONNECTIONS_PER_SERVER = connections_per_server()
+
+
+def max_user_connections(central_tasks: int = 0) -> int:
+    """A project user's MySQL connection limit: its laptop servers' and central tasks' pools."""
+    return (LAPTOP_SERVERS_PER_PROJECT + central_tasks) * CONNECTIONS_PER_SERVER
+
+
+DEFAULT_MAX_USER_CONNECTIONS = max_user_connections()
 
 SqlValue = str | int | float | bool | None
 
 _IDENTIFIER = re.compile(r"[a-z][a-z0-9_]{0,63}")
-_PASSWORD = re.compile(r"[A-Za-z0-9._~-]{12,128}")
-PASSWORD_RULE = "12 to 128 characters from A-Z a-z 0-9 . _ ~ -"  # noqa: S105 (a rule, not one)
+MIN_PASSWORD, MAX_PASSWORD = 12, 128
+_PASSWORD = passwords.pattern(MIN_PASSWORD, MAX_PASSWORD)
+PASSWORD_RULE = f"{MIN_PASSWORD} to {MAX_PASSWORD} characters from {passwords.SHOWN}"
 
 
 class SchemaProviderError(Exception):

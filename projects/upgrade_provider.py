@@ -64,6 +64,7 @@ from pulumi.dynamic import (
 from pulumi.runtime import rpc
 
 from mlflow_aws.names import ProjectIdentifiers, validate_name
+from mlflow_aws.start_timing import rollout_seconds
 from projects.data_api import DataApiExecutor, aws_session, region_of
 from projects.schema_sql import SchemaProviderError, Statement, quote_identifier
 
@@ -91,7 +92,7 @@ INPUT_KEYS = (
     "aws_profile",
     "assume_roles",
 )
-CONTAINER_NAME = "mlflow"  # infra/server.py's container
+CONTAINER_NAME = "mlflow"  # infra/containers.py's container
 RECORD_TABLE = "mlflow_aws_schema"  # mlflow_aws/schema_version.py
 MIGRATE_COMMAND = ["migrate"]  # docker/entrypoint.sh migrate
 STARTED_BY = "mlflow-aws-upgrade"
@@ -99,7 +100,8 @@ DEFAULT_POLL_SECONDS = 5.0
 # A service's tasks drain from the load balancer (60 s) and stop (30 s) before they are gone.
 DEFAULT_STOP_TIMEOUT_SECONDS = 900.0
 DEFAULT_MIGRATE_TIMEOUT_SECONDS = 3600.0  # a big schema's ALTER TABLEs
-DEFAULT_START_TIMEOUT_SECONDS = 1800.0  # infra/server.py ROLLOUT_TIMEOUT
+# As long as `pulumi up` waits for a rollout (mlflow_aws/start_timing.py, from server.env).
+DEFAULT_START_TIMEOUT_SECONDS = float(rollout_seconds())
 SNAPSHOT_TIMEOUT_SECONDS = 3600.0
 _TASK_DEFINITION_ARN = re.compile(
     r"arn:aws[a-z-]*:ecs:[a-z0-9-]+:\d{12}:task-definition/(?P<family>[A-Za-z0-9_-]{1,255}):\d+"

@@ -5,7 +5,7 @@ It does what a platform engineer and a teammate would do, for real, on a throwaw
 1. creates the stack ``smoke-<random>`` (two projects, the central server, the database open to
    this machine's public IP only) with the Automation API;
 2. ``pulumi up``;
-3. runs the tutorial's ``tests/tracking_script.py`` through a laptop server
+3. runs the tutorial's ``tests/support/tracking_script.py`` through a laptop server
    (``python -m helper serve --runtime process``), through the central server with the client
    plugin (``MLFLOW_TRACKING_AUTH=aws-iam``) and through the helper's signing proxy
    (``serve --remote``), checking that each run landed;
@@ -48,7 +48,7 @@ from typing import IO, Any, Protocol
 from mlflow_aws import environment as env_names
 
 ROOT = Path(__file__).resolve().parent.parent
-TRACKING_SCRIPT = ROOT / "tests" / "tracking_script.py"
+TRACKING_SCRIPT = ROOT / "tests" / "support" / "tracking_script.py"
 PROJECTS = ("smoke-a", "smoke-b")
 SERVE_TIMEOUT_SECONDS = 900  # a first start migrates the schema; Aurora may be resuming
 CENTRAL_TIMEOUT_SECONDS = 900  # DNS of the alias, the first tasks' migration

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the program's packages (infra, projects, helper) live at the root
     sys.path.insert(0, str(ROOT))
 
-from tests.data_api_emulator import DataApiEmulator, running_data_api  # noqa: E402
-from tests.services import MariaDB, MotoServer, running_mariadb, running_moto  # noqa: E402
+from tests.support.data_api_emulator import DataApiEmulator, running_data_api  # noqa: E402
+from tests.support.services import MariaDB, MotoServer, running_mariadb, running_moto  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +40,7 @@ def data_api(mariadb: MariaDB, moto: MotoServer) -> Iterator[DataApiEmulator]:
 def image_venv() -> Path:
     """The server image's packages in a venv, installed as the Dockerfile installs them
     (tests/test_image_requirements.py); skipped without the image's Python."""
-    from tests.test_image_requirements import dockerfile_python, image_venv_path, python_for_image
+    from tests.support.image_venv import dockerfile_python, image_venv_path, python_for_image
 
     python = python_for_image()
     if python is None:

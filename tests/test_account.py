@@ -1,7 +1,7 @@
 """What the account holds decides what AWS accepts (infra/account.py): looked up before any
 resource is registered, refused with the setting to change and the rule (issue 15, findings
-4, 5, 6 and 9). The mock account (tests/pulumi_mocks.py MockAccount) answers the data sources:
-a default VPC, a VPC of one's own with public, private and isolated subnets, one without an
+4, 5, 6 and 9). The mock account (tests/support/pulumi_mocks.py MockAccount) answers the data
+sources: a default VPC, a VPC of one's own with public, private and isolated subnets, one without an
 internet gateway, public and private hosted zones, the engine versions a region offers.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import pulumi
 import pytest
 
-from tests.pulumi_mocks import (
+from tests.support.pulumi_mocks import (
     CUSTOM_VPC_CIDRS,
     CUSTOM_VPC_ID,
     ISOLATED_SUBNET,

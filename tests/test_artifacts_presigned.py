@@ -28,13 +28,19 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mlflow_aws.artifact_settings import MULTIPART_UPLOAD_CHUNK_SIZE, printed_settings
-from tests.central import (
+from mlflow_aws.artifact_settings import (
+    MULTIPART_UPLOAD_CHUNK_SIZE,
+    PRESIGNED_DOWNLOAD_TTL_SECONDS,
+    printed_settings,
+)
+from mlflow_aws.part_urls import part_url_seconds
+from tests.support.central import (
     CentralServer,
     Identities,
     clean_env,
@@ -44,31 +50,30 @@ from tests.central import (
     outputs_with_tracking_uri,
     running_central_server,
 )
-from tests.services import MariaDB, MotoServer, free_port
-from tests.stack_on_moto import Project, aws_client, create_project
-from tests.test_helper_e2e import (
-    aws,  # noqa: F401 (a fixture)
-    cmdline,
-    environ,
+from tests.support.helper_run import (  # noqa: F401 (fixtures)
+    aws,
     helper_env,
     project_with_outputs,
-    role_arn,  # noqa: F401 (a fixture)
+    role_arn,
     run_helper,
     serving,
 )
+from tests.support.processes import cmdline, environ
+from tests.support.services import MariaDB, MotoServer, free_port
+from tests.support.stack_on_moto import Project, aws_client, create_project
 
 pytestmark = pytest.mark.slow
 
 MIB = 1 << 20
 GIB = 1 << 30
 PROJECT = "presigned"
-BUCKET = "mlflow-aws-central-presigned"  # stack "central" (tests/central.py): its prefix
+BUCKET = "mlflow-aws-central-presigned"  # stack "central" (tests/support/central.py): its prefix
 REGION = "eu-west-1"
-CLIENT = Path(__file__).resolve().parent / "artifact_client.py"
+CLIENT = Path(__file__).resolve().parent / "support" / "artifact_client.py"
 
 
 def project_marker(moto: MotoServer) -> str:
-    from tests.central import marker_url
+    from tests.support.central import marker_url
 
     return marker_url(moto, f"s3://{BUCKET}/{PROJECT}")
 
@@ -160,7 +165,7 @@ def record(figure: str) -> None:
 
 
 def test_a_1_gib_artifact_both_ways_through_the_laptop_server(
-    mariadb: MariaDB, aws: dict[str, str], big_file: tuple[Path, str], tmp_path: Path,  # noqa: F811
+    mariadb: MariaDB, aws: dict[str, str], big_file: tuple[Path, str], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     project, outputs = project_with_outputs(mariadb, aws, "laptop-presigned", tmp_path)
@@ -206,7 +211,13 @@ def test_a_1_gib_artifact_both_ways_through_the_laptop_server(
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(json.loads(body)["url"]).query)
         key_id = query["X-Amz-Credential"][0].split("/")[0]
         assert key_id != aws["AWS_ACCESS_KEY_ID"] and "X-Amz-Security-Token" in query
-        assert int(query["X-Amz-Expires"][0]) <= 300
+        assert int(query["X-Amz-Expires"][0]) == PRESIGNED_DOWNLOAD_TTL_SECONDS
+        # Part URLs live as long as the whole file takes over a slow link (mlflow_aws/part_urls.py),
+        # not boto3's hour.
+        assert part_url_expiries(f"http://127.0.0.1:{port}/api/2.0/mlflow-artifacts",
+                                 {"Authorization": f"Bearer {variables['MLFLOW_TRACKING_TOKEN']}"},
+                                 f"{run.info.experiment_id}/{run.info.run_id}/artifacts",
+                                 3) == {part_url_seconds(3)}  # fmt: skip
         server_env = "\n".join(environ(pid) for pid in server)
         assert "AWS_CONTAINER_CREDENTIALS_FULL_URI=" in server_env  # the role's, via the helper
         assert "AWS_ACCESS_KEY_ID=" not in server_env
@@ -374,7 +385,7 @@ def test_no_url_for_another_projects_prefix_can_be_obtained(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     """Signed in and allowed, a caller asks the server to sign URLs outside ``presigned/``."""
-    from tests.test_auth_e2e import bearer, token_for
+    from tests.support.central import bearer, token_for
 
     s3 = aws_client("s3", moto.aws_env())
     s3.put_object(Bucket=BUCKET, Key="other/secret.bin", Body=b"another project's")
@@ -400,6 +411,57 @@ def test_no_url_for_another_projects_prefix_can_be_obtained(
     assert [k for k in keys if not k.startswith(f"{PROJECT}/")] == ["other/secret.bin"]
     uploads = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
     assert [u["Key"] for u in uploads if not u["Key"].startswith(f"{PROJECT}/")] == []
+
+
+def part_url_expiries(base: str, headers: dict[str, str], directory: str, num_parts: int,
+                      prefix: str | None = None) -> set[int]:  # fmt: skip
+    """The X-Amz-Expires of the part URLs ``mpu/create`` hands out for ``num_parts`` parts; every
+    URL names one part of one upload under the directory asked for. The upload is aborted."""
+    data = json.dumps({"path": "parts.bin", "num_parts": num_parts}).encode()
+    status, body = get(f"{base}/mpu/create/{directory}", {**headers,
+                       "Content-Type": "application/json"}, "POST", data)  # fmt: skip
+    assert status == 200, body
+    answer = json.loads(body)
+    urls = [urllib.parse.urlsplit(c["url"]) for c in answer["credentials"]]
+    assert len(urls) == num_parts
+    queries = [urllib.parse.parse_qs(url.query) for url in urls]
+    assert sorted(int(q["partNumber"][0]) for q in queries) == list(range(1, num_parts + 1))
+    assert {q["uploadId"][0] for q in queries} == {answer["upload_id"]}
+    [path] = {urllib.parse.unquote(u.path) for u in urls}  # one object, ...
+    assert path.endswith(f"/{directory}/parts.bin"), path
+    if prefix is not None:  # ... under the project's prefix
+        assert path == f"/{prefix}/{directory}/parts.bin", path
+    abort = json.dumps({"path": "parts.bin", "upload_id": answer["upload_id"]}).encode()
+    status, body = get(f"{base}/mpu/abort/{directory}", {**headers,
+                       "Content-Type": "application/json"}, "POST", abort)  # fmt: skip
+    assert status == 200, body
+    return {int(q["X-Amz-Expires"][0]) for q in queries}
+
+
+def test_part_urls_expire_when_the_upload_should_be_done_not_in_an_hour(
+    moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
+) -> None:  # fmt: skip
+    """A leaked part URL is good for writing a part until the client's upload, over a slow link,
+    would have started its last part: one part about 1.5 min, a 4 GiB file (256 parts) about
+    2.3 h; MLflow's own is an hour whatever the size (too long for one part, too short for a big
+    file over a slow link, which then fails half-way). The download URL: 5 minutes."""
+    from tests.support.central import bearer, token_for
+
+    s3 = aws_client("s3", moto.aws_env())
+    headers = bearer(token_for(moto, identities.allowed_role, central.audience,
+                               project_marker(moto)))  # fmt: skip
+    base = f"{central.tracking_uri}/api/2.0/mlflow-artifacts"
+    for num_parts, seconds in [(1, 92), (13, 476), (256, 8252)]:
+        assert part_url_seconds(num_parts) == seconds
+        got = part_url_expiries(base, headers, "expiry", num_parts, f"{BUCKET}/{PROJECT}")
+        assert got == {seconds}
+    s3.put_object(Bucket=BUCKET, Key=f"{PROJECT}/expiry/model.bin", Body=b"model")
+    status, body = get(f"{base}/presigned/expiry/model.bin", headers)
+    assert status == 200, body
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(json.loads(body)["url"]).query)
+    assert int(query["X-Amz-Expires"][0]) == PRESIGNED_DOWNLOAD_TTL_SECONDS
+    uploads = s3.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{PROJECT}/expiry/")
+    assert uploads.get("Uploads", []) == []  # each aborted through the server
 
 
 def test_an_interrupted_upload_leaves_no_visible_artifact(
@@ -443,7 +505,7 @@ def test_an_interrupted_upload_leaves_no_visible_artifact(
     [upload] = started
     parts = s3.list_parts(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])["Parts"]
     assert 0 < len(parts) < source.stat().st_size // MULTIPART_UPLOAD_CHUNK_SIZE
-    from tests.test_auth_e2e import bearer, token_for
+    from tests.support.central import bearer, token_for
 
     status, body = get(
         f"{central.tracking_uri}/api/2.0/mlflow/artifacts/list?run_id={run_id}",
@@ -458,52 +520,96 @@ def test_an_interrupted_upload_leaves_no_visible_artifact(
 # -- the MLflow UI in a browser ----------------------------------------------------------------
 
 # What the UI's download button does (mlflow 3.17.2, ArtifactView onDownloadClick): when
-# server-info says multipart_downloads_enabled, ask ajax-api/2.0/mlflow-artifacts/presigned/<path>
-# and navigate to the URL (window.location.assign): a navigation, which S3's CORS rules never
-# see. Run in the page, with the page's own cookie, against the page's own origin.
-UI_DOWNLOAD_JS = """
-const [path, done] = [arguments[0], arguments[arguments.length - 1]];
-(async () => {
-  const info = await (await fetch("ajax-api/3.0/mlflow/server-info")).json();
-  if (!info.multipart_downloads_enabled) return done("server-info: no multipart downloads");
-  const answer = await fetch("ajax-api/2.0/mlflow-artifacts/presigned/" + path);
-  if (!answer.ok) return done("presigned: " + answer.status);
-  const body = await answer.json();
-  if (Object.keys(body.headers || {}).length) return done("presigned URL needs headers");
-  done("navigating");
-  window.location.assign(body.url);
-})().catch((e) => done("error: " + e));
-"""
+# server-info says multipart_downloads_enabled and the run's artifact URI is mlflow-artifacts:,
+# it asks ajax-api/2.0/mlflow-artifacts/presigned/<path> and navigates to the URL
+# (window.location.assign): a navigation, which S3's CORS rules never see; otherwise it fetches
+# the file through the server (get-artifact) into a blob. The test clicks the real button and
+# reads the browser's own request log to tell the two apart.
+DOWNLOAD_BUTTON = (
+    '[data-component-id="codegen_mlflow_app_src_experiment-tracking_components_'
+    'artifactview.tsx_337"]'
+)
 
 
-def download_in_the_browser(uri: str, secret: str, path: str, directory: Path,
-                            tmp_path: Path) -> bytes:  # fmt: skip
+@dataclass
+class BrowserDownload:
+    data: bytes
+    navigations: list[str]  # the documents the tab loaded after the click
+    through_server: list[str]  # requests for the file's bytes through the server
+
+
+def click_download_in_the_ui(uri: str, secret: str | None, artifact: LoggedArtifact,
+                             tmp_path: Path) -> BrowserDownload:  # fmt: skip
+    """Sign the browser in with the one-time URL (``secret``; None: nothing to sign in to), open
+    the run's artifacts, select the file and click the download button; the file as saved by
+    the browser."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
     from mlflow_aws import run_secret
-    from tests.test_auth_e2e import chromium_driver
+    from tests.support.browser import chromium_driver
 
+    directory = tmp_path / "downloads"
     directory.mkdir(parents=True, exist_ok=True)
-    driver = chromium_driver(tmp_path)
+    driver = chromium_driver(tmp_path, performance_log=True)
     try:
         driver.set_page_load_timeout(60)
-        driver.set_script_timeout(60)
         driver.execute_cdp_cmd(
             "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(directory)}
         )
-        driver.get(run_secret.browser_url(uri, secret))  # signs the browser in (a cookie)
-        assert driver.execute_async_script(UI_DOWNLOAD_JS, path) == "navigating"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            files = [p for p in directory.iterdir() if not p.name.endswith(".crdownload")]
-            if files:
-                return files[0].read_bytes()
+        if secret is not None:
+            driver.get(run_secret.browser_url(uri, secret))  # signs the browser in (a cookie)
+        driver.get(f"{uri}/#/experiments/{artifact.experiment_id}/runs/{artifact.run_id}"
+                   "/artifacts")  # fmt: skip
+        wait = WebDriverWait(driver, 90)
+        wait.until(
+            lambda d: d.find_elements(By.XPATH, f"//*[normalize-space(text())='{artifact.name}']")
+        )[0].click()
+        try:
+            button = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, DOWNLOAD_BUTTON))[0]
+        except Exception:
+            buttons = [b.get_attribute("outerHTML")[:300] for b in
+                       driver.find_elements(By.TAG_NAME, "button")]  # fmt: skip
+            pytest.fail(f"no download button; the page's buttons: {buttons}")
+        driver.get_log("performance")  # what came before the click
+        button.click()
+        deadline, got = time.monotonic() + 120, None
+        while got is None and time.monotonic() < deadline:
+            done = [p for p in directory.iterdir() if not p.name.endswith(".crdownload")]
+            got = done[0].read_bytes() if done else None
             time.sleep(0.2)
-        pytest.fail(f"nothing downloaded; the browser is at {driver.current_url[:80]}")
+        if got is None:
+            pytest.fail(f"nothing downloaded; the browser is at {driver.current_url[:80]}")
+        sent = []
+        for entry in driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Network.requestWillBeSent":
+                sent.append(
+                    (message["params"].get("type", ""), message["params"]["request"]["url"])
+                )
     finally:
         driver.quit()
+    return BrowserDownload(
+        got,
+        [url for kind, url in sent if kind == "Document"],
+        [
+            url
+            for kind, url in sent
+            if "get-artifact" in url or "/mlflow-artifacts/artifacts/" in url
+        ],
+    )
+
+
+@dataclass
+class LoggedArtifact:
+    experiment_id: str
+    run_id: str
+    name: str
+    data: bytes
 
 
 def log_small_artifact(variables: dict[str, str], tmp_path: Path,
-                       monkeypatch: pytest.MonkeyPatch) -> tuple[str, bytes]:  # fmt: skip
+                       monkeypatch: pytest.MonkeyPatch) -> LoggedArtifact:  # fmt: skip
     from mlflow import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", variables["MLFLOW_TRACKING_TOKEN"])
@@ -512,11 +618,24 @@ def log_small_artifact(variables: dict[str, str], tmp_path: Path,
     client = MlflowClient(tracking_uri=variables["MLFLOW_TRACKING_URI"])
     run = client.create_run(client.create_experiment(f"ui-{time.time_ns()}"))
     client.log_artifact(run.info.run_id, str(source))
-    return f"{run.info.experiment_id}/{run.info.run_id}/artifacts/model.bin", source.read_bytes()
+    return LoggedArtifact(run.info.experiment_id, run.info.run_id, source.name, source.read_bytes())
 
 
-def test_the_ui_downloads_through_a_presigned_url_from_the_laptop_server(
-    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path,  # noqa: F811
+def assert_presigned_navigation(download: BrowserDownload, artifact: LoggedArtifact,
+                                prefix: str | None = None) -> None:  # fmt: skip
+    """The browser saved the file byte-exact by loading one signed S3 URL (of the project's
+    prefix), never through the server."""
+    assert download.data == artifact.data
+    assert download.through_server == []
+    [signed] = [url for url in download.navigations if "X-Amz-Signature=" in url]
+    path = urllib.parse.unquote(urllib.parse.urlsplit(signed).path)
+    assert path.endswith(f"/{artifact.experiment_id}/{artifact.run_id}/artifacts/{artifact.name}")
+    if prefix is not None:
+        assert path.startswith(f"/{prefix}/"), path
+
+
+def test_the_ui_download_button_fetches_from_s3_on_the_laptop_server(
+    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     project, outputs = project_with_outputs(mariadb, aws, "laptop-ui", tmp_path)
@@ -531,23 +650,98 @@ def test_the_ui_downloads_through_a_presigned_url_from_the_laptop_server(
             assert time.monotonic() < deadline, running.stdout_lines
             time.sleep(0.05)
         variables = exported(running.stdout_lines)
-        path, data = log_small_artifact(variables, tmp_path, monkeypatch)
-        got = download_in_the_browser(variables["MLFLOW_TRACKING_URI"],
-                                      variables["MLFLOW_TRACKING_TOKEN"], path,
-                                      tmp_path / "downloads", tmp_path)  # fmt: skip
-    assert got == data
+        artifact = log_small_artifact(variables, tmp_path, monkeypatch)
+        download = click_download_in_the_ui(variables["MLFLOW_TRACKING_URI"],
+                                            variables["MLFLOW_TRACKING_TOKEN"], artifact,
+                                            tmp_path)  # fmt: skip
+    assert_presigned_navigation(download, artifact)
 
 
-def test_the_ui_downloads_through_a_presigned_url_through_the_signing_proxy(
+def test_the_ui_download_button_fetches_from_s3_through_the_signing_proxy(
     moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
+    """The browser's one way to the central app with sign-in: ``helper serve --remote``, which
+    forwards to the app under its prefix (``/<project>``)."""
     with signing_proxy(moto, project, central, identities, tmp_path) as (uri, running):
         variables = exported(running.stdout_lines)
-        path, data = log_small_artifact(variables, tmp_path, monkeypatch)
-        got = download_in_the_browser(uri, variables["MLFLOW_TRACKING_TOKEN"], path,
-                                      tmp_path / "downloads", tmp_path)  # fmt: skip
-    assert got == data
+        artifact = log_small_artifact(variables, tmp_path, monkeypatch)
+        download = click_download_in_the_ui(uri, variables["MLFLOW_TRACKING_TOKEN"], artifact,
+                                            tmp_path)  # fmt: skip
+    assert_presigned_navigation(download, artifact, f"{BUCKET}/{PROJECT}")
     # No CORS rule is involved: moto's bucket has none (and the program sets none).
     with pytest.raises(aws_client("s3", moto.aws_env()).exceptions.ClientError):
         aws_client("s3", moto.aws_env()).get_bucket_cors(Bucket=BUCKET)
+
+
+@contextlib.contextmanager
+def token_adding_relay(central: CentralServer, token: str) -> Iterator[tuple[str, list[str]]]:
+    """Stands in for a browser that signs in to the central app itself: every request goes on
+    to the app unchanged but for its bearer token (no browser can make one, which is why users
+    reach the UI through ``helper serve --remote``). The address keeps the app's prefix; the
+    paths it forwarded are listed."""
+    import http.client
+    import http.server
+    import threading
+
+    forwarded: list[str] = []
+    dropped = {"host", "authorization", "connection", "cookie", "content-length"}
+
+    class Relay(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def forward(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
+            headers["Authorization"] = f"Bearer {token}"
+            forwarded.append(self.path)
+            upstream = http.client.HTTPConnection("127.0.0.1", central.port, timeout=60)
+            try:
+                upstream.request(self.command, self.path, body=body, headers=headers)
+                answer = upstream.getresponse()
+                data = answer.read()
+            finally:
+                upstream.close()
+            self.send_response(answer.status)
+            for key, value in answer.getheaders():
+                if key.lower() not in {"transfer-encoding", "connection", "content-length"}:
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = forward
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Relay)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{PROJECT}", forwarded
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_the_ui_download_button_fetches_from_s3_from_the_central_app_under_its_prefix(
+    moto: MotoServer, project: Project, central: CentralServer, identities: Identities,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The UI served by the central app with sign-in at ``/<project>`` (the load balancer's
+    path): the page's relative ``ajax-api`` calls stay under the prefix, the app signs the URL,
+    the browser loads it from S3 (no CORS rule)."""
+    from tests.support.central import token_for
+
+    token = token_for(moto, identities.allowed_role, central.audience, project_marker(moto))
+    with token_adding_relay(central, token) as (uri, forwarded):
+        variables = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_TOKEN": "the relay's"}
+        artifact = log_small_artifact(variables, tmp_path, monkeypatch)
+        download = click_download_in_the_ui(uri, None, artifact, tmp_path)
+    assert_presigned_navigation(download, artifact, f"{BUCKET}/{PROJECT}")
+    path = f"{artifact.experiment_id}/{artifact.run_id}/artifacts/{artifact.name}"
+    assert f"/{PROJECT}/ajax-api/2.0/mlflow-artifacts/presigned/{path}" in forwarded
+    assert all(p.startswith(f"/{PROJECT}/") for p in forwarded), forwarded

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import free_port
+from tests.support.services import free_port
 
 pytestmark = pytest.mark.slow
 

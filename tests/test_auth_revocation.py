@@ -36,8 +36,8 @@ from mlflow_aws.auth.server import (
 )
 from mlflow_aws.auth.token import MARKER_NAME, make_token, sts_endpoint_url
 from projects.project import policy_document
-from tests.central import Credentials
-from tests.services import MotoServer, running_moto
+from tests.support.central import Credentials
+from tests.support.services import MotoServer, running_moto
 
 pytestmark = pytest.mark.slow
 

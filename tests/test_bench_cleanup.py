@@ -2,8 +2,8 @@
 left its tuned MariaDB-backed server behind), no process it started lives on.
 
 Only what the bench itself started counts (issue 15, finding 16): it runs under a child
-subreaper (tests/reaper.py), so whatever it leaves is re-parented there and nothing else on the
-machine (another engineer's mlflow, a service of another test) is mistaken for it.
+subreaper (tests/support/reaper.py), so whatever it leaves is re-parented there and nothing else on
+the machine (another engineer's mlflow, a service of another test) is mistaken for it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-REAPER = ROOT / "tests" / "reaper.py"
+REAPER = ROOT / "tests" / "support" / "reaper.py"
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from helper.outputs import OutputsError, ProjectConnection, parse_connection_bundle
-from infra.server import container_secrets
+from infra.containers import container_secrets
 from mlflow_aws.bundle import BUNDLE_KEYS, KEY, ConnectionBundle
 
 # The helper takes the user from BackendStoreUri; Username is there for operators.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -33,7 +35,7 @@ from infra.config import (
     parse_stack_config,
     pinned_mlflow_version,
 )
-from tests.pulumi_mocks import ROOT, RecordingMocks, run_program
+from tests.support.pulumi_mocks import ROOT, RecordingMocks, run_program
 
 
 def parse(values: dict[str, Any], stack: str = "dev") -> StackConfig:
@@ -148,7 +150,7 @@ def test_names_that_map_onto_accounts_the_stack_or_engine_owns(name: str, owner:
 
 
 def test_ca_bundle_file(tmp_path: Any) -> None:
-    from tests.pulumi_mocks import make_ca_pem
+    from tests.support.pulumi_mocks import make_ca_pem
 
     pem = tmp_path / "rds-ca.pem"
     pem.write_text(make_ca_pem())
@@ -647,6 +649,84 @@ def test_each_documented_default_is_the_typed_configs() -> None:
     assert wrong == []
 
 
+# ------------------------------------------------ README.md's config table states the defaults
+
+# A default cell (or one " / " part of it per key): a backquoted value, then nothing, a unit, a
+# parenthesis or "; when it differs" -- the typed config's default; anything else is prose for a
+# default decided at pulumi up or by another key, which the typed config leaves unset.
+_README_LITERAL = re.compile(r"`(?P<value>[^`]*)`(?:$| ACU$| \(|; )")
+
+
+def readme_config_rows(readme: str) -> list[tuple[list[str], str]]:
+    """The config table of README.md: each row's keys (``db.minCapacity``) and default cell."""
+    table = readme[readme.index("| key | default | meaning |") :].splitlines()[2:]
+    rows = []
+    for line in table:
+        if not line.startswith("|"):
+            break
+        key_cell, default_cell = (cell.strip() for cell in line.strip("|").split("|")[:2])
+        rows.append((re.findall(r"`([^`]+)`", key_cell), default_cell))
+    return rows
+
+
+def readme_default_problems(rows: list[tuple[list[str], str]]) -> list[str]:
+    """Where README.md's table misstates infra/config.py (or names a key it does not have)."""
+    wrong: list[str] = []
+    for keys, cell in rows:
+        parts = cell.split(" / ")
+        if len(parts) != len(keys):
+            parts = [cell] * len(keys)  # one default for each key named
+        for key, part in zip(keys, parts, strict=True):
+            section, _, name = key.rpartition(".")
+            known = SECTIONS[section][0] if section in SECTIONS else TOP_LEVEL_KEYS
+            if name not in known:
+                wrong.append(f"{key}: not a config key")
+                continue
+            literal = _README_LITERAL.match(part)
+            if section:
+                setting = SECTIONS[section][2]
+                declared = {f.name: f for f in dataclasses.fields(SECTIONS[section][1])}
+                unset = declared[snake(name)].default
+                if literal is None:
+                    if unset not in (None, ()):
+                        wrong.append(f"{key}: README says {part!r}, the config {unset!r}")
+                    continue
+                given, default = (
+                    setting(name, yaml.safe_load(literal["value"])),
+                    setting(name, None),
+                )
+            else:
+                if literal is None:
+                    continue  # decided elsewhere: mlflowVersion (docker/requirements.txt)
+                given, default = {key: yaml.safe_load(literal["value"])}, {}
+            try:
+                if parse(given) != parse(default):
+                    wrong.append(f"{key}: README's {part!r} is not the config's default")
+            except ConfigError as refused:
+                wrong.append(f"{key}: README's {part!r} is refused: {refused}")
+    return wrong
+
+
+def test_the_readme_config_table_states_the_typed_configs_defaults() -> None:
+    rows = readme_config_rows((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert len(rows) >= 20 and readme_default_problems(rows) == []
+
+
+@pytest.mark.parametrize(
+    ("row", "why"),
+    [
+        ((["server.cpu", "server.memory"], "`256` / `1024`"), "server.cpu: README's '`256`'"),
+        ((["db.maxCapacity"], "`4` ACU"), "db.maxCapacity: README's '`4` ACU'"),
+        ((["server.maxTasks"], "three"), "server.maxTasks: README says 'three', the config 3"),
+        ((["server.maxTask"], "`3`"), "server.maxTask: not a config key"),
+        ((["protect"], "`true`; on prod*"), "protect: README's '`true`; on prod*'"),
+    ],
+)
+def test_a_default_the_readme_misstates_is_caught(row: tuple[list[str], str], why: str) -> None:
+    problems = readme_default_problems([row])
+    assert len(problems) == 1 and problems[0].startswith(why), problems
+
+
 def test_a_default_pulumi_yaml_misstates_is_caught() -> None:
     """The comparison above can fail: a documented 3 where the typed config says 2."""
     documented = DocumentedKey("maxCapacity", "number", "`3`", "")
@@ -664,17 +744,51 @@ def test_the_upgrade_settings_default_to_refusing_connected_clients_and_a_snapsh
 
 
 def test_each_project_user_has_room_for_the_laptops_and_every_central_task() -> None:
-    from infra.config import CONNECTIONS_PER_SERVER
     from mlflow_aws.server_settings import server_env_defaults
 
-    defaults = server_env_defaults()
-    assert (
-        int(defaults["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"])
-        + int(defaults["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"])
-        == CONNECTIONS_PER_SERVER
+    defaults = server_env_defaults()  # the file the image bakes (docker/Dockerfile copies it)
+    per_server = int(defaults["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]) + int(
+        defaults["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"]
     )
-    assert parse({}).max_user_connections == 50
-    assert parse({"server": {**SERVER, "maxTasks": 6}}).max_user_connections == 50 + 6 * 10
+    assert per_server == 10  # the figure the sizing comments quote
+    assert parse({}).max_user_connections == 5 * per_server == 50
+    assert parse({"server": {**SERVER, "maxTasks": 6}}).max_user_connections == 11 * per_server
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert f"connection limit ({5 * per_server}, plus {per_server} per central task)" in readme
+
+
+# server.env's pool, changed alone (as an edit of the file would), in a fresh interpreter.
+_OTHER_POOL = """
+import json, sys
+import mlflow_aws.server_settings as settings
+baked = settings.server_env_defaults
+settings.server_env_defaults = lambda path=settings.SERVER_ENV_PATH: {
+    **baked(path),
+    "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "3",
+    "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "4",
+}
+from infra.config import parse_stack_config
+from projects.project import MlflowProjectArgs
+from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS
+server = {"enabled": True, "domainName": "mlflow.example.com",
+          "hostedZoneId": "Z0123456789ABCDEFGHIJ", "maxTasks": 6}
+config = parse_stack_config({"mlflow-aws:server": json.dumps(server)}, "dev")
+fields = MlflowProjectArgs.__dataclass_fields__
+print(json.dumps([DEFAULT_MAX_USER_CONNECTIONS, config.max_user_connections,
+                  fields["max_user_connections"].default]))
+"""
+
+
+def test_a_pool_size_changed_in_server_env_alone_moves_every_connection_limit_with_it() -> None:
+    # A limit typed out anywhere (the SQL default, the config's sum, the component's default)
+    # would stay behind when the pool grows: each must follow from server.env.
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER_POOL], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    sql_default, with_tasks, component_default = json.loads(done.stdout.splitlines()[-1])
+    assert sql_default == component_default == 5 * 7
+    assert with_tasks == (5 + 6) * 7
 
 
 def test_the_load_balancer_may_be_open_to_the_internet_the_database_never() -> None:

@@ -226,7 +226,7 @@ def test_dockerfile_runs_as_non_root_with_healthcheck_and_fetches_nothing_unpinn
     # The writable places of the read-only root are volumes (ECS copies their owner into the
     # task's volumes), the same the task definition and the helper's docker runtime mount.
     from helper.runtimes import CONTAINER_HOME, CONTAINER_TMP
-    from infra.server import WRITABLE_PATHS
+    from infra.containers import WRITABLE_PATHS
 
     [volumes] = [json.loads(rest) for word, rest in instructions if word == "VOLUME"]
     assert (

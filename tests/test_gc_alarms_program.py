@@ -1,7 +1,7 @@
 """The scheduled gc and the alarms, as the program registers them (under Pulumi mocks).
 
-What AWS enforces on each type is in tests/aws_constraints.py; here: what each resource is for.
-The gc task itself (``entrypoint.sh gc`` of the image, its role limited to the project's
+What AWS enforces on each type is in tests/support/aws_constraints.py; here: what each resource is
+for. The gc task itself (``entrypoint.sh gc`` of the image, its role limited to the project's
 prefix) runs for real in tests/test_gc.py and tests/test_gc_isolation.py.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.aws_constraints import plain
-from tests.pulumi_mocks import ACCOUNT, ProgramRun, Registered, run_program
+from tests.support.aws_constraints import plain
+from tests.support.pulumi_mocks import ACCOUNT, ProgramRun, Registered, run_program
 
 DOMAIN = "mlflow.example.com"
 SERVER = {"enabled": True, "domainName": DOMAIN, "hostedZoneId": "Z0123456789ABCDEFGHIJ",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import free_port
+from tests.support.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

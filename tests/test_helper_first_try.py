@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import free_port
+from tests.support.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:mlflow-aws/dev/churn-AbCdEf"

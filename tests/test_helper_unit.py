@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -42,7 +43,7 @@ from helper.server_settings import (
 )
 from mlflow_aws.bundle import ConnectionBundle
 from mlflow_aws.server_settings import ServerSettingsError
-from tests.services import MotoServer, free_port
+from tests.support.services import MotoServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PASSWORD = "Pr0ject-Pw_x7Q9zK2m"
@@ -965,3 +966,35 @@ def test_the_watchdog_stops_the_server_when_its_helper_is_killed(tmp_path: Path)
         time.sleep(0.1)
     assert process.stderr is not None
     process.stderr.close()
+
+
+def test_a_worker_that_ignores_sigterm_does_not_outlive_the_group_stop() -> None:
+    """The server's leader exits on SIGTERM but a worker of its group ignores it (a stuck
+    uvicorn): the one group stop (helper, watchdog and reclaim alike) SIGKILLs what is left."""
+    import signal
+
+    from helper.watchdog import group_gone, stop_group
+
+    worker = (
+        "import signal, subprocess, sys, time\n"
+        "code = 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print(1, flush=True); time.sleep(300)'\n"
+        "child = subprocess.Popen([sys.executable, '-c', code], stdout=sys.stdout)\n"
+        "time.sleep(300)\n"
+    )
+    leader = subprocess.Popen(
+        [sys.executable, "-c", worker], stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        assert leader.stdout is not None and leader.stdout.readline().strip() == b"1"
+        started = time.monotonic()
+        assert stop_group(leader.pid, leader, timeout=1.0) is True
+        assert leader.returncode == -signal.SIGTERM  # the leader went at the polite signal
+        assert group_gone(leader.pid, 0.1)  # ... and the worker at SIGKILL, a timeout later
+        assert 1.0 <= time.monotonic() - started < 10
+        assert stop_group(leader.pid, leader, timeout=1.0) is True  # stopping twice is harmless
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, signal.SIGKILL)
+        if leader.stdout is not None:
+            leader.stdout.close()

@@ -1,7 +1,7 @@
 """Hostile input is refused where it enters, with a message that names it, and nothing happens.
 
-* Stack config: every name of the corpus (``tests/hostile_names.py``), every colliding list and
-  every non-string item makes ``parse_stack_config`` raise ``ConfigError`` naming the value and
+* Stack config: every name of the corpus (``tests/support/hostile_names.py``), every colliding list
+  and every non-string item makes ``parse_stack_config`` raise ``ConfigError`` naming the value and
   the rule; the whole program, run under Pulumi mocks, registers no resource and makes no call.
 * The MySQL schema provider, driven over gRPC like the engine drives it: ``Check`` fails on
   ``project`` for every name, and neither ``Check`` nor a ``Create`` or ``Delete`` that skips
@@ -29,9 +29,9 @@ import pytest
 
 from infra.config import ASCII_SPACE, ConfigError, parse_stack_config
 from mlflow_aws.names import RULE, name_problem
-from tests.data_api_emulator import CLUSTER_ARN, DataApiEmulator, provider_environment
-from tests.hostile_names import COLLIDING_LISTS, HOSTILE_NAMES, NON_STRINGS
-from tests.services import MariaDB, MotoServer, free_port
+from tests.support.data_api_emulator import CLUSTER_ARN, DataApiEmulator, provider_environment
+from tests.support.hostile_names import COLLIDING_LISTS, HOSTILE_NAMES, NON_STRINGS
+from tests.support.services import MariaDB, MotoServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECTS_KEY = "mlflow-aws:projects"
@@ -112,7 +112,7 @@ def test_config_reports_every_bad_name_at_once() -> None:
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every resource registration and invoke the program makes under mocks."""
-    from tests import pulumi_mocks
+    from tests.support import pulumi_mocks
 
     seen: list[str] = []
     new_resource = pulumi_mocks.RecordingMocks.new_resource
@@ -143,7 +143,7 @@ def _program_cases() -> list[tuple[list[Any], str]]:
 
 
 def test_program_registers_nothing_for_hostile_config(recorded: list[str]) -> None:
-    from tests.pulumi_mocks import run_program
+    from tests.support.pulumi_mocks import run_program
 
     # Control: a valid config does register resources through the same recorder.
     run_program({PROJECTS_KEY: ["churn"]})
@@ -167,14 +167,14 @@ def test_program_registers_nothing_for_hostile_config(recorded: list[str]) -> No
 
 @pytest.fixture(scope="module")
 def provider_server(data_api: DataApiEmulator) -> Iterator[Any]:
-    from tests.grpc_provider import provider_server as start
+    from tests.support.grpc_provider import provider_server as start
 
     with start(provider_environment(data_api)) as server:
         yield server
 
 
 def _props(project: Any) -> dict[str, Any]:
-    from tests.grpc_provider import secret
+    from tests.support.grpc_provider import secret
 
     return {
         "project": project,
@@ -245,7 +245,7 @@ def test_provider_sends_nothing_for_hostile_names(
     """Against the real server: Check, and even a Create or Delete that skips it, send no Data
     API request and reach no MySQL connection."""
     from projects.schema_provider import MysqlSchemaProvider
-    from tests.grpc_provider import ProviderCallError
+    from tests.support.grpc_provider import ProviderCallError
 
     client = provider_server.client(MysqlSchemaProvider())
     probe = mariadb.connect()  # one connection, opened before counting
@@ -428,7 +428,7 @@ def test_helper_refuses_a_malformed_connection_secret(
 ) -> None:
     """The project's secret is read with the teammate's credentials and validated field by
     field before anything starts; no value of it is echoed."""
-    from tests.stack_on_moto import aws_client
+    from tests.support.stack_on_moto import aws_client
 
     aws = moto.aws_env()
     secrets = aws_client("secretsmanager", aws)

@@ -1,6 +1,6 @@
 """The central server as its ECS task runs it, sign-in included: the image's packages (the lock
 plus mlflow-aws, installed as the Dockerfile installs them), ``docker/entrypoint.sh`` with the
-task's environment and its ``command`` (``--app-name aws-iam``, infra/server.py), MariaDB with
+task's environment and its ``command`` (``--app-name aws-iam``, infra/containers.py), MariaDB with
 TLS, moto for S3, STS and IAM.
 """
 
@@ -15,19 +15,26 @@ from unittest import mock
 
 import pytest
 
-from infra.server import AUTH_APP
+from infra.containers import AUTH_APP
 from mlflow_aws.auth.token import TOKEN_PREFIX, make_token, sts_endpoint_url
-from tests import image_server
-from tests.central import ALLOWED_ROLE, Identities, get, make_identities, marker_url, put_marker
-from tests.services import MariaDB, MotoServer, free_port
-from tests.stack_on_moto import REGION, create_project, ensure_bucket
+from tests.support import image_server
+from tests.support.central import (
+    ALLOWED_ROLE,
+    Identities,
+    get,
+    make_identities,
+    marker_url,
+    put_marker,
+)
+from tests.support.services import MariaDB, MotoServer, free_port
+from tests.support.stack_on_moto import REGION, create_project, ensure_bucket
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "mlflow-aws-image-auth"
 SERVER_ID = "mlflow.example.com"  # the load balancer's name
 PROJECT = "img-auth"
-AUDIENCE = f"{SERVER_ID}/{PROJECT}"  # as infra/server.py sets MLFLOW_AWS_IAM_AUDIENCE
+AUDIENCE = f"{SERVER_ID}/{PROJECT}"  # as infra/containers.py sets MLFLOW_AWS_IAM_AUDIENCE
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pytest
 from moto import mock_aws
 
 from infra.server_image import IMAGE_SOURCES, context_digest, image_files
-from tests.pulumi_mocks import REGION, run_program
+from tests.support.pulumi_mocks import REGION, run_program
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -134,3 +134,25 @@ def test_each_environment_variable_name_of_ours_is_defined_once() -> None:
     names = [n for n, v in vars(environment).items() if n.isupper() and isinstance(v, str)]
     used = "\n".join(p.read_text() for p in source_files() if p != definitions)
     assert [n for n in names if f"env_names.{n}" not in used] == []
+
+
+def test_the_readmes_server_glossary_names_what_exists() -> None:
+    """README.md "Five things called server": each path it lists is in the repository and each code
+    name it gives is defined there, so the table cannot outlive a rename."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Five things called server") :]
+    table = section[section.index("| where") :].split("\n\n")[0].splitlines()[2:]
+    rows = [row for row in table if row.startswith("| ")]
+    assert len(rows) == 6  # five things, and the config key
+    defined: set[str] = set()
+    for path in [ROOT / "__main__.py", *ROOT.glob("[a-z]*/**/*.py")]:
+        if ".venv" not in path.parts and "build" not in path.parts:
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+                if isinstance(node, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef):
+                    defined.add(node.name)
+    for row in rows:
+        for token in re.findall(r"`([^`]+)`", row):
+            if re.fullmatch(r"[\w./]+\.(?:py|env)", token):
+                assert (ROOT / token).is_file(), f"README names {token}, which is gone"
+            elif re.fullmatch(r"[A-Za-z_]\w*", token) and token not in ("serve", "prepare"):
+                assert token in defined, f"README names {token}, defined nowhere"

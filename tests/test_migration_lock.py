@@ -20,8 +20,8 @@ import pymysql
 import pytest
 
 from mlflow_aws.server import prepare
-from tests.services import MariaDB
-from tests.stack_on_moto import Project, create_project
+from tests.support.services import MariaDB
+from tests.support.stack_on_moto import Project, create_project
 
 pytestmark = pytest.mark.slow
 

@@ -4,16 +4,23 @@ listed as equivalent in ``mutation/equivalent.toml``). Pure functions: no servic
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from mlflow_aws.names import (
+    CONNECTION_SECRET_NAME,
     MAX_NAME_LENGTH,
+    PROJECT_NAME_PATTERN,
     RULE,
     ProjectNameError,
+    bucket_prefix,
     collision_key,
     collisions,
+    connection_secret_name,
     name_problem,
     owned_by,
+    stack_slug,
     validate_name,
 )
 
@@ -148,3 +155,42 @@ def test_collisions_fold_case_and_separators_and_name_both() -> None:
 
 def test_the_rule_text_names_the_limit() -> None:
     assert f"at most {MAX_NAME_LENGTH} characters" in RULE
+
+
+# -- the slug rule and the patterns built from it ----------------------------------------------
+
+HOSTILE_NAMES = ["a-b'c", "a-b/c", "a--b", "a-", "1abc", "-abc", "a_b", "A-b", "a b"]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_secret_or_artifact_root_named_for_a_hostile_project_is_not_taken_as_one(
+    name: str,
+) -> None:
+    # The helper recognises secret names and artifact roots by the name rule itself, so a
+    # planted secret mlflow-aws/dev/a--b is not "a connection secret" of any project.
+    assert name_problem(name) is not None
+    assert CONNECTION_SECRET_NAME.fullmatch(connection_secret_name("dev", name)) is None
+    assert re.fullmatch(PROJECT_NAME_PATTERN, name) is None
+
+
+@pytest.mark.parametrize("name", ["a", "churn", "team-a-2", "x" * MAX_NAME_LENGTH])
+def test_every_valid_project_names_its_secret_as_the_helper_recognises_it(name: str) -> None:
+    assert name_problem(name) is None
+    match = CONNECTION_SECRET_NAME.fullmatch(connection_secret_name("Team_A.prod", name))
+    assert match is not None and match["project"] == name and match["stack"] == "Team_A.prod"
+
+
+@pytest.mark.parametrize(
+    ("stack", "slug", "bucket"),
+    [
+        ("dev", "dev", "mlflow-aws-dev-"),
+        ("Team_A.Prod", "team-a-prod", "mlflow-aws-team-a-prod-"),
+        ("a--b", "a-b", "mlflow-aws-a--b-"),  # the bucket keeps the stack's own hyphens
+        ("a-.b", "a-b", "mlflow-aws-a--b-"),
+        ("__", "stack", "mlflow-aws-stack-"),  # nothing left: a name still
+    ],
+)
+def test_a_stack_name_with_separator_runs_gets_one_slug(stack: str, slug: str, bucket: str) -> None:
+    assert stack_slug(stack) == slug
+    assert bucket_prefix(stack) == bucket
+    assert re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", slug)

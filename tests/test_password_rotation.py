@@ -32,12 +32,17 @@ import pytest
 from projects.password_retirement import MysqlPasswordRetirementProvider
 from projects.schema_provider import MysqlSchemaProvider
 from projects.schema_sql import Desired, engine_of, retire_previous_password, set_password
-from tests import image_server
-from tests.data_api_emulator import CLUSTER_ARN, DataApiEmulator, admin_secret, provider_environment
-from tests.grpc_provider import ProviderServer, provider_server, secret
-from tests.services import MariaDB, MotoServer, free_port
-from tests.stack_on_moto import Project
-from tests.test_server_rollout import task_env
+from tests.support import image_server
+from tests.support.data_api_emulator import (
+    CLUSTER_ARN,
+    DataApiEmulator,
+    admin_secret,
+    provider_environment,
+)
+from tests.support.grpc_provider import ProviderServer, provider_server, secret
+from tests.support.image_server import task_env
+from tests.support.services import MariaDB, MotoServer, free_port
+from tests.support.stack_on_moto import Project
 
 OLD, NEW = "Rotate-old.1-Aaaa", "Rotate-new.2-Bbbb"
 IDLE_SECONDS = 1  # the tasks' MLFLOW_AWS_DB_IDLE_SECONDS (30 on AWS): the database's wait_timeout
@@ -229,8 +234,8 @@ def test_db_admin_password_version_rotates_the_master_password_then_the_admin_se
     """Under mocks: a bump is a new master password for the cluster (Aurora applies it in place)
     and the admin secret holds it once the cluster took it; version 1 adds no keeper, so a stack
     made before the setting keeps its password."""
-    from tests.aws_constraints import plain
-    from tests.pulumi_mocks import run_program
+    from tests.support.aws_constraints import plain
+    from tests.support.pulumi_mocks import run_program
 
     def admin(version: int | None) -> tuple[str, str, Any]:
         config: dict[str, Any] = {"mlflow-aws:projects": ["churn"]}

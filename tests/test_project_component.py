@@ -24,6 +24,7 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from infra.config import ProjectConfig
+from mlflow_aws import passwords
 from mlflow_aws.bundle import BUNDLE_KEYS
 from projects.project import (
     COMPONENT_TYPE,
@@ -32,6 +33,7 @@ from projects.project import (
     MlflowProjectArgs,
     backend_store_uri,
 )
+from projects.schema_sql import password_problem
 
 ACCOUNT, REGION = "123456789012", "eu-west-1"
 BUCKET = "mlflow-aws-dev-artifacts-0001"
@@ -224,7 +226,12 @@ def test_children_are_the_expected_resources_parented_to_the_component() -> None
 def test_password_is_mysql_safe_and_rotates_with_its_version() -> None:
     pw = build().one("random:index/randomPassword:RandomPassword").inputs
     assert pw["length"] >= 32 and pw["special"] is True
-    assert set(pw["overrideSpecial"]) <= set("-_.")
+    assert set(pw["overrideSpecial"]) <= set(passwords.SHELL_SAFE_SPECIALS)
+    # Every character RandomPassword may draw passes the SQL literal's check (and a password
+    # of them needs no quoting in the bundle's URI): generator and check share one alphabet.
+    drawn = "AZaz09" + pw["overrideSpecial"]
+    assert password_problem((drawn * 4)[: int(pw["length"])]) is None
+    assert quote(drawn, safe="") == drawn
     assert pw["keepers"] == {"version": "1"}
     rotated = build(ProjectConfig(name="churn", password_version=3))
     assert rotated.one("random:index/randomPassword:RandomPassword").inputs["keepers"] == {

@@ -17,8 +17,8 @@ from pathlib import Path
 import dill
 
 from projects.schema_provider import PROVIDER_CLASS, PROVIDER_MODULE, MysqlSchemaProvider
-from tests.grpc_provider import ProviderServer
-from tests.pulumi_mocks import run_program
+from tests.support.grpc_provider import ProviderServer
+from tests.support.pulumi_mocks import run_program
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,15 +4,19 @@ every mutant ``./dev mutate helper/proxy.py`` makes must fail one of these or a 
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import socket
 import threading
+import tracemalloc
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from helper.errors import HelperError
 from helper.proxy import Upstream
-from tests.test_proxy_security import (
+from tests.support.proxy_harness import (
     SECRET,
     SIGNED,
     RecordingHandler,
@@ -163,3 +167,145 @@ def test_the_servers_cookies_and_hop_by_hop_headers_never_reach_the_browser(
     head = received.split(b"\r\n\r\n", 1)[0].lower()
     assert statuses(received) == [200] and b"set-cookie" not in head
     assert head.count(b"content-length:") == 1
+
+
+# -- a multi-GB artifact is streamed, never held: the same at 64 MiB, with tracemalloc's peak -----
+
+STREAMED_MIB = 64
+HELD_LIMIT_MIB = 16  # a few 1 MiB blocks in flight; holding the body would be >= 64
+BLOCK = bytes(range(256)) * 4096  # 1 MiB
+
+
+class SinkHandler(http.server.BaseHTTPRequestHandler):
+    """Counts an upload's bytes block by block (sized or chunked) and answers a download with
+    STREAMED_MIB MiB (sized, or chunked when the path says so), never holding either."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: Any
+
+    def do_PUT(self) -> None:
+        received = 0
+        if self.headers.get("Transfer-Encoding") == "chunked":
+            while (size := int(self.rfile.readline().split(b";")[0], 16)) > 0:
+                for _ in range(0, size, 1 << 20):
+                    received += len(self.rfile.read(min(1 << 20, size - _)))
+                self.rfile.readline()
+            self.rfile.readline()
+        else:
+            left = int(self.headers["Content-Length"])
+            while left:
+                block = self.rfile.read(min(left, 1 << 20))
+                received, left = received + len(block), left - len(block)
+        self.server.received.append(received)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        chunked = self.path.endswith("/chunked")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(STREAMED_MIB << 20))
+        self.end_headers()
+        for _ in range(STREAMED_MIB):
+            if chunked:
+                self.wfile.write(b"100000\r\n")
+            self.wfile.write(BLOCK)
+            if chunked:
+                self.wfile.write(b"\r\n")
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[Upstreams, list[int]]]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SinkHandler)
+    server.daemon_threads = True
+    received: list[int] = []
+    server.received = received  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield Upstreams(server.server_address[1]), received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def peak_traced_mib() -> Iterator[list[float]]:
+    """The peak of Python's allocations (every thread: client, proxy, server) in the block."""
+    peak: list[float] = []
+    tracemalloc.start()
+    try:
+        yield peak
+    finally:
+        peak.append(tracemalloc.get_traced_memory()[1] / (1 << 20))
+        tracemalloc.stop()
+
+
+def signed_head(port: int, method: str, path: str, framing: str = "") -> bytes:
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {SECRET}"
+        f"\r\n{framing}\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["sized", "chunked"])
+def test_a_large_upload_is_streamed_through_not_held_in_memory(
+    sink: tuple[Upstreams, list[int]], chunked: bool
+) -> None:
+    upstream, received = sink
+    with running_proxy(upstream) as proxy, peak_traced_mib() as peak:
+        framing = "Transfer-Encoding: chunked\r\n" if chunked else (
+            f"Content-Length: {STREAMED_MIB << 20}\r\n"
+        )  # fmt: skip
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as sock:
+            sock.sendall(signed_head(proxy.port, "PUT", "/upload", framing))
+            for _ in range(STREAMED_MIB):
+                if chunked:
+                    sock.sendall(b"100000\r\n")
+                sock.sendall(BLOCK)
+                if chunked:
+                    sock.sendall(b"\r\n")
+            if chunked:
+                sock.sendall(b"0\r\n\r\n")
+            answer = sock.recv(65536)
+    assert statuses(answer) == [200], answer
+    assert received == [STREAMED_MIB << 20]
+    assert peak[0] < HELD_LIMIT_MIB, f"{peak[0]:.0f} MiB held for a {STREAMED_MIB} MiB body"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["sized", "chunked"])
+def test_a_large_download_is_streamed_through_not_held_in_memory(
+    sink: tuple[Upstreams, list[int]], chunked: bool
+) -> None:
+    upstream, _ = sink
+    buffer = bytearray(1 << 20)
+    with running_proxy(upstream) as proxy, peak_traced_mib() as peak:
+        path = "/download/chunked" if chunked else "/download/sized"
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as sock:
+            sock.sendall(signed_head(proxy.port, "GET", path))
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(1)
+            total = 0
+            while n := sock.recv_into(buffer):
+                total += n
+                if not chunked and total == STREAMED_MIB << 20:
+                    break
+                if chunked and bytes(buffer[max(0, n - 7) : n]).endswith(b"0\r\n\r\n"):
+                    break
+    assert statuses(head) == [200], head
+    if chunked:
+        assert b"transfer-encoding: chunked" in head.lower()
+        assert total > STREAMED_MIB << 20  # the body and its chunk lines
+    else:
+        assert f"Content-Length: {STREAMED_MIB << 20}".encode() in head
+        assert total == STREAMED_MIB << 20
+    assert peak[0] < HELD_LIMIT_MIB, f"{peak[0]:.0f} MiB held for a {STREAMED_MIB} MiB body"

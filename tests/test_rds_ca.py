@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from infra.rds_ca import CaBundleError, fetch_rds_ca_bundle, validate_ca_bundle
-from tests.pulumi_mocks import make_ca_pem
-from tests.services import _make_tls_files
+from tests.support.pulumi_mocks import make_ca_pem
+from tests.support.services import _make_tls_files
 
 
 @pytest.fixture(scope="module")

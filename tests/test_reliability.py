@@ -35,7 +35,7 @@ from bench.common import (
     start_helper,
     write_outputs_file,
 )
-from tests.services import MariaDB, MotoServer, free_port
+from tests.support.services import MariaDB, MotoServer, free_port
 
 CLIENTS = 8
 METRICS_PER_CLIENT = 1000

@@ -19,7 +19,7 @@ import pytest
 
 from helper import supervise
 from helper.errors import HelperError
-from tests.services import free_port
+from tests.support.services import free_port
 
 
 def plant(run_dir: Path, port: int, command: list[str], project: str = "churn") -> Path:
@@ -154,3 +154,43 @@ def test_a_directory_an_earlier_helper_made_0755_is_tightened_not_refused(
     assert stat.S_IMODE((runtime_dir / "mlflow-aws").stat().st_mode) == 0o700
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
     supervise.reclaim_port(free_port(), io.StringIO())  # nothing recorded: silent
+
+
+@pytest.mark.parametrize(
+    ("mode", "what"),
+    [
+        (0o2755, "has mode 2755"),  # setgid: files made there get another group
+        (0o1755, "has mode 1755"),  # sticky: not a mode the helper made
+    ],
+)
+def test_a_run_directory_with_special_bits_is_refused_not_tightened(
+    runtime_dir: Path, mode: int, what: str
+) -> None:
+    (runtime_dir / "mlflow-aws").mkdir()
+    (runtime_dir / "mlflow-aws").chmod(mode)
+    try:
+        with pytest.raises(HelperError, match=f"mlflow-aws, where the helper .* {what}"):
+            supervise.run_directory()
+        assert stat.S_IMODE((runtime_dir / "mlflow-aws").stat().st_mode) == mode
+    finally:
+        (runtime_dir / "mlflow-aws").chmod(0o700)
+
+
+def test_a_pin_file_others_may_read_is_refused_by_the_same_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pinned connection secrets (helper/trust.py) follow the run records' rule."""
+    from helper import trust
+    from helper.outputs import OutputsError
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    pins = trust.pins()
+    pins.put(pins.key("123456789012", "eu-west-1", "churn"), "arn:aws:secretsmanager:x")
+    assert stat.S_IMODE(pins.path.stat().st_mode) == 0o600
+    pins.path.chmod(0o640)
+    with pytest.raises(OutputsError, match=r"is not a private file of yours \(it has mode 0640"):
+        pins.get(pins.key("123456789012", "eu-west-1", "churn"))
+    pins.path.chmod(0o600)
+    pins.path.parent.chmod(0o750)
+    with pytest.raises(OutputsError, match=r"not a private directory of yours \(it has mode 0750"):
+        pins.put(pins.key("123456789012", "eu-west-1", "fraud"), "arn:aws:secretsmanager:y")

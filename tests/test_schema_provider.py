@@ -3,7 +3,7 @@ RDS Data API protocol (the provider's own boto3 client) to the Data API emulator
 real MariaDB (TLS required, like Aurora), with the admin secret read from moto.
 
 Every test drives ``python -u -m pulumi.dynamic`` (started as the engine starts it) through
-``tests.grpc_provider`` and checks the database itself with the admin connection, or by
+``tests.support.grpc_provider`` and checks the database itself with the admin connection, or by
 connecting as the project's user; the emulator's request log shows what the provider sent.
 """
 
@@ -33,14 +33,14 @@ from projects.schema_sql import (
     decide_delete,
     quote_identifier,
 )
-from tests.data_api_emulator import (
+from tests.support.data_api_emulator import (
     CLUSTER_ARN,
     REGION,
     DataApiEmulator,
     admin_secret,
     provider_environment,
 )
-from tests.grpc_provider import (
+from tests.support.grpc_provider import (
     UNKNOWN,
     ProviderCallError,
     ProviderClient,
@@ -50,7 +50,7 @@ from tests.grpc_provider import (
     provider_server,
     secret,
 )
-from tests.services import MariaDB, MotoServer
+from tests.support.services import MariaDB, MotoServer
 
 pytestmark = pytest.mark.slow
 
@@ -519,7 +519,7 @@ def test_each_named_parameter_is_used_once_and_bound() -> None:
     """Issue 15, finding 10: the RDS Data API documents named parameters (SqlParameter) but not
     one name bound at several places in a statement, so each use gets its own name (the
     inspection query used :grantee three times). The emulator refuses a reused name too."""
-    from tests.data_api_emulator import placeholders
+    from tests.support.data_api_emulator import placeholders
 
     for statement in every_statement():
         _, names, _ = placeholders(statement.sql)
@@ -900,7 +900,7 @@ def test_data_api_errors_are_named(client: ProviderClient, news: Any, admin_arn:
 
 def test_the_emulator_refuses_what_aws_would() -> None:
     """The request checks of the emulator are real: they fail on what botocore never sends."""
-    from tests.data_api_emulator import ApiError, placeholders, validate
+    from tests.support.data_api_emulator import ApiError, placeholders, validate
 
     model = boto3.client("rds-data", region_name=REGION).meta.service_model
     shape = model.operation_model("ExecuteStatement").input_shape

@@ -27,9 +27,10 @@ from typing import Any
 import boto3
 import pytest
 
-from tests import image_server
-from tests.services import MariaDB, MotoServer, free_port
-from tests.test_helper_e2e import Project, create_project, run_tracking_script
+from tests.support import image_server
+from tests.support.helper_run import run_tracking_script
+from tests.support.services import MariaDB, MotoServer, free_port
+from tests.support.stack_on_moto import Project, create_project
 
 BUCKET = "mlflow-aws-prefix"
 REGION = "eu-west-1"
@@ -73,8 +74,8 @@ def prefixed_task_env(
         artifacts_destination=f"s3://{BUCKET}/{project.name}",
         port=port,
         prefix=f"/{project.name}",
-        # infra/server.py pins the load balancer's name; the test reaches the task directly,
-        # as 127.0.0.1:<port>, so that is allowed too.
+        # infra/containers.py pins the load balancer's name; the test reaches the task
+        # directly, as 127.0.0.1:<port>, so that is allowed too.
         allowed_hosts=f"{DOMAIN},{DOMAIN}:443,127.0.0.1:{port}",
         cors_origins=f"https://{DOMAIN}",
         extra={**moto.aws_env(), "MLFLOW_AWS_DB_IDLE_SECONDS": str(idle_seconds)},

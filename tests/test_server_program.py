@@ -14,11 +14,20 @@ from typing import Any
 
 from helper.outputs import parse_connection_bundle
 from infra.artifact_store import LOAD_BALANCER_LOG_PREFIX, LoadBalancerLogDelivery
+from infra.containers import AUTH_APP
 from infra.iam import PULL_ACTIONS
-from infra.server import AUTH_APP, LOG_RETENTION_DAYS, TLS_POLICY
+from infra.project_service import LOG_RETENTION_DAYS
+from infra.tracking_service import TLS_POLICY
 from mlflow_aws.names import name_problem
 from projects.project import server_policy_document
-from tests.pulumi_mocks import (
+from tests.support.aws_constraints import plain
+from tests.support.program_checks import (
+    OUTPUT_NAMES,
+    assert_inputs_keep_secrets,
+    assert_no_plain_secrets,
+    run,
+)
+from tests.support.pulumi_mocks import (
     ACCOUNT,
     CUSTOM_VPC_ID,
     DEFAULT_SUBNETS,
@@ -27,15 +36,8 @@ from tests.pulumi_mocks import (
     PUBLIC_SUBNETS,
     REGION,
     ROOT,
-    Registered,
-)
-from tests.test_program import (
-    OUTPUT_NAMES,
     ProgramRun,
-    assert_inputs_keep_secrets,
-    assert_no_plain_secrets,
-    plain,
-    run,
+    Registered,
 )
 
 ZONE = "Z0123456789ABCDEFGHIJ"
@@ -159,7 +161,10 @@ def test_outputs_and_bundles_carry_the_tracking_uris() -> None:
 def test_one_component_holds_every_server_resource() -> None:
     r = on()
     component = r.one("mlflow-aws:infra:TrackingService")
-    children = r.children_of(component)
+    # Its own children and each project's, under that project's ProjectService.
+    projects = [c for c in r.children_of(component) if c.typ == "mlflow-aws:infra:ProjectService"]
+    assert {p.name for p in projects} == {"tracking-churn", "tracking-fraud"}
+    children = r.children_of(component) + [c for p in projects for c in r.children_of(p)]
     assert {c.typ for c in children} >= SERVER_TYPES
     assert all(c.name.startswith("tracking-") for c in children)
     assert not [res for res in r.resources if res.typ in SERVER_TYPES and res not in children]
@@ -546,7 +551,7 @@ def test_a_password_rotation_rolls_the_tasks_and_then_retires_the_old_password()
     depends = set(retirement.dependencies)
     assert named(r, "tracking-churn-service").urn in depends
     assert named(r, "project-churn-schema").urn in depends
-    from tests.grpc_provider import is_secret
+    from tests.support.grpc_provider import is_secret
 
     assert is_secret(retirement.inputs["password"])  # the engine keeps it encrypted
 

@@ -1,6 +1,6 @@
 """``./dev smoke-aws`` (release/smoke_aws.py), its orchestration tested against a stand-in Pulumi
-CLI (tests/standin_pulumi.py) and a stand-in for the account's side (the helper, the tutorial,
-CloudWatch): what runs, in which order, with which config, what runs whatever happens (the
+CLI (tests/support/standin_pulumi.py) and a stand-in for the account's side (the helper, the
+tutorial, CloudWatch): what runs, in which order, with which config, what runs whatever happens (the
 teardown), the report, and that no secret output is ever printed. The real run needs an AWS
 account; it is the operator's step before every release (README, Releasing).
 """
@@ -18,7 +18,7 @@ import pytest
 
 from release import smoke_aws
 from release.smoke_aws import Options, StepFailed, smoke
-from tests.standin_pulumi import DATABASE_PASSWORD
+from tests.support.standin_pulumi import DATABASE_PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,9 +64,8 @@ def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     bin_dir.mkdir()
     state.mkdir()
     cli = bin_dir / "pulumi"
-    cli.write_text(
-        f'#!/bin/sh\nexec {sys.executable} {ROOT / "tests" / "standin_pulumi.py"} "$@"\n'
-    )
+    standin_cli = ROOT / "tests" / "support" / "standin_pulumi.py"
+    cli.write_text(f'#!/bin/sh\nexec {sys.executable} {standin_cli} "$@"\n')
     cli.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("STANDIN_PULUMI_STATE", str(state))
@@ -193,7 +192,7 @@ def test_an_existing_stack_of_that_name_is_never_reused(standin: Path) -> None:
 
 def test_the_real_steps_build_their_commands_from_the_repository() -> None:
     assert smoke_aws.helper_argv("serve", "--remote")[1:] == ["-m", "helper", "serve", "--remote"]
-    assert smoke_aws.tutorial_argv()[1] == str(ROOT / "tests" / "tracking_script.py")
+    assert smoke_aws.tutorial_argv()[1] == str(ROOT / "tests" / "support" / "tracking_script.py")
     assert (
         smoke_aws.cluster_id({"DatabaseEndpoint": "c-1.cluster-x.eu-west-1.rds.amazonaws.com"})
         == "c-1"

@@ -2,8 +2,8 @@
 
 The upgrade resource runs in the SDK's provider server (``python -u -m pulumi.dynamic``, driven
 over gRPC as the engine drives it). Its SQL goes through the RDS Data API emulator to MariaDB;
-its snapshots and auto-scaling calls to moto; its ECS calls to tests/ecs_fake.py, whose tasks
-are real processes: the service's tasks are MLflow servers from the image's entrypoint (the
+its snapshots and auto-scaling calls to moto; its ECS calls to tests/support/ecs_fake.py, whose
+tasks are real processes: the service's tasks are MLflow servers from the image's entrypoint (the
 previous minor, 3.16.1, in its own venv, then the pinned MLflow in the image's venv) and the
 migration task is ``entrypoint.sh migrate`` of the new image. moto's ECS runs nothing (a task
 never stops and has no exit code), hence the fake.
@@ -44,21 +44,21 @@ from projects.upgrade_provider import (
     needs_upgrade,
     snapshot_identifier,
 )
-from tests import image_server
-from tests.data_api_emulator import (
+from tests.support import image_server
+from tests.support.data_api_emulator import (
     CLUSTER_ARN,
     REGION,
     DataApiEmulator,
     admin_secret,
     provider_environment,
 )
-from tests.ecs_fake import FakeEcs
-from tests.gc_world import migrate
-from tests.grpc_provider import ProviderCallError, ProviderClient, provider_server
-from tests.services import MariaDB, MotoServer, free_port
-from tests.stack_on_moto import Project, create_project
-from tests.test_schema_versions import PREVIOUS, previous_mlflow
-from tests.test_server_rollout import task_env
+from tests.support.ecs_fake import FakeEcs
+from tests.support.gc_world import migrate
+from tests.support.grpc_provider import ProviderCallError, ProviderClient, provider_server
+from tests.support.image_server import task_env
+from tests.support.image_venv import PREVIOUS, previous_mlflow
+from tests.support.services import MariaDB, MotoServer, free_port
+from tests.support.stack_on_moto import Project, create_project
 
 __all__ = ["previous_mlflow"]
 PINNED = metadata.version("mlflow")

@@ -1,4 +1,6 @@
-"""``mlflow server --app-name aws-iam``: MLflow's whole ASGI app behind AWS identity auth.
+"""The sign-in app, ``mlflow server --app-name aws-iam``: MLflow's whole ASGI app behind AWS
+identity auth (the module keeps its name, which the entry point below names:
+README.md "Five things called server").
 
 MLflow starts this app with uvicorn through the ``mlflow.app`` entry point ``aws-iam``, which
 names ``create_app`` (a factory: mlflow passes ``--factory``, so the settings are read in the
@@ -739,6 +741,9 @@ def create_app() -> AwsIamAuthMiddleware:
         logger.warning("aws-iam: no allowed roles or groups: every request will be refused (403)")
     from mlflow.server.fastapi_app import app as mlflow_app
 
+    from mlflow_aws import part_urls
+
+    part_urls.install()
     lookups = AwsLookups(settings.region)
     authenticator = Authenticator(
         settings, StsReplay(), lookups.own_account, lookups.groups_of,

@@ -35,7 +35,7 @@ CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 # tracking URI the client uses. A token made for one project's server is refused by every other
 # (a token captured by one service, or by a colleague's project, cannot be replayed elsewhere).
 AUDIENCE_HEADER = "x-mlflow-aws-iam-audience"
-# The server's own audience (infra/server.py sets ``<domain>/<project>`` per project's task).
+# The server's own audience (infra/containers.py sets ``<domain>/<project>`` per project's task).
 AUDIENCE_ENV = env_names.IAM_AUDIENCE
 # STS itself refuses a SigV4 signature older than 15 minutes; the server holds tokens to that too.
 TOKEN_LIFETIME = timedelta(minutes=15)

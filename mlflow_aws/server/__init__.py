@@ -1,1 +1,2 @@
-"""What runs inside the server image around ``mlflow server`` (``docker/entrypoint.sh``)."""
+"""The image's migration step (``prepare``), run around ``mlflow server`` by
+``docker/entrypoint.sh`` and by ``helper upgrade`` (README.md "Five things called server")."""

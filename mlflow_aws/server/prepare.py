@@ -27,11 +27,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlflow_aws import environment as env_names
+from mlflow_aws.server_settings import migration_lock_seconds
 
 URI_VARIABLE = "MLFLOW_BACKEND_STORE_URI"
 LOCK_SECONDS_VARIABLE = env_names.DB_MIGRATION_LOCK_SECONDS
 MIGRATE_VARIABLE = env_names.DB_MIGRATE_ON_START
-DEFAULT_LOCK_SECONDS = 540
 # A paused Aurora Serverless v2 takes ~15 s to resume; connecting is retried this long.
 CONNECT_BUDGET_SECONDS = 120.0
 # The migration's sessions must outlive the server's short idle wait_timeout (init_command):
@@ -250,7 +250,9 @@ def main(environ: Mapping[str, str] = os.environ) -> int:
             return 1
         return 0
     try:
-        lock_seconds = int(environ.get(LOCK_SECONDS_VARIABLE, DEFAULT_LOCK_SECONDS))
+        # Unset (the image's entrypoint always sets it): server.env's, as the entrypoint would.
+        raw = environ.get(LOCK_SECONDS_VARIABLE)
+        lock_seconds = int(raw) if raw is not None else migration_lock_seconds()
     except ValueError:
         say(f"{LOCK_SECONDS_VARIABLE} must be a whole number of seconds")
         return 2

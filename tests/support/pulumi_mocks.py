@@ -42,7 +42,7 @@ with warnings.catch_warnings():
     ):  # fmt: skip
         getattr(getattr(pulumi_aws, _module), "_utilities", None)  # forces the lazy load
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "__main__.py"
 PROJECT = "mlflow-aws"
 
@@ -142,9 +142,14 @@ class MockAccount:
     # The ECS service-linked role: None (the account never ran ECS) or its tags.
     ecs_service_linked_role: dict[str, str] | None = field(default_factory=dict)
 
+    @property
+    def account_id(self) -> str:
+        """The mock account's id (ACCOUNT): what every ARN of it and the caller identity name."""
+        return ACCOUNT
+
     def arn(self, service: str, resource: str, region: bool = True, account: bool = True) -> str:
         return (f"arn:{self.partition}:{service}:{self.region if region else ''}:"
-                f"{ACCOUNT if account else ''}:{resource}")  # fmt: skip
+                f"{self.account_id if account else ''}:{resource}")  # fmt: skip
 
     @property
     def dns_suffix(self) -> str:
@@ -234,6 +239,7 @@ class Registered:
     dependencies: tuple[str, ...] = ()
     additional_secret_outputs: tuple[str, ...] = ()
     custom_timeouts: dict[str, str] = field(default_factory=dict)  # create/update/delete
+    aliases: tuple[Any, ...] = ()  # the request's alias specs (pulumi alias_pb2.Alias)
 
 
 class RecordingMocks(pulumi_mocks.Mocks):
@@ -492,6 +498,7 @@ class SecretAwareMonitor(pulumi_mocks.MockMonitor):
         record.dependencies = tuple(request.dependencies)
         record.ignore_changes = tuple(request.ignoreChanges)
         record.additional_secret_outputs = tuple(request.additionalSecretOutputs)
+        record.aliases = tuple(request.aliases)
         timeouts = request.customTimeouts
         record.custom_timeouts = {
             k: getattr(timeouts, k) for k in ("create", "update", "delete") if getattr(timeouts, k)

@@ -2,7 +2,7 @@
 image's own packages (the lock, installed as the Dockerfile installs it, see
 tests/test_image_requirements.py) and the environment an ECS task gets.
 
-``task_environment`` mirrors ``infra/server.py``'s container definition: the backend store URI
+``task_environment`` mirrors ``infra/containers.py``'s container definition: the backend store URI
 and the database's CA bundle as the task's ``secrets`` deliver them (plain environment variables
 inside the container), the static prefix, allowed hosts and CORS origins, the artifact
 destination. Everything listens on 127.0.0.1.
@@ -11,8 +11,6 @@ destination. Everything listens on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import time
 import urllib.request
@@ -20,7 +18,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from helper.watchdog import stop_group
+from tests.support import image_server
+from tests.support.stack_on_moto import Project
+
+ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 SERVE_TIMEOUT = 180.0
 
@@ -128,14 +130,7 @@ def process_tree(pid: int) -> list[int]:
 def stop(server: ImageServer) -> None:
     """SIGTERM the server's process group (SIGKILL after 30 s); asserts nothing is left."""
     tree = process_tree(server.process.pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.process.pid, signal.SIGTERM)
-    try:
-        server.process.wait(30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait(10)
+    stop_group(server.process.pid, server.process, timeout=30)  # the helper's own group stop
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in tree) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -153,3 +148,15 @@ def running(
         yield server
     finally:
         stop(server)
+
+
+def task_env(
+    project: Project, port: int, tmp_path: Path, ca_pem: str | None = None
+) -> dict[str, str]:
+    return image_server.task_environment(
+        backend_store_uri=project.backend_store_uri,  # as the connection bundle has it
+        ca_pem=ca_pem if ca_pem is not None else project.mariadb.ca_path.read_text(),
+        artifacts_destination=str(tmp_path / "artifacts"),
+        port=port,
+        prefix=f"/{project.name}",
+    )

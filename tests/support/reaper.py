@@ -1,9 +1,9 @@
 """Run a command as the child subreaper of everything it starts, then report what it left.
 
-``python tests/reaper.py REPORT -- COMMAND...`` runs COMMAND; every process COMMAND starts that
-outlives its parent is re-parented to this one (Linux ``PR_SET_CHILD_SUBREAPER``) instead of
-init, so when COMMAND ends, whatever still runs below this process is exactly what COMMAND
-left behind: nothing else on the machine is counted, whatever its name. Those are written to
+``python tests/support/reaper.py REPORT -- COMMAND...`` runs COMMAND; every process COMMAND
+starts that outlives its parent is re-parented to this one (Linux ``PR_SET_CHILD_SUBREAPER``)
+instead of init, so when COMMAND ends, whatever still runs below this process is exactly what
+COMMAND left behind: nothing else on the machine is counted, whatever its name. Those are written to
 REPORT as JSON (pid, command line), then stopped. The exit code is COMMAND's.
 """
 

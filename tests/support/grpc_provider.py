@@ -29,7 +29,7 @@ from pulumi.dynamic.dynamic import ResourceProvider, serialize_provider
 from pulumi.runtime import rpc
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECRET_SIG_KEY = rpc._special_sig_key  # "4dabf18193072939515e22adb298388d"
 SECRET_SIG = rpc._special_secret_sig  # "1b47061264138c4ac30d75fd1eb44270"
 UNKNOWN = rpc.UNKNOWN

@@ -41,7 +41,7 @@ import boto3
 import botocore.session
 import pymysql
 
-from tests.services import MariaDB, MotoServer
+from tests.support.services import MariaDB, MotoServer
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"

@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.pulumi_mocks import ACCOUNT, MockAccount, ProgramRun, Registered
+from mlflow_aws.passwords import CHARACTER_CLASS, UNRESERVED_SPECIALS
+from projects.schema_sql import MAX_PASSWORD, MIN_PASSWORD, PASSWORD_RULE
+from tests.support.pulumi_mocks import MockAccount, ProgramRun, Registered
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 
@@ -1184,8 +1186,9 @@ def lb_access_logs_ok(r: Registered, ctx: Context) -> list[str]:
             }
             if algorithms != {"AES256"}:
                 problems.append(f"the log bucket's encryption {algorithms}: SSE-S3 (AES256) only")
-    account = ctx.account.arn("iam", "x", region=False).split(":")[4]
-    resource = f"arn:{ctx.account.partition}:s3:::{bucket}/{prefix}/AWSLogs/{account}/*"
+    resource = (
+        f"arn:{ctx.account.partition}:s3:::{bucket}/{prefix}/AWSLogs/{ctx.account.account_id}/*"
+    )
     granting = [
         p
         for p in ctx.of(BUCKET_POLICY)
@@ -1326,7 +1329,7 @@ def scheduler_trust_ok(r: Registered, ctx: Context) -> list[str]:
         if statement.get("Principal", {}).get("Service") != "scheduler.amazonaws.com":
             continue
         account = statement.get("Condition", {}).get("StringEquals", {}).get("aws:SourceAccount")
-        if account != ACCOUNT:
+        if account != ctx.account.account_id:
             problems.append("scheduler.amazonaws.com trusted without aws:SourceAccount = account")
     return problems
 
@@ -1411,8 +1414,8 @@ def password_ok(r: Registered, ctx: Context) -> list[str]:
     if r.name.endswith("admin-password"):  # the Aurora master password
         if not 8 <= length <= 41 or specials & set('/"@ '):
             return ['Aurora master password: 8-41 printable characters without / " @ or space']
-    elif not 12 <= length <= 128 or not specials <= set("._~-"):
-        return ["project password: 12-128 of A-Z a-z 0-9 . _ ~ - (a SQL literal)"]
+    elif not MIN_PASSWORD <= length <= MAX_PASSWORD or not specials <= set(UNRESERVED_SPECIALS):
+        return [f"project password: {PASSWORD_RULE} (a SQL literal)"]
     return []
 
 
@@ -1635,7 +1638,7 @@ RULES: list[Rule] = [
         PASSWORD,
         password_ok,
         'Aurora master password 8-41 without / " @ space; project '
-        "passwords 12-128 of [A-Za-z0-9._~-]",
+        f"passwords {MIN_PASSWORD}-{MAX_PASSWORD} of {CHARACTER_CLASS}",
         f"{AURORA_PASSWORD}; {MYSQL_PASSWORD}",
         break_password,
     ),

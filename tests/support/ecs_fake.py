@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import botocore.session
 
-from tests.data_api_emulator import ACCOUNT, REGION, ApiError, validate
+from tests.support.data_api_emulator import ACCOUNT, REGION, ApiError, validate
 
 TARGET_PREFIX = "AmazonEC2ContainerServiceV20141113."
 _MODEL = botocore.session.get_session().get_service_model("ecs")

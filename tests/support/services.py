@@ -239,7 +239,8 @@ class MariaDB:
 class MotoServer:
     """moto's server on loopback: S3, Secrets Manager, STS, ECR for the helper's AWS calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, module: str = "moto.server") -> None:
+        self.module = module  # bench/moto_ranged.py: ranged GETs that read only the range
         self.port = free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -248,7 +249,7 @@ class MotoServer:
     def start(self) -> MotoServer:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", self.module, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -298,8 +299,8 @@ def running_mariadb(tls: bool = True, cert_names: str = LOOPBACK_NAMES) -> Itera
 
 
 @contextlib.contextmanager
-def running_moto() -> Iterator[MotoServer]:
-    server = MotoServer().start()
+def running_moto(module: str = "moto.server") -> Iterator[MotoServer]:
+    server = MotoServer(module).start()
     try:
         yield server
     finally:
