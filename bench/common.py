@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helper.watchdog import stop_group
 from tests.support.processes import alive, argv, cmdline, environ, process_tree
 from tests.support.services import MariaDB, MotoServer, free_port
 
@@ -161,8 +162,10 @@ def create_project_schema(db: MariaDB, schema: str, user: str, password: str) ->
     from tests.support.stack_on_moto import PRIVILEGES
 
     db.query(f"CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS as limit
+
     db.query(
-        "CREATE USER %s@'%%' IDENTIFIED BY %s REQUIRE SSL WITH MAX_USER_CONNECTIONS 50",
+        f"CREATE USER %s@'%%' IDENTIFIED BY %s REQUIRE SSL WITH MAX_USER_CONNECTIONS {limit}",
         (user, password),
     )
     pattern = schema.replace("_", "\\_")
@@ -270,18 +273,8 @@ class Server:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the whole session (the server's workers too), SIGKILL after ``timeout``."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        # Workers that outlived their parent still belong to the session/process group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        # The helper's own group stop: workers that outlived their parent are in the group too.
+        stop_group(self.process.pid, self.process, timeout)
         for path in self.temp_files:
             with contextlib.suppress(OSError):
                 path.unlink()

@@ -94,9 +94,11 @@ TARGETS: dict[str, Target] = {
         ),
     ),
     "helper/proxy.py": Target(
-        # test_proxy_security.py waits on sockets (~30 s a run): only for the fast survivors
-        fast=("tests/test_proxy_rules.py", "tests/test_auth_unit.py"),
+        # test_proxy_security.py waits on sockets (~30 s a run): only for the fast survivors;
+        # test_proxy_wire.py (the wire rules, ~4 s) first, so most mutants die in seconds
+        fast=("tests/test_proxy_wire.py", "tests/test_proxy_rules.py", "tests/test_auth_unit.py"),
         full=(
+            "tests/test_proxy_wire.py",
             "tests/test_proxy_rules.py",
             "tests/test_proxy_security.py",
             "tests/test_auth_unit.py",

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import pytest
 
 from helper.outputs import ProjectConnection
 from helper.runtimes import container_environment, secret_app_argv
+from helper.watchdog import stop_group
 from mlflow_aws.run_secret import new_secret
 from tests.support.helper_run import run_tracking_script
 from tests.support.image_venv import DOCKER, DOCKERFILE, ROOT, dockerfile_pip_flags, lock, normalize
@@ -249,13 +249,7 @@ def test_server_from_the_image_venv_end_to_end(
         assert [r.info.run_id for r in found] == [run_id]
     finally:
         os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(10)
+        stop_group(server.pid, server, timeout=30)  # the helper's own group stop
     assert not left_after(tree, 10), "server processes left"
     print(
         f"\n[image venv] entrypoint.sh -> healthy on MariaDB (first start migrates): "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from unittest import mock
 import boto3
 
 from helper.server_settings import server_environment
+from helper.watchdog import stop_group
 from mlflow_aws.auth.token import (
     MARKER_NAME,
     make_token,
@@ -266,13 +266,7 @@ def running_central_server(
             time.sleep(0.2)
         yield server
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop_group(process.pid, process, timeout=30)  # the helper's own group stop
 
 
 def outputs_with_tracking_uri(moto: MotoServer, project: Any, bucket: str, uri: str | None) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from helper.watchdog import stop_group
 from projects.project import server_policy_document
 from tests.support.helper_run import run_helper
 from tests.support.services import MariaDB, MotoServer, free_port
@@ -78,13 +78,7 @@ def mlflow_server(uri: str, destination: str, env: dict[str, str], log_dir: Path
             time.sleep(0.2)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop_group(process.pid, process, timeout=30)  # the helper's own group stop
         log.close()
 
 

@@ -11,8 +11,6 @@ destination. Everything listens on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import time
 import urllib.request
@@ -20,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from helper.watchdog import stop_group
 from tests.support import image_server
 from tests.support.processes import left_after, process_tree
 from tests.support.stack_on_moto import Project
@@ -115,14 +114,7 @@ def wait_healthy(server: ImageServer, timeout: float = SERVE_TIMEOUT) -> float:
 def stop(server: ImageServer) -> None:
     """SIGTERM the server's process group (SIGKILL after 30 s); asserts nothing is left."""
     tree = process_tree(server.process.pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.process.pid, signal.SIGTERM)
-    try:
-        server.process.wait(30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait(10)
+    stop_group(server.process.pid, server.process, timeout=30)  # the helper's own group stop
     left = left_after(tree, 10)
     assert not left, f"server processes left: {left}"
 
