@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import load_average, log, nothing_left_behind, rss_bytes, table, verdict, workdir
+from bench.common import log, nothing_left_behind, table, verdict, workdir
 from infra.tracking_service import IDLE_TIMEOUT_SECONDS
 from mlflow_aws.artifact_settings import PRESIGNED, PROXIED, client_settings
 from mlflow_aws.auth.token import MARKER_NAME
@@ -46,6 +46,7 @@ from tests.support.central import (
     moto_clients,
     running_central_server,
 )
+from tests.support.processes import load_average, rss_bytes
 from tests.support.services import running_mariadb, running_moto
 
 MIB = 1 << 20

@@ -30,15 +30,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-from tests.test_image_requirements import (  # noqa: E402
+from tests.support.image_venv import (
     cached_venv,
     dockerfile_python,
     image_venv_path,
     lock,
     python_for_image,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MB = 1_000_000
 DEBIAN_SLIM_MB = 74.8  # debian:bookworm-slim, linux/amd64, as published

@@ -40,7 +40,7 @@ def data_api(mariadb: MariaDB, moto: MotoServer) -> Iterator[DataApiEmulator]:
 def image_venv() -> Path:
     """The server image's packages in a venv, installed as the Dockerfile installs them
     (tests/test_image_requirements.py); skipped without the image's Python."""
-    from tests.test_image_requirements import dockerfile_python, image_venv_path, python_for_image
+    from tests.support.image_venv import dockerfile_python, image_venv_path, python_for_image
 
     python = python_for_image()
     if python is None:

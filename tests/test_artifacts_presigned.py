@@ -50,18 +50,17 @@ from tests.support.central import (
     outputs_with_tracking_uri,
     running_central_server,
 )
-from tests.support.services import MariaDB, MotoServer, free_port
-from tests.support.stack_on_moto import Project, aws_client, create_project
-from tests.test_helper_e2e import (
-    aws,  # noqa: F401 (a fixture)
-    cmdline,
-    environ,
+from tests.support.helper_run import (  # noqa: F401 (fixtures)
+    aws,
     helper_env,
     project_with_outputs,
-    role_arn,  # noqa: F401 (a fixture)
+    role_arn,
     run_helper,
     serving,
 )
+from tests.support.processes import cmdline, environ
+from tests.support.services import MariaDB, MotoServer, free_port
+from tests.support.stack_on_moto import Project, aws_client, create_project
 
 pytestmark = pytest.mark.slow
 
@@ -166,7 +165,7 @@ def record(figure: str) -> None:
 
 
 def test_a_1_gib_artifact_both_ways_through_the_laptop_server(
-    mariadb: MariaDB, aws: dict[str, str], big_file: tuple[Path, str], tmp_path: Path,  # noqa: F811
+    mariadb: MariaDB, aws: dict[str, str], big_file: tuple[Path, str], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     project, outputs = project_with_outputs(mariadb, aws, "laptop-presigned", tmp_path)
@@ -386,7 +385,7 @@ def test_no_url_for_another_projects_prefix_can_be_obtained(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     """Signed in and allowed, a caller asks the server to sign URLs outside ``presigned/``."""
-    from tests.test_auth_e2e import bearer, token_for
+    from tests.support.central import bearer, token_for
 
     s3 = aws_client("s3", moto.aws_env())
     s3.put_object(Bucket=BUCKET, Key="other/secret.bin", Body=b"another project's")
@@ -446,7 +445,7 @@ def test_part_urls_expire_when_the_upload_should_be_done_not_in_an_hour(
     would have started its last part: one part about 1.5 min, a 4 GiB file (256 parts) about
     2.3 h; MLflow's own is an hour whatever the size (too long for one part, too short for a big
     file over a slow link, which then fails half-way). The download URL: 5 minutes."""
-    from tests.test_auth_e2e import bearer, token_for
+    from tests.support.central import bearer, token_for
 
     s3 = aws_client("s3", moto.aws_env())
     headers = bearer(token_for(moto, identities.allowed_role, central.audience,
@@ -506,7 +505,7 @@ def test_an_interrupted_upload_leaves_no_visible_artifact(
     [upload] = started
     parts = s3.list_parts(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])["Parts"]
     assert 0 < len(parts) < source.stat().st_size // MULTIPART_UPLOAD_CHUNK_SIZE
-    from tests.test_auth_e2e import bearer, token_for
+    from tests.support.central import bearer, token_for
 
     status, body = get(
         f"{central.tracking_uri}/api/2.0/mlflow/artifacts/list?run_id={run_id}",
@@ -548,7 +547,7 @@ def click_download_in_the_ui(uri: str, secret: str | None, artifact: LoggedArtif
     from selenium.webdriver.support.ui import WebDriverWait
 
     from mlflow_aws import run_secret
-    from tests.test_auth_e2e import chromium_driver
+    from tests.support.browser import chromium_driver
 
     directory = tmp_path / "downloads"
     directory.mkdir(parents=True, exist_ok=True)
@@ -636,7 +635,7 @@ def assert_presigned_navigation(download: BrowserDownload, artifact: LoggedArtif
 
 
 def test_the_ui_download_button_fetches_from_s3_on_the_laptop_server(
-    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path,  # noqa: F811
+    mariadb: MariaDB, aws: dict[str, str], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     project, outputs = project_with_outputs(mariadb, aws, "laptop-ui", tmp_path)
@@ -735,7 +734,7 @@ def test_the_ui_download_button_fetches_from_s3_from_the_central_app_under_its_p
     """The UI served by the central app with sign-in at ``/<project>`` (the load balancer's
     path): the page's relative ``ajax-api`` calls stay under the prefix, the app signs the URL,
     the browser loads it from S3 (no CORS rule)."""
-    from tests.test_auth_e2e import token_for
+    from tests.support.central import token_for
 
     token = token_for(moto, identities.allowed_role, central.audience, project_marker(moto))
     with token_adding_relay(central, token) as (uri, forwarded):

@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from unittest import mock
 
 import pytest
@@ -34,32 +33,33 @@ from mlflow_aws.auth.token import (
     STS_BODY,
     TOKEN_PREFIX,
     make_token,
-    sts_endpoint_url,
 )
+from tests.support.browser import chromium_driver
 from tests.support.central import (
     ACCOUNT,
+    BUCKET,
+    PROJECT,
     REGION,
     SSO_IMPOSTOR_ROLE,
     CentralServer,
     Credentials,
     Identities,
+    bearer,
     clean_env,
     client_aws_env,
     get,
     make_identities,
-    marker_url,
     outputs_with_tracking_uri,
     running_central_server,
+    sts_url,
+    token_for,
 )
+from tests.support.helper_run import TRACKING_SCRIPT, RunningHelper, serving, stop_helper
+from tests.support.processes import exists, status_kib
 from tests.support.services import MariaDB, MotoServer, free_port
 from tests.support.stack_on_moto import Project, aws_client, create_project
-from tests.test_helper_e2e import TRACKING_SCRIPT, RunningHelper, serving, stop_helper
 
 pytestmark = pytest.mark.slow
-
-PROJECT = "central"
-# Its own (other tests list their bucket whole), with the stack's prefix (helper/trust.py).
-BUCKET = "mlflow-aws-central-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -87,31 +87,7 @@ def central(
     uri = project.mariadb.url(project.user, project.password, project.schema)
     with running_central_server(moto, uri, f"s3://{BUCKET}/{PROJECT}", PROJECT, log_dir) as server:
         yield server
-    assert not [pid for pid in server.pids() if Path(f"/proc/{pid}").exists()]
-
-
-def sts_url(moto: MotoServer) -> str:
-    with mock.patch.dict(os.environ, {"AWS_ENDPOINT_URL_STS": moto.endpoint_url}):
-        return sts_endpoint_url(REGION)
-
-
-def token_for(
-    moto: MotoServer, credentials: Credentials, audience: str, marker_url: str | None = None
-) -> str:
-    """A token for ``audience`` reading the marker ``marker_url`` (default: the central one)."""
-    return make_token(
-        credentials.access_key_id, credentials.secret_access_key, credentials.session_token,
-        REGION, sts_url(moto), audience,
-        marker_url or central_marker(moto),
-    )  # fmt: skip
-
-
-def central_marker(moto: MotoServer) -> str:
-    return marker_url(moto, f"s3://{BUCKET}/{PROJECT}")
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+    assert not [pid for pid in server.pids() if exists(pid)]
 
 
 def search(central: CentralServer, headers: dict[str, str]) -> tuple[int, str]:
@@ -242,7 +218,7 @@ def test_a_role_named_like_an_sso_role_is_not_one(
 def test_helper_env_remote_prints_the_plugin_lines(
     mariadb: MariaDB, project: Project, moto: MotoServer, tmp_path: Path
 ) -> None:
-    from tests.test_helper_e2e import run_helper
+    from tests.support.helper_run import run_helper
 
     outputs = tmp_path / "outputs.json"
     uri = "https://mlflow.example.com/central"
@@ -271,7 +247,7 @@ def test_helper_remote_fails_fast_for_an_identity_that_is_not_allowed(
     mariadb: MariaDB, project: Project, central: CentralServer, moto: MotoServer,
     identities: Identities, tmp_path: Path,
 ) -> None:  # fmt: skip
-    from tests.test_helper_e2e import run_helper
+    from tests.support.helper_run import run_helper
 
     outputs = tmp_path / "outputs.json"
     outputs.write_text(outputs_with_tracking_uri(moto, project, BUCKET, central.tracking_uri))
@@ -480,13 +456,6 @@ GIB = 1 << 30
 PROXY_RSS_GROWTH_LIMIT_MIB = 64.0
 
 
-def vm_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
 def write_pattern_file(path: Path, size: int, block: bytes) -> None:
     with path.open("wb") as out:
         for _ in range(size // len(block)):
@@ -506,7 +475,7 @@ def test_a_1_gib_artifact_through_the_proxy_with_bounded_rss(
 ) -> None:  # fmt: skip
     from mlflow import MlflowClient
 
-    from tests.test_helper_e2e import record
+    from tests.support.helper_run import record
 
     block = os.urandom(1 << 20)
     source = tmp_path / "up" / "big.bin"
@@ -519,7 +488,7 @@ def test_a_1_gib_artifact_through_the_proxy_with_bounded_rss(
         proxy_pid = running.process.pid
         client = MlflowClient(tracking_uri=uri)
         run_id = client.create_run(client.create_experiment("big-artifact")).info.run_id
-        before_kib = vm_kib(proxy_pid, "VmRSS")
+        before_kib = status_kib(proxy_pid, "VmRSS")
         started = time.monotonic()
         client.log_artifact(run_id, str(source))
         upload_s = time.monotonic() - started
@@ -527,9 +496,9 @@ def test_a_1_gib_artifact_through_the_proxy_with_bounded_rss(
         started = time.monotonic()
         downloaded = Path(client.download_artifacts(run_id, "big.bin", str(tmp_path)))
         download_s = time.monotonic() - started
-        peak_kib = vm_kib(proxy_pid, "VmHWM")  # the proxy's peak RSS over its whole life
+        peak_kib = status_kib(proxy_pid, "VmHWM")  # the proxy's peak RSS over its whole life
         # The server streams too: prefixed artifact paths go to MLflow's streaming routes.
-        server_peak_mib = max(vm_kib(pid, "VmHWM") for pid in central.pids()) / 1024
+        server_peak_mib = max(status_kib(pid, "VmHWM") for pid in central.pids()) / 1024
         assert "proxy:" not in running.stderr()
     assert same_pattern(downloaded, GIB, block)
     s3 = aws_client("s3", moto.aws_env())
@@ -545,37 +514,6 @@ def test_a_1_gib_artifact_through_the_proxy_with_bounded_rss(
     )
     assert server_peak_mib < 1024  # a buffered 1 GiB body would be in there at least once
     assert growth_mib <= PROXY_RSS_GROWTH_LIMIT_MIB
-
-
-def chromium_driver(tmp_path: Path, performance_log: bool = False) -> Any:
-    """Headless chromium; ``performance_log``: every request it sends, for ``get_log``."""
-    import shutil
-
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.fail("chromium and chromedriver are needed (Debian chromium, chromium-driver; "
-                    "./dev test installs them)")  # fmt: skip
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(flag)  # fmt: skip
-    if performance_log:
-        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    return webdriver.Chrome(options=options, service=Service(executable_path=driver))
 
 
 def test_the_ui_through_the_proxy_in_a_headless_browser(

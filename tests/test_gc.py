@@ -21,61 +21,31 @@ from typing import Any
 
 import pytest
 
-from projects.project import server_policy_document
-from tests.support.gc_world import (
+from tests.support.gc_world import (  # noqa: F401 (fixtures)
+    BUCKET,
     World,
+    aws,
     build_world,
+    gc,
     mentions,
     migrate,
     mlflow_server,
     objects,
+    publish,
     table_rows,
     versioned_bucket,
 )
-from tests.support.services import MariaDB, MotoServer
+from tests.support.helper_run import helper_env, run_helper
+from tests.support.services import MariaDB
 from tests.support.stack_on_moto import (
     Project,
     aws_client,
-    bundle_for,
     create_project,
-    put_connection_secret,
-    server_role,
-    write_outputs,
 )
-from tests.test_helper_e2e import helper_env, run_helper
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-BUCKET = "mlflow-aws-gc-artifacts"  # the stack's bucket prefix (helper/trust.py)
-BUCKET_ARN = f"arn:aws:s3:::{BUCKET}"
-
-
-@pytest.fixture(scope="module")
-def aws(moto: MotoServer) -> dict[str, str]:
-    env = moto.aws_env()
-    versioned_bucket(env, BUCKET)
-    return env
-
-
-def publish(aws: dict[str, str], project: Project, tmp_path: Path) -> Path:
-    """The project as pulumi up leaves it: its secret, server role (its prefix only), outputs."""
-    policy = json.dumps(server_policy_document(BUCKET_ARN, project.name))
-    role = server_role(aws, f"{project.name}-server", policy)
-    bundle = bundle_for(project, "gc", BUCKET, role)
-    arn = put_connection_secret(aws, bundle)
-    return write_outputs(tmp_path / f"outputs-{project.name}.json", BUCKET, {project.name: arn})
-
-
-def gc(outputs: Path, project: str, env: dict[str, str], *extra: str) -> dict[str, Any]:
-    """``helper gc --json``; the figures it printed."""
-    result = run_helper(
-        ["gc", "--project", project, "--outputs", str(outputs), "--json", *extra], env, 300
-    )
-    assert result.returncode == 0, result.stderr[-4000:] + result.stdout[-2000:]
-    figures = json.loads(result.stdout.strip().splitlines()[-1])["mlflow_aws_gc"]
-    figures["stdout"] = result.stdout
-    return dict(figures)
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ from botocore.exceptions import ClientError
 from mlflow_aws.gc import S3Store
 from mlflow_aws.gc.artifacts import StoredObject
 from tests.support.gc_world import migrate
+from tests.support.helper_run import run_helper
+from tests.support.role_isolation import BUCKET, client, enforcing_moto, teammate
 from tests.support.services import MariaDB, MotoServer
 from tests.support.stack_on_moto import ACCOUNT, REGION
-from tests.test_helper_e2e import run_helper
-from tests.test_server_role_isolation import BUCKET, client, enforcing_moto, teammate
 
 pytestmark = pytest.mark.slow
 __all__ = ["enforcing_moto", "teammate"]  # fixtures used here

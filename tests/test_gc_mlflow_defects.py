@@ -29,11 +29,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.gc_world import MLFLOW, migrate
+from tests.support.gc_world import BUCKET, MLFLOW, aws, gc, migrate, publish
+from tests.support.helper_run import helper_env
 from tests.support.services import MariaDB
 from tests.support.stack_on_moto import Project, aws_client, create_project
-from tests.test_gc import BUCKET, aws, gc, publish
-from tests.test_helper_e2e import helper_env
 
 pytestmark = pytest.mark.slow
 __all__ = ["aws"]  # the module fixture used here

@@ -14,16 +14,11 @@ Python version, so only the first run (or a changed lock) pays for the install.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -34,59 +29,23 @@ import pytest
 
 from helper.outputs import ProjectConnection
 from helper.runtimes import container_environment, secret_app_argv
+from helper.watchdog import stop_group
 from mlflow_aws.run_secret import new_secret
+from tests.support.helper_run import run_tracking_script
+from tests.support.image_venv import DOCKER, DOCKERFILE, ROOT, dockerfile_pip_flags, lock, normalize
+from tests.support.processes import cmdline, descendants, left_after
 from tests.support.services import MariaDB, MotoServer, free_port
 from tests.support.stack_on_moto import create_project
-from tests.test_helper_e2e import cmdline, descendants, run_tracking_script
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCKER = ROOT / "docker"
-LOCK = DOCKER / "requirements.txt"
-DOCKERFILE = DOCKER / "Dockerfile"
 ENTRYPOINT = DOCKER / "entrypoint.sh"
-CACHE_DIR = ROOT / ".services"
 BUCKET = "mlflow-aws-image"
 REGION = "eu-west-1"
-INSTALL_TIMEOUT = 900.0
 SERVE_TIMEOUT = 120.0
 
 # mlflow's declared requirements that the image leaves out, and nothing else: mlflow server
 # never imports them (mlflow's imports of them are optional, client-side or for type checking
 # only), and they are ~460 MB with what only they pull in. pip check must report exactly these.
 OMITTED = frozenset({"matplotlib", "pyarrow", "scikit-learn", "scipy", "skops"})
-
-
-def normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def lock() -> dict[str, str]:
-    """docker/requirements.txt as {normalized name: version}; every line must be name==version."""
-    pins: dict[str, str] = {}
-    for number, raw in enumerate(LOCK.read_text().splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][0-9A-Za-z.+!-]*)", line)
-        assert match, f"{LOCK}:{number}: not a name==version pin: {raw!r}"
-        name = normalize(match.group(1))
-        assert name not in pins, f"{LOCK}:{number}: {name} pinned twice"
-        pins[name] = match.group(2)
-    return pins
-
-
-def dockerfile_pip_flags() -> list[str]:
-    """The options of the Dockerfile's pip install of the lock (the pinned mlflow's branch)."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    [flags] = re.findall(r"pip install ((?:--?[a-z-]+ )+)-r /tmp/requirements\.txt", text)
-    return flags.split()
-
-
-def dockerfile_python() -> str:
-    """``3.11`` of ``FROM python:3.11.14-slim-bookworm``."""
-    match = re.search(r"^FROM python:(\d+\.\d+)\.\d+-slim", DOCKERFILE.read_text(), re.M)
-    assert match, "the Dockerfile is not FROM python:X.Y.Z-slim"
-    return match.group(1)
 
 
 # -- fast checks of the lock --------------------------------------------------------------------
@@ -119,69 +78,6 @@ def test_dockerfile_installs_the_lock_without_resolving() -> None:
 
 
 # -- the image's venv ---------------------------------------------------------------------------
-
-
-def python_for_image() -> str | None:
-    """An interpreter of the image's Python minor version: this one, or pythonX.Y on PATH."""
-    want = dockerfile_python()
-    if f"{sys.version_info.major}.{sys.version_info.minor}" == want:
-        return sys.executable
-    return shutil.which(f"python{want}")
-
-
-def cached_venv(prefix: str, python: str, pip_install_args: list[str]) -> Path:
-    """``.services/<prefix>-<hash>``: a venv made by ``python`` with ``pip install <args>`` run in
-    it, keyed by the args, the content of any file among them and the Python version. Built once;
-    concurrent callers wait for the builder (a file lock) and reuse its result."""
-    material = [python, dockerfile_python(), *pip_install_args]
-    material += [Path(a).read_text() for a in pip_install_args if Path(a).is_file()]
-    key = hashlib.sha256("\0".join(material).encode()).hexdigest()[:16]
-    venv = CACHE_DIR / f"{prefix}-{key}"
-    done = venv / ".installed"
-    CACHE_DIR.mkdir(exist_ok=True)
-    with (CACHE_DIR / f"{prefix}-{key}.lock").open("w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        if not done.exists():
-            shutil.rmtree(venv, ignore_errors=True)  # a build that did not finish
-            started = time.monotonic()
-            subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
-            subprocess.run(
-                [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                 "--disable-pip-version-check", *pip_install_args],
-                check=True,
-                timeout=INSTALL_TIMEOUT,
-            )  # fmt: skip
-            done.write_text(f"{time.monotonic() - started:.0f}s\n")
-            print(f"\n[{prefix}] built in {time.monotonic() - started:.0f}s", file=sys.__stderr__)
-    return venv
-
-
-def image_venv_path(python: str) -> Path:
-    """The image's packages, installed as the Dockerfile installs them: the lock (its pip flags,
-    ``-r`` the lock), then mlflow-aws itself from the repository (``--no-deps
-    --no-build-isolation``: the aws-iam app and the migration step). The lock's venv is cached;
-    mlflow-aws is reinstalled whenever its sources change."""
-    from infra.server_image import context_digest
-
-    venv = cached_venv("image-venv", python, [*dockerfile_pip_flags(), "-r", str(LOCK)])
-    stamp = venv / ".mlflow-aws-sources"
-    digest = context_digest(ROOT)
-    with (CACHE_DIR / "image-venv-package.lock").open("w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        if not stamp.exists() or stamp.read_text() != digest:
-            with tempfile.TemporaryDirectory() as source:  # setuptools builds in the tree
-                shutil.copy(ROOT / "pyproject.toml", source)
-                for package in ("mlflow_aws", "helper"):
-                    shutil.copytree(ROOT / package, Path(source) / package,
-                                    ignore=shutil.ignore_patterns("__py*"))  # fmt: skip
-                subprocess.run(
-                    [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                     "--disable-pip-version-check", "--no-cache-dir", "--no-deps",
-                     "--no-build-isolation", "--force-reinstall", source],
-                    check=True, timeout=INSTALL_TIMEOUT,
-                )  # fmt: skip
-            stamp.write_text(digest)
-    return venv
 
 
 def venv_pip(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -353,17 +249,8 @@ def test_server_from_the_image_venv_end_to_end(
         assert [r.info.run_id for r in found] == [run_id]
     finally:
         os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(10)
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in tree) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [pid for pid in tree if Path(f"/proc/{pid}").exists()], "server processes left"
+        stop_group(server.pid, server, timeout=30)  # the helper's own group stop
+    assert not left_after(tree, 10), "server processes left"
     print(
         f"\n[image venv] entrypoint.sh -> healthy on MariaDB (first start migrates): "
         f"{healthy_after:.1f}s",

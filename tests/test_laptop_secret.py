@@ -24,9 +24,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.helper_run import RunningHelper, serving
+from tests.support.processes import cmdline
+from tests.support.proxy_harness import ATTACK_PAGE, attack_site
 from tests.support.services import free_port
-from tests.test_helper_e2e import RunningHelper, cmdline, serving
-from tests.test_proxy_security import ATTACK_PAGE, attack_site
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +154,7 @@ def experiment_names(url: str, running: RunningHelper) -> set[str]:
 
 @contextlib.contextmanager
 def browser(tmp_path: Path) -> Iterator[Any]:
-    from tests.test_auth_e2e import chromium_driver
+    from tests.support.browser import chromium_driver
 
     driver = chromium_driver(tmp_path)
     try:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 
 from tests.support.aws_constraints import Context
+from tests.support.config_matrix import MATRIX, context
 from tests.support.pulumi_mocks import Registered
-from tests.test_aws_constraints import MATRIX, context
 
 # consumer (logical name, {p} for each project) -> the producers it must wait for, and why
 WAITS_FOR: dict[str, dict[str, str]] = {

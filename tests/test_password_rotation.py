@@ -40,9 +40,9 @@ from tests.support.data_api_emulator import (
     provider_environment,
 )
 from tests.support.grpc_provider import ProviderServer, provider_server, secret
+from tests.support.image_server import task_env
 from tests.support.services import MariaDB, MotoServer, free_port
 from tests.support.stack_on_moto import Project
-from tests.test_server_rollout import task_env
 
 OLD, NEW = "Rotate-old.1-Aaaa", "Rotate-new.2-Bbbb"
 IDLE_SECONDS = 1  # the tasks' MLFLOW_AWS_DB_IDLE_SECONDS (30 on AWS): the database's wait_timeout

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.helper_run import AWS_SECRET_KEY, fake_docker, helper_env, run_helper
 from tests.support.services import MariaDB, MotoServer, free_port
 from tests.support.stack_on_moto import (
     ACCOUNT,
@@ -30,7 +31,6 @@ from tests.support.stack_on_moto import (
     server_role,
     write_outputs,
 )
-from tests.test_helper_e2e import AWS_SECRET_KEY, fake_docker, helper_env, run_helper
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import pytest
 
 from helper.errors import HelperError
 from helper.proxy import Upstream
-from tests.test_proxy_security import (
+from tests.support.proxy_harness import (
     SECRET,
     SIGNED,
     RecordingHandler,

@@ -14,141 +14,25 @@ The attacks (issue 14, High 1 and Medium 3):
 
 from __future__ import annotations
 
-import contextlib
-import http.server
-import inspect
-import io
 import json
-import re
-import socket
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helper.proxy import SigningProxy, Upstream
+from tests.support.proxy_harness import (  # noqa: F401 (fixtures)
+    ATTACK_PAGE,
+    SECRET,
+    SIGNED,
+    Upstreams,
+    attack_site,
+    exchange,
+    running_proxy,
+    statuses,
+    upstream,
+)
 from tests.support.services import free_port
-
-SECRET = "s3cr3t-" + "x" * 40
-SIGNED = "aws-iam-v1.stand-in-token"
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Upstreams:
-    port: int
-    requests: list[Recorded] = field(default_factory=list)
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}/proj"
-
-
-class RecordingHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: Any
-
-    def do_GET(self) -> None:
-        if "chunked" in self.headers.get("Transfer-Encoding", ""):
-            body = b""
-            while (size := int(self.rfile.readline().strip().split(b";")[0], 16)) > 0:
-                body += self.rfile.read(size)
-                self.rfile.readline()
-            self.rfile.readline()
-        else:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.recorded.append(
-            Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-        )
-        data = json.dumps({"ok": True}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Set-Cookie", "upstream-session=from-the-server; Path=/")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def upstream() -> Iterator[Upstreams]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RecordingHandler)
-    server.daemon_threads = True
-    recorded: list[Recorded] = []
-    server.recorded = recorded  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield Upstreams(server.server_address[1], recorded)
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-class StandInTokens:
-    def token(self) -> str:
-        return SIGNED
-
-
-@dataclass
-class RunningProxy:
-    port: int
-    log: io.StringIO
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@contextlib.contextmanager
-def running_proxy(upstream: Upstreams) -> Iterator[RunningProxy]:
-    port = free_port()
-    log = io.StringIO()
-    arguments: list[Any] = [port, Upstream.from_uri(upstream.uri), StandInTokens(), log]
-    if "secret" in inspect.signature(SigningProxy.__init__).parameters:
-        arguments.append(SECRET)  # (the proxy before the per-run secret had none)
-    proxy = SigningProxy(*arguments)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield RunningProxy(port, log)
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-
-
-def exchange(port: int, data: bytes, wait: float = 3.0) -> tuple[bytes, bool]:
-    """Send raw bytes; (everything read, whether the proxy closed the connection)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
-        sock.sendall(data)
-        received = b""
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                block = sock.recv(65536)
-            except TimeoutError:
-                return received, False
-            except ConnectionResetError:
-                return received, True
-            if not block:
-                return received, True
-            received += block
-        return received, False
 
 
 def inner_request(port: int, method: str = "POST", with_secret: bool = True) -> bytes:
@@ -181,10 +65,6 @@ def outer_request(
         lines.append(f"Content-Length: {len(smuggled)}")
         body = smuggled
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-def statuses(received: bytes) -> list[int]:
-    return [int(code) for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", received)]
 
 
 # -- High 1: a refused request's body is never a second request ------------------------------------
@@ -371,47 +251,6 @@ def test_another_local_user_gets_401(upstream: Upstreams, tmp_path: Path) -> Non
 
 # -- the same from a hostile page in headless Chromium ---------------------------------------------
 
-ATTACK_PAGE = """<!doctype html><title>cat pictures</title><script>
-const proxy = "http://127.0.0.1:%(port)d";
-const smuggled = %(smuggled)s;
-async function attack() {
-  const tries = [
-    fetch(proxy + "/", {method: "POST", mode: "no-cors", body: smuggled}),
-    fetch(proxy + "/", {method: "POST", mode: "no-cors", credentials: "include", body: smuggled}),
-    fetch(proxy + "/api/2.0/mlflow/experiments/create", {method: "POST", mode: "no-cors",
-      credentials: "include", headers: {"Content-Type": "text/plain"},
-      body: '{"name": "planted"}'}),
-    fetch(proxy + "/api/2.0/mlflow/experiments/search", {credentials: "include"}),
-  ];
-  for (const t of tries) { try { await t; } catch (e) {} }
-  document.title = "done";
-}
-attack();
-</script>"""
-
-
-@contextlib.contextmanager
-def attack_site(page: str) -> Iterator[int]:
-    class Page(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            data = page.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
@@ -422,7 +261,7 @@ def test_a_page_on_another_origin_cannot_drive_the_proxy_in_chromium(
 ) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from tests.test_auth_e2e import chromium_driver
+    from tests.support.browser import chromium_driver
 
     with running_proxy(upstream) as proxy:
         smuggled = inner_request(proxy.port, with_secret=True).decode()

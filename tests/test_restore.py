@@ -21,6 +21,7 @@ import pymysql
 import pytest
 
 from tests.support.gc_world import migrate, table_rows, versioned_bucket
+from tests.support.helper_run import helper_env, run_helper
 from tests.support.services import MariaDB, MotoServer, running_mariadb
 from tests.support.stack_on_moto import (
     REGION,
@@ -31,7 +32,6 @@ from tests.support.stack_on_moto import (
     put_connection_secret,
     server_role,
 )
-from tests.test_helper_e2e import helper_env, run_helper
 
 BUCKET = "mlflow-aws-restore-artifacts"  # the stack's bucket prefix (helper/trust.py)
 ENDPOINT = "mlflow-aws-dev-x1.cluster-c0ffee123456.eu-west-1.rds.amazonaws.com"

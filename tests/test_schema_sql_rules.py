@@ -5,6 +5,8 @@ rules run against a real MariaDB in ``tests/test_schema_provider.py``; these nee
 
 from __future__ import annotations
 
+import re
+import string
 from dataclasses import replace
 from typing import Any
 
@@ -438,3 +440,27 @@ def test_retiring_the_previous_password_leaves_only_the_new_one() -> None:
     assert mariadb.changes and mariadb.secret and PASSWORD not in str(mariadb)
     with pytest.raises(SchemaProviderError):
         retire_previous_password("mlflow_churn_a", "Abcdefghijk1'", "mariadb")
+
+
+def test_every_character_outside_the_password_alphabet_is_refused_anywhere() -> None:
+    """The alphabet is built from mlflow_aws/passwords.py's specials (no regex literal for the
+    mutation tool to widen): all 128 ASCII characters and a few beyond, each in first, middle
+    and last place, against the check of the SQL literal and of the helper's run secret."""
+    from mlflow_aws.passwords import UNRESERVED_SPECIALS
+    from mlflow_aws.run_secret import CLIENT_TOKEN_ENV, MIN_SECRET_CHARS, run_secret_for
+
+    allowed = set(string.ascii_letters + string.digits + UNRESERVED_SPECIALS)
+    # The admin password's overrideSpecial too: a changed one would replace that password.
+    assert UNRESERVED_SPECIALS == "-_.~"
+    for character in [chr(c) for c in range(128)] + ["é", "\u2028", "\uff07"]:
+        for password in (character + "A" * 12, "A" * 6 + character + "A" * 6, "A" * 12 + character):
+            refused = password_problem(password) is not None
+            assert refused == (character not in allowed), repr(password)
+            secret = password.replace("A", "s") + "s" * MIN_SECRET_CHARS
+            if character in allowed:
+                assert run_secret_for({CLIENT_TOKEN_ENV: secret}) == secret
+            else:
+                with pytest.raises(
+                    ValueError, match=re.escape("characters of A-Z a-z 0-9 - _ . ~")
+                ):
+                    run_secret_for({CLIENT_TOKEN_ENV: secret})

@@ -11,7 +11,6 @@ migrating on start; after the migration, a task of the old version is refused in
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import time
 from importlib import metadata
@@ -20,23 +19,23 @@ from pathlib import Path
 import pytest
 
 from tests.support import image_server
-from tests.support.gc_world import migrate
-from tests.support.services import MariaDB, MotoServer, free_port
-from tests.support.stack_on_moto import create_project
-from tests.test_gc import aws, publish
-from tests.test_helper_e2e import helper_env, run_helper
-from tests.test_image_requirements import (
+from tests.support.gc_world import aws, migrate, publish
+from tests.support.helper_run import helper_env, run_helper
+from tests.support.image_server import task_env
+from tests.support.image_venv import (  # noqa: F401 (fixtures)
     CACHE_DIR,
     LOCK,
+    PREVIOUS,
     cached_venv,
     dockerfile_pip_flags,
+    previous_mlflow,
     python_for_image,
 )
-from tests.test_server_rollout import task_env
+from tests.support.services import MariaDB, MotoServer, free_port
+from tests.support.stack_on_moto import create_project
 
 pytestmark = pytest.mark.slow
 __all__ = ["aws"]
-PREVIOUS = "3.16.1"
 PINNED = metadata.version("mlflow")
 FILL = """
 import sys
@@ -49,30 +48,6 @@ client.log_param(run, "lr", "0.1")
 client.create_registered_model("churn")
 print(run)
 """
-
-
-@pytest.fixture(scope="session")
-def previous_mlflow() -> Path:
-    """A venv with mlflow 3.16.1 and the rest of the image's lock."""
-    python = python_for_image()
-    if python is None:
-        pytest.skip("no python of the image's version")
-    CACHE_DIR.mkdir(exist_ok=True)
-    requirements = CACHE_DIR / f"mlflow-{PREVIOUS}-requirements.txt"
-    pins = re.sub(
-        r"^(mlflow(?:-skinny|-tracing)?)==\S+$", rf"\1=={PREVIOUS}", LOCK.read_text(), flags=re.M
-    )
-    if not requirements.exists() or requirements.read_text() != pins:
-        requirements.write_text(pins)
-    venv = cached_venv(
-        f"mlflow-{PREVIOUS}", python, [*dockerfile_pip_flags(), "-r", str(requirements)]
-    )
-    version = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import mlflow; print(mlflow.__version__)"],
-        capture_output=True, text=True, check=True, timeout=120,
-    ).stdout.strip()  # fmt: skip
-    assert version == PREVIOUS
-    return venv
 
 
 def test_a_schema_of_the_previous_minor_is_refused_until_upgraded_then_the_old_is(
@@ -196,7 +171,7 @@ def test_the_docker_runtime_refuses_a_schema_of_a_newer_mlflow_than_its_image(
 ) -> None:
     """The helper compares the image's version (the bundle's) with the schema's record before
     pulling anything; the entrypoint would refuse it again inside."""
-    from tests.test_helper_e2e import fake_docker
+    from tests.support.helper_run import fake_docker
 
     project = create_project(mariadb, "newer")
     migrate(mariadb.url(project.user, project.password, project.schema))

@@ -20,6 +20,13 @@ from infra.project_service import LOG_RETENTION_DAYS
 from infra.tracking_service import TLS_POLICY
 from mlflow_aws.names import name_problem
 from projects.project import server_policy_document
+from tests.support.aws_constraints import plain
+from tests.support.program_checks import (
+    OUTPUT_NAMES,
+    assert_inputs_keep_secrets,
+    assert_no_plain_secrets,
+    run,
+)
 from tests.support.pulumi_mocks import (
     ACCOUNT,
     CUSTOM_VPC_ID,
@@ -29,15 +36,8 @@ from tests.support.pulumi_mocks import (
     PUBLIC_SUBNETS,
     REGION,
     ROOT,
-    Registered,
-)
-from tests.test_program import (
-    OUTPUT_NAMES,
     ProgramRun,
-    assert_inputs_keep_secrets,
-    assert_no_plain_secrets,
-    plain,
-    run,
+    Registered,
 )
 
 ZONE = "Z0123456789ABCDEFGHIJ"

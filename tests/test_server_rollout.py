@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.support import image_server
+from tests.support.image_server import task_env
 from tests.support.services import MariaDB, _make_tls_files, free_port
-from tests.test_helper_e2e import Project, create_project
+from tests.support.stack_on_moto import Project, create_project
 
 # Puts a fresh schema at the MLflow revision N steps before head (with this environment's
 # mlflow, the same version as the image's), the way an older MLflow would have left it.
@@ -65,18 +66,6 @@ def schema_at_old_revision(project: Project) -> tuple[str, str]:
 
 def revision(project: Project) -> str:
     return str(project.query("SELECT version_num FROM alembic_version")[0][0])
-
-
-def task_env(
-    project: Project, port: int, tmp_path: Path, ca_pem: str | None = None
-) -> dict[str, str]:
-    return image_server.task_environment(
-        backend_store_uri=project.backend_store_uri,  # as the connection bundle has it
-        ca_pem=ca_pem if ca_pem is not None else project.mariadb.ca_path.read_text(),
-        artifacts_destination=str(tmp_path / "artifacts"),
-        port=port,
-        prefix=f"/{project.name}",
-    )
 
 
 def post_json(url: str, body: dict[str, object]) -> dict[str, object]:

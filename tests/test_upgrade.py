@@ -55,10 +55,10 @@ from tests.support.data_api_emulator import (
 from tests.support.ecs_fake import FakeEcs
 from tests.support.gc_world import migrate
 from tests.support.grpc_provider import ProviderCallError, ProviderClient, provider_server
+from tests.support.image_server import task_env
+from tests.support.image_venv import PREVIOUS, previous_mlflow
 from tests.support.services import MariaDB, MotoServer, free_port
 from tests.support.stack_on_moto import Project, create_project
-from tests.test_schema_versions import PREVIOUS, previous_mlflow
-from tests.test_server_rollout import task_env
 
 __all__ = ["previous_mlflow"]
 PINNED = metadata.version("mlflow")

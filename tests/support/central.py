@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,11 +21,17 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import boto3
 
 from helper.server_settings import server_environment
-from mlflow_aws.auth.token import MARKER_NAME
+from helper.watchdog import stop_group
+from mlflow_aws.auth.token import (
+    MARKER_NAME,
+    make_token,
+    sts_endpoint_url,
+)
 from tests.support.services import MotoServer, free_port
 
 REGION = "eu-west-1"
@@ -176,7 +181,7 @@ class CentralServer:
         return self.log_path.read_text(errors="replace")
 
     def pids(self) -> list[int]:
-        from tests.test_helper_e2e import descendants
+        from tests.support.processes import descendants
 
         return [self.process.pid, *descendants(self.process.pid)]
 
@@ -261,13 +266,7 @@ def running_central_server(
             time.sleep(0.2)
         yield server
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop_group(process.pid, process, timeout=30)  # the helper's own group stop
 
 
 def outputs_with_tracking_uri(moto: MotoServer, project: Any, bucket: str, uri: str | None) -> str:
@@ -285,3 +284,34 @@ def outputs_with_tracking_uri(moto: MotoServer, project: Any, bucket: str, uri: 
     bundle["TrackingUri"] = uri
     arn = put_connection_secret(env, bundle)
     return json.dumps(outputs_document(bucket, {project.name: arn}))
+
+
+PROJECT = "central"
+
+
+# Its own (other tests list their bucket whole), with the stack's prefix (helper/trust.py).
+BUCKET = "mlflow-aws-central-artifacts"
+
+
+def sts_url(moto: MotoServer) -> str:
+    with mock.patch.dict(os.environ, {"AWS_ENDPOINT_URL_STS": moto.endpoint_url}):
+        return sts_endpoint_url(REGION)
+
+
+def token_for(
+    moto: MotoServer, credentials: Credentials, audience: str, marker_url: str | None = None
+) -> str:
+    """A token for ``audience`` reading the marker ``marker_url`` (default: the central one)."""
+    return make_token(
+        credentials.access_key_id, credentials.secret_access_key, credentials.session_token,
+        REGION, sts_url(moto), audience,
+        marker_url or central_marker(moto),
+    )  # fmt: skip
+
+
+def central_marker(moto: MotoServer) -> str:
+    return marker_url(moto, f"s3://{BUCKET}/{PROJECT}")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

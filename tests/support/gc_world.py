@@ -10,8 +10,8 @@ states before and after.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,8 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.services import MariaDB, free_port
-from tests.support.stack_on_moto import REGION, Project, aws_client
+import pytest
+
+from helper.watchdog import stop_group
+from projects.project import server_policy_document
+from tests.support.helper_run import run_helper
+from tests.support.services import MariaDB, MotoServer, free_port
+from tests.support.stack_on_moto import (
+    REGION,
+    Project,
+    aws_client,
+    bundle_for,
+    put_connection_secret,
+    server_role,
+    write_outputs,
+)
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
@@ -65,13 +78,7 @@ def mlflow_server(uri: str, destination: str, env: dict[str, str], log_dir: Path
             time.sleep(0.2)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop_group(process.pid, process, timeout=30)  # the helper's own group stop
         log.close()
 
 
@@ -254,3 +261,34 @@ def objects(env: dict[str, str], bucket: str) -> dict[str, tuple[str, bytes]]:
 
 def mentions(row: tuple[Any, ...], ids: set[str]) -> bool:
     return any(isinstance(v, str) and any(i in v for i in ids) for v in row)
+
+
+BUCKET = "mlflow-aws-gc-artifacts"  # the stack's bucket prefix (helper/trust.py)
+BUCKET_ARN = f"arn:aws:s3:::{BUCKET}"
+
+
+@pytest.fixture(scope="module")
+def aws(moto: MotoServer) -> dict[str, str]:
+    env = moto.aws_env()
+    versioned_bucket(env, BUCKET)
+    return env
+
+
+def publish(aws: dict[str, str], project: Project, tmp_path: Path) -> Path:
+    """The project as pulumi up leaves it: its secret, server role (its prefix only), outputs."""
+    policy = json.dumps(server_policy_document(BUCKET_ARN, project.name))
+    role = server_role(aws, f"{project.name}-server", policy)
+    bundle = bundle_for(project, "gc", BUCKET, role)
+    arn = put_connection_secret(aws, bundle)
+    return write_outputs(tmp_path / f"outputs-{project.name}.json", BUCKET, {project.name: arn})
+
+
+def gc(outputs: Path, project: str, env: dict[str, str], *extra: str) -> dict[str, Any]:
+    """``helper gc --json``; the figures it printed."""
+    result = run_helper(
+        ["gc", "--project", project, "--outputs", str(outputs), "--json", *extra], env, 300
+    )
+    assert result.returncode == 0, result.stderr[-4000:] + result.stdout[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])["mlflow_aws_gc"]
+    figures["stdout"] = result.stdout
+    return dict(figures)

@@ -11,14 +11,17 @@ destination. Everything listens on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from helper.watchdog import stop_group
+from tests.support import image_server
+from tests.support.processes import left_after, process_tree
+from tests.support.stack_on_moto import Project
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -108,38 +111,11 @@ def wait_healthy(server: ImageServer, timeout: float = SERVE_TIMEOUT) -> float:
         time.sleep(0.2)
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its live descendants."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = (entry / "stat").read_text().rpartition(")")[2].split()
-                parents[int(entry.name)] = int(stat[1])
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        if Path(f"/proc/{current}").exists():
-            found.append(current)
-        todo += [p for p, parent in parents.items() if parent == current]
-    return sorted(found)
-
-
 def stop(server: ImageServer) -> None:
     """SIGTERM the server's process group (SIGKILL after 30 s); asserts nothing is left."""
     tree = process_tree(server.process.pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.process.pid, signal.SIGTERM)
-    try:
-        server.process.wait(30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait(10)
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in tree) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = [pid for pid in tree if Path(f"/proc/{pid}").exists()]
+    stop_group(server.process.pid, server.process, timeout=30)  # the helper's own group stop
+    left = left_after(tree, 10)
     assert not left, f"server processes left: {left}"
 
 
@@ -153,3 +129,15 @@ def running(
         yield server
     finally:
         stop(server)
+
+
+def task_env(
+    project: Project, port: int, tmp_path: Path, ca_pem: str | None = None
+) -> dict[str, str]:
+    return image_server.task_environment(
+        backend_store_uri=project.backend_store_uri,  # as the connection bundle has it
+        ca_pem=ca_pem if ca_pem is not None else project.mariadb.ca_path.read_text(),
+        artifacts_destination=str(tmp_path / "artifacts"),
+        port=port,
+        prefix=f"/{project.name}",
+    )

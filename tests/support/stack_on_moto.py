@@ -18,6 +18,7 @@ from urllib.parse import quote
 import boto3
 
 from mlflow_aws.bundle import ConnectionBundle
+from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS
 from tests.support.services import MariaDB
 
 REGION = "eu-west-1"
@@ -73,7 +74,10 @@ def create_project(mariadb: MariaDB, name: str, password: str | None = None) -> 
     run(f"DROP DATABASE IF EXISTS `{schema}`")
     run(f"DROP USER IF EXISTS '{user}'@'%'")
     run(f"CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    run(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s WITH MAX_USER_CONNECTIONS 50", (password,))
+    limit = DEFAULT_MAX_USER_CONNECTIONS  # projects/schema_sql.py: derived from server.env's pool
+    run(
+        f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s WITH MAX_USER_CONNECTIONS {limit}", (password,)
+    )
     pattern = schema.replace("_", "\\_")  # "_" is a wildcard in a GRANT's database name
     run(f"GRANT {PRIVILEGES} ON `{pattern}`.* TO '{user}'@'%'")
     return Project(name, schema, user, password, mariadb)
