@@ -296,7 +296,7 @@ def read_response(reader: io.BufferedIOBase, method: str) -> Response:
     if method == "HEAD" or status in NO_BODY_STATUSES:
         length, chunked = 0, False
     elif codings:
-        if [c.strip().lower() for c in codings] != ["chunked"] or lengths:
+        if [c.lower() for c in codings] != ["chunked"] or lengths:  # (values come stripped)
             raise BadMessage(f"the server's Transfer-Encoding {', '.join(codings)!r}", 502)
         length, chunked = None, True
     elif lengths:
@@ -335,7 +335,7 @@ class ProxyHandler(socketserver.BaseRequestHandler):
     upstream_connection: UpstreamConnection | None = None
     command = ""
     path = ""
-    answered = False  # the head of this request's answer is written
+    answered: bool  # the head of this request's answer is written (set per request)
 
     def setup(self) -> None:
         self.request.settimeout(CLIENT_IDLE_TIMEOUT)
@@ -415,20 +415,20 @@ class ProxyHandler(socketserver.BaseRequestHandler):
             self.drop_upstream()
             self.reply_error(502, f"cannot reach {self.server.upstream.origin}: {exc}")
             return
-        relayed = False
+        # Whatever goes wrong from here on ends this connection, and finish() then drops the
+        # upstream one too: bytes of the answer may be left on it.
         self.answered = False
         try:
             self.relay_response(response)
-            relayed = True
         except (BadRequestBody, BadMessage) as exc:  # the server's body is malformed
             if self.answered:  # the client sees a truncated answer: the connection closes
                 self.server.log.write(f"proxy: {self.command} {self.path_for_log()}: {exc}\n")
                 self.close_connection = True
             else:
                 self.reply_error(502, f"{self.server.upstream.origin} answered badly: {exc}")
-        finally:
-            if response.will_close or not relayed:
-                self.drop_upstream()  # bytes of it may be left behind: never reused
+            return
+        if response.will_close:
+            self.drop_upstream()
 
     def request_body(
         self, by_name: dict[str, list[str]]
@@ -441,17 +441,17 @@ class ProxyHandler(socketserver.BaseRequestHandler):
             raise BadRequestBody("both Content-Length and Transfer-Encoding")
         expect = by_name.get("expect", [])
         if expect:
-            if [e.strip().lower() for e in expect] != ["100-continue"]:
+            if [e.lower() for e in expect] != ["100-continue"]:  # (values come stripped)
                 raise BadRequestBody(f"Expect {', '.join(expect)!r} (only 100-continue)")
             if codings or lengths:
                 self.request.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         if codings:
-            if [c.strip().lower() for c in codings] != ["chunked"]:
+            if [c.lower() for c in codings] != ["chunked"]:
                 raise BadRequestBody(f"Transfer-Encoding {', '.join(codings)!r} (only chunked)")
             return _chunked_body(self.rfile), None, True
         if not lengths:
             return None, None, False
-        length = _content_length([value.strip() for value in lengths])
+        length = _content_length(lengths)
         if length <= SMALL_BODY_BYTES:
             try:
                 return _read_exactly(self.rfile, length), length, False
@@ -646,7 +646,8 @@ def check_signed_in(upstream: Upstream, tokens: Any) -> None:
                 headers={"Authorization": f"Bearer {token}", "Host": upstream.host_header},
             )
             response = connection.getresponse()
-            reason = response.read(2000).decode("utf-8", "replace").strip().splitlines()
+            text = response.read(2000).decode("utf-8", "replace").strip()
+            reason = [line.strip() for line in text.splitlines()]
         finally:
             connection.close()
     except (OSError, http.client.HTTPException) as exc:
