@@ -18,7 +18,16 @@ from urllib.parse import quote
 import boto3
 
 from mlflow_aws.bundle import ConnectionBundle
-from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS
+from mlflow_aws.names import validate_name
+from projects.schema_sql import (
+    CHARSET,
+    COLLATION,
+    DEFAULT_MAX_USER_CONNECTIONS,
+    PROJECT_PRIVILEGES,
+    account,
+    grant_pattern,
+    quote_identifier,
+)
 from tests.support.services import MariaDB
 
 REGION = "eu-west-1"
@@ -32,7 +41,6 @@ def image_uri(stack: str) -> str:
 
 IMAGE_URI = image_uri("e2e")
 SERVER_ROLE_NAME = "mlflow-aws-test-server"
-PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, REFERENCES, TRIGGER"
 
 
 def aws_client(service: str, env: dict[str, str]) -> Any:
@@ -66,21 +74,22 @@ class Project:
 
 
 def create_project(mariadb: MariaDB, name: str, password: str | None = None) -> Project:
-    """A fresh schema and user, as the schema provider makes them."""
-    schema = name.replace("-", "_")
-    user = f"mlflow_{schema}"
+    """A fresh schema and user, as the schema provider makes them: the names, charset,
+    privileges, connection limit and grant escaping all come from projects/schema_sql.py."""
+    ids = validate_name(name)
     password = password or f"Pw-{name}-7Hq2xV9c"
     run = mariadb.socket_query  # works for the variants without (good) TLS too
-    run(f"DROP DATABASE IF EXISTS `{schema}`")
-    run(f"DROP USER IF EXISTS '{user}'@'%'")
-    run(f"CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    limit = DEFAULT_MAX_USER_CONNECTIONS  # projects/schema_sql.py: derived from server.env's pool
+    schema, user = quote_identifier(ids.schema), account(ids.username)
+    run(f"DROP DATABASE IF EXISTS {schema}")
+    run(f"DROP USER IF EXISTS {user}")
+    run(f"CREATE DATABASE {schema} CHARACTER SET {CHARSET} COLLATE {COLLATION}")
     run(
-        f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s WITH MAX_USER_CONNECTIONS {limit}", (password,)
+        f"CREATE USER {user.replace('%', '%%')} IDENTIFIED BY %s "  # %s: the driver's parameter
+        f"WITH MAX_USER_CONNECTIONS {DEFAULT_MAX_USER_CONNECTIONS}",
+        (password,),
     )
-    pattern = schema.replace("_", "\\_")  # "_" is a wildcard in a GRANT's database name
-    run(f"GRANT {PRIVILEGES} ON `{pattern}`.* TO '{user}'@'%'")
-    return Project(name, schema, user, password, mariadb)
+    run(f"GRANT {', '.join(PROJECT_PRIVILEGES)} ON {grant_pattern(ids.schema)}.* TO {user}")
+    return Project(name, ids.schema, ids.username, password, mariadb)
 
 
 def server_role(
