@@ -34,7 +34,6 @@ import pulumi_random as random
 
 from infra.config import ServerConfig, stack_slug
 from infra.containers import (
-    CONTAINER_NAME,
     CONTAINER_PORT,
     WRITABLE_PATHS,
     fargate_task_definition_args,
@@ -51,6 +50,7 @@ from infra.iam import (
 from infra.upgrade import UpgradeGate, upgrade_gate
 from mlflow_aws.auth.server import SSO_ENTRY
 from mlflow_aws.start_timing import health_check_grace_seconds, rollout_seconds
+from mlflow_aws.task_container import CONTAINER_NAME, log_group_name
 
 LOG_RETENTION_DAYS = 30
 DEREGISTRATION_DELAY_SECONDS = 60
@@ -207,7 +207,7 @@ class ProjectService(pulumi.ComponentResource):
         log_group = aws.cloudwatch.LogGroup(
             f"{name}-logs",
             aws.cloudwatch.LogGroupArgs(
-                name=f"/mlflow-aws/{stack_slug(args.stack)}/{p}",
+                name=log_group_name(args.stack, p),
                 retention_in_days=LOG_RETENTION_DAYS,
                 tags=tags,
             ),
