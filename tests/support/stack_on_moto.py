@@ -18,16 +18,8 @@ from urllib.parse import quote
 import boto3
 
 from mlflow_aws.bundle import ConnectionBundle
-from mlflow_aws.names import validate_name
-from projects.schema_sql import (
-    CHARSET,
-    COLLATION,
-    DEFAULT_MAX_USER_CONNECTIONS,
-    PROJECT_PRIVILEGES,
-    account,
-    grant_pattern,
-    quote_identifier,
-)
+from mlflow_aws.names import REGISTRY_SCHEMA, ProjectIdentifiers
+from projects.schema_sql import Desired, Observed, account, decide_create, quote_identifier
 from tests.support.services import MariaDB
 
 REGION = "eu-west-1"
@@ -73,23 +65,31 @@ class Project:
         return self.mariadb.query(sql, args, database=self.schema)
 
 
+def project_statements(schema: str, user: str, password: str) -> list[str]:
+    """The SQL the schema provider runs for a new project on a server that holds none of it
+    (``projects/schema_sql.py`` ``decide_create``: schema, user with its connection limit,
+    grants), without its registry bookkeeping (the tests' projects are not recorded there)."""
+    ids = ProjectIdentifiers(name=schema, schema=schema, username=user, s3_prefix=schema)
+    nothing = Observed(
+        current_user="root", collation=None, user_exists=False, global_privileges=(),
+        schema_privileges=(), object_privileges=0, recorded_schema=False, recorded_user=False,
+        registry=True,
+    )  # fmt: skip
+    steps = decide_create(Desired(ids, password), nothing)
+    return [s.statement.sql for s in steps if REGISTRY_SCHEMA not in s.statement.sql]
+
+
 def create_project(mariadb: MariaDB, name: str, password: str | None = None) -> Project:
-    """A fresh schema and user, as the schema provider makes them: the names, charset,
-    privileges, connection limit and grant escaping all come from projects/schema_sql.py."""
-    ids = validate_name(name)
+    """A fresh schema and user, as the schema provider makes them."""
+    schema = name.replace("-", "_")
+    user = f"mlflow_{schema}"
     password = password or f"Pw-{name}-7Hq2xV9c"
     run = mariadb.socket_query  # works for the variants without (good) TLS too
-    schema, user = quote_identifier(ids.schema), account(ids.username)
-    run(f"DROP DATABASE IF EXISTS {schema}")
-    run(f"DROP USER IF EXISTS {user}")
-    run(f"CREATE DATABASE {schema} CHARACTER SET {CHARSET} COLLATE {COLLATION}")
-    run(
-        f"CREATE USER {user.replace('%', '%%')} IDENTIFIED BY %s "  # %s: the driver's parameter
-        f"WITH MAX_USER_CONNECTIONS {DEFAULT_MAX_USER_CONNECTIONS}",
-        (password,),
-    )
-    run(f"GRANT {', '.join(PROJECT_PRIVILEGES)} ON {grant_pattern(ids.schema)}.* TO {user}")
-    return Project(name, ids.schema, ids.username, password, mariadb)
+    run(f"DROP DATABASE IF EXISTS {quote_identifier(schema)}")
+    run(f"DROP USER IF EXISTS {account(user)}")
+    for sql in project_statements(schema, user, password):
+        run(sql)  # no arguments: PyMySQL formats nothing (the account's '%' stays as it is)
+    return Project(name, schema, user, password, mariadb)
 
 
 def server_role(
