@@ -18,7 +18,7 @@ from urllib.parse import quote
 import boto3
 
 from mlflow_aws.bundle import ConnectionBundle
-from mlflow_aws.names import REGISTRY_SCHEMA, ProjectIdentifiers
+from mlflow_aws.names import REGISTRY_SCHEMA, ProjectIdentifiers, validate_name
 from projects.schema_sql import Desired, Observed, account, decide_create, quote_identifier
 from tests.support.services import MariaDB
 
@@ -81,8 +81,8 @@ def project_statements(schema: str, user: str, password: str) -> list[str]:
 
 def create_project(mariadb: MariaDB, name: str, password: str | None = None) -> Project:
     """A fresh schema and user, as the schema provider makes them."""
-    schema = name.replace("-", "_")
-    user = f"mlflow_{schema}"
+    ids = validate_name(name)  # the one names rule (mlflow_aws/names.py)
+    schema, user = ids.schema, ids.username
     password = password or f"Pw-{name}-7Hq2xV9c"
     run = mariadb.socket_query  # works for the variants without (good) TLS too
     run(f"DROP DATABASE IF EXISTS {quote_identifier(schema)}")
