@@ -35,7 +35,7 @@ from infra.config import ProjectConfig
 from infra.iam import PolicyDocument, Statement, image_pull_statements, role_name_prefix
 from mlflow_aws import passwords
 from mlflow_aws.bundle import ConnectionBundle
-from mlflow_aws.names import validate_name
+from mlflow_aws.names import connection_secret_name, validate_name
 from projects.schema_provider import MysqlSchema, MysqlSchemaArgs
 from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS
 
@@ -277,7 +277,7 @@ class MlflowProject(pulumi.ComponentResource):
         self.secret = aws.secretsmanager.Secret(
             f"{name}-connection",
             aws.secretsmanager.SecretArgs(
-                name=f"mlflow-aws/{stack}/{p.name}",
+                name=connection_secret_name(stack, p.name),
                 description=f"MLflow connection bundle of project {p.name} (stack {stack})",
                 # Always 0: the bundle is rebuilt from state, and a 30-day recovery window
                 # would block re-adding a removed project (its fixed name stays taken).
