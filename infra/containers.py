@@ -20,6 +20,7 @@ from mlflow_aws import environment as env_names
 from mlflow_aws.auth.token import MARKER_NAME
 from mlflow_aws.bundle import KEY as BUNDLE_KEY
 from mlflow_aws.server_settings import container_port
+from mlflow_aws.task_container import CONTAINER_NAME, SERVICE_STREAM_PREFIX
 
 # The MLflow server app the tasks run: the AWS-IAM sign-in (mlflow_aws/auth/server.py;
 # README.md "Central server: sign in with your AWS identity"). Always: there is no central
@@ -27,7 +28,6 @@ from mlflow_aws.server_settings import container_port
 # needs a valid AWS identity).
 AUTH_APP = "aws-iam"
 
-CONTAINER_NAME = "mlflow"
 # The container's root file system is read-only; these are its only writable places, each a
 # task-local volume (Fargate ephemeral storage, gone with the task): /tmp for MLflow's
 # spooled uploads, Python's and the entrypoint's temporary files (the database CA), and the
@@ -184,7 +184,7 @@ def service_container_definitions(
         secrets=secrets,
         log_group=log_group,
         region=region,
-        stream_prefix=CONTAINER_NAME,
+        stream_prefix=SERVICE_STREAM_PREFIX,
     )
     container.update({
         "portMappings": [

@@ -85,12 +85,13 @@ TARGETS: dict[str, Target] = {
         ),
     ),
     "mlflow_aws/auth/server.py": Target(
+        # the layers' own tests first (most mutants die there in seconds), the token's last
         fast=(
-            "tests/test_auth_rules.py",
-            "tests/test_token_rules.py",
-            "tests/test_auth_unit.py",
-            "tests/test_auth_asgi.py",
             "tests/test_auth_aws_answers.py",
+            "tests/test_auth_asgi.py",
+            "tests/test_auth_rules.py",
+            "tests/test_auth_unit.py",
+            "tests/test_token_rules.py",
         ),
         full=(
             "tests/test_auth_rules.py",

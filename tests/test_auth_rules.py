@@ -391,3 +391,19 @@ def test_a_look_alike_sso_role_is_refused_naming_the_path_it_has() -> None:
         lambda r: "/aws-reserved/sso.amazonaws.com/eu-west-1/",
     )
     assert (made.status, made.reason) == (200, "allowed role")
+
+
+@pytest.mark.parametrize("hostile", ["'", '"', "`", ";", "\\", " "])
+def test_a_caller_or_an_allowed_arn_with_a_hostile_character_in_its_path_is_nobody(
+    hostile: str,
+) -> None:
+    # IAM paths take letters, digits, +=,.@_- and /: anything else is not an IAM identity
+    user = f"arn:aws:iam::{OWN}:user/dev{hostile}x/carol"
+    assert decide(user, user_groups=frozenset({"ml-users"})) == (
+        403, f"{user}: only IAM roles and IAM users in allowed groups may sign in",
+    )  # fmt: skip
+    entry = f"arn:aws:iam::{OTHER}:role/teams{hostile}x/ml-team"
+    assert not role_allowed(OTHER, "ml-team", frozenset({entry}), OWN)
+    if hostile != " ":  # a space separates entries
+        with pytest.raises(SettingsError, match="is not an IAM role ARN"):
+            settings(**{ALLOWED_ROLES_ENV: entry})

@@ -28,6 +28,7 @@ import boto3
 import pytest
 
 from tests.support import image_server
+from tests.support.browser import CHROMIUM_FLAGS
 from tests.support.helper_run import run_tracking_script
 from tests.support.processes import left_after, process_tree
 from tests.support.services import MariaDB, MotoServer, free_port
@@ -37,16 +38,6 @@ BUCKET = "mlflow-aws-prefix"
 REGION = "eu-west-1"
 DOMAIN = "mlflow.example.com"
 TASK_HOST = "10.0.12.34:5000"  # what the load balancer's health checks send as Host
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import botocore.session
 
+from mlflow_aws.task_container import CONTAINER_NAME
 from tests.support.data_api_emulator import ACCOUNT, REGION, ApiError, validate
 
 TARGET_PREFIX = "AmazonEC2ContainerServiceV20141113."
@@ -312,7 +313,7 @@ class FakeEcs:
         return {"tasks": [self._describe_task(t) for t in found], "failures": []}
 
     def _describe_task(self, task: Task) -> dict[str, Any]:
-        container: dict[str, Any] = {"name": "mlflow", "lastStatus": task.last_status}
+        container: dict[str, Any] = {"name": CONTAINER_NAME, "lastStatus": task.last_status}
         if task.exit_code is not None:
             container["exitCode"] = task.exit_code
         described: dict[str, Any] = {
@@ -342,7 +343,7 @@ class FakeEcs:
         definition = body["taskDefinition"]
         command = None
         for override in body.get("overrides", {}).get("containerOverrides", []):
-            if override.get("name") == "mlflow" and "command" in override:
+            if override.get("name") == CONTAINER_NAME and "command" in override:
                 command = list(override["command"])
         family = definition.rsplit("/", 1)[-1].split(":")[0]
         task = self._launch(definition, command, f"family:{family}", body.get("startedBy"))
