@@ -158,18 +158,12 @@ class SqliteFactory:
 
 def create_project_schema(db: MariaDB, schema: str, user: str, password: str) -> None:
     """What the MysqlSchema provider creates: a utf8mb4_bin schema and a user limited to it,
-    with the privileges MLflow needs there and a connection limit."""
-    from tests.support.stack_on_moto import PRIVILEGES
+    with the privileges MLflow needs there and a connection limit (its own statements; TLS is
+    required by the server, as on Aurora)."""
+    from tests.support.stack_on_moto import project_statements
 
-    db.query(f"CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS as limit
-
-    db.query(
-        f"CREATE USER %s@'%%' IDENTIFIED BY %s REQUIRE SSL WITH MAX_USER_CONNECTIONS {limit}",
-        (user, password),
-    )
-    pattern = schema.replace("_", "\\_")
-    db.query(f"GRANT {PRIVILEGES} ON `{pattern}`.* TO %s@'%%'", (user,))
+    for sql in project_statements(schema, user, password):
+        db.query(sql)
 
 
 class MariaDBFactory:

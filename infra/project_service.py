@@ -45,6 +45,7 @@ from infra.iam import (
     execution_role_policy,
     execution_trust_policy,
     group_lookup_policy,
+    role_name_prefix,
     task_trust_policy,
 )
 from infra.upgrade import UpgradeGate, upgrade_gate
@@ -216,7 +217,7 @@ class ProjectService(pulumi.ComponentResource):
         execution_role = aws.iam.Role(
             f"{name}-execution-role",
             aws.iam.RoleArgs(
-                name_prefix=f"mlflow-aws-{p}-exec-"[:38],
+                name_prefix=role_name_prefix(f"mlflow-aws-{p}-exec-"),
                 description=f"ECS: start project {p}'s MLflow tasks (stack {args.stack})",
                 assume_role_policy=pulumi.Output.from_input(args.account_id).apply(
                     lambda account: execution_trust_policy(account, args.ecs_tasks_principal)
@@ -273,7 +274,7 @@ class ProjectService(pulumi.ComponentResource):
         task_role = aws.iam.Role(
             f"{name}-task-role",
             aws.iam.RoleArgs(
-                name_prefix=f"mlflow-aws-{p}-task-"[:38],
+                name_prefix=role_name_prefix(f"mlflow-aws-{p}-task-"),
                 description=f"ECS: project {p}'s MLflow tasks (stack {args.stack}): its S3 prefix",
                 assume_role_policy=pulumi.Output.all(args.account_id, args.region).apply(
                     lambda v: task_trust_policy(
