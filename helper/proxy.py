@@ -264,14 +264,16 @@ class UpstreamConnection:
         self.reader = self.sock.makefile("rb")
 
     def closed_by_peer(self) -> bool:
-        """An idle kept-alive connection is readable only when the server has closed it, or
-        sent what nobody asked for (a body after HEAD, 204 or 304; more than its length): not
-        reused either way, or those bytes would be the next request's answer."""
+        """An idle kept-alive connection is readable only when the server has closed it."""
         pending = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
-        if pending or select.select([self.sock], [], [], 0)[0]:
-            return True
-        # Bytes the reader holds already (peek returns them; with none, it must not wait).
-        self.sock.setblocking(False)
+        return bool(pending or select.select([self.sock], [], [], 0)[0])
+
+    def holds_bytes(self) -> bool:
+        """Whether the reader already holds bytes past the answer just read (a broken server's
+        body after HEAD, 204 or 304), which would be taken for the next request's answer.
+        (Not on every request: making the socket non-blocking for the peek costs ~25% of the
+        proxy's CPU per call.)"""
+        self.sock.setblocking(False)  # with nothing held, peek must not wait for more
         try:
             return bool(self.reader.peek(1))
         except (BlockingIOError, ssl.SSLWantReadError):
@@ -601,6 +603,8 @@ class ProxyHandler(socketserver.BaseRequestHandler):
             if self.command == "HEAD" or response.status in NO_BODY_STATUSES:
                 lengths = [v for n, v in response.headers if n.lower() == "content-length"]
                 self.write_head(head + [f"Content-Length: {v}" for v in lengths[:1]])
+                if self.upstream_connection.holds_bytes():
+                    self.drop_upstream()  # a body after a bodiless answer: never the next answer
                 return
             try:
                 body = _read_exactly(reader, response.length)
