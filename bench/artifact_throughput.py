@@ -46,7 +46,13 @@ from tests.support.central import (
     moto_clients,
     running_central_server,
 )
-from tests.support.processes import load_average, rss_bytes
+from tests.support.processes import (
+    io_bytes,
+    load_average,
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+)
 from tests.support.services import running_mariadb, running_moto
 
 MIB = 1 << 20
@@ -89,34 +95,6 @@ class Route:
     server: CentralServer
     plugin: bool
     figures: dict[tuple[int, str, str], Figure] = field(default_factory=dict)
-
-
-def io_bytes(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-                name, _, value = line.partition(":")
-                if name in ("rchar", "wchar"):
-                    total += int(value)
-    return total
-
-
-def peak_rss(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1]) * 1024
-    return total
-
-
-def reset_peak(pids: list[int]) -> None:
-    """Make VmHWM start again from the current RSS (Linux: write 5 to clear_refs)."""
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 class RequestTimer:
@@ -195,7 +173,7 @@ def sha256_of(path: Path) -> str:
 
 def measured(route: Route, action: Callable[[], object], timer: RequestTimer) -> Figure:
     pids = route.server.pids()
-    reset_peak(pids)
+    reset_peak_rss(pids)
     rss_before, io_before = rss_bytes(pids), io_bytes(pids)
     timer.longest = 0.0
     started = time.monotonic()
@@ -204,7 +182,7 @@ def measured(route: Route, action: Callable[[], object], timer: RequestTimer) ->
     seconds = time.monotonic() - started
     return Figure(
         seconds,
-        max(0.0, (peak_rss(pids) - rss_before) / MIB),
+        max(0.0, (peak_rss_bytes(pids) - rss_before) / MIB),
         io_bytes(pids) - io_before,
         timer.longest,
     )
