@@ -40,8 +40,6 @@ from bench.common import (
     HELPER_SECRET,
     PYTHON,
     ROOT,
-    cpu_seconds,
-    load_average,
     log,
     log_batches,
     log_one_by_one,
@@ -61,6 +59,7 @@ from tests.support.central import (
     outputs_with_tracking_uri,
     running_central_server,
 )
+from tests.support.processes import cpu_seconds, load_average, reset_peak_rss, status_kib
 from tests.support.services import MariaDB, MotoServer, free_port, running_mariadb, running_moto
 
 TARGET_RATIO = {"single": 0.95, "batch": 0.90, "tutorial": 0.90}
@@ -140,13 +139,6 @@ def signing_proxy(
             process.wait(10)
 
 
-def vm_kib(pid: int, field_name: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field_name}:"):
-            return int(line.split()[1])
-    raise KeyError(field_name)
-
-
 def measure(
     targets: list[Target], n: int, batches: int, reps: int, warmup: int, tutorials: int,
     artifacts: Path,
@@ -191,8 +183,8 @@ class BigTransfer:
 
 def reset_peak(pid: int) -> int:
     """Reset the VmHWM of ``pid`` to its current RSS; returns that RSS (KiB)."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-    return vm_kib(pid, "VmRSS")
+    reset_peak_rss([pid])
+    return status_kib(pid, "VmRSS")
 
 
 def big_artifact_through_proxy(
@@ -224,7 +216,7 @@ def big_artifact_through_proxy(
         except (OSError, RuntimeError, http.client.HTTPException) as exc:
             failed = str(exc)  # the figures above still print (a server on moto may be slow)
         seconds = time.monotonic() - started
-        peak = vm_kib(proxy_pid, "VmHWM")
+        peak = status_kib(proxy_pid, "VmHWM")
         log(f"    {direction}: {seconds:.0f} s; proxy RSS {before} KiB before, peak {peak} KiB"
             f"{'; FAILED: ' + failed if failed else ''}")  # fmt: skip
         transfers.append(

@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from helper.watchdog import stop_group
+from tests.support.processes import alive, argv, cmdline, environ, process_tree
+from tests.support.services import MariaDB, MotoServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-from tests.support.services import MariaDB, MotoServer, free_port  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
@@ -60,21 +60,13 @@ RUN_MARKER = (
 
 def marked_processes(marker: str) -> list[tuple[int, str]]:
     """(pid, command) of live processes whose environment carries ``RUN_MARKER=marker``."""
-    needle = f"{RUN_MARKER}={marker}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle not in (entry / "environ").read_bytes().split(b"\0"):
-                continue
-            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
-        except OSError:
-            continue
-        if state != "Z":
-            found.append((int(entry.name), command))
-    return found
+    needle = f"{RUN_MARKER}={marker}"
+    pids = [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid()]
+    return [
+        (pid, cmdline(pid)[:120])
+        for pid in pids
+        if needle in environ(pid).split("\n") and alive(pid)
+    ]
 
 
 @contextlib.contextmanager
@@ -166,18 +158,12 @@ class SqliteFactory:
 
 def create_project_schema(db: MariaDB, schema: str, user: str, password: str) -> None:
     """What the MysqlSchema provider creates: a utf8mb4_bin schema and a user limited to it,
-    with the privileges MLflow needs there and a connection limit."""
-    from tests.support.stack_on_moto import PRIVILEGES
+    with the privileges MLflow needs there and a connection limit (its own statements; TLS is
+    required by the server, as on Aurora)."""
+    from tests.support.stack_on_moto import project_statements
 
-    db.query(f"CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS as limit
-
-    db.query(
-        f"CREATE USER %s@'%%' IDENTIFIED BY %s REQUIRE SSL WITH MAX_USER_CONNECTIONS {limit}",
-        (user, password),
-    )
-    pattern = schema.replace("_", "\\_")
-    db.query(f"GRANT {PRIVILEGES} ON `{pattern}`.* TO %s@'%%'", (user,))
+    for sql in project_statements(schema, user, password):
+        db.query(sql)
 
 
 class MariaDBFactory:
@@ -215,90 +201,12 @@ class MariaDBFactory:
         return target
 
 
-# -- processes and /proc ----------------------------------------------------------------------
-
-
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...; comm may hold spaces and parentheses
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    return children
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its live descendants."""
-    children = _children_map()
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        if Path(f"/proc/{pid}").exists():
-            found.append(pid)
-        todo.extend(children.get(pid, []))
-    return sorted(found)
-
-
-def _status_kib(pid: int, key: str, filename: str = "status") -> int:
-    try:
-        for line in Path(f"/proc/{pid}/{filename}").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def rss_bytes(pids: Sequence[int]) -> int:
-    """Sum of VmRSS (shared pages counted once per process, as ``ps`` would add them up)."""
-    return sum(_status_kib(pid, "VmRSS") for pid in pids) * 1024
-
-
-def pss_bytes(pids: Sequence[int]) -> int:
-    """Sum of Pss (shared pages split between the processes sharing them)."""
-    return sum(_status_kib(pid, "Pss", "smaps_rollup") for pid in pids) * 1024
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """User + system CPU time consumed so far by ``pids`` (children that exited not counted)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def process_started_at(pid: int) -> float:
-    """When ``pid`` started, as a time.time() value (10 ms resolution)."""
-    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    uptime = float(Path("/proc/uptime").read_text().split()[0])
-    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+# -- processes (tests/support/processes.py reads /proc) --------------------------------------
 
 
 def is_mlflow_server(pid: int) -> bool:
     """``mlflow server`` itself (not the helper's watchdog, whose argv names it too)."""
-    args = cmdline(pid)
+    args = argv(pid)
     watchdog = any(a.endswith(".watchdog") for a in args)
     return any(a.endswith("mlflow") for a in args) and "server" in args and not watchdog
 

@@ -36,20 +36,15 @@ from bench.common import (
     MariaDBFactory,
     Server,
     UserCounters,
-    cpu_seconds,
     enable_userstat,
     ensure_bucket,
     helper_available,
     is_mlflow_server,
-    load_average,
     log,
     log_batches,
     log_one_by_one,
     median,
     new_run,
-    process_started_at,
-    pss_bytes,
-    rss_bytes,
     start_stock,
     start_tuned,
     table,
@@ -57,6 +52,7 @@ from bench.common import (
     verdict,
     workdir,
 )
+from tests.support.processes import cpu_seconds, load_average, pss_bytes, rss_bytes, started_at
 from tests.support.services import MariaDB, MotoServer, running_mariadb, running_moto
 
 TARGET_PROCESSES = 2
@@ -69,7 +65,7 @@ def server_start_delay(server: Server) -> float:
     roots = [p for p in server.tree() if is_mlflow_server(p)]
     if not roots or roots[0] == server.process.pid:
         return 0.0
-    launched = process_started_at(min(roots))
+    launched = started_at(min(roots))
     return max(0.0, server.healthy_after - (server.healthy_wall - launched))
 
 

@@ -30,17 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    MLFLOW,
-    PYTHON,
-    ROOT,
-    load_average,
-    log,
-    nothing_left_behind,
-    table,
-    verdict,
-    workdir,
-)
+from bench.common import MLFLOW, PYTHON, ROOT, log, nothing_left_behind, table, verdict, workdir
+from tests.support.processes import load_average
 from tests.support.services import MariaDB, MotoServer, running_mariadb, running_moto
 
 BUCKET = "mlflow-aws-bench-gc"

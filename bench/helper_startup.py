@@ -23,38 +23,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.processes import descendants, rss_mib
+from tests.support.services import free_port, running_mariadb, running_moto
 
-from tests.support.services import free_port, running_mariadb, running_moto  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PROJECT = "bench-startup"
 BUCKET = "mlflow-aws-bench-startup"
-
-
-def descendants(pid: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                parents[int(entry.name)] = int(
-                    (entry / "stat").read_text().rpartition(")")[2].split()[1]
-                )
-    found, frontier = [], [pid]
-    while frontier:
-        current = frontier.pop()
-        children = [p for p, parent in parents.items() if parent == current]
-        found += children
-        frontier += children
-    return found
-
-
-def rss_mib(pids: list[int]) -> float:
-    kib = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            status = Path(f"/proc/{pid}/status").read_text()
-            kib += next(int(line.split()[1]) for line in status.splitlines() if "VmRSS" in line)
-    return kib / 1024
 
 
 @contextlib.contextmanager

@@ -34,22 +34,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    BUCKET,
-    MariaDBFactory,
-    ensure_bucket,
-    load_average,
-    log,
-    median,
-    pss_bytes,
-    rss_bytes,
-    table,
-    verdict,
-    workdir,
-)
+from bench.common import BUCKET, MariaDBFactory, ensure_bucket, log, median, table, verdict, workdir
 from infra.config import ServerConfig
 from tests.support import image_server
 from tests.support.image_venv import image_venv_path, python_for_image
+from tests.support.processes import load_average, process_tree, pss_bytes, rss_bytes
 from tests.support.services import free_port, running_mariadb, running_moto
 
 MIB = 1024**2
@@ -145,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"rep {rep + 1}/{args.reps} ({key}): {rate:.1f} runs/s")
 
         for key, server in servers.items():
-            tree = image_server.process_tree(server.process.pid)
+            tree = process_tree(server.process.pid)
             figures[key] = {
                 "runs_per_s": median(rates[key]),
                 "processes": len(tree),

@@ -29,10 +29,8 @@ from bench.common import (
     MariaDBFactory,
     Server,
     SqliteFactory,
-    cpu_seconds,
     ensure_bucket,
     helper_available,
-    load_average,
     log,
     log_batches,
     log_one_by_one,
@@ -46,6 +44,7 @@ from bench.common import (
     verdict,
     workdir,
 )
+from tests.support.processes import cpu_seconds, load_average
 from tests.support.services import running_mariadb, running_moto
 
 TARGET_B_OVER_A_SINGLE = 7.0

@@ -34,13 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import PYTHON, load_average, log, nothing_left_behind, table, verdict, workdir
+from bench.common import PYTHON, log, nothing_left_behind, table, verdict, workdir
 from tests.support.central import (
     client_aws_env,
     make_identities,
     moto_clients,
     running_central_server,
 )
+from tests.support.processes import load_average
 from tests.support.services import free_port, running_mariadb, running_moto
 
 PROJECT = "bench-loop"

@@ -37,6 +37,7 @@ import socketserver
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -54,6 +55,9 @@ CLIENT_IDLE_TIMEOUT = 300.0
 CHECK_TIMEOUT = 30.0  # the sign-in check before serving (Aurora resuming can take ~15 s)
 MAX_LINE = 65536  # a request line, header line or chunk line (http.client's limit)
 MAX_HEADERS = 100
+MAX_HEAD_BYTES = 1 << 18  # a whole head (100 lines of MAX_LINE would hold 6.4 MiB a connection)
+HEAD_TIMEOUT = 30.0  # a request's head, from its first byte (slowloris: a byte every 299 s)
+MAX_CONNECTIONS = 256  # one thread each; past it a new connection gets 503 and is closed
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -72,6 +76,9 @@ NO_BODY_STATUSES = frozenset({204, 304})
 LINGER_SECONDS = 1.0  # after a refusal, unread body bytes are discarded this long (then closed)
 LINGER_BYTES = 1 << 20
 _DIGITS = re.compile(r"[0-9]{1,18}")
+# "." or ".." as a path segment, plain or percent-encoded: /proj/../other is another project's
+# server for anything on the way that normalizes paths.
+_DOT_SEGMENT = re.compile(r"(?:^|/)(?:\.|%2e){1,2}(?:/|$)", re.IGNORECASE)
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(;[^\r\n]*)?\r?\n")
 # RFC 9112: method SP request-target SP HTTP-version; a target of visible ASCII only.
 _REQUEST_LINE = re.compile(rb"([A-Z]{1,16}) ([\x21-\x7e]{1,16384}) HTTP/1\.([01])\r?\n")
@@ -170,7 +177,7 @@ def _chunked_body(stream: io.BufferedIOBase) -> Iterator[bytes]:
         size_line = stream.readline(1024)
         match = _CHUNK_SIZE.fullmatch(size_line)
         if match is None:
-            raise BadRequestBody(f"malformed chunk size line {size_line[:40]!r}")
+            raise BadRequestBody(f"malformed chunk size line ({len(size_line)} bytes)")
         size = int(match.group(1), 16)
         if size == 0:
             for _ in range(100):
@@ -205,11 +212,13 @@ def _read_exactly(stream: io.BufferedIOBase, length: int) -> bytes:
 def _head_lines(stream: io.BufferedIOBase) -> list[bytes]:
     """The header lines up to the blank line that ends a head (each with its line ending)."""
     lines: list[bytes] = []
+    total = 0
     while True:
         line = stream.readline(MAX_LINE + 1)
         if line in (b"\r\n", b"\n"):
             return lines
-        if len(line) > MAX_LINE or len(lines) >= MAX_HEADERS:
+        total += len(line)
+        if len(line) > MAX_LINE or len(lines) >= MAX_HEADERS or total > MAX_HEAD_BYTES:
             raise BadMessage("a header line is too long, or there are too many", 431)
         if not line.endswith(b"\n"):
             raise BadMessage("the connection closed mid-head")  # an answer in part: no retry
@@ -223,7 +232,9 @@ def _parse_headers(lines: list[bytes]) -> tuple[list[tuple[str, str]], dict[str,
     for line in lines:
         match = _HEADER_LINE.fullmatch(line)
         if match is None:
-            raise BadMessage(f"malformed header line {line[:40]!r}")
+            # Its name only: the value may be a secret (Authorization, Cookie), and it is logged.
+            field, colon, _ = line.partition(b":")
+            raise BadMessage(f"malformed header line {field[:40] if colon else '(no colon)'!r}")
         name, value = match.group(1).decode("ascii"), match.group(2).decode("latin-1")
         pairs.append((name, value))
         by_name.setdefault(name.lower(), []).append(value)
@@ -256,6 +267,19 @@ class UpstreamConnection:
         """An idle kept-alive connection is readable only when the server has closed it."""
         pending = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
         return bool(pending or select.select([self.sock], [], [], 0)[0])
+
+    def holds_bytes(self) -> bool:
+        """Whether the reader already holds bytes past the answer just read (a broken server's
+        body after HEAD, 204 or 304), which would be taken for the next request's answer.
+        (Not on every request: making the socket non-blocking for the peek costs ~25% of the
+        proxy's CPU per call.)"""
+        self.sock.setblocking(False)  # with nothing held, peek must not wait for more
+        try:
+            return bool(self.reader.peek(1))
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return False
+        finally:
+            self.sock.settimeout(UPSTREAM_TIMEOUT)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -314,6 +338,7 @@ class SigningProxy(socketserver.ThreadingTCPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    request_queue_size = 128  # (socketserver's 5 drops a browser's or a parallel upload's SYNs)
 
     def __init__(
         self, port: int, upstream: Upstream, tokens: Any, log: IO[str], secret: str
@@ -324,7 +349,48 @@ class SigningProxy(socketserver.ThreadingTCPServer):
         self.log = log
         self.local_port = port
         self.gate = run_secret.Gate(secret, port)  # no path without the secret
+        self.head_deadlines: dict[socket.socket, float] = {}  # connections reading a head
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.closing = threading.Event()
         super().__init__(("127.0.0.1", port), ProxyHandler)
+        threading.Thread(target=self.cut_slow_heads, name="proxy-heads", daemon=True).start()
+
+    def cut_slow_heads(self) -> None:
+        """Slowloris: a byte now and then satisfies every per-read timeout, so a head not done
+        by its deadline has its reading side shut (its reader then answers 408 and closes)."""
+        while not self.closing.wait(min(1.0, HEAD_TIMEOUT / 4)):
+            now = time.monotonic()
+            for sock, deadline in self.head_deadlines.copy().items():
+                if deadline < now:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RD)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection, up to MAX_CONNECTIONS (idle ones cost a thread each)."""
+        if not self.slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                message = b"the signing proxy has too many connections open; try again\n"
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(message), message)
+                )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def server_close(self) -> None:
+        self.closing.set()
+        super().server_close()
 
 
 class ProxyHandler(socketserver.BaseRequestHandler):
@@ -357,27 +423,38 @@ class ProxyHandler(socketserver.BaseRequestHandler):
 
     def handle_one_request(self) -> None:
         self.command = self.path = ""
-        line = self.rfile.readline(MAX_LINE + 1)
-        if line in (b"\r\n", b"\n"):  # RFC 9112 2.2: one empty line before a request is ignored
-            line = self.rfile.readline(MAX_LINE + 1)
-        if not line:
+        if not self.rfile.peek(1):  # (kept alive: up to CLIENT_IDLE_TIMEOUT for the next request)
             self.close_connection = True  # the client closed between requests
             return
+        # From its first byte, a head has HEAD_TIMEOUT in all (SigningProxy.cut_slow_heads).
+        deadlines = self.server.head_deadlines
+        deadlines[self.request] = deadline = time.monotonic() + HEAD_TIMEOUT
         try:
+            line = self.rfile.readline(MAX_LINE + 1)
+            if line in (b"\r\n", b"\n"):  # RFC 9112 2.2: one empty line before a request: ignored
+                line = self.rfile.readline(MAX_LINE + 1)
             headers, by_name = self.parse_head(line)
         except BadMessage as exc:
-            self.reply_error(exc.status, f"refused: {exc}")
+            status, message = exc.status, str(exc)
+            if time.monotonic() > deadline:
+                status, message = 408, f"the request's head took longer than {HEAD_TIMEOUT:g} s"
+            self.reply_error(status, f"refused: {message}")
             return
+        finally:
+            deadlines.pop(self.request, None)
         self.forward(headers, by_name)
 
     def parse_head(self, line: bytes) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
         match = _REQUEST_LINE.fullmatch(line)
         if match is None:
-            raise BadMessage(f"a malformed request line {line[:40]!r}")
+            # Without its query: the one-time URL's token is never logged.
+            raise BadMessage(f"a malformed request line {line.partition(b'?')[0][:40]!r}")
         self.command = match.group(1).decode("ascii")
         path = match.group(2).decode("ascii")
         # As http.server: a path starting with // is not a scheme-relative URL.
         self.path = "/" + path.lstrip("/") if path.startswith("//") else path
+        if ("." in path or "%" in path) and _DOT_SEGMENT.search(self.path.partition("?")[0]):
+            raise BadMessage("a '.' or '..' path segment (it could leave the project's path)")
         headers, by_name = _parse_headers(_head_lines(self.rfile))
         connection = _tokens(by_name.get("connection", []))
         if match.group(3) == b"0":
@@ -526,6 +603,8 @@ class ProxyHandler(socketserver.BaseRequestHandler):
             if self.command == "HEAD" or response.status in NO_BODY_STATUSES:
                 lengths = [v for n, v in response.headers if n.lower() == "content-length"]
                 self.write_head(head + [f"Content-Length: {v}" for v in lengths[:1]])
+                if self.upstream_connection.holds_bytes():
+                    self.drop_upstream()  # a body after a bodiless answer: never the next answer
                 return
             try:
                 body = _read_exactly(reader, response.length)
@@ -611,9 +690,13 @@ class ProxyHandler(socketserver.BaseRequestHandler):
         not lost to a reset (closing with unread bytes sends one) before the client reads it."""
         with contextlib.suppress(OSError):
             self.request.shutdown(socket.SHUT_WR)
-            self.request.settimeout(LINGER_SECONDS)
+            # LINGER_SECONDS in all: a byte now and then must not keep it going.
+            end = time.monotonic() + LINGER_SECONDS
             discarded = 0
-            while discarded < LINGER_BYTES and (block := self.rfile.read1(BLOCK_BYTES)):
+            while discarded < LINGER_BYTES and (left := end - time.monotonic()) > 0:
+                self.request.settimeout(left)
+                if not (block := self.rfile.read1(BLOCK_BYTES)):
+                    break
                 discarded += len(block)
 
     def path_for_log(self) -> str:

@@ -17,17 +17,18 @@ import pulumi
 import pulumi_aws as aws
 
 from mlflow_aws import environment as env_names
+from mlflow_aws.auth.server import APP_NAME, GATEWAY_ENV
 from mlflow_aws.auth.token import MARKER_NAME
 from mlflow_aws.bundle import KEY as BUNDLE_KEY
 from mlflow_aws.server_settings import container_port
+from mlflow_aws.task_container import CONTAINER_NAME, SERVICE_STREAM_PREFIX
 
 # The MLflow server app the tasks run: the AWS-IAM sign-in (mlflow_aws/auth/server.py;
 # README.md "Central server: sign in with your AWS identity"). Always: there is no central
 # server without sign-in, so a public load balancer is safe to have (every route but health
 # needs a valid AWS identity).
-AUTH_APP = "aws-iam"
+AUTH_APP = APP_NAME
 
-CONTAINER_NAME = "mlflow"
 # The container's root file system is read-only; these are its only writable places, each a
 # task-local volume (Fargate ephemeral storage, gone with the task): /tmp for MLflow's
 # spooled uploads, Python's and the entrypoint's temporary files (the database CA), and the
@@ -169,7 +170,7 @@ def service_container_definitions(
     if gateway_kek_arn:
         # server.aiGateway: on (server.env turns it off), its stored API keys encrypted with a
         # passphrase of the project's own, never MLflow's default one.
-        environment["MLFLOW_ENABLE_AI_GATEWAY"] = "true"
+        environment[GATEWAY_ENV] = "true"
         secrets.append(
             {"name": "MLFLOW_CRYPTO_KEK_PASSPHRASE", "valueFrom": f"{gateway_kek_arn}:Passphrase::"}
         )
@@ -184,7 +185,7 @@ def service_container_definitions(
         secrets=secrets,
         log_group=log_group,
         region=region,
-        stream_prefix=CONTAINER_NAME,
+        stream_prefix=SERVICE_STREAM_PREFIX,
     )
     container.update({
         "portMappings": [

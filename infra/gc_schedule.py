@@ -32,7 +32,7 @@ import pulumi_aws as aws
 
 from infra.config import GcConfig, ServerConfig, stack_slug
 from infra.containers import container_secrets, fargate_task_definition_args, task_container
-from infra.iam import ECS_TASKS, service_trust_policy
+from infra.iam import ECS_TASKS, role_name_prefix, service_trust_policy
 from infra.project_service import ServiceParts
 from mlflow_aws import environment as env_names
 
@@ -173,7 +173,7 @@ class GcSchedule(pulumi.ComponentResource):
             role = aws.iam.Role(
                 f"{name}-{p}-scheduler-role",
                 aws.iam.RoleArgs(
-                    name_prefix=f"mlflow-aws-{p}-gc-"[:38],
+                    name_prefix=role_name_prefix(f"mlflow-aws-{p}-gc-"),
                     description=f"EventBridge Scheduler: run project {p}'s gc (stack {args.stack})",
                     assume_role_policy=pulumi.Output.from_input(args.account_id).apply(
                         scheduler_trust_policy

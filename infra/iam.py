@@ -23,6 +23,16 @@ class PolicyDocument(TypedDict):
     Statement: list[Statement]
 
 
+# A role name is 1-64 characters; for a name_prefix the provider appends a 26-character unique
+# suffix, so the prefix keeps at most 38.
+ROLE_NAME_PREFIX_MAX = 38
+
+
+def role_name_prefix(prefix: str) -> str:
+    """A role's ``name_prefix``, cut to what IAM's 64-character name leaves for it."""
+    return prefix[:ROLE_NAME_PREFIX_MAX]
+
+
 ECS_TASKS = "ecs-tasks.amazonaws.com"  # the service principal of ECS tasks (aws-cn: its own)
 
 PULL_ACTIONS = [

@@ -34,7 +34,6 @@ import pulumi_random as random
 
 from infra.config import ServerConfig, stack_slug
 from infra.containers import (
-    CONTAINER_NAME,
     CONTAINER_PORT,
     WRITABLE_PATHS,
     fargate_task_definition_args,
@@ -46,11 +45,13 @@ from infra.iam import (
     execution_role_policy,
     execution_trust_policy,
     group_lookup_policy,
+    role_name_prefix,
     task_trust_policy,
 )
 from infra.upgrade import UpgradeGate, upgrade_gate
 from mlflow_aws.auth.server import SSO_ENTRY
 from mlflow_aws.start_timing import health_check_grace_seconds, rollout_seconds
+from mlflow_aws.task_container import CONTAINER_NAME, log_group_name
 
 LOG_RETENTION_DAYS = 30
 DEREGISTRATION_DELAY_SECONDS = 60
@@ -207,7 +208,7 @@ class ProjectService(pulumi.ComponentResource):
         log_group = aws.cloudwatch.LogGroup(
             f"{name}-logs",
             aws.cloudwatch.LogGroupArgs(
-                name=f"/mlflow-aws/{stack_slug(args.stack)}/{p}",
+                name=log_group_name(args.stack, p),
                 retention_in_days=LOG_RETENTION_DAYS,
                 tags=tags,
             ),
@@ -216,7 +217,7 @@ class ProjectService(pulumi.ComponentResource):
         execution_role = aws.iam.Role(
             f"{name}-execution-role",
             aws.iam.RoleArgs(
-                name_prefix=f"mlflow-aws-{p}-exec-"[:38],
+                name_prefix=role_name_prefix(f"mlflow-aws-{p}-exec-"),
                 description=f"ECS: start project {p}'s MLflow tasks (stack {args.stack})",
                 assume_role_policy=pulumi.Output.from_input(args.account_id).apply(
                     lambda account: execution_trust_policy(account, args.ecs_tasks_principal)
@@ -273,7 +274,7 @@ class ProjectService(pulumi.ComponentResource):
         task_role = aws.iam.Role(
             f"{name}-task-role",
             aws.iam.RoleArgs(
-                name_prefix=f"mlflow-aws-{p}-task-"[:38],
+                name_prefix=role_name_prefix(f"mlflow-aws-{p}-task-"),
                 description=f"ECS: project {p}'s MLflow tasks (stack {args.stack}): its S3 prefix",
                 assume_role_policy=pulumi.Output.all(args.account_id, args.region).apply(
                     lambda v: task_trust_policy(

@@ -85,11 +85,21 @@ TARGETS: dict[str, Target] = {
         ),
     ),
     "mlflow_aws/auth/server.py": Target(
-        fast=("tests/test_auth_rules.py", "tests/test_token_rules.py", "tests/test_auth_unit.py"),
+        # the layers' own tests first (most mutants die there in seconds), the token's last
+        fast=(
+            "tests/test_auth_aws_answers.py",
+            "tests/test_auth_asgi.py",
+            "tests/test_auth_rules.py",
+            "tests/test_auth_unit.py",
+            "tests/test_token_rules.py",
+        ),
         full=(
             "tests/test_auth_rules.py",
             "tests/test_token_rules.py",
             "tests/test_auth_unit.py",
+            "tests/test_auth_asgi.py",
+            "tests/test_auth_aws_answers.py",
+            "tests/test_auth_revocation.py",
             "tests/test_auth_e2e.py",
         ),
     ),
@@ -153,7 +163,8 @@ def _regex_mutations(pattern: str) -> Iterator[tuple[str, str]]:
         if negated:
             yield "regex-class-negation-dropped", pattern[:start] + f"[{body}]" + pattern[end:]
         else:
-            widened = f"[{body}{HOSTILE_CHARACTERS}]"
+            # first: after a trailing "-" they would make a range (a pattern re refuses)
+            widened = f"[{HOSTILE_CHARACTERS}{body}]"
             yield "regex-class-widened", pattern[:start] + widened + pattern[end:]
     for match in re.finditer(r"(?<!\\)\{(\d+)(?:,(\d*))?\}", pattern):
         low, high = match.group(1), match.group(2)
@@ -186,6 +197,26 @@ class _Collector(ast.NodeVisitor):
         self.scope: list[str] = []
         self.found: list[tuple[str, str, ast.AST, str]] = []  # (scope, operator, node, new text)
         self.skipped: set[int] = set()
+        self.pattern_names: set[str] = set()  # names whose string is (part of) a regex
+
+    def find_pattern_names(self, tree: ast.AST) -> None:
+        """Names used in the pattern of a ``re.<function>(...)`` call (``re.compile(PATTERN)``,
+        ``re.compile(rf"...{PATTERN}...")``): their string constants are regexes too."""
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            func = node.func
+            is_re = isinstance(func.value, ast.Name) and func.value.id == "re"
+            if is_re and func.attr in REGEX_FUNCTIONS and node.args:
+                self.pattern_names.update(
+                    n.id for n in ast.walk(node.args[0]) if isinstance(n, ast.Name)
+                )
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        named = {t.id for t in node.targets if isinstance(t, ast.Name)}
+        if named & self.pattern_names:
+            self._regex(node.value)
+        self.generic_visit(node)
 
     def offset(self, line: int, col: int) -> int:
         # ast columns are UTF-8 byte offsets
@@ -290,7 +321,9 @@ class _Collector(ast.NodeVisitor):
 
 def mutants_of(source: str) -> list[Mutant]:
     collector = _Collector(source)
-    collector.visit(ast.parse(source))
+    tree = ast.parse(source)
+    collector.find_pattern_names(tree)
+    collector.visit(tree)
     mutants: list[Mutant] = []
     seen: dict[str, int] = {}
     for scope, operator, node, replacement in collector.found:

@@ -32,10 +32,10 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from infra.config import ProjectConfig
-from infra.iam import PolicyDocument, Statement, image_pull_statements
+from infra.iam import PolicyDocument, Statement, image_pull_statements, role_name_prefix
 from mlflow_aws import passwords
 from mlflow_aws.bundle import ConnectionBundle
-from mlflow_aws.names import validate_name
+from mlflow_aws.names import connection_secret_name, validate_name
 from projects.schema_provider import MysqlSchema, MysqlSchemaArgs
 from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS
 
@@ -253,7 +253,7 @@ class MlflowProject(pulumi.ComponentResource):
         self.server_role = aws.iam.Role(
             f"{name}-server-role",
             aws.iam.RoleArgs(
-                name_prefix=f"mlflow-aws-{p.name}-"[:38],
+                name_prefix=role_name_prefix(f"mlflow-aws-{p.name}-"),
                 description=f"MLflow server of project {p.name} (stack {stack}): its S3 prefix",
                 assume_role_policy=pulumi.Output.from_input(args.account_id).apply(
                     lambda account: json.dumps(server_trust_policy(account, args.partition))
@@ -277,7 +277,7 @@ class MlflowProject(pulumi.ComponentResource):
         self.secret = aws.secretsmanager.Secret(
             f"{name}-connection",
             aws.secretsmanager.SecretArgs(
-                name=f"mlflow-aws/{stack}/{p.name}",
+                name=connection_secret_name(stack, p.name),
                 description=f"MLflow connection bundle of project {p.name} (stack {stack})",
                 # Always 0: the bundle is rebuilt from state, and a 30-day recovery window
                 # would block re-adding a removed project (its fixed name stays taken).

@@ -63,8 +63,10 @@ from pulumi.dynamic import (
 )
 from pulumi.runtime import rpc
 
-from mlflow_aws.names import ProjectIdentifiers, validate_name
+from mlflow_aws.names import ProjectIdentifiers, stack_slug, validate_name
+from mlflow_aws.schema_version import RECORD_TABLE
 from mlflow_aws.start_timing import rollout_seconds
+from mlflow_aws.task_container import CONTAINER_NAME, log_group_name, service_log_stream
 from projects.data_api import DataApiExecutor, aws_session, region_of
 from projects.schema_sql import SchemaProviderError, Statement, quote_identifier
 
@@ -92,8 +94,6 @@ INPUT_KEYS = (
     "aws_profile",
     "assume_roles",
 )
-CONTAINER_NAME = "mlflow"  # infra/containers.py's container
-RECORD_TABLE = "mlflow_aws_schema"  # mlflow_aws/schema_version.py
 MIGRATE_COMMAND = ["migrate"]  # docker/entrypoint.sh migrate
 STARTED_BY = "mlflow-aws-upgrade"
 DEFAULT_POLL_SECONDS = 5.0
@@ -185,7 +185,7 @@ def _duration(seconds: float) -> str:
 
 def snapshot_identifier(stack: str, project: str, version: str, when: datetime.datetime) -> str:
     """``mlflow-aws-<stack>-<project>-to-<version>-<yyyymmdd>-<hhmmss>`` within RDS's rules."""
-    stack_part = re.sub(r"[^a-z0-9]+", "-", stack.lower()).strip("-") or "stack"
+    stack_part = stack_slug(stack)
     if not stack_part[0].isalpha():
         stack_part = f"s{stack_part}"
     name = (
@@ -296,8 +296,8 @@ def _schema_facts(sql: DataApiExecutor, ids: ProjectIdentifiers) -> SchemaFacts:
         for (name,) in sql.run(
             Statement(
                 "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = :schema "
-                "AND TABLE_NAME IN ('alembic_version', 'mlflow_aws_schema')",
-                {"schema": ids.schema},
+                "AND TABLE_NAME IN ('alembic_version', :record)",
+                {"schema": ids.schema, "record": RECORD_TABLE},
             )
         )
     }
@@ -518,7 +518,8 @@ def _migrate(aws: _Aws, t: _Target) -> str:
         reason = container.get("reason") or final.get("stoppedReason") or "no reason given"
         raise UpgradeRefused(
             f"the migration task {task_id} of project {t.ids.name} exited {code} ({reason}): "
-            f"its log is in /mlflow-aws/<stack>/{t.ids.name}, stream mlflow/mlflow/{task_id}"
+            f"its log is in {log_group_name(t.stack, t.ids.name)}, "
+            f"stream {service_log_stream(task_id)}"
         )
     return f"task {task_id} migrated schema {t.ids.schema} to mlflow {t.version} (exit 0)"
 

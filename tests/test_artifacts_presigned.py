@@ -58,7 +58,7 @@ from tests.support.helper_run import (  # noqa: F401 (fixtures)
     run_helper,
     serving,
 )
-from tests.support.processes import cmdline, environ
+from tests.support.processes import cmdline, environ, io_bytes
 from tests.support.services import MariaDB, MotoServer, free_port
 from tests.support.stack_on_moto import Project, aws_client, create_project
 
@@ -117,17 +117,6 @@ def without_token(variables: dict[str, str]) -> dict[str, str]:
     """The lines' variables but the run's secret (MLFLOW_TRACKING_TOKEN), which must be there."""
     assert variables.get("MLFLOW_TRACKING_TOKEN"), variables
     return {k: v for k, v in variables.items() if k != "MLFLOW_TRACKING_TOKEN"}
-
-
-def io_bytes(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-                name, _, value = line.partition(":")
-                if name in ("rchar", "wchar"):
-                    total += int(value)
-    return total
 
 
 def user_env(variables: dict[str, str], home: Path) -> dict[str, str]:

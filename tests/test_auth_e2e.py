@@ -55,6 +55,7 @@ from tests.support.central import (
     token_for,
 )
 from tests.support.helper_run import TRACKING_SCRIPT, RunningHelper, serving, stop_helper
+from tests.support.processes import exists, status_kib
 from tests.support.services import MariaDB, MotoServer, free_port
 from tests.support.stack_on_moto import Project, aws_client, create_project
 
@@ -86,7 +87,7 @@ def central(
     uri = project.mariadb.url(project.user, project.password, project.schema)
     with running_central_server(moto, uri, f"s3://{BUCKET}/{PROJECT}", PROJECT, log_dir) as server:
         yield server
-    assert not [pid for pid in server.pids() if Path(f"/proc/{pid}").exists()]
+    assert not [pid for pid in server.pids() if exists(pid)]
 
 
 def search(central: CentralServer, headers: dict[str, str]) -> tuple[int, str]:
@@ -455,13 +456,6 @@ GIB = 1 << 30
 PROXY_RSS_GROWTH_LIMIT_MIB = 64.0
 
 
-def vm_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
 def write_pattern_file(path: Path, size: int, block: bytes) -> None:
     with path.open("wb") as out:
         for _ in range(size // len(block)):
@@ -494,7 +488,7 @@ def test_a_1_gib_artifact_through_the_proxy_with_bounded_rss(
         proxy_pid = running.process.pid
         client = MlflowClient(tracking_uri=uri)
         run_id = client.create_run(client.create_experiment("big-artifact")).info.run_id
-        before_kib = vm_kib(proxy_pid, "VmRSS")
+        before_kib = status_kib(proxy_pid, "VmRSS")
         started = time.monotonic()
         client.log_artifact(run_id, str(source))
         upload_s = time.monotonic() - started
@@ -502,9 +496,9 @@ def test_a_1_gib_artifact_through_the_proxy_with_bounded_rss(
         started = time.monotonic()
         downloaded = Path(client.download_artifacts(run_id, "big.bin", str(tmp_path)))
         download_s = time.monotonic() - started
-        peak_kib = vm_kib(proxy_pid, "VmHWM")  # the proxy's peak RSS over its whole life
+        peak_kib = status_kib(proxy_pid, "VmHWM")  # the proxy's peak RSS over its whole life
         # The server streams too: prefixed artifact paths go to MLflow's streaming routes.
-        server_peak_mib = max(vm_kib(pid, "VmHWM") for pid in central.pids()) / 1024
+        server_peak_mib = max(status_kib(pid, "VmHWM") for pid in central.pids()) / 1024
         assert "proxy:" not in running.stderr()
     assert same_pattern(downloaded, GIB, block)
     s3 = aws_client("s3", moto.aws_env())

@@ -283,3 +283,127 @@ def test_a_marker_on_the_configured_s3_endpoint_is_accepted() -> None:
     moto = "http://127.0.0.1:5000/b/churn/.mlflow-aws-sign-in"
     read = settings(**{MARKER_URL_ENV: moto, "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:5000"})
     assert read.marker_url == moto
+
+
+# -- the characters IAM allows in names are allowed, and only those -----------------------------
+# IAM role, user and path names take letters, digits and +=,.@_- (and / in paths); IAM Identity
+# Center's permission set names the same, 1-32 of them.
+
+
+def test_a_role_whose_name_has_a_plus_signs_in_and_one_with_a_star_does_not() -> None:
+    assert decide(f"arn:aws:sts::{OWN}:assumed-role/ml+team/alice", roles={"ml+team"})[0] == 200
+    star = f"arn:aws:sts::{OWN}:assumed-role/ml*team/alice"
+    assert decide(star, roles={"ml*team"}) == (
+        403, f"{star}: only IAM roles and IAM users in allowed groups may sign in",
+    )  # fmt: skip
+
+
+def test_a_user_whose_name_or_path_has_a_plus_signs_in_through_a_group() -> None:
+    for arn in (f"arn:aws:iam::{OWN}:user/c+rol", f"arn:aws:iam::{OWN}:user/a+b/carol"):
+        assert decide(arn, user_groups=frozenset({"ml-users"})) == (200, "allowed group"), arn
+    star = f"arn:aws:iam::{OWN}:user/c*rol"
+    assert decide(star, user_groups=frozenset({"ml-users"}))[1].endswith(
+        "only IAM roles and IAM users in allowed groups may sign in"
+    )
+
+
+def test_a_role_arn_entry_with_a_plus_in_its_name_or_path_allows_that_role() -> None:
+    assert role_allowed(OTHER, "ml+team", frozenset({f"arn:aws:iam::{OTHER}:role/ml+team"}), OWN)
+    assert role_allowed(OTHER, "ml", frozenset({f"arn:aws:iam::{OTHER}:role/a+b/ml"}), OWN)
+    assert settings(**{ALLOWED_ROLES_ENV: f"arn:aws:iam::{OTHER}:role/a+b/ml+team"})
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        f"arn:aws';:iam::{OWN}:role/ml-team",  # a partition with a quote
+        f"arn:aws`:iam::{OWN}:role/ml-team",
+        f"arn:aws/x:iam::{OWN}:role/ml-team",
+        f"arn:aws:iam::{OWN}:role/ml*team",
+        f"arn:aws:iam::{OWN}:role/a*b/ml-team",
+    ],
+)
+def test_an_allowed_role_arn_with_a_character_iam_never_uses_stops_the_server(entry: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(f"{entry!r} is not an IAM role ARN")):
+        settings(**{ALLOWED_ROLES_ENV: entry})
+
+
+def test_a_permission_set_name_of_32_characters_is_taken_and_33_are_refused() -> None:
+    longest = "P" * 32
+    assert settings(**{ALLOWED_ROLES_ENV: f"sso:{longest}"}).allowed_roles == {f"sso:{longest}"}
+    assert settings(**{ALLOWED_ROLES_ENV: "sso:Data+Sci=1,2.3@4_5-6"})
+    for bad in (f"sso:{longest}P", "sso:Data*Sci", "sso:Data'Sci", "sso:"):
+        with pytest.raises(SettingsError, match=re.escape(f"{bad!r} is not sso:<Permission")):
+            settings(**{ALLOWED_ROLES_ENV: bad})
+
+
+# -- the allowed lists as the program writes them --------------------------------------------------
+
+
+def test_a_json_array_of_names_after_whitespace_is_still_read_as_json() -> None:
+    # a YAML block or an env file writes the value on a line of its own
+    assert split_list('\n ["ml,team", "ops"]\n') == {"ml,team", "ops"}
+
+
+def test_names_in_a_json_array_lose_surrounding_spaces_and_blank_names_are_dropped() -> None:
+    assert split_list('[" ml-team ", "", "  ", "ops"]') == {"ml-team", "ops"}
+    read = settings(**{ALLOWED_ROLES_ENV: '[" ml-team "]', ALLOWED_GROUPS_ENV: '["  "]'})
+    assert read.allowed_roles == {"ml-team"} and read.allowed_groups == frozenset()
+
+
+@pytest.mark.parametrize("text", ['["ml-team"', '["ml-team",]', "[ml-team]", '["a"] x'])
+def test_a_broken_json_array_stops_the_server_naming_the_value(text: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(f"not a JSON array of names: {text!r}")):
+        split_list(text)
+    with pytest.raises(SettingsError, match="not a JSON array of names"):
+        settings(**{ALLOWED_GROUPS_ENV: text})
+
+
+def test_an_sso_role_is_refused_when_its_path_cannot_be_checked() -> None:
+    # a server without IAM lookups cannot tell Identity Center's role from a look-alike
+    arn = f"arn:aws:sts::{OWN}:assumed-role/{SSO_ROLE}/alice"
+    assert decide(arn, roles={"sso:DataScientist"}) == (
+        403,
+        f"{arn}: role {SSO_ROLE} is not an IAM Identity Center role (its path is unknown, "
+        "not /aws-reserved/sso.amazonaws.com/…)",
+    )
+
+
+def test_a_look_alike_sso_role_is_refused_naming_the_path_it_has() -> None:
+    # anyone with iam:CreateRole can name a role AWSReservedSSO_DataScientist_<16 hex>
+    arn = f"arn:aws:sts::{OWN}:assumed-role/{SSO_ROLE}/alice"
+    settings = SimpleNamespace(allowed_roles=frozenset({"sso:DataScientist"}),
+                               allowed_groups=frozenset())  # fmt: skip
+    for path in ("/", "/aws-reserved/", "/x/aws-reserved/sso.amazonaws.com/"):
+        paths = {SSO_ROLE: path}
+        decision = authorize(CallerIdentity(arn, OWN, "AROA"), cast(Any, settings), lambda: OWN,
+                             lambda u: frozenset(), paths.__getitem__)  # fmt: skip
+        assert (decision.status, decision.reason) == (
+            403,
+            f"{arn}: role {SSO_ROLE} is not an IAM Identity Center role (its path is {path}, "
+            "not /aws-reserved/sso.amazonaws.com/…)",
+        )
+    made = authorize(
+        CallerIdentity(arn, OWN, "AROA"),
+        cast(Any, settings),
+        lambda: OWN,
+        lambda u: frozenset(),
+        lambda r: "/aws-reserved/sso.amazonaws.com/eu-west-1/",
+    )
+    assert (made.status, made.reason) == (200, "allowed role")
+
+
+@pytest.mark.parametrize("hostile", ["'", '"', "`", ";", "\\", " "])
+def test_a_caller_or_an_allowed_arn_with_a_hostile_character_in_its_path_is_nobody(
+    hostile: str,
+) -> None:
+    # IAM paths take letters, digits, +=,.@_- and /: anything else is not an IAM identity
+    user = f"arn:aws:iam::{OWN}:user/dev{hostile}x/carol"
+    assert decide(user, user_groups=frozenset({"ml-users"})) == (
+        403, f"{user}: only IAM roles and IAM users in allowed groups may sign in",
+    )  # fmt: skip
+    entry = f"arn:aws:iam::{OTHER}:role/teams{hostile}x/ml-team"
+    assert not role_allowed(OTHER, "ml-team", frozenset({entry}), OWN)
+    if hostile != " ":  # a space separates entries
+        with pytest.raises(SettingsError, match="is not an IAM role ARN"):
+            settings(**{ALLOWED_ROLES_ENV: entry})

@@ -15,6 +15,7 @@ import boto3
 import pytest
 import requests
 
+import mlflow_aws.auth.server as server_module
 from helper.outputs import OutputsError, parse_connection_bundle
 from helper.proxy import Upstream
 from mlflow_aws.auth.client import AwsIamAuth
@@ -639,3 +640,126 @@ def test_the_sign_in_request_names_the_marker_to_an_allowed_identity_only() -> N
         assert sent[0]["status"] == 401 and b"mlflow-aws-sign-in" not in sent[1]["body"]
     finally:
         loop.close()
+
+
+def test_the_sign_in_request_asks_afresh_who_the_caller_is_never_the_request_cache() -> None:
+    """Sign-in needs an allowed identity only: a refusal cached for the same token's requests
+    (S3 refused its marker read) is not its answer, and nothing it decides is cached."""
+    replays: list[SignedRequest] = []
+
+    def replay(request: SignedRequest) -> CallerIdentity:
+        replays.append(request)
+        return CallerIdentity(ALICE, OWN, "id")
+
+    def refused(marker: MarkerRead) -> None:
+        raise MarkerRefused("may not read this project's sign-in marker now")
+
+    config = settings("ml-team")
+    authenticator = Authenticator(config, replay, lambda: OWN, lambda u: frozenset(),
+                                  clock=lambda: NOW, read_marker=refused)  # fmt: skip
+    app = AwsIamAuthMiddleware(None, authenticator, config)
+    header = [(b"authorization", f"Bearer {token()}".encode())]
+    assert call(app, "/churn/api/2.0/mlflow/runs/get", header) == 403  # now cached
+    assert call(app, "/churn/api/2.0/mlflow/runs/get", header) == 403 and len(replays) == 1
+    assert call(app, "/aws-iam-sign-in", header) == 200 and len(replays) == 2
+    assert authenticator.decide(f"Bearer {token()}", sign_in=True).allowed and len(replays) == 3
+    assert authenticator.cached(f"Bearer {token()}").status == 403  # type: ignore[union-attr]
+
+
+def test_a_valid_token_under_another_scheme_or_two_headers_is_refused_before_sts() -> None:
+    replays: list[SignedRequest] = []
+
+    def replay(request: SignedRequest) -> CallerIdentity:
+        replays.append(request)
+        return CallerIdentity(ALICE, OWN, "id")
+
+    authenticator = Authenticator(settings("ml-team"), replay, lambda: OWN, lambda u: frozenset(),
+                                  clock=lambda: NOW, read_marker=lambda m: None)  # fmt: skip
+    tok = token()
+    # "Digest " is as long as "Bearer ": only the scheme's name tells them apart
+    for header in (f"Digest {tok}", f"Basic {tok}", f"Bearer{tok}", "<several>", tok):
+        decision = authenticator.decide(header)
+        assert (decision.status, decision.reason) == (
+            401, "Authorization must be 'Bearer <aws-iam token>'",
+        ), header  # fmt: skip
+    assert replays == []
+    # the scheme in any case, the token with the spaces a client may leave around it
+    for header in (f"bearer {tok}", f"BEARER   {tok}  ", f"Bearer {tok}\t"):
+        assert authenticator.decide(header).allowed, header
+
+
+def test_an_identity_only_token_that_signed_in_still_does_not_pass_as_a_requests() -> None:
+    """The sign-in kind of token carries no marker read: its sign-in is not remembered for the
+    requests that token then makes (each needs the marker read)."""
+    config = settings("ml-team")
+    authenticator = Authenticator(config, lambda r: CallerIdentity(ALICE, OWN, "id"),
+                                  lambda: OWN, lambda u: frozenset(), clock=lambda: NOW,
+                                  read_marker=lambda m: None)  # fmt: skip
+    app = AwsIamAuthMiddleware(None, authenticator, config)
+    bare = [(b"authorization", f"Bearer {token(marker=None)}".encode())]
+    assert call(app, "/aws-iam-sign-in", bare) == 200
+    assert authenticator.cached(f"Bearer {token(marker=None)}") is None
+    assert call(app, "/api/2.0/mlflow/runs/get", bare) == 401
+
+
+def test_a_role_that_is_not_allowed_is_told_so_and_s3_is_not_asked() -> None:
+    reads: list[str] = []
+    other = "arn:aws:sts::111122223333:assumed-role/other/mallory"
+    authenticator = Authenticator(settings("ml-team"), lambda r: CallerIdentity(other, OWN, "id"),
+                                  lambda: OWN, lambda u: frozenset(), clock=lambda: NOW,
+                                  read_marker=lambda m: reads.append(m.url))  # fmt: skip
+    for tok in (token(), token(marker=None)):
+        decision = authenticator.decide(f"Bearer {tok}")
+        assert (decision.status, decision.reason) == (
+            403, f"{other}: role other is not allowed on this server",
+        )  # fmt: skip
+    assert reads == []
+
+
+def test_a_flood_of_tokens_keeps_the_decision_cache_bounded_forgetting_expired_then_oldest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every verified token is remembered: a client minting tokens must not grow the cache past
+    IDENTITY_CACHE_MAX. Full, it drops what has expired first, then the oldest."""
+    monkeypatch.setattr(server_module, "IDENTITY_CACHE_MAX", 2)
+    now = [NOW]
+    authenticator = Authenticator(settings("ml-team"), lambda r: CallerIdentity(ALICE, OWN, "id"),
+                                  lambda: OWN, lambda u: frozenset(), clock=lambda: now[0],
+                                  read_marker=lambda m: None)  # fmt: skip
+    a, b, c = (f"Bearer {token(session=s)}" for s in ("a", "b", "c"))
+    for header in (a, b, c):
+        assert authenticator.decide(header).allowed
+    assert authenticator.cached(a) is None  # the oldest, forgotten for c
+    assert authenticator.cached(b) is not None and authenticator.cached(c) is not None
+
+    fresh = Authenticator(settings("ml-team"), lambda r: CallerIdentity(ALICE, OWN, "id"),
+                          lambda: OWN, lambda u: frozenset(), clock=lambda: now[0],
+                          read_marker=lambda m: None)  # fmt: skip
+    older = f"Bearer {token(session='b', at=NOW - timedelta(minutes=14))}"  # expires in 1 min
+    assert fresh.decide(a).allowed and fresh.decide(older).allowed
+    now[0] = NOW + timedelta(minutes=1)  # older has expired, a has another minute
+    assert fresh.decide(c).allowed
+    assert fresh.cached(a) is not None and fresh.cached(c) is not None
+
+
+def test_a_signed_in_client_is_served_from_the_cache_without_spending_sign_in_attempts() -> None:
+    """The rate limit is on verifications: a browser's burst of requests with one token that
+    is already verified is not answered 429."""
+    config = settings("ml-team")
+    authenticator = Authenticator(config, lambda r: CallerIdentity(ALICE, OWN, "id"),
+                                  lambda: OWN, lambda u: frozenset(), clock=lambda: NOW,
+                                  read_marker=lambda m: None)  # fmt: skip
+    inner_calls: list[str] = []
+
+    async def mlflow_side(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        inner_calls.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = AwsIamAuthMiddleware(mlflow_side, authenticator, config,
+                               RateLimiter((1, 0.0), (1, 0.0), clock=lambda: 0.0))  # fmt: skip
+    header = [(b"authorization", f"Bearer {token()}".encode())]
+    assert [call(app, "/api/2.0/mlflow/runs/get", header) for _ in range(5)] == [200] * 5
+    assert len(inner_calls) == 5
+    other = [(b"authorization", f"Bearer {token(session='other')}".encode())]
+    assert call(app, "/api/2.0/mlflow/runs/get", other) == 429  # a new token: the bucket is spent

@@ -195,3 +195,47 @@ def test_the_scheduler_runs_the_gc_task_for_this_account_only() -> None:
     [statement] = json.loads(scheduler_trust_policy(ACCOUNT))["Statement"]
     assert statement["Principal"] == {"Service": "scheduler.amazonaws.com"}
     assert statement["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
+
+
+def test_a_failed_upgrade_migration_runs_in_the_services_container_and_names_its_log() -> None:
+    """The upgrade gate (a dynamic provider, without infra/) overrides the command of the
+    container the service's task definition runs and reads that container's exit code; its
+    error points at the log group and stream that task definition writes to."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from mlflow_aws.names import validate_name
+    from mlflow_aws.task_container import log_group_name
+    from projects import upgrade_provider
+
+    container = service()
+    logs = container["logConfiguration"]["options"]
+    task_arn = "arn:aws:ecs:eu-west-1:123456789012:task/mlflow-aws-dev/0123abcd"
+    runs: list[dict[str, Any]] = []
+
+    def run_task(**request: Any) -> dict[str, Any]:
+        runs.append(request)
+        return {"tasks": [{"taskArn": task_arn}], "failures": []}
+
+    def describe_tasks(**_: Any) -> dict[str, Any]:
+        # ECS reports each container of the task definition under its own name.
+        stopped = {"name": container["name"], "exitCode": 3, "reason": "schema locked"}
+        return {"tasks": [{"taskArn": task_arn, "lastStatus": "STOPPED", "containers": [stopped]}]}
+
+    aws = SimpleNamespace(ecs=SimpleNamespace(run_task=run_task, describe_tasks=describe_tasks))
+    target = SimpleNamespace(
+        ids=validate_name("churn"), stack="Dev", version="3.17.0", ecs_cluster_arn="cluster",
+        task_definition_arn="family:1", subnets=("subnet-1",), security_groups=("sg-1",),
+        assign_public_ip=False, migrate_timeout=5.0, poll_seconds=0.01,
+    )  # fmt: skip
+    with pytest.raises(upgrade_provider.UpgradeRefused) as refused:
+        upgrade_provider._migrate(aws, target)  # type: ignore[arg-type]
+    [override] = runs[0]["overrides"]["containerOverrides"]
+    assert override["name"] == container["name"]
+    assert "exited 3 (schema locked)" in str(refused.value)
+    assert log_group_name("Dev", "churn") == "/mlflow-aws/dev/churn"  # README: logs
+    assert f"its log is in {log_group_name('Dev', 'churn')}, " in str(refused.value)
+    assert f"stream {logs['awslogs-stream-prefix']}/{container['name']}/0123abcd" in str(
+        refused.value
+    )

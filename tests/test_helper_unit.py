@@ -43,6 +43,7 @@ from helper.server_settings import (
 )
 from mlflow_aws.bundle import ConnectionBundle
 from mlflow_aws.server_settings import ServerSettingsError
+from tests.support.processes import alive
 from tests.support.services import MotoServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -958,10 +959,7 @@ def test_the_watchdog_stops_the_server_when_its_helper_is_killed(tmp_path: Path)
     process.kill()  # no cleanup code of the helper runs
     process.wait(10)
     deadline = time.monotonic() + 20
-    while Path(f"/proc/{server_pid}").exists():
-        state = Path(f"/proc/{server_pid}/stat").read_text().rpartition(")")[2].split()[0]
-        if state == "Z":
-            break
+    while alive(server_pid):
         assert time.monotonic() < deadline, "the server outlived its helper"
         time.sleep(0.1)
     assert process.stderr is not None

@@ -33,7 +33,7 @@ from helper.watchdog import stop_group
 from mlflow_aws.run_secret import new_secret
 from tests.support.helper_run import run_tracking_script
 from tests.support.image_venv import DOCKER, DOCKERFILE, ROOT, dockerfile_pip_flags, lock, normalize
-from tests.support.processes import cmdline, descendants
+from tests.support.processes import cmdline, descendants, left_after
 from tests.support.services import MariaDB, MotoServer, free_port
 from tests.support.stack_on_moto import create_project
 
@@ -250,10 +250,7 @@ def test_server_from_the_image_venv_end_to_end(
     finally:
         os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
         stop_group(server.pid, server, timeout=30)  # the helper's own group stop
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in tree) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [pid for pid in tree if Path(f"/proc/{pid}").exists()], "server processes left"
+    assert not left_after(tree, 10), "server processes left"
     print(
         f"\n[image venv] entrypoint.sh -> healthy on MariaDB (first start migrates): "
         f"{healthy_after:.1f}s",

@@ -136,6 +136,24 @@ def test_each_environment_variable_name_of_ours_is_defined_once() -> None:
     assert [n for n in names if f"env_names.{n}" not in used] == []
 
 
+def test_the_image_spells_only_variable_names_environment_py_defines() -> None:
+    """The entrypoint (shell), the Dockerfile and server.env cannot import the names; each
+    ``MLFLOW_AWS_*`` they spell is one mlflow_aws/environment.py defines, so a rename there
+    that misses the image fails here."""
+    from mlflow_aws import environment
+
+    defined = {v for n, v in vars(environment).items() if n.isupper() and isinstance(v, str)}
+    image = [ROOT / "docker" / "entrypoint.sh", ROOT / "docker" / "Dockerfile",
+             ROOT / "mlflow_aws" / "server.env"]  # fmt: skip
+    spelled = {
+        (str(path.relative_to(ROOT)), name)
+        for path in image
+        for name in re.findall(r"MLFLOW_AWS_[A-Z0-9_]*[A-Z0-9]", path.read_text())
+    }
+    assert len(spelled) >= 6, "the pattern no longer finds the image's variables"
+    assert {(path, name) for path, name in spelled if name not in defined} == set()
+
+
 def test_the_readmes_server_glossary_names_what_exists() -> None:
     """README.md "Five things called server": each path it lists is in the repository and each code
     name it gives is defined there, so the table cannot outlive a rename."""

@@ -89,3 +89,32 @@ def test_list_names_file_line_change_and_id(capsys: pytest.CaptureFixture[str]) 
                for line in lines)  # fmt: skip
     with pytest.raises(SystemExit):
         mutate.main(["mlflow_aws/not_a_target.py"])
+
+
+def test_a_pattern_named_by_a_constant_is_mutated_and_every_regex_mutant_is_a_valid_regex() -> None:
+    """A slug defined once (``PATTERN = r"..."``, then ``re.compile(PATTERN)`` or inside an
+    f-string pattern) is mutated like an inline one; a widened class stays a class (hostile
+    characters after a trailing ``-`` would make a range ``re`` refuses: a mutant killed by
+    the import, not by a test)."""
+    import ast
+    import re
+
+    source = textwrap.dedent(
+        """
+        import re
+
+        SLUG = r"[a-z][\\w.@-]+"
+        NOT_A_PATTERN = "[a-z]+"
+        _ONE = re.compile(SLUG)
+        _TWO = re.compile(rf"x/(?P<slug>{SLUG})")
+        """
+    )
+    regex = [m for m in mutate.mutants_of(source) if m.operator.startswith("regex")]
+    assert {m.line for m in regex} == {4}  # SLUG's line only
+    assert any(m.operator == "regex-class-widened" and "'" in m.replacement for m in regex)
+    for mutant in regex:
+        re.compile(ast.literal_eval(mutant.replacement))
+    for module in mutate.TARGETS:
+        for mutant in mutate.mutants_of((mutate.ROOT / module).read_text()):
+            if mutant.operator.startswith("regex") and mutant.replacement[:1] in "'\"":
+                re.compile(ast.literal_eval(mutant.replacement))

@@ -28,7 +28,9 @@ import boto3
 import pytest
 
 from tests.support import image_server
+from tests.support.browser import CHROMIUM_FLAGS
 from tests.support.helper_run import run_tracking_script
+from tests.support.processes import left_after, process_tree
 from tests.support.services import MariaDB, MotoServer, free_port
 from tests.support.stack_on_moto import Project, create_project
 
@@ -36,16 +38,6 @@ BUCKET = "mlflow-aws-prefix"
 REGION = "eu-west-1"
 DOMAIN = "mlflow.example.com"
 TASK_HOST = "10.0.12.34:5000"  # what the load balancer's health checks send as Host
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
 
 
 @pytest.fixture(scope="module")
@@ -111,16 +103,13 @@ def chromium() -> Iterator[Any]:
     service = Service(driver_path)
     driver = webdriver.Chrome(options=options, service=service)
     driver_pid = service.process.pid
-    tree = image_server.process_tree(driver_pid)  # chromedriver and the browser it started
+    tree = process_tree(driver_pid)  # chromedriver and the browser it started
     try:
         yield driver
     finally:
         driver.quit()
-        deadline = time.monotonic() + 20
-        while any(Path(f"/proc/{p}").exists() for p in tree) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        left = left_after(tree, 20, poll=0.2)
         shutil.rmtree(profile, ignore_errors=True)
-        left = [p for p in tree if Path(f"/proc/{p}").exists()]
         assert not left, f"browser processes left: {left}"
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import boto3
 import pytest
 
+from mlflow_aws.task_container import CONTAINER_NAME
 from projects.upgrade_provider import (
     SNAPSHOT_IDENTIFIER,
     MlflowUpgradeProvider,
@@ -268,7 +269,7 @@ def test_an_upgrade_from_the_previous_minor_stops_every_writer_and_keeps_the_dat
         records.create_cluster(clusterName="mlflow-aws-test")
         records.register_task_definition(
             family=family,
-            containerDefinitions=[{"name": "mlflow", "image": "mlflow", "memory": 512}],
+            containerDefinitions=[{"name": CONTAINER_NAME, "image": "mlflow", "memory": 512}],
         )
         records.create_service(
             cluster="mlflow-aws-test",
@@ -348,7 +349,7 @@ def test_an_upgrade_from_the_previous_minor_stops_every_writer_and_keeps_the_dat
         ("UpdateService", 1, new),  # then the new tasks
     ]
     assert calls[1][1]["overrides"]["containerOverrides"] == [
-        {"name": "mlflow", "command": ["migrate"]}
+        {"name": CONTAINER_NAME, "command": ["migrate"]}
     ]
     # The migration recorded the pinned MLflow; the old data is all there.
     assert project.query("SELECT mlflow_version FROM mlflow_aws_schema") == [(PINNED,)]

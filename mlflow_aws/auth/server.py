@@ -65,6 +65,8 @@ from .token import (
     sts_error,
 )
 
+# This app's name for `mlflow server --app-name` (pyproject.toml's mlflow.app entry point).
+APP_NAME = "aws-iam"
 ALLOWED_ROLES_ENV = env_names.IAM_ALLOWED_ROLES
 ALLOWED_GROUPS_ENV = env_names.IAM_ALLOWED_GROUPS
 MARKER_URL_ENV = env_names.IAM_MARKER_URL

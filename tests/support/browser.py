@@ -7,6 +7,18 @@ from typing import Any
 
 import pytest
 
+# Headless, and nothing the browser would fetch on its own (updates, sync, QUIC probes).
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
 
 def chromium_driver(tmp_path: Path, performance_log: bool = False) -> Any:
     """Headless chromium; ``performance_log``: every request it sends, for ``get_log``."""
@@ -22,18 +34,11 @@ def chromium_driver(tmp_path: Path, performance_log: bool = False) -> Any:
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *CHROMIUM_FLAGS,
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
         "--window-size=1400,1000",
     ):
-        options.add_argument(flag)  # fmt: skip
+        options.add_argument(flag)
     if performance_log:
         options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     return webdriver.Chrome(options=options, service=Service(executable_path=driver))

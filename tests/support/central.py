@@ -27,6 +27,7 @@ import boto3
 
 from helper.server_settings import server_environment
 from helper.watchdog import stop_group
+from mlflow_aws.auth.server import APP_NAME
 from mlflow_aws.auth.token import (
     MARKER_NAME,
     make_token,
@@ -244,7 +245,7 @@ def running_central_server(
     env = server_env(moto, backend_store_uri, artifact_root, project, port, auth, public_port)
     if auth:
         put_marker(moto, artifact_root)  # what the program writes with the project's service
-    argv = [sys.executable, "-m", "mlflow", "server", *(["--app-name", "aws-iam"] if auth else [])]
+    argv = [sys.executable, "-m", "mlflow", "server", *(["--app-name", APP_NAME] if auth else [])]
     log_path = log_dir / f"central-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -41,6 +41,7 @@ import boto3
 import botocore.session
 import pymysql
 
+from tests.support import json_api
 from tests.support.services import MariaDB, MotoServer
 
 REGION = "eu-west-1"
@@ -215,35 +216,17 @@ class DataApiEmulator:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> DataApiEmulator:
-        emulator = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body go out in two writes: with Nagle on, each answer would wait
-            # ~40 ms for the client's delayed ACK, which AWS's endpoint does not do.
-            disable_nagle_algorithm = True
-
-            def do_POST(self) -> None:
-                emulator._handle(self)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server, self._thread = json_api.start(self._handle)
         return self
 
     @property
     def endpoint_url(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return json_api.url(self._server)
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            json_api.close(self._server)
             self._server = None
         with self._lock:
             conns = [t.conn for t in self._transactions.values()]
@@ -263,8 +246,7 @@ class DataApiEmulator:
 
     # -- one request -------------------------------------------------------------------------
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        length = int(handler.headers.get("Content-Length") or 0)
-        raw = handler.rfile.read(length)
+        raw = json_api.body(handler)
         try:
             operation = _OPERATIONS.get(handler.path)
             if operation is None:
@@ -288,15 +270,8 @@ class DataApiEmulator:
     def _send(
         handler: BaseHTTPRequestHandler, status: int, body: dict[str, Any], error: str = ""
     ) -> None:
-        data = json.dumps(body).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.send_header("x-amzn-RequestId", random_tokens.token_hex(16))
-        if error:
-            handler.send_header("x-amzn-ErrorType", error)
-        handler.end_headers()
-        handler.wfile.write(data)
+        request_id = {"x-amzn-RequestId": random_tokens.token_hex(16)}
+        json_api.reply(handler, status, body, "application/json", error, request_id)
 
     def _dispatch(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
         if body["resourceArn"] != self.cluster_arn:

@@ -28,6 +28,8 @@ from typing import Any, Protocol
 
 import botocore.session
 
+from mlflow_aws.task_container import CONTAINER_NAME
+from tests.support import json_api
 from tests.support.data_api_emulator import ACCOUNT, REGION, ApiError, validate
 
 TARGET_PREFIX = "AmazonEC2ContainerServiceV20141113."
@@ -108,37 +110,21 @@ class FakeEcs:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> FakeEcs:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def do_POST(self) -> None:
-                fake._handle(self)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        serve = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server, serve = json_api.start(self._handle)
         loop = threading.Thread(target=self._reconcile_forever, daemon=True)
+        loop.start()
         self._threads = [serve, loop]
-        for thread in self._threads:
-            thread.start()
         return self
 
     @property
     def endpoint_url(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return json_api.url(self._server)
 
     def stop(self) -> None:
         self._stop.set()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            json_api.close(self._server)
             self._server = None
         for thread in self._threads:
             thread.join(30)
@@ -213,8 +199,7 @@ class FakeEcs:
 
     # -- the API -------------------------------------------------------------------------
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        length = int(handler.headers.get("Content-Length") or 0)
-        raw = handler.rfile.read(length)
+        raw = json_api.body(handler)
         status, answer, error = 200, {}, ""
         try:
             target = handler.headers.get("X-Amz-Target", "")
@@ -231,14 +216,7 @@ class FakeEcs:
         except AttributeError:
             status, error = 400, "InvalidParameterException"
             answer = {"__type": error, "message": "operation not supported by the fake"}
-        data = json.dumps(answer, default=str).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/x-amz-json-1.1")
-        handler.send_header("Content-Length", str(len(data)))
-        if error:
-            handler.send_header("x-amzn-ErrorType", error)
-        handler.end_headers()
-        handler.wfile.write(data)
+        json_api.reply(handler, status, answer, "application/x-amz-json-1.1", error)
 
     def _cluster(self, body: dict[str, Any]) -> None:
         if body.get("cluster") not in (self.cluster_arn, self.cluster_arn.rsplit("/", 1)[1]):
@@ -312,7 +290,7 @@ class FakeEcs:
         return {"tasks": [self._describe_task(t) for t in found], "failures": []}
 
     def _describe_task(self, task: Task) -> dict[str, Any]:
-        container: dict[str, Any] = {"name": "mlflow", "lastStatus": task.last_status}
+        container: dict[str, Any] = {"name": CONTAINER_NAME, "lastStatus": task.last_status}
         if task.exit_code is not None:
             container["exitCode"] = task.exit_code
         described: dict[str, Any] = {
@@ -342,7 +320,7 @@ class FakeEcs:
         definition = body["taskDefinition"]
         command = None
         for override in body.get("overrides", {}).get("containerOverrides", []):
-            if override.get("name") == "mlflow" and "command" in override:
+            if override.get("name") == CONTAINER_NAME and "command" in override:
                 command = list(override["command"])
         family = definition.rsplit("/", 1)[-1].split(":")[0]
         task = self._launch(definition, command, f"family:{family}", body.get("startedBy"))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from helper.watchdog import stop_group
 from tests.support import image_server
+from tests.support.processes import left_after, process_tree
 from tests.support.stack_on_moto import Project
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,31 +111,11 @@ def wait_healthy(server: ImageServer, timeout: float = SERVE_TIMEOUT) -> float:
         time.sleep(0.2)
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its live descendants."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = (entry / "stat").read_text().rpartition(")")[2].split()
-                parents[int(entry.name)] = int(stat[1])
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        if Path(f"/proc/{current}").exists():
-            found.append(current)
-        todo += [p for p, parent in parents.items() if parent == current]
-    return sorted(found)
-
-
 def stop(server: ImageServer) -> None:
     """SIGTERM the server's process group (SIGKILL after 30 s); asserts nothing is left."""
     tree = process_tree(server.process.pid)
     stop_group(server.process.pid, server.process, timeout=30)  # the helper's own group stop
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in tree) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = [pid for pid in tree if Path(f"/proc/{pid}").exists()]
+    left = left_after(tree, 10)
     assert not left, f"server processes left: {left}"
 
 

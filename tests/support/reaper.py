@@ -19,38 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support.processes import cmdline, descendants
+
 PR_SET_CHILD_SUBREAPER = 36
 SETTLE_SECONDS = 2.0  # let processes the command stopped on its way out finish exiting
-
-
-def children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            tree.setdefault(int(fields[1]), []).append(int(entry.name))
-    return tree
-
-
-def descendants(pid: int) -> list[int]:
-    tree, found, todo = children(), [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
-        return ""
 
 
 def reap() -> None:
@@ -67,12 +39,12 @@ def main(argv: list[str]) -> int:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
     code = subprocess.call(command)
     deadline = time.monotonic() + SETTLE_SECONDS
-    left = descendants(os.getpid())
+    left = descendants(os.getpid(), zombies=False)
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
         reap()
-        left = descendants(os.getpid())
-    Path(report).write_text(json.dumps([[pid, command_line(pid)] for pid in left]))
+        left = descendants(os.getpid(), zombies=False)
+    Path(report).write_text(json.dumps([[pid, cmdline(pid)] for pid in left]))
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

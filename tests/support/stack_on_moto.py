@@ -18,7 +18,8 @@ from urllib.parse import quote
 import boto3
 
 from mlflow_aws.bundle import ConnectionBundle
-from projects.schema_sql import DEFAULT_MAX_USER_CONNECTIONS
+from mlflow_aws.names import REGISTRY_SCHEMA, ProjectIdentifiers, validate_name
+from projects.schema_sql import Desired, Observed, account, decide_create, quote_identifier
 from tests.support.services import MariaDB
 
 REGION = "eu-west-1"
@@ -32,7 +33,6 @@ def image_uri(stack: str) -> str:
 
 IMAGE_URI = image_uri("e2e")
 SERVER_ROLE_NAME = "mlflow-aws-test-server"
-PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, REFERENCES, TRIGGER"
 
 
 def aws_client(service: str, env: dict[str, str]) -> Any:
@@ -65,21 +65,30 @@ class Project:
         return self.mariadb.query(sql, args, database=self.schema)
 
 
+def project_statements(schema: str, user: str, password: str) -> list[str]:
+    """The SQL the schema provider runs for a new project on a server that holds none of it
+    (``projects/schema_sql.py`` ``decide_create``: schema, user with its connection limit,
+    grants), without its registry bookkeeping (the tests' projects are not recorded there)."""
+    ids = ProjectIdentifiers(name=schema, schema=schema, username=user, s3_prefix=schema)
+    nothing = Observed(
+        current_user="root", collation=None, user_exists=False, global_privileges=(),
+        schema_privileges=(), object_privileges=0, recorded_schema=False, recorded_user=False,
+        registry=True,
+    )  # fmt: skip
+    steps = decide_create(Desired(ids, password), nothing)
+    return [s.statement.sql for s in steps if REGISTRY_SCHEMA not in s.statement.sql]
+
+
 def create_project(mariadb: MariaDB, name: str, password: str | None = None) -> Project:
     """A fresh schema and user, as the schema provider makes them."""
-    schema = name.replace("-", "_")
-    user = f"mlflow_{schema}"
+    ids = validate_name(name)  # the one names rule (mlflow_aws/names.py)
+    schema, user = ids.schema, ids.username
     password = password or f"Pw-{name}-7Hq2xV9c"
     run = mariadb.socket_query  # works for the variants without (good) TLS too
-    run(f"DROP DATABASE IF EXISTS `{schema}`")
-    run(f"DROP USER IF EXISTS '{user}'@'%'")
-    run(f"CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    limit = DEFAULT_MAX_USER_CONNECTIONS  # projects/schema_sql.py: derived from server.env's pool
-    run(
-        f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s WITH MAX_USER_CONNECTIONS {limit}", (password,)
-    )
-    pattern = schema.replace("_", "\\_")  # "_" is a wildcard in a GRANT's database name
-    run(f"GRANT {PRIVILEGES} ON `{pattern}`.* TO '{user}'@'%'")
+    run(f"DROP DATABASE IF EXISTS {quote_identifier(schema)}")
+    run(f"DROP USER IF EXISTS {account(user)}")
+    for sql in project_statements(schema, user, password):
+        run(sql)  # no arguments: PyMySQL formats nothing (the account's '%' stays as it is)
     return Project(name, schema, user, password, mariadb)
 
 
