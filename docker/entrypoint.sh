@@ -25,7 +25,7 @@
 #     MLFLOW_AWS_DB_TLS_INSECURE=1 (an opt-out for tests only: the link is then unverified).
 #   * the database closes the server's connections after MLFLOW_AWS_DB_IDLE_SECONDS idle (a
 #     session wait_timeout in the URI's init_command), so an idle server lets Aurora pause;
-#   * `python -m mlflow_aws.server.prepare` refuses a schema of another MLflow version than this
+#   * `python -m mlflow_aws.migration.prepare` refuses a schema of another MLflow version than this
 #     one (saying which to run); with MLFLOW_AWS_DB_MIGRATE_ON_START=true it creates or
 #     upgrades an older schema under a MySQL named lock: several servers starting together
 #     migrate it exactly once; a failed migration exits non-zero and the server never starts.
@@ -119,8 +119,8 @@ case "${MLFLOW_BACKEND_STORE_URI:-}" in
     # first creates or upgrades an older one. -P: the working directory is not on sys.path.
     case "${1:-}" in
       gc) ;;
-      migrate) MLFLOW_AWS_DB_MIGRATE_ON_START=true run_module mlflow_aws.server.prepare; exit $? ;;
-      *) run_module mlflow_aws.server.prepare ;;
+      migrate) MLFLOW_AWS_DB_MIGRATE_ON_START=true run_module mlflow_aws.migration.prepare; exit $? ;;
+      *) run_module mlflow_aws.migration.prepare ;;
     esac
     ;;
 esac

@@ -1,6 +1,6 @@
 """``helper upgrade``: migrate one project's schema to this MLflow.
 
-A MySQL schema is migrated by the image's own step, ``mlflow_aws.server.prepare`` (what
+A MySQL schema is migrated by the image's own step, ``mlflow_aws.migration.prepare`` (what
 ``entrypoint.sh`` runs before a server starts): under the schema's migration lock, so a central
 task or a teammate's server starting at the same time waits instead of migrating alongside, with
 its refusals (a schema of a newer MLflow) and its record of the schema's version. It waits for
@@ -39,7 +39,7 @@ def upgrade_environment(backend_store_uri: str, inherited: Mapping[str, str]) ->
 
 def migration_lock_seconds(environ: Mapping[str, str]) -> int:
     """How long to wait for another server's migration: the environment's, else server.env's."""
-    from mlflow_aws.server.prepare import LOCK_SECONDS_VARIABLE
+    from mlflow_aws.migration.prepare import LOCK_SECONDS_VARIABLE
     from mlflow_aws.server_settings import server_env_defaults
 
     text = environ.get(LOCK_SECONDS_VARIABLE) or server_env_defaults()[LOCK_SECONDS_VARIABLE]
@@ -71,7 +71,7 @@ def run_upgrade(backend_store_uri: str, what: str) -> int:
 
 
 def _run_image_migration(backend_store_uri: str, what: str) -> int:
-    from mlflow_aws.server import prepare
+    from mlflow_aws.migration import prepare
 
     seconds = migration_lock_seconds(os.environ)
     try:

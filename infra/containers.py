@@ -17,13 +17,13 @@ import pulumi
 import pulumi_aws as aws
 
 from mlflow_aws import environment as env_names
-from mlflow_aws.auth.server import APP_NAME, GATEWAY_ENV
+from mlflow_aws.auth.sign_in_app import APP_NAME, GATEWAY_ENV
 from mlflow_aws.auth.token import MARKER_NAME
 from mlflow_aws.bundle import KEY as BUNDLE_KEY
 from mlflow_aws.server_settings import container_port
 from mlflow_aws.task_container import CONTAINER_NAME, SERVICE_STREAM_PREFIX
 
-# The MLflow server app the tasks run: the AWS-IAM sign-in (mlflow_aws/auth/server.py;
+# The MLflow server app the tasks run: the AWS-IAM sign-in (mlflow_aws/auth/sign_in_app.py;
 # README.md "Central server: sign in with your AWS identity"). Always: there is no central
 # server without sign-in, so a public load balancer is safe to have (every route but health
 # needs a valid AWS identity).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TypedDict
 
-from mlflow_aws.auth.server import SSO_ROLE_PATH
+from mlflow_aws.auth.sign_in_app import SSO_ROLE_PATH
 
 Condition = dict[str, dict[str, list[str]]]
 

@@ -49,7 +49,7 @@ from infra.iam import (
     task_trust_policy,
 )
 from infra.upgrade import UpgradeGate, upgrade_gate
-from mlflow_aws.auth.server import SSO_ENTRY
+from mlflow_aws.auth.sign_in_app import SSO_ENTRY
 from mlflow_aws.start_timing import health_check_grace_seconds, rollout_seconds
 from mlflow_aws.task_container import CONTAINER_NAME, log_group_name
 

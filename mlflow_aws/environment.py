@@ -16,7 +16,7 @@ IAM_LOG_LEVEL = "MLFLOW_AWS_IAM_LOG_LEVEL"
 # The client plugin and the signer: the region whose STS tokens are signed for.
 IAM_STS_REGION = "MLFLOW_AWS_IAM_STS_REGION"
 
-# The database (the image's entrypoint and mlflow_aws/server/prepare.py; server.env's defaults).
+# The database (the image's entrypoint and mlflow_aws/migration/prepare.py; server.env's defaults).
 DB_CA_BUNDLE = "MLFLOW_AWS_DB_CA_BUNDLE"  # PEM of the database's CAs (ECS secret, the helper)
 DB_IDLE_SECONDS = "MLFLOW_AWS_DB_IDLE_SECONDS"
 DB_MIGRATE_ON_START = "MLFLOW_AWS_DB_MIGRATE_ON_START"

@@ -1,7 +1,7 @@
 """How long a starting server may take: derived from the one wait server.env defines.
 
 A starting server waits up to ``MLFLOW_AWS_DB_MIGRATION_LOCK_SECONDS`` (server.env) for another
-server's schema migration (mlflow_aws/server/prepare.py) before it serves. On ECS the service's
+server's schema migration (mlflow_aws/migration/prepare.py) before it serves. On ECS the service's
 health check grace (infra/project_service.py) must outlast that wait, or the load balancer's
 failed checks stop a task that is only waiting; ``pulumi up``'s rollout timeout and the upgrade
 gate's wait for the new tasks (projects/upgrade_provider.py) must outlast the grace. Each is

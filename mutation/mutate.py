@@ -84,7 +84,7 @@ TARGETS: dict[str, Target] = {
             "tests/test_auth_e2e.py",
         ),
     ),
-    "mlflow_aws/auth/server.py": Target(
+    "mlflow_aws/auth/sign_in_app.py": Target(
         # the layers' own tests first (most mutants die there in seconds), the token's last
         fast=(
             "tests/test_auth_aws_answers.py",

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from mlflow_aws.auth.server import (
+from mlflow_aws.auth.sign_in_app import (
     VERIFYING_THREADS,
     Authenticator,
     AwsIamAuthMiddleware,

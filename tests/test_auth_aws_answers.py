@@ -23,8 +23,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-import mlflow_aws.auth.server as server
-from mlflow_aws.auth.server import (
+import mlflow_aws.auth.sign_in_app as server
+from mlflow_aws.auth.sign_in_app import (
     GROUPS_TTL_SECONDS,
     AwsLookups,
     AwsUnavailable,

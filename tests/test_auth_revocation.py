@@ -26,7 +26,7 @@ from unittest import mock
 import boto3
 import pytest
 
-from mlflow_aws.auth.server import (
+from mlflow_aws.auth.sign_in_app import (
     DECISION_TTL,
     Authenticator,
     AwsLookups,

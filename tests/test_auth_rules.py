@@ -1,5 +1,5 @@
-"""The aws-iam server's sign-in rules (``mlflow_aws/auth/server.py``) as the attacks each one
-keeps out (issue 19: every mutant ``./dev mutate mlflow_aws/auth/server.py`` makes must fail one
+"""The sign-in app's rules (``mlflow_aws/auth/sign_in_app.py``) as the attacks each one keeps
+out (issue 19: every mutant ``./dev mutate mlflow_aws/auth/sign_in_app.py`` makes must fail one
 of these or a test of ``tests/test_auth_unit.py`` / ``tests/test_auth_e2e.py``). Pure: no AWS."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 
-from mlflow_aws.auth.server import (
+from mlflow_aws.auth.sign_in_app import (
     ALLOWED_GROUPS_ENV,
     ALLOWED_ROLES_ENV,
     GATEWAY_ENV,

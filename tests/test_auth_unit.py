@@ -15,11 +15,11 @@ import boto3
 import pytest
 import requests
 
-import mlflow_aws.auth.server as server_module
+import mlflow_aws.auth.sign_in_app as server_module
 from helper.outputs import OutputsError, parse_connection_bundle
 from helper.proxy import Upstream
 from mlflow_aws.auth.client import AwsIamAuth
-from mlflow_aws.auth.server import (
+from mlflow_aws.auth.sign_in_app import (
     DECISION_TTL,
     Authenticator,
     AwsIamAuthMiddleware,

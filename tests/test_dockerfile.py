@@ -67,13 +67,15 @@ def fake_bin(tmp_path: Path) -> Path:
     fake = bin_dir / "mlflow"
     fake.write_text(FAKE_MLFLOW)
     fake.chmod(0o755)
-    # The schema check before every MySQL start (mlflow_aws.server.prepare) needs a database;
+    # The schema check before every MySQL start (mlflow_aws.migration.prepare) needs a database;
     # these tests have none (tests/test_schema_versions.py and test_server_rollout.py run it
     # for real), so a stand-in python says it ran and passes everything else to the real one.
     python = bin_dir / "python"
     python.write_text(
         "#!/usr/bin/env bash\n"
-        'if [ "$*" = "-P -m mlflow_aws.server.prepare" ]; then echo "PREPARE RAN" >&2; exit 0; fi\n'
+        'if [ "$*" = "-P -m mlflow_aws.migration.prepare" ]; then\n'
+        '  echo "PREPARE RAN" >&2; exit 0\n'
+        "fi\n"
         f'exec {sys.executable} "$@"\n'
     )
     python.chmod(0o755)

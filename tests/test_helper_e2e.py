@@ -286,10 +286,10 @@ def test_upgrade_fresh_schema_then_out_of_date_schema_is_explained(
 def test_upgrade_is_the_images_migration_step_under_its_lock(
     mariadb: MariaDB, aws: dict[str, str], tmp_path: Path
 ) -> None:
-    """``helper upgrade`` migrates as a starting server does (mlflow_aws.server.prepare): while
+    """``helper upgrade`` migrates as a starting server does (mlflow_aws.migration.prepare): while
     another server holds the schema's migration lock it waits, and gives up without touching
     the schema; once the lock is free it migrates and records this MLflow as the schema's."""
-    from mlflow_aws.server.prepare import LOCK_TABLE, take_migration_lock
+    from mlflow_aws.migration.prepare import LOCK_TABLE, take_migration_lock
 
     project, outputs = project_with_outputs(mariadb, aws, "e2e-upgrade-lock", tmp_path)
     env = {**helper_env(aws, tmp_path), "MLFLOW_AWS_DB_MIGRATION_LOCK_SECONDS": "2"}

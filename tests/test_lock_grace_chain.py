@@ -23,7 +23,7 @@ from helper.upgrade import migration_lock_seconds as helper_lock_seconds
 from infra import project_service
 from mlflow_aws import environment as env_names
 from mlflow_aws import start_timing
-from mlflow_aws.server import prepare
+from mlflow_aws.migration import prepare
 from mlflow_aws.server_settings import SERVER_ENV_PATH, migration_lock_seconds
 from projects.upgrade_provider import DEFAULT_START_TIMEOUT_SECONDS
 from tests.support.pulumi_mocks import run_program
@@ -108,7 +108,7 @@ settings.server_env_defaults = lambda path=settings.SERVER_ENV_PATH: {
     **baked(path), "MLFLOW_AWS_DB_MIGRATION_LOCK_SECONDS": "900",
 }
 from infra import project_service
-from mlflow_aws.server import prepare
+from mlflow_aws.migration import prepare
 from projects.upgrade_provider import DEFAULT_START_TIMEOUT_SECONDS
 from helper.upgrade import migration_lock_seconds
 waited = []

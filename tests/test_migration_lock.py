@@ -1,4 +1,4 @@
-"""The servers' migration lock (mlflow_aws/server/prepare.py) on real MariaDB: one project's
+"""The servers' migration lock (mlflow_aws/migration/prepare.py) on real MariaDB: one project's
 database user cannot hold it for another project, and two servers of the same project still
 migrate one after the other.
 
@@ -19,7 +19,7 @@ from typing import Any
 import pymysql
 import pytest
 
-from mlflow_aws.server import prepare
+from mlflow_aws.migration import prepare
 from tests.support.services import MariaDB
 from tests.support.stack_on_moto import Project, create_project
 

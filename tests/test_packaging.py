@@ -45,8 +45,8 @@ def test_the_wheel_holds_only_the_mlflow_aws_package(wheel: Path) -> None:
     assert "mlflow_aws/helper/cli.py" in names
     assert "mlflow_aws/helper/__main__.py" in names
     assert "mlflow_aws/server.env" in names
-    assert "mlflow_aws/server/prepare.py" in names  # the image entrypoint runs it
-    for module in ("token", "server", "client", "signer"):
+    assert "mlflow_aws/migration/prepare.py" in names  # the image entrypoint runs it
+    for module in ("token", "sign_in_app", "client", "signer"):
         assert f"mlflow_aws/auth/{module}.py" in names
     assert "mlflow_aws/helper/proxy.py" in names
     assert not any(n.startswith(("mlflow_aws/infra", "mlflow_aws/projects")) for n in names)
@@ -110,7 +110,7 @@ def test_installed_entry_points_are_registered(installed: Path, tmp_path: Path) 
     )
     assert listed.returncode == 0, listed.stderr
     assert eval(listed.stdout) == [  # noqa: S307 (our own repr)
-        ("mlflow.app", "aws-iam", "mlflow_aws.auth.server:create_app"),
+        ("mlflow.app", "aws-iam", "mlflow_aws.auth.sign_in_app:create_app"),
         ("mlflow.app", "mlflow-aws-run-secret", "mlflow_aws.run_secret:create_app"),
         (
             "mlflow.request_auth_provider",

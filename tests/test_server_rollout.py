@@ -2,7 +2,7 @@
 image's own packages, on MariaDB (TLS required, like Aurora), as ECS tasks start it.
 
 * Two servers started together on a schema at an older MLflow revision: the schema is upgraded
-  exactly once (the MySQL named lock of mlflow_aws.server.prepare), and both serve.
+  exactly once (the MySQL named lock of mlflow_aws.migration.prepare), and both serve.
 * A migration that cannot succeed, or a database whose certificate the CA bundle does not
   vouch for, keeps the server from starting (on ECS: the task fails, the circuit breaker rolls
   back), without printing the password.

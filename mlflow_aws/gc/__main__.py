@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mlflow_aws import environment as env_names
-from mlflow_aws.server.prepare import _scrub
+from mlflow_aws.migration.prepare import _scrub
 
 from . import GcError, LocalStore, Options, S3Store, batch_rows_from, parse_duration, run_gc
 

@@ -27,7 +27,7 @@ import boto3
 
 from helper.server_settings import server_environment
 from helper.watchdog import stop_group
-from mlflow_aws.auth.server import APP_NAME
+from mlflow_aws.auth.sign_in_app import APP_NAME
 from mlflow_aws.auth.token import (
     MARKER_NAME,
     make_token,

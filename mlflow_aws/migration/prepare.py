@@ -1,6 +1,6 @@
 """Before the server serves: its MySQL schema created or upgraded, exactly once per rollout.
 
-``docker/entrypoint.sh`` runs ``python -m mlflow_aws.server.prepare`` with the backend store URI
+``docker/entrypoint.sh`` runs ``python -m mlflow_aws.migration.prepare`` with the backend store URI
 in ``MLFLOW_BACKEND_STORE_URI`` (never in argv). A server of another MLflow version than the
 schema's never starts (mlflow_aws/schema_version.py): with ``MLFLOW_AWS_DB_MIGRATE_ON_START``
 other than ``true`` that is all it checks; with ``true`` it may first upgrade an older schema,
