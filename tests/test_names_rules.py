@@ -173,6 +173,16 @@ def test_a_secret_or_artifact_root_named_for_a_hostile_project_is_not_taken_as_o
     assert re.fullmatch(PROJECT_NAME_PATTERN, name) is None
 
 
+@pytest.mark.parametrize(("stack", "taken"), [("", False), ("s" * 100, True), ("s" * 101, False)])
+def test_a_secret_named_for_an_empty_or_over_long_stack_is_not_taken_as_a_connection_secret(
+    stack: str, taken: bool
+) -> None:
+    # Pulumi stack names are 1 to 100 characters (Pulumi's stack naming rules): no stack makes
+    # mlflow-aws//churn or a 101-character stack's secret, so the helper does not trust one.
+    match = CONNECTION_SECRET_NAME.fullmatch(connection_secret_name(stack, "churn"))
+    assert (match is not None) is taken
+
+
 @pytest.mark.parametrize("name", ["a", "churn", "team-a-2", "x" * MAX_NAME_LENGTH])
 def test_every_valid_project_names_its_secret_as_the_helper_recognises_it(name: str) -> None:
     assert name_problem(name) is None
