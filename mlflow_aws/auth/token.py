@@ -4,8 +4,8 @@ the project's sign-in marker object, carried as a bearer token.
 Client side, ``make_token`` signs both requests with the caller's credentials. Server side,
 ``check_token`` decides, without any network call, whether a token is exactly such a pair, for
 this project's server (its audience), signed recently, aimed at the server's own STS endpoint and
-marker; only then are they replayed (``sign_in_app.py``): STS verifies the signature and answers with
-the caller's ARN, and S3 answers the marker's ``HEAD`` only if IAM lets the caller read the
+marker; only then are they replayed (``sign_in_app.py``): STS verifies the signature and answers
+with the caller's ARN, and S3 answers the marker's ``HEAD`` only if IAM lets the caller read the
 project's prefix *now* (``GetCallerIdentity`` succeeds even under an explicit deny, so it cannot
 tell a revoked session from a live one; the marker read is the project policy itself).
 
