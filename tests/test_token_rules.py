@@ -374,6 +374,10 @@ def test_a_marker_on_the_configured_s3_endpoint_may_be_signed() -> None:
         ("https://.s3.amazonaws.com/.mlflow-aws-sign-in", "not on an S3 endpoint"),
         ("https://b.s3..amazonaws.com/.mlflow-aws-sign-in", "not on an S3 endpoint"),
         ("https://b.s3.eu'west.amazonaws.com/.mlflow-aws-sign-in", "not on an S3 endpoint"),
+        # a bucket part with a quote, a semicolon or a backtick: no bucket name has one
+        ("https://my'bucket.s3.amazonaws.com/.mlflow-aws-sign-in", "not on an S3 endpoint"),
+        ("https://b;x.s3.eu-west-1.amazonaws.com/.mlflow-aws-sign-in", "not on an S3 endpoint"),
+        ("https://b`x.s3.amazonaws.com/.mlflow-aws-sign-in", "not on an S3 endpoint"),
         ("https://iam.amazonaws.com/.mlflow-aws-sign-in", "not on an S3 endpoint"),
         (MARKER + "?versionId=1", "does not name a .mlflow-aws-sign-in object"),
         (MARKER + "#x", "does not name a .mlflow-aws-sign-in object"),
