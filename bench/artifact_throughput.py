@@ -13,7 +13,7 @@ RSS (its process tree, peak against the start of the transfer) and the bytes it 
 writes (``/proc/<pid>/io`` rchar + wchar: sockets, spool files and S3 alike) are recorded; the
 longest single request to the server is recorded too (a proxied transfer is one request that
 lasts the whole transfer: it must fit the load balancer's idle timeout,
-``infra/tracking_service.py IDLE_TIMEOUT_SECONDS``).
+``mlflow_aws/load_balancer.py IDLE_TIMEOUT_SECONDS``).
 
 moto runs as ``bench/moto_ranged.py`` (a ranged GET reads its range, not the whole object).
 
@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import log, nothing_left_behind, table, verdict, workdir
-from infra.tracking_service import IDLE_TIMEOUT_SECONDS
 from mlflow_aws.artifact_settings import PRESIGNED, PROXIED, client_settings
 from mlflow_aws.auth.token import MARKER_NAME
+from mlflow_aws.load_balancer import IDLE_TIMEOUT_SECONDS
 from tests.support.central import (
     CentralServer,
     client_aws_env,

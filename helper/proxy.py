@@ -45,12 +45,16 @@ from urllib.parse import urlsplit
 
 from mlflow_aws import run_secret
 from mlflow_aws.auth.token import host_header
+from mlflow_aws.load_balancer import IDLE_TIMEOUT_SECONDS
 
 from .errors import HelperError
 
 BLOCK_BYTES = 1 << 20
 SMALL_BODY_BYTES = 1 << 20  # read whole (one send, replayable on a stale connection) below this
-UPSTREAM_TIMEOUT = 300.0  # per socket operation; a large artifact's transfer may take long overall
+# Per socket operation. A proxied artifact keeps the server silent while it moves the whole
+# object to or from S3; the load balancer allows that up to its idle timeout, so the proxy waits
+# a little longer: the ALB decides, and its own 504 (not the proxy's 502) says where it stopped.
+UPSTREAM_TIMEOUT = IDLE_TIMEOUT_SECONDS + 10.0
 CLIENT_IDLE_TIMEOUT = 300.0
 CHECK_TIMEOUT = 30.0  # the sign-in check before serving (Aurora resuming can take ~15 s)
 MAX_LINE = 65536  # a request line, header line or chunk line (http.client's limit)
@@ -260,7 +264,7 @@ class UpstreamConnection:
     """One kept-alive connection to the server, used by one client connection's thread."""
 
     def __init__(self, upstream: Upstream) -> None:
-        self.sock = upstream.open_socket()
+        self.sock = upstream.open_socket(UPSTREAM_TIMEOUT)
         self.reader = self.sock.makefile("rb")
 
     def closed_by_peer(self) -> bool:

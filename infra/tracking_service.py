@@ -43,13 +43,10 @@ from infra.project_service import (
     ServiceProject,
 )
 from infra.upgrade import UpgradeGate
+from mlflow_aws.load_balancer import IDLE_TIMEOUT_SECONDS
 
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-Res-2021-06"  # TLS 1.3 and 1.2 with forward secrecy
 HSTS = "max-age=31536000"
-# Proxied artifacts: the server reads a whole upload before it writes S3 (and downloads from
-# S3 before it sends), so a connection can carry no bytes for a while. 10 minutes covers a few
-# GB each way; the client's own MLFLOW_HTTP_REQUEST_TIMEOUT (120 s by default) may need raising.
-IDLE_TIMEOUT_SECONDS = 600
 MAX_RULE_PRIORITY = 50_000
 HTTP_PORT = 80
 

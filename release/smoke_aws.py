@@ -425,10 +425,13 @@ class AwsAccount:
     def tutorial_through_plugin(self, tracking_uri: str, region: str) -> str:
         if not tracking_uri.startswith("https://"):
             raise StepFailed(f"the stack's TrackingUri is {tracking_uri!r}")
+        # here, not at the top: the plugin's module imports mlflow
+        from mlflow_aws.auth.client import PROVIDER_NAME
+
         return self._tutorial(
             {
                 "MLFLOW_TRACKING_URI": tracking_uri,
-                "MLFLOW_TRACKING_AUTH": "aws-iam",
+                "MLFLOW_TRACKING_AUTH": PROVIDER_NAME,
                 env_names.IAM_STS_REGION: region,
             },
             CENTRAL_TIMEOUT_SECONDS,

@@ -12,8 +12,6 @@ and on the refusal's linger, unending bodies, many idle connections, huge heads)
 from __future__ import annotations
 
 import contextlib
-import http.server
-import io
 import select
 import socket
 import threading
@@ -24,19 +22,17 @@ from dataclasses import dataclass, field
 import pytest
 
 from helper import proxy as proxy_module
-from helper.proxy import SigningProxy, Upstream
 from tests.support.proxy_harness import (
     SECRET,
     SIGNED,
-    Recorded,
-    RecordingHandler,
     RunningProxy,
-    StandInTokens,
+    Served,
     Upstreams,
     exchange,
+    recording_upstream,
     statuses,
 )
-from tests.support.services import free_port
+from tests.support.proxy_harness import running_proxy as harness_running_proxy
 
 PATH = "/api/2.0/mlflow/runs/create"
 
@@ -53,34 +49,19 @@ def head(
     ).encode("latin-1")
 
 
+FAST_STOP = 0.05  # serve_forever's poll interval: each test stops its servers in 50 ms, not 500
+
+
 @pytest.fixture
 def upstream() -> Iterator[Upstreams]:
     """The harness's recording upstream, stopped in 50 ms."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RecordingHandler)
-    server.daemon_threads = True
-    recorded: list[Recorded] = []
-    server.recorded = recorded  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        yield Upstreams(server.server_address[1], recorded)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with recording_upstream(poll_interval=FAST_STOP) as recording:
+        yield recording
 
 
-@contextlib.contextmanager
-def running_proxy(upstream: Upstreams | RawUpstream) -> Iterator[RunningProxy]:
-    """The harness's running proxy, stopped in 50 ms rather than serve_forever's 500."""
-    port = free_port()
-    log = io.StringIO()
-    proxy = SigningProxy(port, Upstream.from_uri(upstream.uri), StandInTokens(), log, SECRET)
-    thread = threading.Thread(target=proxy.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield RunningProxy(port, log)
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
+def running_proxy(upstream: Served) -> contextlib.AbstractContextManager[RunningProxy]:
+    """The harness's running proxy, stopped in 50 ms."""
+    return harness_running_proxy(upstream, poll_interval=FAST_STOP)
 
 
 def smuggled(port: int) -> bytes:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from helper import proxy as proxy_module
 from helper.proxy import SigningProxy, Upstream
 
 SECRET = "wire-" + "s" * 40
@@ -687,6 +688,36 @@ def test_an_unreachable_server_gets_502() -> None:
     with proxy_to(script) as proxy:  # its port is closed now
         reply, was_closed = one_closing(proxy, signed("GET", "/x", proxy.host))
     assert reply.status == 502 and b"cannot reach http://127.0.0.1:" in reply.body and was_closed
+
+
+def test_a_server_silent_until_its_first_byte_is_waited_for_up_to_the_timeout_then_502(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # MLflow's proxied download fetches the whole object from S3 before its first byte; the
+    # real wait is the load balancer's idle timeout (10 minutes), scaled down here.
+    monkeypatch.setattr(proxy_module, "UPSTREAM_TIMEOUT", 1.0)
+    released = threading.Event()
+
+    def after(seconds: float) -> Callable[[Any], None]:
+        def answer(handler: Any) -> None:
+            released.wait(seconds)
+            with contextlib.suppress(OSError):  # the proxy gave up on the slow one
+                handler.wfile.write(OK)
+
+        return answer
+
+    with scripted(after(0.3), after(30)) as script, proxy_to(script) as proxy:
+        try:
+            in_time, _ = one(proxy, signed("GET", "/x", proxy.host))
+            started = time.monotonic()
+            too_late, was_closed = one_closing(proxy, signed("GET", "/y", proxy.host))
+            waited = time.monotonic() - started
+        finally:
+            released.set()
+    assert (in_time.status, in_time.body) == (200, b"{}")
+    assert too_late.status == 502 and b"timed out" in too_late.body and was_closed
+    assert 1.0 <= waited < 10
+    assert [s.line.split()[1] for s in script.seen] == ["/proj/x", "/proj/y"]  # not sent twice
 
 
 # -- what comes back: the server's answer, without its cookies and hop-by-hop headers -----------

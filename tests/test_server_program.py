@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from typing import Any
 
 from helper.outputs import parse_connection_bundle
@@ -656,3 +658,32 @@ def test_the_log_writer_is_the_regions_elb_account_or_the_delivery_service() -> 
         assert LoadBalancerLogDelivery(ACCOUNT, newer).writer() == {
             "Service": "logdelivery.elasticloadbalancing.amazonaws.com"
         }, newer
+
+
+_OTHER_IDLE_TIMEOUT = """
+import json
+import mlflow_aws.load_balancer as lb
+lb.IDLE_TIMEOUT_SECONDS = 900
+import helper.proxy
+import infra.tracking_service
+print(json.dumps([helper.proxy.UPSTREAM_TIMEOUT, infra.tracking_service.IDLE_TIMEOUT_SECONDS]))
+"""
+
+
+def test_the_signing_proxy_waits_on_the_server_at_least_the_load_balancers_idle_timeout() -> None:
+    # A proxied artifact keeps the server silent while it moves the object to or from S3; a
+    # proxy that gave up first failed a 2 GiB download the load balancer still carried.
+    from helper import proxy
+    from mlflow_aws import load_balancer
+
+    lb = on().one(LB).inputs
+    assert lb["idleTimeout"] == load_balancer.IDLE_TIMEOUT_SECONDS
+    assert lb["idleTimeout"] <= proxy.UPSTREAM_TIMEOUT
+    # Both follow the one definition: another idle timeout moves the proxy's wait with it.
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER_IDLE_TIMEOUT],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    upstream_timeout, idle_timeout = json.loads(done.stdout.splitlines()[-1])
+    assert idle_timeout == 900 <= upstream_timeout

@@ -11,7 +11,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -201,3 +201,20 @@ def test_the_real_steps_build_their_commands_from_the_repository() -> None:
         ["--region", "eu-west-1", "--domain", "d.example.com", "--hosted-zone-id", "Z1"]
     )
     assert options.stack.startswith("smoke-") and not options.keep
+
+
+def test_the_plugin_step_names_the_installed_client_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLFLOW_TRACKING_AUTH must name the ``mlflow.request_auth_provider`` entry point this
+    package installs: any other name and mlflow refuses to sign (the step fails on AWS only)."""
+    from importlib.metadata import entry_points
+
+    seen: list[Mapping[str, str]] = []
+    monkeypatch.setattr(
+        smoke_aws.AwsAccount, "_tutorial", lambda self, tracking, timeout: seen.append(tracking)
+    )
+    smoke_aws.AwsAccount({}).tutorial_through_plugin("https://mlflow.example.com/p", "eu-west-1")
+    [tracking] = seen
+    [plugin] = entry_points(
+        group="mlflow.request_auth_provider", name=tracking["MLFLOW_TRACKING_AUTH"]
+    )
+    assert plugin.value == "mlflow_aws.auth.client:AwsIamRequestAuthProvider"

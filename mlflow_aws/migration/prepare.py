@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mlflow_aws import environment as env_names
@@ -234,21 +234,27 @@ def check_only(uri: str) -> None:
         engine.dispose()
 
 
+def _step(run: Callable[[], object], what: str, uri: str) -> int:
+    """0 once ``run`` returns; 1, with one line naming ``what`` failed (the URI's password
+    scrubbed), if it raises."""
+    try:
+        run()
+    except PrepareError as exc:
+        say(f"not starting: {_scrub(str(exc), uri)}")
+        return 1
+    except Exception as exc:
+        detail = _scrub(f"{type(exc).__name__}: {exc}", uri)
+        say(f"not starting: {what} failed: {detail}")
+        return 1
+    return 0
+
+
 def main(environ: Mapping[str, str] = os.environ) -> int:
     uri = environ.get(URI_VARIABLE, "")
     if not uri.startswith("mysql"):
         return 0  # SQLite and the rest: the server initialises its own store
     if environ.get(MIGRATE_VARIABLE, "false") != "true":
-        try:
-            check_only(uri)
-        except PrepareError as exc:
-            say(f"not starting: {_scrub(str(exc), uri)}")
-            return 1
-        except Exception as exc:
-            detail = _scrub(f"{type(exc).__name__}: {exc}", uri)
-            say(f"not starting: checking the schema failed: {detail}")
-            return 1
-        return 0
+        return _step(lambda: check_only(uri), "checking the schema", uri)
     try:
         # Unset (the image's entrypoint always sets it): server.env's, as the entrypoint would.
         raw = environ.get(LOCK_SECONDS_VARIABLE)
@@ -256,16 +262,7 @@ def main(environ: Mapping[str, str] = os.environ) -> int:
     except ValueError:
         say(f"{LOCK_SECONDS_VARIABLE} must be a whole number of seconds")
         return 2
-    try:
-        prepare(uri, lock_seconds)
-    except PrepareError as exc:
-        say(f"not starting: {_scrub(str(exc), uri)}")
-        return 1
-    except Exception as exc:
-        detail = _scrub(f"{type(exc).__name__}: {exc}", uri)
-        say(f"not starting: preparing the schema failed: {detail}")
-        return 1
-    return 0
+    return _step(lambda: prepare(uri, lock_seconds), "preparing the schema", uri)
 
 
 if __name__ == "__main__":

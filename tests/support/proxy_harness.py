@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -74,19 +74,27 @@ class RecordingHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def upstream() -> Iterator[Upstreams]:
+@contextlib.contextmanager
+def recording_upstream(poll_interval: float = 0.5) -> Iterator[Upstreams]:
+    """The recording upstream; ``poll_interval`` is serve_forever's, so how long stopping it
+    takes (a file that starts one per test shortens it)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RecordingHandler)
     server.daemon_threads = True
     recorded: list[Recorded] = []
     server.recorded = recorded  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(poll_interval,), daemon=True)
     thread.start()
     try:
         yield Upstreams(server.server_address[1], recorded)
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstreams]:
+    with recording_upstream() as recording:
+        yield recording
 
 
 class StandInTokens:
@@ -104,15 +112,21 @@ class RunningProxy:
         return f"http://127.0.0.1:{self.port}"
 
 
+class Served(Protocol):
+    @property
+    def uri(self) -> str: ...
+
+
 @contextlib.contextmanager
-def running_proxy(upstream: Upstreams) -> Iterator[RunningProxy]:
+def running_proxy(upstream: Served, poll_interval: float = 0.5) -> Iterator[RunningProxy]:
+    """The proxy in front of ``upstream``; ``poll_interval`` as for ``recording_upstream``."""
     port = free_port()
     log = io.StringIO()
     arguments: list[Any] = [port, Upstream.from_uri(upstream.uri), StandInTokens(), log]
     if "secret" in inspect.signature(SigningProxy.__init__).parameters:
         arguments.append(SECRET)  # (the proxy before the per-run secret had none)
     proxy = SigningProxy(*arguments)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread = threading.Thread(target=proxy.serve_forever, args=(poll_interval,), daemon=True)
     thread.start()
     try:
         yield RunningProxy(port, log)
