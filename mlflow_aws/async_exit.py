@@ -14,10 +14,17 @@ joined: it lets the queue drain for up to ``MLFLOW_AWS_ASYNC_EXIT_SECONDS`` (def
 the bound off). Drained in time: the exit goes on as usual, every metric sent. Not drained: it
 says so on stderr (the metrics still queued are lost; the server never answered for them) and
 ends the process with exit code 1 at once, since anything else would wait for the same threads.
+
+Then, in a script that started a run, ``freeze_for_exit`` is the last atexit handler MLflow's
+import leaves (see its docstring): it spares the interpreter's final garbage collections over
+the ~150,000 objects of ``import mlflow`` (~1,780 modules), most of the script's exit.
 """
 
 from __future__ import annotations
 
+import atexit
+import gc
+import io
 import os
 import sys
 import threading
@@ -27,8 +34,11 @@ from typing import Any
 from mlflow_aws import environment as env_names
 
 EXIT_SECONDS_ENV = env_names.ASYNC_EXIT_SECONDS
+FAST_EXIT_ENV = env_names.FAST_EXIT
 DEFAULT_EXIT_SECONDS = 10.0
 _installed = False
+_run_started = False
+_kept_modules: list[Any] = []
 
 
 def exit_bound(environ: Any = os.environ) -> float:
@@ -43,17 +53,16 @@ def _active_queues() -> list[Any]:
     module = sys.modules.get("mlflow.utils.async_logging.async_logging_queue")
     if module is None:  # async logging never used: nothing to wait for
         return []
-    import gc
-
     queue_type = module.AsyncLoggingQueue
-    # Weak proxies are skipped by their own type: isinstance() on one whose referent is gone
-    # raises ReferenceError (and a live one would name a queue found directly anyway).
+    return [q for q in _objects() if isinstance(q, queue_type) and not q.is_idle()]
+
+
+def _objects() -> list[Any]:
+    """Every object the garbage collector tracks, less weak proxies: isinstance() on one whose
+    referent is gone raises ReferenceError (and a live one would name an object found directly
+    anyway)."""
     proxies = (weakref.ProxyType, weakref.CallableProxyType)
-    return [
-        q
-        for q in gc.get_objects()
-        if type(q) not in proxies and isinstance(q, queue_type) and not q.is_idle()
-    ]
+    return [o for o in gc.get_objects() if type(o) not in proxies]
 
 
 def drain_within_bound() -> None:
@@ -85,10 +94,69 @@ def drain_within_bound() -> None:
         os._exit(1)
 
 
+def fast_exit_enabled(environ: Any = os.environ) -> bool:
+    return str(environ.get(FAST_EXIT_ENV, "1")).strip() != "0"
+
+
+def note_run_started() -> None:
+    global _run_started
+    _run_started = True
+
+
+def freeze_for_exit() -> None:
+    """Let the interpreter's teardown skip its garbage collections over what is alive at exit.
+
+    Measured (bench/training_loop.py, the recommended mode, 20 steps): 0.8-1.1 s of a 1.2-1.5 s
+    exit came after the last atexit handler, the interpreter walking the ~150,000 objects that
+    ``import mlflow`` leaves (a full collection takes ~0.15 s here, and the teardown makes
+    several); with them frozen it takes ~0.1 s. ``gc.freeze()`` moves every object into the
+    permanent generation, which collections never walk; ``gc.disable()`` would not help (the
+    teardown's collections ignore it).
+
+    Frozen objects are never freed, so their finalizers would not run: an unclosed file at
+    module level would lose its buffered tail, a ``NamedTemporaryFile`` would stay on disk, a
+    ``ZipFile`` would not be closed. So first every open writable file is flushed, and every
+    module is kept alive (a frozen list holding itself): the teardown then clears each module's
+    globals, as it does for any live module, and what they held alone is finalized as usual.
+    Only objects in reference cycles are not (their ``__del__`` does not run: Python does not
+    promise it at exit).
+
+    Registered during ``import mlflow`` (MLflow loads the run context providers before it
+    registers its own end of a run), so it runs after MLflow's atexit handlers: the run's end
+    and the async queues' flushes. It acts only in a script that started a run, only when no
+    run is left open and no queue holds metrics (ran too early otherwise: the teardown stays as
+    Python's), and not with ``MLFLOW_AWS_FAST_EXIT=0``.
+    """
+    if not (_run_started and fast_exit_enabled()):
+        return
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is not None and fluent.active_run() is not None:
+        return
+    module = sys.modules.get("mlflow.utils.async_logging.async_logging_queue")
+    queue_type = module.AsyncLoggingQueue if module is not None else ()
+    files = []
+    for obj in _objects():
+        if isinstance(obj, queue_type) and not obj.is_idle():
+            return
+        if isinstance(obj, io.IOBase):
+            files.append(obj)
+    for file in files:
+        try:
+            if not file.closed and file.writable():
+                file.flush()
+        except (OSError, ValueError):  # a closed pipe, a detached wrapper: nothing to keep
+            pass
+    global _kept_modules
+    _kept_modules = list(sys.modules.values())
+    _kept_modules.append(_kept_modules)  # holds itself: frozen, never freed, nor the modules
+    gc.freeze()
+
+
 def install() -> None:
     """Run ``drain_within_bound`` at interpreter shutdown, before thread pools are joined
     (``threading._register_atexit``: what ``concurrent.futures`` itself uses, run last-in
-    first-out, so ours runs before the pools' join)."""
+    first-out, so ours runs before the pools' join), and ``freeze_for_exit`` after the atexit
+    handlers registered from now on (last-in first-out: the earliest registered runs last)."""
     global _installed
     register = getattr(threading, "_register_atexit", None)
     if _installed or register is None:
@@ -96,4 +164,5 @@ def install() -> None:
     import concurrent.futures.thread  # noqa: F401 (its join must be registered before ours)
 
     register(drain_within_bound)
+    atexit.register(freeze_for_exit)
     _installed = True
