@@ -15,7 +15,8 @@ longest single request to the server is recorded too (a proxied transfer is one 
 lasts the whole transfer: it must fit the load balancer's idle timeout,
 ``mlflow_aws/load_balancer.py IDLE_TIMEOUT_SECONDS``).
 
-moto runs as ``bench/moto_ranged.py`` (a ranged GET reads its range, not the whole object).
+moto runs as ``tests/support/moto_ranged.py``, the tests' moto (a ranged GET reads its range, not
+the whole object).
 
 Targets: (b) >= 80% of (c) in MiB/s; in (b) the server's RSS grows <= 64 MiB and it handles
 <= 1% of the bytes; no single request through the load balancer's path (the central route)
@@ -53,7 +54,7 @@ from tests.support.processes import (
     reset_peak_rss,
     rss_bytes,
 )
-from tests.support.services import running_mariadb, running_moto
+from tests.support.services import RANGED_MOTO, running_mariadb, running_moto
 
 MIB = 1 << 20
 BUCKET = "mlflow-aws-bench-artifacts"
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with (
         nothing_left_behind(),
-        running_moto("bench.moto_ranged") as moto,  # real S3 reads a range, not the object
+        running_moto(RANGED_MOTO) as moto,  # real S3 reads a range, not the object
         running_mariadb() as db,
         workdir() as directory,
     ):
