@@ -87,7 +87,7 @@ def use_then_stop(seen: list[tuple[int, bytes]]) -> Callable[[str], None]:
 def test_it_prints_the_url_lines_signs_what_the_client_sends_and_stops_on_sigterm(
     upstream: Upstreams,
 ) -> None:
-    port, seen = free_port(), []
+    port, seen = free_port(), list[tuple[int, bytes]]()
     local = f"http://127.0.0.1:{port}"
     out, err = Terminal(use_then_stop(seen)), io.StringIO()
     assert serve_remote(upstream.uri, port, "eu-west-1", out=out, err=err) == 0
