@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -149,6 +148,9 @@ def test_a_tracking_uri_the_signer_refuses_is_a_helper_error_before_anything_lis
     checks.check_port_free(port)
 
 
+# Both Ctrl-Cs raise KeyboardInterrupt where the signal handler would, deterministically: a real
+# SIGINT that lands in the serve loop's thread.join() marks the still-running thread stopped on
+# CPython 3.11 (bpo-45274), which hides a serve thread left running by chance.
 SECOND_CTRL_C = """
 import sys
 
@@ -164,14 +166,23 @@ class Tokens:
         return "stand-in"
 
 
-def second_ctrl_c(self):  # the user presses Ctrl-C again as the stop begins
+class Terminal:
+    def write(self, text):
+        return sys.stdout.write(text)
+
+    def flush(self):  # the URL lines are on the screen: the user presses Ctrl-C
+        sys.stdout.flush()
+        raise KeyboardInterrupt
+
+
+def second_ctrl_c(self):  # and again as the stop begins
     raise KeyboardInterrupt
 
 
 mlflow_aws.auth.signer.TokenSource = Tokens
 proxy.SigningProxy.shutdown = second_ctrl_c
 try:  # as helper.cli.main
-    sys.exit(proxy.serve_remote(sys.argv[1], int(sys.argv[2]), "eu-west-1"))
+    sys.exit(proxy.serve_remote(sys.argv[1], int(sys.argv[2]), "eu-west-1", out=Terminal()))
 except KeyboardInterrupt:
     sys.stderr.write("interrupted\\n")
     sys.exit(130)
@@ -181,23 +192,19 @@ except KeyboardInterrupt:
 def test_a_second_ctrl_c_while_it_stops_still_ends_the_helpers_process(
     upstream: Upstreams,
 ) -> None:
-    """Its cleanup cut short, nothing the proxy started (its serve loop, its slow-head watch)
-    keeps the process alive, serving with the user's identity after they asked it to stop."""
+    """Its cleanup cut short (proxy.shutdown and server_close never ran), nothing the proxy
+    started (its serve loop, its slow-head watch) keeps the process alive, serving with the
+    user's identity after they asked it to stop."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_TOKEN"}
-    process = subprocess.Popen(
-        [sys.executable, "-B", "-c", SECOND_CTRL_C, upstream.uri, str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
     try:
-        assert process.stdout is not None
-        assert process.stdout.readline().startswith("MLflow UI"), "it came up"
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 130, err
-    assert err.endswith("interrupted\n"), err
+        done = subprocess.run(
+            [sys.executable, "-B", "-c", SECOND_CTRL_C, upstream.uri, str(port)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the helper's process is still alive: {exc.stderr!r}") from None
+    assert done.stdout.startswith("MLflow UI"), "it came up"
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.endswith("stopping the signing proxy...\ninterrupted\n"), done.stderr
     checks.check_port_free(port)
