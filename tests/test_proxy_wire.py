@@ -1111,6 +1111,37 @@ def test_a_restarted_proxy_gets_its_port_back_at_once() -> None:
         again.server_close()
 
 
+def test_a_connection_the_proxy_has_no_thread_for_is_closed_and_the_next_one_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Out of threads (a process or user limit): that client's connection is closed at once
+    (not left open, unanswered, until it gives up), its slot freed, and the proxy serves on."""
+    real = socketserver.ThreadingMixIn.process_request
+    tries: list[object] = []
+
+    def out_of_threads(self: Any, request: Any, client_address: Any) -> None:
+        tries.append(client_address)
+        if len(tries) == 1:
+            raise RuntimeError("can't start new thread")
+        real(self, request, client_address)
+
+    monkeypatch.setattr(socketserver.ThreadingMixIn, "process_request", out_of_threads)
+    monkeypatch.setattr(SigningProxy, "handle_error", lambda *_: None)  # (its traceback)
+    with scripted() as script, proxy_to(script) as proxy:
+        with connected(proxy) as (sock, rfile):
+            sock.settimeout(5)
+            sock.sendall(signed("GET", "/a", proxy.host))
+            try:  # closed with the request unread: a FIN or a reset, either is closed
+                assert rfile.read1(65536) == b""
+            except ConnectionResetError:
+                pass
+            except TimeoutError:
+                raise AssertionError("the connection was left open, unanswered") from None
+        reply, _ = one(proxy, signed("GET", "/b", proxy.host))
+    assert reply.status == 200
+    assert [s.line for s in script.seen] == ["GET /proj/b HTTP/1.1"]
+
+
 def test_stopping_the_proxy_does_not_wait_for_idle_client_connections() -> None:
     with scripted() as script:
         log = io.StringIO()
