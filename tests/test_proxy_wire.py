@@ -10,6 +10,7 @@ import contextlib
 import io
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -1115,7 +1116,9 @@ def test_a_connection_the_proxy_has_no_thread_for_is_closed_and_the_next_one_ser
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Out of threads (a process or user limit): that client's connection is closed at once
-    (not left open, unanswered, until it gives up), its slot freed, and the proxy serves on."""
+    (not left open, unanswered, until it gives up), the failure reported (socketserver's
+    handle_error: its traceback on the helper's stderr), its slot freed, and the proxy serves
+    on."""
     real = socketserver.ThreadingMixIn.process_request
     tries: list[object] = []
 
@@ -1126,7 +1129,10 @@ def test_a_connection_the_proxy_has_no_thread_for_is_closed_and_the_next_one_ser
         real(self, request, client_address)
 
     monkeypatch.setattr(socketserver.ThreadingMixIn, "process_request", out_of_threads)
-    monkeypatch.setattr(SigningProxy, "handle_error", lambda *_: None)  # (its traceback)
+    reported: list[str] = []
+    monkeypatch.setattr(
+        SigningProxy, "handle_error", lambda *_: reported.append(str(sys.exc_info()[1]))
+    )
     with scripted() as script, proxy_to(script) as proxy:
         with connected(proxy) as (sock, rfile):
             sock.settimeout(5)
@@ -1140,6 +1146,7 @@ def test_a_connection_the_proxy_has_no_thread_for_is_closed_and_the_next_one_ser
         reply, _ = one(proxy, signed("GET", "/b", proxy.host))
     assert reply.status == 200
     assert [s.line for s in script.seen] == ["GET /proj/b HTTP/1.1"]
+    assert reported == ["can't start new thread"]
 
 
 def test_stopping_the_proxy_does_not_wait_for_idle_client_connections() -> None:
