@@ -1081,6 +1081,27 @@ def test_a_refusal_reaches_a_client_that_sent_a_body_the_proxy_never_read() -> N
     assert reply.status == 401 and reply.body.startswith(b"this server needs its run's token")
 
 
+def test_a_refused_upload_sent_whole_before_reading_gets_the_refusal_not_a_reset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that sends its whole body before it reads the answer (http.client, so the MLflow
+    client uploading an artifact) and is refused: the proxy answers at once and discards what
+    follows for a while (up to LINGER_BYTES), so the upload ends and the answer is read; closed
+    at once, the client's next block would meet a reset instead of the refusal."""
+    monkeypatch.setattr(proxy_module, "LINGER_SECONDS", 10.0)  # (a loaded machine: no flake)
+    block = b"x" * (64 << 10)
+    with scripted() as script, proxy_to(script) as proxy, connected(proxy) as (sock, rfile):
+        sock.sendall(f"PUT /x HTTP/1.1\r\nHost: {proxy.host}\r\nContent-Length: {6 * len(block)}"
+                     "\r\n\r\n".encode())  # fmt: skip
+        time.sleep(0.1)  # the refusal is written; the body follows, block by block
+        for _ in range(6):
+            sock.sendall(block)
+            time.sleep(0.01)
+        reply = read_reply(rfile)
+    assert reply.status == 401 and reply.body.startswith(b"this server needs its run's token")
+    assert script.seen == []
+
+
 def test_a_refused_client_that_keeps_sending_is_cut_off() -> None:
     with scripted() as script, proxy_to(script) as proxy, connected(proxy) as (sock, _):
         sock.sendall(f"PUT /x HTTP/1.1\r\nHost: {proxy.host}\r\nContent-Length: {1 << 30}"
