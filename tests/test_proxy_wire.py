@@ -1069,6 +1069,27 @@ def test_a_request_sent_after_a_refusal_on_the_same_connection_is_never_read() -
     assert script.seen == []
 
 
+def test_a_request_after_a_refused_body_of_exactly_the_linger_limit_is_never_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The linger stops at LINGER_BYTES discarded, not at the end of the body: whatever the
+    client sends next is still the refused request's, never a request (the connection closes)."""
+    monkeypatch.setattr(proxy_module, "LINGER_SECONDS", 10.0)  # the limit ends it, not the time
+    limit = proxy_module.LINGER_BYTES
+    with scripted() as script, proxy_to(script) as proxy, connected(proxy) as (sock, rfile):
+        sock.sendall(f"PUT /x HTTP/1.1\r\nHost: {proxy.host}\r\nContent-Length: {1 << 30}"
+                     "\r\n\r\n".encode())  # fmt: skip
+        assert read_reply(rfile).status == 401
+        sock.sendall(b"z" * limit)
+        time.sleep(0.3)  # all of it discarded: the linger is over
+        body = b'{"experiment_id": "1"}'
+        with contextlib.suppress(OSError):
+            sock.sendall(signed("POST", "/api/2.0/mlflow/experiments/delete", proxy.host,
+                                f"Content-Length: {len(body)}\r\n", body))  # fmt: skip
+        time.sleep(0.3)
+    assert script.seen == []
+
+
 def test_a_refusal_reaches_a_client_that_sent_a_body_the_proxy_never_read() -> None:
     """The unread body would make closing send a reset, which can destroy the answer in
     flight: the proxy half-closes and drains first."""
