@@ -3,7 +3,7 @@ run: 500 steps of 100 ms (10 steps/s) logging 10 metrics a step through the cent
 sign-in (``--app-name aws-iam``, the client plugin, MariaDB with TLS, moto STS/IAM), behind a
 userspace relay that delays each direction by 15 ms (``bench/delay_relay.py``).
 
-    .venv/bin/python bench/training_loop.py              # every mode, 500 steps (~8 min)
+    .venv/bin/python bench/training_loop.py              # every mode, 500 steps (~21 min)
     .venv/bin/python bench/training_loop.py --steps 50   # quicker
     .venv/bin/python bench/training_loop.py --hang       # MLflow's async exit with the network gone
 
