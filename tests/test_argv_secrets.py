@@ -2,9 +2,9 @@
 backend-store URI, for real, while /proc is read.
 
 While each command runs, a thread reads /proc/<pid>/cmdline of every descendant of this process
-(what ``ps`` shows, the child's own children included) every few milliseconds; the password must
-be in none, the command must have run (its argv was seen) and done its work (the schema
-migrated, the deleted run collected, the experiment made through the server).
+(what ``ps`` shows, the child's own children included) every 50 ms (each child lives seconds);
+the password must be in none, the command must have run (its argv was seen) and done its work
+(the schema migrated, the deleted run collected, the experiment made through the server).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tests.support.stack_on_moto import Project, create_project
 
 
 @contextlib.contextmanager
-def argv_seen(poll: float = 0.01) -> Iterator[list[list[str]]]:
+def argv_seen(poll: float = 0.05) -> Iterator[list[list[str]]]:
     """Every argv of this process's descendants seen while the block runs (filled at its end)."""
     seen: dict[tuple[str, ...], None] = {}
     stop = threading.Event()
