@@ -116,7 +116,7 @@ def test_mlflow_argv_hands_the_uri_from_the_environment_to_mlflows_cli_not_the_c
             f"        print(json.dumps([{name!r}, prog_name, args]))\n"
         )
     uri = "mysql+pymysql://u:NotInArgv1@h/s"
-    args = ("gc", "--backend-store-uri", URI_ARGUMENT, f"x{URI_ARGUMENT}", "--older-than", "1d")
+    args = ("gc", "--backend-store-uri", URI_ARGUMENT, f"x{URI_ARGUMENT}", f"{URI_ARGUMENT}x")
     command = mlflow_argv(*args)
     assert command == [sys.executable, "-P", "-c", PROGRAM, *args]
     assert "NotInArgv1" not in " ".join(command)
@@ -125,7 +125,7 @@ def test_mlflow_argv_hands_the_uri_from_the_environment_to_mlflows_cli_not_the_c
     assert env == {**inherited, "MLFLOW_BACKEND_STORE_URI": uri}
     out = subprocess.run(command, env=env, cwd=tmp_path / "cwd", capture_output=True, text=True,
                          timeout=60, check=True).stdout  # fmt: skip
-    given = ["gc", "--backend-store-uri", uri, f"x{URI_ARGUMENT}", "--older-than", "1d"]
+    given = ["gc", "--backend-store-uri", uri, f"x{URI_ARGUMENT}", f"{URI_ARGUMENT}x"]
     assert json.loads(out) == ["path", "mlflow", given]
 
 
