@@ -3,7 +3,8 @@
 (the limit), through the laptop server (the tuned server, no sign-in) and through the central
 app with sign-in (``--app-name aws-iam``, the client plugin), on MariaDB (TLS).
 
-    .venv/bin/python bench/artifact_throughput.py                       # 200M,1G,4G (~25 min)
+    .venv/bin/python bench/artifact_throughput.py                       # 200M,1G (~15 min)
+    .venv/bin/python bench/artifact_throughput.py --sizes 200M,1G,4G    # 4G: the machine alone
     .venv/bin/python bench/artifact_throughput.py --sizes 8M,32M,200M   # pick the threshold
     .venv/bin/python bench/artifact_throughput.py --quick               # 32M only: does it work
 
@@ -15,11 +16,17 @@ longest single request to the server is recorded too (a proxied transfer is one 
 lasts the whole transfer: it must fit the load balancer's idle timeout,
 ``mlflow_aws/load_balancer.py IDLE_TIMEOUT_SECONDS``).
 
-moto runs as ``bench/moto_ranged.py`` (a ranged GET reads its range, not the whole object).
+moto runs as ``tests/support/moto_ranged.py``, the tests' moto (a ranged GET reads its range, not
+the whole object).
 
 Targets: (b) >= 80% of (c) in MiB/s; in (b) the server's RSS grows <= 64 MiB and it handles
 <= 1% of the bytes; no single request through the load balancer's path (the central route)
 lasts longer than the load balancer's idle timeout.
+
+A diagnostic mode, (b+), is (b) with more client threads (``--threads``, default boto3's 10):
+MLflow 3.17.2's client moves multipart ranges and parts on ``min(2 x CPUs, 20)`` threads
+(``ArtifactRepository.max_workers``) and has no setting for it, so on 2 cores (b) runs 4 where
+(c) runs 10. (b+) replaces that property in this process for its transfers only; no target.
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ from tests.support.processes import (
     reset_peak_rss,
     rss_bytes,
 )
-from tests.support.services import running_mariadb, running_moto
+from tests.support.services import RANGED_MOTO, running_mariadb, running_moto
 
 MIB = 1 << 20
 BUCKET = "mlflow-aws-bench-artifacts"
@@ -63,7 +70,9 @@ RATIO_TARGET = 0.80
 RSS_GROWTH_LIMIT_MIB = 64.0
 SERVER_BYTES_LIMIT = 0.01
 MODES = ("a", "b", "c")
-MODE_LABELS = {"a": "(a) proxied", "b": "(b) presigned", "c": "(c) boto3 to S3"}
+DIAGNOSTIC = "b+"
+MODE_LABELS = {"a": "(a) proxied", "b": "(b) presigned", "c": "(c) boto3 to S3",
+               DIAGNOSTIC: "(b+) presigned, more threads"}  # fmt: skip
 # Every MLflow setting a mode may set; cleared before each transfer.
 ARTIFACT_KEYS = sorted({*client_settings(PRESIGNED), *client_settings(PROXIED)})
 
@@ -132,17 +141,39 @@ class RequestTimer:
             repo.http_request = original
 
 
+def mlflow_threads() -> int:
+    """The threads MLflow's artifact client uses here (min(2 x CPUs, 20))."""
+    from mlflow.store.artifact.artifact_repo import ArtifactRepository
+
+    return int(ArtifactRepository.max_workers.fget(None))  # type: ignore[attr-defined]
+
+
 @contextlib.contextmanager
-def client_mode(mode: str, plugin: bool) -> Iterator[None]:
+def client_threads(threads: int | None) -> Iterator[None]:
+    """MLflow's artifact repositories made meanwhile use ``threads`` (None: MLflow's own)."""
+    from mlflow.store.artifact.artifact_repo import ArtifactRepository
+
+    original = ArtifactRepository.max_workers
+    if threads is not None:
+        ArtifactRepository.max_workers = property(lambda self: threads)  # type: ignore[method-assign, assignment]
+    try:
+        yield
+    finally:
+        ArtifactRepository.max_workers = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def client_mode(mode: str, plugin: bool, threads: int | None = None) -> Iterator[None]:
     saved = {key: os.environ.pop(key, None) for key in [*ARTIFACT_KEYS, "MLFLOW_TRACKING_AUTH"]}
     if mode == "a":
         os.environ.update(client_settings(PROXIED))
-    elif mode == "b":
+    elif mode in ("b", DIAGNOSTIC):
         os.environ.update(client_settings(PRESIGNED))
     if plugin:
         os.environ["MLFLOW_TRACKING_AUTH"] = "aws-iam"
     try:
-        yield
+        with client_threads(threads if mode == DIAGNOSTIC else None):
+            yield
     finally:
         for key, value in saved.items():
             os.environ.pop(key, None)
@@ -190,7 +221,7 @@ def measured(route: Route, action: Callable[[], object], timer: RequestTimer) ->
 
 def transfer(
     route: Route, mode: str, size: int, source: Path, digest: str, directory: Path,
-    s3: Any, timer: RequestTimer,
+    s3: Any, timer: RequestTimer, threads: int | None = None,
 ) -> None:  # fmt: skip
     from mlflow import MlflowClient
 
@@ -210,7 +241,7 @@ def transfer(
         up.seconds, got.seconds = up.seconds, got.seconds
         up.longest_request_s = got.longest_request_s = 0.0  # not through the server at all
     else:
-        with client_mode(mode, route.plugin):
+        with client_mode(mode, route.plugin, threads):
             client = MlflowClient(tracking_uri=route.server.tracking_uri)
             experiment = client.create_experiment(f"bench-{route.key}-{secrets.token_hex(4)}")
             run_id = client.create_run(experiment).info.run_id
@@ -233,7 +264,7 @@ def transfer(
         log(f"    {direction}: {mib_s(size, figure):,.1f} MiB/s, server "
             f"{figure.server_bytes / size:.2%} of the bytes, +{figure.server_rss_growth_mib:.0f} "
             f"MiB RSS, longest request {figure.longest_request_s:.1f} s; "
-            f"{memory_available_gib():.1f} GiB available")  # fmt: skip
+            f"{memory_available_gib():.1f} GiB available, load {load_average()}")  # fmt: skip
     # What the server stored, gone (moto keeps objects in memory and temp files).
     for listed in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PROJECT):
         for item in listed.get("Contents", []):
@@ -304,11 +335,41 @@ def report(routes: list[Route], sizes: list[int]) -> tuple[str, bool]:
     return text, all_met
 
 
+def diagnostic_report(routes: list[Route], sizes: list[int], threads: int) -> str:
+    """(b) on MLflow's threads against (b+) on ``threads``, both against (c); no target."""
+    rows = []
+    for route in routes:
+        for size in sizes:
+            for direction in ("up", "down"):
+                b, plus, c = (
+                    route.figures.get((size, m, direction)) for m in ("b", DIAGNOSTIC, "c")
+                )
+                if b is None or plus is None or c is None:
+                    continue
+                rows.append([
+                    route.label, size_label(size), direction,
+                    f"{mib_s(size, b):,.0f} MiB/s ({mib_s(size, b) / mib_s(size, c):.0%})",
+                    f"{mib_s(size, plus):,.0f} MiB/s ({mib_s(size, plus) / mib_s(size, c):.0%}; "
+                    f"server {plus.server_bytes / size:.2%}, "
+                    f"+{plus.server_rss_growth_mib:.0f} MiB)",
+                    f"{mib_s(size, c):,.0f} MiB/s",
+                ])  # fmt: skip
+    return table(["route", "size", "", f"(b) {mlflow_threads()} threads (of c)",
+                  f"(b+) {threads} threads (of c)", "(c) boto3, 10 threads"], rows)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--sizes", default="200M,1G,4G", help="comma-separated (default: %(default)s)"
+        "--sizes",
+        default="200M,1G",
+        help="comma-separated (default: %(default)s; 4G needs "
+        "the machine alone: moto assembles a completed upload in memory)",
     )
+    parser.add_argument(
+        "--threads", type=int, default=10,
+        help="client threads of the diagnostic (b+) (default: %(default)s, boto3's; 0: no (b+))",
+    )  # fmt: skip
     parser.add_argument(
         "--routes", default="laptop,central", help="laptop, central (default: %(default)s)"
     )
@@ -324,10 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [parse_size(s) for s in ("32M" if args.quick else args.sizes).split(",")]
     wanted = [r.strip() for r in args.routes.split(",")]
     proxied_limit = parse_size(args.proxied_up_to)
+    started_load = load_average()
 
     with (
         nothing_left_behind(),
-        running_moto("bench.moto_ranged") as moto,  # real S3 reads a range, not the object
+        running_moto(RANGED_MOTO) as moto,  # real S3 reads a range, not the object
         running_mariadb() as db,
         workdir() as directory,
     ):
@@ -366,25 +428,31 @@ def main(argv: list[str] | None = None) -> int:
                 source = directory / f"artifact-{size}.bin"
                 log(f"{size_label(size)}: writing the source file")
                 digest = make_file(source, size)
+                modes = [*MODES, DIAGNOSTIC] if args.threads else list(MODES)
                 for route in routes:
-                    for mode in MODES:
+                    for mode in modes:
                         if mode == "a" and size > proxied_limit:
                             continue
                         log(f"  {route.label}: {MODE_LABELS[mode]} up and down")
-                        transfer(route, mode, size, source, digest, directory, s3, timer)
+                        transfer(route, mode, size, source, digest, directory, s3, timer,
+                                 args.threads)  # fmt: skip
                 source.unlink()
                 done = sizes[: sizes.index(size) + 1]
                 if len(done) < len(sizes):  # a long run shows what it has so far
                     print(f"so far:\n{report(routes, done)[0]}\n", flush=True)
     text, all_met = report(routes, sizes)
     print(text)
+    if args.threads:
+        print(f"\nDiagnostic (no target): (b) with {args.threads} client threads\n"
+              + diagnostic_report(routes, sizes, args.threads))  # fmt: skip
     print(
         f"\nTargets: (b) >= {RATIO_TARGET:.0%} of (c); in (b) server RSS growth <= "
         f"{RSS_GROWTH_LIMIT_MIB:.0f} MiB and <= {SERVER_BYTES_LIMIT:.0%} of the bytes through "
         f"the server; no request through the load balancer's path (central) longer than its "
         f"idle timeout ({IDLE_TIMEOUT_SECONDS} s). Settings (b): "
         + ", ".join(f"{k}={v}" for k, v in client_settings(PRESIGNED).items())
-        + f". Load average {load_average()}."
+        + f"; MLflow's client threads here: {mlflow_threads()} ({os.cpu_count()} CPUs)"
+        + f". Load average at the start {started_load}, at the end {load_average()}."
     )
     print("all targets met" if all_met else "some targets MISSED")
     return 0

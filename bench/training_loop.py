@@ -3,15 +3,19 @@ run: 500 steps of 100 ms (10 steps/s) logging 10 metrics a step through the cent
 sign-in (``--app-name aws-iam``, the client plugin, MariaDB with TLS, moto STS/IAM), behind a
 userspace relay that delays each direction by 15 ms (``bench/delay_relay.py``).
 
-    .venv/bin/python bench/training_loop.py              # every mode, 500 steps (~8 min)
+    .venv/bin/python bench/training_loop.py              # every mode, 500 steps (~21 min)
     .venv/bin/python bench/training_loop.py --steps 50   # quicker
     .venv/bin/python bench/training_loop.py --hang       # MLflow's async exit with the network gone
 
-Each mode is its own process (the user's script: ``with mlflow.start_run(): for step ...``),
-configured only by its environment. Per mode: the loop's time against the same loop without
-logging, the metrics in the database (``COUNT(*)`` and distinct ``(key, step)``: each exactly
-once), and the time from the last step to the process's exit. A step's work is a sleep (compute
-in C or on a GPU releases the GIL, as a sleep does).
+Each mode is its own process (the user's script, ``bench/training_script.py``: standard library
+and mlflow only), configured only by its environment. Per mode: the loop's time against the same
+loop without logging, the metrics in the database (``COUNT(*)`` and distinct ``(key, step)``:
+each exactly once), and the time from the last step to the process's exit, split by the
+script's own timestamps into ``end_run``, the interpreter's thread shutdown (threading's exit
+hooks, where mlflow-aws bounds the async queue, and the joins), the atexit handlers (MLflow's
+queue and telemetry flushes, its end of a run left open, mlflow-aws's exit step) and the
+interpreter's teardown after the last handler (measured from outside: the exit the parent
+sees). A step's work is a sleep (compute in C or on a GPU releases the GIL, as a sleep does).
 
 ``--hang``: async logging, then the network goes away (the relay stops forwarding, keeping
 connections open) right after the last step: how long the process takes to exit, with MLflow's
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import PYTHON, log, nothing_left_behind, table, verdict, workdir
+from mlflow_aws import environment as env_names
 from tests.support.central import (
     client_aws_env,
     make_identities,
@@ -69,37 +74,27 @@ MODES = [
     ("buffered-metrics", "`log_metrics` per step, async, buffered 1 s",
      {"MLFLOW_ENABLE_ASYNC_LOGGING": "true", "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS": "1"},
      "metrics"),
+    # The same with mlflow-aws's exit step off (mlflow_aws/async_exit.py freeze_for_exit):
+    # Python's full teardown, side by side.
+    ("buffered-metrics-full-teardown",
+     "`log_metrics` per step, async, buffered 1 s, `MLFLOW_AWS_FAST_EXIT=0`",
+     {"MLFLOW_ENABLE_ASYNC_LOGGING": "true", "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS": "1",
+      env_names.FAST_EXIT: "0"}, "metrics"),
 ]  # fmt: skip
 
 
-# -- the user's script -------------------------------------------------------------------------
-
-
-def child(style: str, steps: int, step_seconds: float, detach: bool) -> int:
-    """The training script. Prints the run id, then (after the loop) the wall-clock time of the
-    end of its last step; ``detach``: no ``with`` (the run is ended by MLflow's atexit)."""
-    import mlflow
-
-    run = mlflow.start_run()
-    print(run.info.run_id, flush=True)
-    started = time.monotonic()
-    for step in range(steps):
-        time.sleep(step_seconds)  # the step's compute
-        values = {f"metric_{i}": step * 0.001 + i for i in range(METRICS_PER_STEP)}
-        if style == "metric":
-            for key, value in values.items():
-                mlflow.log_metric(key, value, step=step)
-        elif style == "metrics":
-            mlflow.log_metrics(values, step=step)
-        elif style == "metrics-async":
-            mlflow.log_metrics(values, step=step, synchronous=False)
-    print(f"{time.monotonic() - started:.3f} {time.time():.3f}", flush=True)
-    if not detach:
-        mlflow.end_run()
-    return 0
-
-
 # -- the bench ---------------------------------------------------------------------------------
+
+
+SCRIPT = Path(__file__).with_name("training_script.py")
+# The phases of "last step -> exit", between the script's marks (bench/training_script.py) and
+# the exit the parent sees.
+PHASES = [
+    ("end_run", None, "end-run"),
+    ("threads (exit hooks, joins)", "end-run", "threads-done"),
+    ("atexit handlers", "atexit", "atexit-done"),
+    ("interpreter teardown", "atexit-done", "exit"),
+]
 
 
 @dataclass
@@ -111,6 +106,20 @@ class Result:
     rows: int
     distinct: int
     exit_code: int
+    phases: dict[str, float]
+
+
+def phases(last_step_at: float, marks: dict[str, float], ended: float) -> dict[str, float]:
+    """Seconds per phase of the exit; a phase whose marks are missing (killed) is left out."""
+    at = {**marks, "exit": ended}
+    if "atexit" in at:
+        at["threads-done"] = at["atexit"]
+    spans = {}
+    for name, begin, end in PHASES:
+        first = last_step_at if begin is None else at.get(begin)
+        if first is not None and end in at:
+            spans[name] = at[end] - first
+    return spans
 
 
 @contextlib.contextmanager
@@ -133,14 +142,14 @@ def run_mode(
     key: str, label: str, extra: dict[str, str], style: str, env: dict[str, str], steps: int,
     project: Any, on_last_step: Any = None, detach: bool = False, cap: float | None = None,
 ) -> Result:  # fmt: skip
-    argv = [PYTHON, __file__, "--child", style, "--steps", str(steps)]
+    argv = [PYTHON, str(SCRIPT), style, str(steps), str(STEP_SECONDS), str(METRICS_PER_STEP)]
     if detach:
         argv.append("--detach")
     process = subprocess.Popen(argv, env={**env, **extra}, stdout=subprocess.PIPE, text=True,
                                start_new_session=True)  # fmt: skip
     assert process.stdout is not None
     run_id = process.stdout.readline().strip()
-    loop_line = process.stdout.readline().split()
+    loop_line = process.stdout.readline().split()[1:]
     if on_last_step is not None:
         on_last_step()
     try:
@@ -149,6 +158,11 @@ def run_mode(
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
     ended = time.time()
+    marks = {}
+    for line in process.stdout.read().splitlines():
+        if line.startswith("mark "):
+            _, name, at = line.split()
+            marks[name] = float(at)
     if len(loop_line) != 2:
         raise RuntimeError(f"{label}: the script failed ({process.returncode})")
     loop_s, last_step_at = float(loop_line[0]), float(loop_line[1])
@@ -156,7 +170,7 @@ def run_mode(
         "SELECT COUNT(*), COUNT(DISTINCT `key`, step) FROM metrics WHERE run_uuid = %s", (run_id,)
     )
     return Result(key, label, loop_s, ended - last_step_at, int(rows), int(distinct),
-                  process.returncode)  # fmt: skip
+                  process.returncode, phases(last_step_at, marks, ended))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,11 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--modes", default=",".join(m[0] for m in MODES))
     parser.add_argument("--hang", action="store_true", help="reproduce the async exit hang")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--detach", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        return child(args.child, args.steps, STEP_SECONDS, args.detach)
     wanted = args.modes.split(",")
 
     with (
@@ -218,7 +228,7 @@ def hang(env: dict[str, str], project: Any, relay_process: subprocess.Popen[str]
 
     rows = []
     for label, extra in (
-        ("MLflow's defaults", {"MLFLOW_AWS_ASYNC_EXIT_SECONDS": "0"}),
+        ("MLflow's defaults", {env_names.ASYNC_EXIT_SECONDS: "0"}),
         ("mlflow-aws plugin (bounded exit)", {}),
     ):
         log(f"  async logging, network gone after the last step: {label}")
@@ -251,9 +261,16 @@ def report(results: list[Result], steps: int) -> str:
         ])  # fmt: skip
     text = table(["mode", "loop", "added to the loop", "metrics in the database",
                   "last step -> exit", "targets"], rows)  # fmt: skip
+    split = table(
+        ["mode", *(name for name, _, _ in PHASES), "last step -> exit"],
+        [[r.label, *(f"{r.phases[n]:.2f} s" if n in r.phases else "-" for n, _, _ in PHASES),
+          f"{r.exit_s:.2f} s"] for r in results],
+    )  # fmt: skip
     return (
-        f"{text}\n\n{steps} steps of {STEP_SECONDS * 1000:.0f} ms, {METRICS_PER_STEP} metrics a "
-        f"step, {2 * ONE_WAY_DELAY_MS:.0f} ms round trip, central app with sign-in. Targets: "
+        f"{text}\n\nWhere the exit's time goes (the script's own timestamps; the exit as the "
+        f"parent saw it):\n\n{split}\n\n"
+        f"{steps} steps of {STEP_SECONDS * 1000:.0f} ms, {METRICS_PER_STEP} metrics a step, "
+        f"{2 * ONE_WAY_DELAY_MS:.0f} ms round trip, central app with sign-in. Targets: "
         f"adds <= {SLOWDOWN_TARGET:.0%}, every metric once, exit <= {EXIT_TARGET_S:.0f} s after "
         f"the last step. Load average {load_average()}."
     )

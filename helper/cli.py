@@ -445,12 +445,13 @@ def cmd_env(args: argparse.Namespace) -> int:
         return 0
     _require_project(args)
     connection = load_connection(args)
+    from mlflow_aws.auth import PROVIDER_NAME
     from mlflow_aws.auth.signer import STS_REGION_ENV
 
     # The central server's region: tokens are signed for its STS endpoint.
     for key, value in (
         ("MLFLOW_TRACKING_URI", _remote_tracking_uri(connection)),
-        ("MLFLOW_TRACKING_AUTH", "aws-iam"),
+        ("MLFLOW_TRACKING_AUTH", PROVIDER_NAME),
         (STS_REGION_ENV, connection.region),
     ):
         print(f"export {key}={shlex.quote(value)}")

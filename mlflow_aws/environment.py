@@ -37,3 +37,4 @@ GC_BATCH_ROWS = "MLFLOW_AWS_GC_BATCH_ROWS"
 RUN_SECRET = "MLFLOW_AWS_RUN_SECRET"  # noqa: S105 (a variable's name, not a secret)
 PUBLIC_PORT = "MLFLOW_AWS_PUBLIC_PORT"
 ASYNC_EXIT_SECONDS = "MLFLOW_AWS_ASYNC_EXIT_SECONDS"
+FAST_EXIT = "MLFLOW_AWS_FAST_EXIT"  # mlflow_aws/async_exit.py: "0" keeps the full teardown

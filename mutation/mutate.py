@@ -107,16 +107,19 @@ TARGETS: dict[str, Target] = {
         # test_proxy_security.py waits on sockets (~30 s a run): only for the fast survivors;
         # test_proxy_wire.py (the wire rules, ~9 s) first, so most mutants die in seconds;
         # test_auth_unit.py's proxy checks are repeated in test_proxy_rules.py;
-        # test_proxy_http_attacks.py (the attacks on the HTTP code, ~15 s, mostly waiting)
+        # test_proxy_http_attacks.py (the attacks on the HTTP code, ~15 s, mostly waiting);
+        # test_serve_remote.py (the command: what it prints, how it stops and fails, ~3 s)
         fast=(
             "tests/test_proxy_wire.py",
             "tests/test_proxy_rules.py",
             "tests/test_proxy_http_attacks.py",
+            "tests/test_serve_remote.py",
         ),
         full=(
             "tests/test_proxy_wire.py",
             "tests/test_proxy_rules.py",
             "tests/test_proxy_http_attacks.py",
+            "tests/test_serve_remote.py",
             "tests/test_proxy_security.py",
             "tests/test_auth_unit.py",
             "tests/test_auth_e2e.py",

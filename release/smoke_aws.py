@@ -426,7 +426,7 @@ class AwsAccount:
         if not tracking_uri.startswith("https://"):
             raise StepFailed(f"the stack's TrackingUri is {tracking_uri!r}")
         # here, not at the top: the plugin's module imports mlflow
-        from mlflow_aws.auth.client import PROVIDER_NAME
+        from mlflow_aws.auth import PROVIDER_NAME
 
         return self._tutorial(
             {

@@ -1,5 +1,6 @@
-"""Session-wide real services: MariaDB (TLS required, like Aurora), a moto server, and the RDS
-Data API emulator in front of that MariaDB."""
+"""Session-wide real services: MariaDB (TLS required, like Aurora), a moto server (its ranged S3
+GETs read only the range, as S3's: ``tests/support/moto_ranged.py``), and the RDS Data API
+emulator in front of that MariaDB."""
 
 from __future__ import annotations
 

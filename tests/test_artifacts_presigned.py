@@ -34,12 +34,8 @@ from typing import Any
 
 import pytest
 
-from mlflow_aws.artifact_settings import (
-    MULTIPART_UPLOAD_CHUNK_SIZE,
-    PRESIGNED_DOWNLOAD_TTL_SECONDS,
-    printed_settings,
-)
-from mlflow_aws.part_urls import part_url_seconds
+from mlflow_aws.artifact_settings import MULTIPART_UPLOAD_CHUNK_SIZE, printed_settings
+from mlflow_aws.part_urls import download_url_seconds, part_url_seconds
 from tests.support.central import (
     CentralServer,
     Identities,
@@ -200,7 +196,8 @@ def test_a_1_gib_artifact_both_ways_through_the_laptop_server(
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(json.loads(body)["url"]).query)
         key_id = query["X-Amz-Credential"][0].split("/")[0]
         assert key_id != aws["AWS_ACCESS_KEY_ID"] and "X-Amz-Security-Token" in query
-        assert int(query["X-Amz-Expires"][0]) == PRESIGNED_DOWNLOAD_TTL_SECONDS
+        # The download URL lives as long as the 1 GiB could take over a slow link, not 300 s.
+        assert int(query["X-Amz-Expires"][0]) == download_url_seconds(GIB) == 2108
         # Part URLs live as long as the whole file takes over a slow link (mlflow_aws/part_urls.py),
         # not boto3's hour.
         assert part_url_expiries(f"http://127.0.0.1:{port}/api/2.0/mlflow-artifacts",
@@ -433,7 +430,8 @@ def test_part_urls_expire_when_the_upload_should_be_done_not_in_an_hour(
     """A leaked part URL is good for writing a part until the client's upload, over a slow link,
     would have started its last part: one part about 1.5 min, a 4 GiB file (256 parts) about
     2.3 h; MLflow's own is an hour whatever the size (too long for one part, too short for a big
-    file over a slow link, which then fails half-way). The download URL: 5 minutes."""
+    file over a slow link, which then fails half-way). A download URL the same way from the
+    file's size, at least 5 minutes (MLflow's: 5 minutes whatever the size)."""
     from tests.support.central import bearer, token_for
 
     s3 = aws_client("s3", moto.aws_env())
@@ -444,11 +442,15 @@ def test_part_urls_expire_when_the_upload_should_be_done_not_in_an_hour(
         assert part_url_seconds(num_parts) == seconds
         got = part_url_expiries(base, headers, "expiry", num_parts, f"{BUCKET}/{PROJECT}")
         assert got == {seconds}
-    s3.put_object(Bucket=BUCKET, Key=f"{PROJECT}/expiry/model.bin", Body=b"model")
-    status, body = get(f"{base}/presigned/expiry/model.bin", headers)
-    assert status == 200, body
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(json.loads(body)["url"]).query)
-    assert int(query["X-Amz-Expires"][0]) == PRESIGNED_DOWNLOAD_TTL_SECONDS
+    # 7 ranges of 16 MiB over the slow link fit in 5 minutes; one byte more is an eighth range.
+    for name, size, seconds in [("model.bin", 5, 300), ("checkpoint.bin", 112 * MIB + 1, 316)]:
+        assert download_url_seconds(size) == seconds
+        s3.put_object(Bucket=BUCKET, Key=f"{PROJECT}/expiry/{name}", Body=b"\0" * size)
+        status, body = get(f"{base}/presigned/expiry/{name}", headers)
+        assert status == 200, body
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(json.loads(body)["url"]).query)
+        assert int(query["X-Amz-Expires"][0]) == seconds, name
+        s3.delete_object(Bucket=BUCKET, Key=f"{PROJECT}/expiry/{name}")
     uploads = s3.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{PROJECT}/expiry/")
     assert uploads.get("Uploads", []) == []  # each aborted through the server
 

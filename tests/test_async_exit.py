@@ -12,8 +12,10 @@ the queued metrics are lost, with exit code 1.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from mlflow_aws import async_exit
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.slow
@@ -46,8 +49,13 @@ if not partition:
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    directory = tmp_path_factory.mktemp("async-exit")
+def server_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("async-exit")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(server_dir: Path) -> Iterator[int]:
+    directory = server_dir
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
     argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -171,3 +179,110 @@ def test_a_dead_weak_proxy_in_the_process_does_not_break_the_exit_hook() -> None
     del referent
     assert async_exit._active_queues() == []
     assert held  # the dead proxy was there to scan
+
+
+# A user's script that leaves it all to the exit: async logging buffered as the helper prints it,
+# no end_run (MLflow's atexit handler ends the run), files left open. gc.freeze is spied on: at
+# the moment mlflow-aws freezes, MLflow must have ended the run and every metric must be in the
+# server's database.
+FREEZE_SCRIPT = """
+import gc, json, os, sqlite3, sys, tempfile
+
+def record(event, **facts):
+    print(json.dumps({"event": event, **facts}), flush=True)
+
+real_freeze = gc.freeze
+
+def spy_freeze():
+    from mlflow.utils.async_logging.async_logging_queue import AsyncLoggingQueue
+    queues = [q for q in gc.get_objects() if isinstance(q, AsyncLoggingQueue)]
+    queued = sum(q._queue.qsize() for q in queues)
+    sending = sum(1 for q in queues if getattr(q, "_batch_logging_thread", None)
+                  and q._batch_logging_thread.is_alive())
+    with sqlite3.connect(os.environ["SERVER_DB"]) as db:
+        [(rows,)] = db.execute("SELECT COUNT(*) FROM metrics WHERE run_uuid = ?", (run_id,))
+    record("freeze", rows=rows, queued=queued, sending=sending,
+           run_open=mlflow.active_run() is not None)
+    real_freeze()
+
+gc.freeze = spy_freeze
+import mlflow
+import mlflow.tracking.fluent as fluent
+
+real_end_run = fluent.end_run
+
+def spy_end_run(*args, **kwargs):
+    record("end_run")
+    return real_end_run(*args, **kwargs)
+
+fluent.end_run = spy_end_run  # what MLflow's atexit handler calls
+out = os.environ["OUT_DIR"]
+log = open(os.path.join(out, "train.log"), "w")  # never closed, as scripts do
+scratch = tempfile.NamedTemporaryFile(dir=out, suffix=".scratch")
+
+class Trainer:  # a reference cycle holding an open file
+    def __init__(self):
+        self.on_step = self.step
+        self.file = open(os.path.join(out, "trainer.log"), "w")
+
+    def step(self, step):
+        self.file.write(f"{step}\\n")
+
+trainer = Trainer()
+run_id = mlflow.start_run().info.run_id
+print(run_id, flush=True)
+for step in range(STEPS):
+    mlflow.log_metrics({f"m{i}": float(step) for i in range(10)}, step=step)
+    log.write(f"step {step}\\n")
+    trainer.on_step(step)
+print("last step", flush=True)
+"""
+FREEZE_STEPS = 30
+
+
+@pytest.mark.parametrize("fast_exit", ["on", "bound-off", "off"])
+def test_the_exit_freezes_the_heap_only_after_mlflow_flushed_every_metric(
+    mlflow_server: int, server_dir: Path, tmp_path: Path, fast_exit: str
+) -> None:
+    """With the bound off, MLflow's own atexit handler drains the queue (and leaves it marked
+    active): the freeze must still come after it. (MLflow then stores none of this script's
+    metrics: its queue hands them to a thread pool that concurrent.futures already shut for the
+    interpreter's exit; the bound drains the queue before that.)"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env.update(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{mlflow_server}", PYTHONUNBUFFERED="1",
+               MLFLOW_ENABLE_ASYNC_LOGGING="true", MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS="1",
+               SERVER_DB=str(server_dir / "mlflow.db"), OUT_DIR=str(tmp_path))  # fmt: skip
+    if fast_exit == "off":
+        env[async_exit.FAST_EXIT_ENV] = "0"
+    if fast_exit == "bound-off":
+        env[async_exit.EXIT_SECONDS_ENV] = "0"
+    script = FREEZE_SCRIPT.replace("STEPS", str(FREEZE_STEPS))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    run_id, events = lines[0], [json.loads(x) for x in lines if x.startswith("{")]
+    assert "last step" in lines
+    want = FREEZE_STEPS * 10
+    with sqlite3.connect(server_dir / "mlflow.db") as db:
+        [(rows, distinct)] = db.execute(
+            "SELECT COUNT(*), (SELECT COUNT(*) FROM (SELECT DISTINCT key, step FROM metrics "
+            "WHERE run_uuid = ?1)) FROM metrics WHERE run_uuid = ?1",
+            (run_id,),
+        )
+    if fast_exit != "bound-off":
+        assert (rows, distinct) == (want, want)  # every metric, exactly once
+    if fast_exit == "off":
+        assert [e["event"] for e in events] == ["end_run"]
+    else:
+        # MLflow's atexit end of the run first, then the freeze: nothing left queued or being
+        # sent, and every metric that will ever be stored already is.
+        assert [e["event"] for e in events] == ["end_run", "freeze"]
+        assert events[1] == {"event": "freeze", "rows": rows, "queued": 0, "sending": 0,
+                             "run_open": False}  # fmt: skip
+    # What the teardown would have finalized still is: the files' buffered tails are written
+    # (the one held in a cycle too), the temporary file is deleted.
+    expected = "".join(f"step {s}\n" for s in range(FREEZE_STEPS))
+    assert (tmp_path / "train.log").read_text() == expected
+    assert (tmp_path / "trainer.log").read_text() == "".join(f"{s}\n" for s in range(FREEZE_STEPS))
+    assert list(tmp_path.glob("*.scratch")) == []

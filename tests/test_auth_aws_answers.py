@@ -171,6 +171,39 @@ def test_an_sts_that_drops_the_connection_is_a_503_asked_once(aws: Scripted) -> 
     assert len(aws.seen) == 1  # not retried: a stuck STS must not hold a thread twice as long
 
 
+def connect_attempts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every TCP connect urllib3 makes from here on (the real ones: they still happen)."""
+    import urllib3.connection
+
+    attempts: list[tuple[str, int]] = []
+    real = urllib3.connection.connection.create_connection
+
+    def counted(address: tuple[str, int], *args: Any, **kwargs: Any) -> Any:
+        attempts.append(address)
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(urllib3.connection.connection, "create_connection", counted)
+    return attempts
+
+
+@pytest.mark.parametrize("who", ["STS", "S3"])
+def test_an_aws_endpoint_that_cannot_be_reached_is_a_503_tried_once(
+    monkeypatch: pytest.MonkeyPatch, who: str
+) -> None:
+    # A refused (or, in AWS, a timed-out) connect is not retried: a sign-in waits one connect
+    # timeout for an unreachable endpoint, not two, and holds a server thread no longer.
+    from tests.support.services import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the connect is refused
+    attempts = connect_attempts(monkeypatch)
+    with pytest.raises(AwsUnavailable, match=f"cannot reach {who}"):
+        if who == "STS":
+            StsReplay()(signed(url + "/"))
+        else:
+            MarkerReplay()(marker(url + "/m"))
+    assert len(attempts) == 1
+
+
 # -- S3: the marker read -------------------------------------------------------------------------
 
 

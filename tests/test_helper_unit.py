@@ -576,7 +576,7 @@ def test_env_prints_the_export_line(capsys: pytest.CaptureFixture[str]) -> None:
         "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000",
         f"export MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE={8 * MIB}",
         f"export MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE={16 * MIB}",
-        f"export MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE={32 * MIB}",
+        f"export MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE={16 * MIB}",
         "export MLFLOW_ENABLE_ASYNC_LOGGING=true",
         "export MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS=1",
     ]

@@ -205,6 +205,28 @@ def test_a_malformed_header_line_is_refused_and_closes(upstream: Upstreams, head
     assert_refused(upstream, received, closed)
 
 
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [
+        ("Transfer-Encoding : chunked\r\n", b"malformed header line b'Transfer-Encoding '"),
+        ("X-Note: a\x00b\r\n", b"malformed header line b'X-Note'"),
+        ("X-Note\r\n", b"malformed header line '(no colon)'"),
+    ],
+    ids=["space before the colon", "NUL in the value", "no colon"],
+)
+def test_the_refusal_of_a_malformed_header_line_names_the_header_not_its_value(
+    upstream: Upstreams, header: str, named: bytes
+) -> None:
+    """What the user (and the log) sees says which header to fix; a line without a colon may be
+    a value alone (a secret), so it is not shown at all."""
+    with running_proxy(upstream) as proxy:
+        received, closed = exchange(proxy.port, head(proxy.port, header))
+        log = proxy.log.getvalue()
+    assert_refused(upstream, received, closed)
+    assert received.endswith(b"refused: " + named + b"\n"), received
+    assert named.decode() in log, log
+
+
 def test_too_many_headers_are_refused_with_431(upstream: Upstreams) -> None:
     with running_proxy(upstream) as proxy:
         extra = "".join(f"X-H{i}: {i}\r\n" for i in range(150))
@@ -216,6 +238,36 @@ def test_a_header_line_longer_than_the_limit_is_refused_with_431(upstream: Upstr
     with running_proxy(upstream) as proxy:
         received, closed = exchange(proxy.port, head(proxy.port, f"X-Big: {'a' * 70000}\r\n"))
     assert_refused(upstream, received, closed, 431)
+
+
+def head_of(port: int, total: int) -> bytes:
+    """A request (the secret, Content-Length: 0, Connection: close) whose header lines, the
+    request line and the blank line aside, are ``total`` bytes: padded with X-Pad-N lines."""
+    plain = head(port, "Content-Length: 0\r\n", close=True)
+    request_line = f"POST {PATH} HTTP/1.1\r\n".encode()
+    padding = total - (len(plain) - len(request_line) - 2)
+    count = -(-padding // 60000)  # lines well under MAX_LINE each
+    sizes = [padding // count + (i < padding % count) for i in range(count)]
+    lines = "".join(
+        f"X-Pad-{i}: " + "a" * (size - len(f"X-Pad-{i}: \r\n")) + "\r\n"
+        for i, size in enumerate(sizes)
+    )
+    data = head(port, lines + "Content-Length: 0\r\n", close=True)
+    assert len(data) - len(request_line) - 2 == total
+    return data
+
+
+def test_a_head_of_exactly_the_limit_is_forwarded_and_one_byte_more_refused_with_431(
+    upstream: Upstreams,
+) -> None:
+    limit = proxy_module.MAX_HEAD_BYTES
+    with running_proxy(upstream) as proxy:
+        at_limit, _ = exchange(proxy.port, head_of(proxy.port, limit))
+        over, closed = exchange(proxy.port, head_of(proxy.port, limit + 1))
+    assert statuses(at_limit) == [200], at_limit[:200]
+    [recorded] = upstream.requests
+    assert recorded.headers["x-pad-0"].startswith("aaaa")
+    assert statuses(over) == [431] and closed, over[:200]
 
 
 def test_a_head_of_many_long_lines_is_bounded_in_total(upstream: Upstreams) -> None:
@@ -314,14 +366,18 @@ def test_a_dot_segment_that_could_escape_the_projects_prefix_is_refused(
 def test_dots_in_a_query_or_a_file_name_are_not_dot_segments(upstream: Upstreams) -> None:
     with running_proxy(upstream) as proxy:
         path = "/get-artifact?path=../x&run_uuid=1"
-        data = head(proxy.port, method="GET", path=path) + head(
-            proxy.port, method="GET", path="/artifacts/model..v2/.hidden/a.b", close=True
+        data = (
+            head(proxy.port, method="GET", path=path)
+            + head(proxy.port, method="GET", path="/artifacts/model..v2/.hidden/a.b")
+            # three dots are a name like any other (RFC 3986: only "." and ".." are special)
+            + head(proxy.port, method="GET", path="/artifacts/.../%2e%2e%2e/b", close=True)
         )
         received, _ = exchange(proxy.port, data)
-    assert statuses(received) == [200, 200], received
+    assert statuses(received) == [200, 200, 200], received
     assert [r.path for r in upstream.requests] == [
         "/proj/get-artifact?path=../x&run_uuid=1",
         "/proj/artifacts/model..v2/.hidden/a.b",
+        "/proj/artifacts/.../%2e%2e%2e/b",
     ]
 
 
@@ -536,12 +592,13 @@ def test_a_server_that_closes_mid_body_truncates_and_closes_never_pads(
         "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: mlflow-aws-{port}={secret}\x00\r\n"
         "\r\n",
         "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization : Bearer {secret}\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization Bearer {secret}\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {secret}\r\n"
         "Transfer-Encoding: chunked\r\n\r\n{secret}\r\n",
     ],
     ids=["query of a bad request line", "query with a control character",
          "bad Authorization line", "bad Cookie line", "space before the colon",
-         "the secret as a chunk size line"],
+         "Authorization without its colon", "the secret as a chunk size line"],
 )  # fmt: skip
 def test_the_run_secret_in_a_malformed_request_is_never_logged(
     upstream: Upstreams, request_bytes: str
@@ -554,6 +611,7 @@ def test_the_run_secret_in_a_malformed_request_is_never_logged(
     assert upstream.requests == []
     assert log, "the refusal is logged"
     assert SECRET[:12] not in log, log
+    assert SECRET[:12].encode() not in received, received
 
 
 def test_the_signed_token_is_never_in_an_error_reply_or_the_log(upstream: Upstreams) -> None:

@@ -1221,9 +1221,12 @@ def test_the_proxy_opens_https_upstreams_with_a_tls_handshake_naming_the_host() 
     assert hello and hello[0][:1] == b"\x16" and b"localhost" in hello[0]
 
 
-def test_an_https_server_is_kept_alive_over_one_verified_tls_connection(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@contextlib.contextmanager
+def tls_proxy(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, *answers: bytes
+) -> Iterator[tuple[Scripted, Proxy]]:
+    """The scripted upstream as an https server (this test's own certificate, which the proxy's
+    one client context trusts alone, still verifying), and the proxy to it."""
     import ssl
     import subprocess
 
@@ -1238,11 +1241,10 @@ def test_an_https_server_is_kept_alive_over_one_verified_tls_connection(
     )  # fmt: skip
     server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_side.load_cert_chain(cert, key)
-    # The proxy's one client context, trusting this test's certificate only (still verifying).
     monkeypatch.setattr(
         helper.proxy, "_tls_context", lambda: ssl.create_default_context(cafile=cert)
     )
-    with scripted() as script:
+    with scripted(*answers) as script:
         script.tls = server_side  # type: ignore[attr-defined]
         upstream = Upstream("https", "localhost", script.port, "/proj")
         server = SigningProxy(0, upstream, Tokens(), io.StringIO(), SECRET)
@@ -1250,17 +1252,68 @@ def test_an_https_server_is_kept_alive_over_one_verified_tls_connection(
         server.gate = type(server.gate)(SECRET, port)
         threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
         try:
-            proxy = Proxy(port, io.StringIO())
-            with connected(proxy) as (sock, rfile):
-                for _ in range(3):
-                    sock.sendall(signed("POST", "/x", proxy.host, "Content-Length: 2\r\n", b"{}"))
-                    assert read_reply(rfile).status == 200
+            yield script, Proxy(port, io.StringIO())
         finally:
             server.shutdown()
             server.server_close()
+
+
+def test_an_https_server_is_kept_alive_over_one_verified_tls_connection(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with tls_proxy(tmp_path, monkeypatch) as (script, proxy), connected(proxy) as (sock, rfile):
+        for _ in range(3):
+            sock.sendall(signed("POST", "/x", proxy.host, "Content-Length: 2\r\n", b"{}"))
+            assert read_reply(rfile).status == 200
     assert [s.connection for s in script.seen] == [1, 1, 1]
     assert script.seen[0].header("host") == [f"localhost:{script.port}"]
     assert script.seen[0].header("authorization") == [f"Bearer {SIGNED}"]
+
+
+def test_bodiless_answers_of_an_https_server_keep_its_one_tls_connection(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HEAD, 204 and 304 answers (the UI's and the client's existence checks) end where their
+    head does: nothing is left on the TLS connection, so it is reused, not handshaken anew."""
+    answers = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n",
+        OK,
+    )
+    with (
+        tls_proxy(tmp_path, monkeypatch, *answers) as (script, proxy),
+        connected(proxy) as (sock, rfile),
+    ):
+        replies = []
+        for method in ("HEAD", "GET", "GET", "GET"):
+            sock.sendall(signed(method, "/x", proxy.host))
+            replies.append(read_reply(rfile, method))
+    assert [r.status for r in replies] == [200, 204, 304, 200]
+    assert replies[-1].body == b"{}"
+    assert [s.connection for s in script.seen] == [1, 1, 1, 1]
+
+
+def test_bytes_an_https_server_sent_past_its_answer_are_never_the_next_answer(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken server that answers twice in one write: the second answer, decrypted but not yet
+    read (the TLS layer holds what the reader's buffer could not take), is no answer to the next
+    request, which goes on a new connection and gets its own answer."""
+    stale = b"stale" * 2400
+    unasked = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(stale), stale)
+    second = b'HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n{"second": true}'
+    with (
+        tls_proxy(tmp_path, monkeypatch, OK + unasked, second) as (script, proxy),
+        connected(proxy) as (sock, rfile),
+    ):
+        sock.sendall(signed("GET", "/a", proxy.host))
+        first = read_reply(rfile)
+        sock.sendall(signed("GET", "/b", proxy.host))
+        reply = read_reply(rfile)
+    assert first.body == b"{}"
+    assert reply.body == b'{"second": true}', reply.body[:40]
+    assert [s.connection for s in script.seen] == [1, 2]
 
 
 @pytest.mark.parametrize(("method", "status"), [("HEAD", 200), ("GET", 304), ("GET", 204)])

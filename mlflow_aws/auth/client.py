@@ -25,9 +25,8 @@ from requests.auth import AuthBase
 from mlflow_aws.artifact_settings import apply_client_defaults
 from mlflow_aws.async_exit import install as install_bounded_async_exit
 
+from . import PROVIDER_NAME
 from .signer import TokenSource, audience_of
-
-PROVIDER_NAME = "aws-iam"
 
 
 class AwsIamAuth(AuthBase):

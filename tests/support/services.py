@@ -3,7 +3,8 @@
 * ``MariaDB``: a throwaway ``mariadbd`` (Debian ``mariadb-server``) with its own data
   directory, TLS on and ``require_secure_transport=ON`` like Aurora, and an admin user
   that plays the cluster's master user.
-* ``MotoServer``: ``moto.server`` standing in for S3, Secrets Manager, STS and ECR.
+* ``MotoServer``: moto's server standing in for S3, Secrets Manager, STS and ECR; by default
+  ``tests/support/moto_ranged.py`` (moto whose ranged S3 GETs read only the range, as S3's).
 
 Nothing here talks to anything but 127.0.0.1.
 """
@@ -236,11 +237,16 @@ class MariaDB:
             return list(cur.fetchall())
 
 
+ROOT = Path(__file__).resolve().parents[2]  # where ``python -m tests.support...`` resolves
+RANGED_MOTO = "tests.support.moto_ranged"  # ``moto.server`` but ranged GETs read the range only
+STOCK_MOTO = "moto.server"
+
+
 class MotoServer:
     """moto's server on loopback: S3, Secrets Manager, STS, ECR for the helper's AWS calls."""
 
-    def __init__(self, module: str = "moto.server") -> None:
-        self.module = module  # bench/moto_ranged.py: ranged GETs that read only the range
+    def __init__(self, module: str = RANGED_MOTO) -> None:
+        self.module = module
         self.port = free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -253,6 +259,7 @@ class MotoServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=ROOT,
         )
         log.close()
 
@@ -299,7 +306,7 @@ def running_mariadb(tls: bool = True, cert_names: str = LOOPBACK_NAMES) -> Itera
 
 
 @contextlib.contextmanager
-def running_moto(module: str = "moto.server") -> Iterator[MotoServer]:
+def running_moto(module: str = RANGED_MOTO) -> Iterator[MotoServer]:
     server = MotoServer(module).start()
     try:
         yield server
