@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helper.mlflow_cli import URI_ARGUMENT, mlflow_argv, mlflow_environment
 from helper.watchdog import stop_group
 from tests.support.processes import alive, argv, cmdline, environ, process_tree
 from tests.support.services import MariaDB, MotoServer, free_port
@@ -129,9 +130,14 @@ class Database:
 
 
 def migrate(uri: str) -> None:
-    """``mlflow db upgrade`` in a child process (so this process holds no connection after)."""
+    """``mlflow db upgrade`` in a child process (so this process holds no connection after),
+    the URI out of its argv (helper.mlflow_cli)."""
     result = subprocess.run(
-        [MLFLOW, "db", "upgrade", uri], capture_output=True, text=True, timeout=300
+        mlflow_argv("db", "upgrade", URI_ARGUMENT, python=PYTHON),
+        env=mlflow_environment(uri, os.environ),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if result.returncode != 0:
         raise RuntimeError(f"mlflow db upgrade failed: {result.stderr[-2000:]}")
@@ -294,10 +300,7 @@ def _spawn(
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # setsid: the server's workers stop with it
         )
-    how = " ".join(
-        Path(a).name if i == 0 else "<backend-store-uri>" if "://" in a and "@" in a else a
-        for i, a in enumerate(argv)
-    )  # for the tables: no password, no temp paths
+    how = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(argv))  # no temp paths
     how = how.replace(str(workdir) + "/", "")
     return Server(label, process, port, log_path, started, how=how)
 
@@ -310,20 +313,12 @@ def _base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def start_stock(label: str, database: Database, workdir: Path, port: int | None = None) -> Server:
-    """(a) ``mlflow server`` with default flags: backend, artifact destination and port only."""
+    """(a) ``mlflow server`` with default flags: backend (its option's envvar: the password stays
+    out of argv), artifact destination and port only."""
     port = port or free_port()
     artifacts = workdir / f"{label}-artifacts"
-    argv = [
-        MLFLOW,
-        "server",
-        "--backend-store-uri",
-        database.uri,
-        "--artifacts-destination",
-        str(artifacts),
-        "--port",
-        str(port),
-    ]
-    return _spawn(label, argv, _base_env(), port, workdir)
+    argv = [MLFLOW, "server", "--artifacts-destination", str(artifacts), "--port", str(port)]
+    return _spawn(label, argv, mlflow_environment(database.uri, _base_env()), port, workdir)
 
 
 def helper_available() -> bool:

@@ -7,7 +7,8 @@ side by side in one run, on MariaDB (TLS required, like Aurora) and a moto S3.
 Each side gets its own project (schema, user) with one deleted run of ``--rows`` metrics
 (10 keys), 50 artifacts under its S3 prefix, and one live run that must stay. Then:
 
-* (a) ``mlflow gc --backend-store-uri <the project's URI>`` (MLflow 3.17.2; the run's artifacts
+* (a) ``mlflow gc --backend-store-uri <the project's URI>`` (MLflow 3.17.2, the URI out of argv
+  as ``stock_gc_command`` builds it; the run's artifacts
   are plain ``s3://`` so the stock command can reach them at all: it cannot with the proxied
   ``mlflow-artifacts:`` URIs mlflow-aws servers write, see tests/test_gc_mlflow_defects.py);
 * (b) ``python -m helper gc --project P --outputs F`` (proxied URIs, the project's server role
@@ -27,10 +28,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.common import MLFLOW, PYTHON, ROOT, log, nothing_left_behind, table, verdict, workdir
+from bench.common import PYTHON, ROOT, log, nothing_left_behind, table, verdict, workdir
+from helper.mlflow_cli import URI_ARGUMENT, mlflow_argv, mlflow_environment
 from tests.support.processes import load_average
 from tests.support.services import MariaDB, MotoServer, running_mariadb, running_moto
 
@@ -47,7 +50,7 @@ def make_project(db: MariaDB, moto: MotoServer, name: str, rows: int, proxied: b
 
     project = create_project(db, name)
     uri = db.url(project.user, project.password, project.schema)
-    migrate(uri, MLFLOW)
+    migrate(uri, PYTHON)
     location = "mlflow-artifacts:/big" if proxied else f"s3://{BUCKET}/{name}/big"
     client = MlflowClient(uri)
     experiment = client.create_experiment("big", artifact_location=location)
@@ -74,9 +77,16 @@ def make_project(db: MariaDB, moto: MotoServer, name: str, rows: int, proxied: b
     return project, uri, doomed, live
 
 
+def stock_gc_command(uri: str, env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
+    """(a): argv and environment of ``mlflow gc --backend-store-uri <uri>``, the URI (its
+    password) in the environment only; the tracking URI too, for the runs' artifact URIs."""
+    argv = mlflow_argv("gc", "--backend-store-uri", URI_ARGUMENT, python=PYTHON)
+    return argv, mlflow_environment(uri, {**env, "MLFLOW_TRACKING_URI": uri})
+
+
 def measure(argv: list[str], env: dict[str, str], label: str) -> dict[str, Any]:
     """Run ``argv`` to completion; wall time and the child's peak RSS."""
-    log(f"{label}: {Path(argv[0]).name} {argv[1]} {argv[2]} …")
+    log(f"{label} …")
     started = time.monotonic()
     process = subprocess.Popen(
         argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -122,11 +132,7 @@ def main() -> int:
 
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
         env = {**base, **aws, "PYTHONPATH": str(ROOT), "XDG_RUNTIME_DIR": str(work)}
-        a = measure(
-            [MLFLOW, "gc", "--backend-store-uri", stock_uri],
-            {**env, "MLFLOW_TRACKING_URI": stock_uri},
-            "(a) mlflow gc",
-        )
+        a = measure(*stock_gc_command(stock_uri, env), "(a) mlflow gc")
         b = measure(
             [PYTHON, "-m", "helper", "gc", "--project", ours.name, "--outputs", str(outputs),
              "--json"],

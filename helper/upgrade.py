@@ -6,10 +6,8 @@ task or a teammate's server starting at the same time waits instead of migrating
 its refusals (a schema of a newer MLflow) and its record of the schema's version. It waits for
 the lock as long as a server would (``MLFLOW_AWS_DB_MIGRATION_LOCK_SECONDS``, server.env).
 
-The local SQLite store has no lock and no other writer: ``mlflow db upgrade``. That command
-takes the URL only as a positional argument (no envvar in mlflow 3.17.2's ``mlflow/db.py``),
-which would put the password in ``ps`` output; so the child runs that same click command
-in-process, handing it the URI read from its environment.
+The local SQLite store has no lock and no other writer: ``mlflow db upgrade``, its URI out of
+argv (``helper.mlflow_cli``).
 """
 
 from __future__ import annotations
@@ -20,21 +18,15 @@ import sys
 from collections.abc import Mapping
 
 from .errors import HelperError
-
-URI_VARIABLE = "MLFLOW_BACKEND_STORE_URI"
-UPGRADE_PROGRAM = (
-    "import os\n"
-    "from mlflow.db import upgrade\n"
-    f"upgrade.main(args=[os.environ[{URI_VARIABLE!r}]], prog_name='mlflow db upgrade')\n"
-)
+from .mlflow_cli import URI_ARGUMENT, mlflow_argv, mlflow_environment
 
 
 def upgrade_argv() -> list[str]:
-    return [sys.executable, "-c", UPGRADE_PROGRAM]
+    return mlflow_argv("db", "upgrade", URI_ARGUMENT)
 
 
 def upgrade_environment(backend_store_uri: str, inherited: Mapping[str, str]) -> dict[str, str]:
-    return {**inherited, URI_VARIABLE: backend_store_uri}
+    return mlflow_environment(backend_store_uri, inherited)
 
 
 def migration_lock_seconds(environ: Mapping[str, str]) -> int:

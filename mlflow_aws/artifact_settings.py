@@ -23,10 +23,10 @@ minutes (up to 112 MiB) to 2108 s for 1 GiB (MLflow signs every one for a flat 3
 The sizes were chosen with ``bench/artifact_throughput.py`` (README, Performance): MLflow's own
 500 MiB threshold left a 200 MiB checkpoint proxied, the server handling 4x its bytes at about
 half of S3's speed; its 100 MiB download chunks hold up to 20 of them in memory at once on a
-10-core machine; 16 MiB ranges beat 32 MiB ones in 7 of 8 side-by-side pairs (less memory per
-thread, and the last ranges overlap better). Where the client cannot reach S3 (a job in a
-private subnet without a NAT or an S3 gateway endpoint), ``proxied`` turns presigned transfer
-off and every byte goes through the server, as before.
+10-core machine; 16 MiB ranges hold half the memory of 32 MiB ones per thread and beat them in 7
+of 8 side-by-side pairs of an earlier run (a later probe: 2 of 4, within the noise). Where the
+client cannot reach S3 (a job in a private subnet without a NAT or an S3 gateway endpoint),
+``proxied`` turns presigned transfer off and every byte goes through the server, as before.
 """
 
 from __future__ import annotations

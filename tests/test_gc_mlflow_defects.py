@@ -29,7 +29,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.gc_world import BUCKET, MLFLOW, aws, gc, migrate, publish
+from helper.mlflow_cli import URI_ARGUMENT, mlflow_argv, mlflow_environment
+from tests.support.gc_world import BUCKET, aws, gc, migrate, publish
 from tests.support.helper_run import helper_env
 from tests.support.services import MariaDB
 from tests.support.stack_on_moto import Project, aws_client, create_project
@@ -43,11 +44,12 @@ Scenario = Callable[[Any, Project, dict[str, str]], dict[str, str]]
 def stock_gc(
     project: Project, env: dict[str, str], tracking_uri: str
 ) -> subprocess.CompletedProcess[str]:
+    """``mlflow gc --backend-store-uri <the project's URI>``, the URI out of argv."""
     uri = project.mariadb.url(project.user, project.password, project.schema)
     return subprocess.run(
-        [MLFLOW, "gc", "--backend-store-uri", uri, "--artifacts-destination",
-         f"s3://{BUCKET}/{project.name}"],
-        env={**os.environ, **env, "MLFLOW_TRACKING_URI": tracking_uri},
+        mlflow_argv("gc", "--backend-store-uri", URI_ARGUMENT, "--artifacts-destination",
+                    f"s3://{BUCKET}/{project.name}"),
+        env=mlflow_environment(uri, {**os.environ, **env, "MLFLOW_TRACKING_URI": tracking_uri}),
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from helper.mlflow_cli import mlflow_environment
 from tests.support import image_server
 from tests.support.gc_world import aws, migrate, publish
 from tests.support.helper_run import helper_env, run_helper
@@ -38,9 +39,9 @@ pytestmark = pytest.mark.slow
 __all__ = ["aws"]
 PINNED = metadata.version("mlflow")
 FILL = """
-import sys
+import os
 from mlflow import MlflowClient
-client = MlflowClient(sys.argv[1])
+client = MlflowClient(os.environ["MLFLOW_BACKEND_STORE_URI"])
 experiment = client.create_experiment("made-by-3.16")
 run = client.create_run(experiment).info.run_id
 client.log_metric(run, "loss", 0.25, step=3)
@@ -60,10 +61,11 @@ def test_a_schema_of_the_previous_minor_is_refused_until_upgraded_then_the_old_i
 ) -> None:
     project = create_project(mariadb, "older")
     uri = mariadb.url(project.user, project.password, project.schema)
-    migrate(uri, str(previous_mlflow / "bin" / "mlflow"))  # made by 3.16.1…
+    migrate(uri, str(previous_mlflow / "bin" / "python"))  # made by 3.16.1…
     run_id = (
         subprocess.run(
-            [str(previous_mlflow / "bin" / "python"), "-c", FILL, uri],
+            [str(previous_mlflow / "bin" / "python"), "-c", FILL],
+            env=mlflow_environment(uri, os.environ),
             capture_output=True,
             text=True,
             check=True,
@@ -151,7 +153,7 @@ def test_the_local_store_of_another_mlflow_is_refused(
     data = tmp_path / "data"
     store = data / "default" / "mlflow.db"
     store.parent.mkdir(parents=True)
-    migrate(f"sqlite:///{store}", str(previous_mlflow / "bin" / "mlflow"))
+    migrate(f"sqlite:///{store}", str(previous_mlflow / "bin" / "python"))
     env = helper_env({}, tmp_path)
     port = free_port()
     refused = run_helper(["serve", "--local", "--data-dir", str(data), "--port", str(port)], env)

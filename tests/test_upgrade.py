@@ -34,6 +34,7 @@ from typing import Any
 import boto3
 import pytest
 
+from helper.mlflow_cli import mlflow_environment
 from mlflow_aws.task_container import CONTAINER_NAME
 from projects.upgrade_provider import (
     SNAPSHOT_IDENTIFIER,
@@ -66,9 +67,9 @@ PINNED = metadata.version("mlflow")
 STEPS = ["check-clients", "stop-writers", "check-clients", "restorable-point", "migrate",
          "start-writers"]  # fmt: skip
 FILL = """
-import sys, mlflow
+import os, mlflow
 from mlflow import MlflowClient
-uri = sys.argv[1]
+uri = os.environ["MLFLOW_BACKEND_STORE_URI"]
 client = MlflowClient(uri)
 experiment = client.create_experiment("made-by-3.16")
 run = client.create_run(experiment).info.run_id
@@ -247,9 +248,10 @@ def test_an_upgrade_from_the_previous_minor_stops_every_writer_and_keeps_the_dat
 ) -> None:
     project = create_project(mariadb, "upgraded")
     uri = mariadb.url(project.user, project.password, project.schema)
-    migrate(uri, str(previous_mlflow / "bin" / "mlflow"))  # made by 3.16.1 ...
-    filled = subprocess.run([str(previous_mlflow / "bin" / "python"), "-c", FILL, uri],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    migrate(uri, str(previous_mlflow / "bin" / "python"))  # made by 3.16.1 ...
+    filled = subprocess.run([str(previous_mlflow / "bin" / "python"), "-c", FILL],
+                            env=mlflow_environment(uri, os.environ), capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)  # fmt: skip
     assert filled.returncode == 0, filled.stderr[-3000:]
     run_id, trace_id = filled.stdout.split()[-2:]  # ... and filled by it
     [(old_revision,)] = project.query("SELECT version_num FROM alembic_version")

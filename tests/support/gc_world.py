@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from helper.mlflow_cli import URI_ARGUMENT, mlflow_argv, mlflow_environment
 from helper.watchdog import stop_group
 from projects.project import server_policy_document
 from tests.support.helper_run import run_helper
@@ -41,10 +42,13 @@ from tests.support.stack_on_moto import (
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
 
-def migrate(uri: str, mlflow: str = MLFLOW) -> None:
+def migrate(uri: str, python: str = sys.executable) -> None:
+    """``mlflow db upgrade`` by ``python``'s MLflow, the URI out of argv (helper.mlflow_cli)."""
     result = subprocess.run(
-        [mlflow, "db", "upgrade", uri], capture_output=True, text=True, timeout=300, check=False
-    )
+        mlflow_argv("db", "upgrade", URI_ARGUMENT, python=python),
+        env=mlflow_environment(uri, os.environ),
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -58,13 +62,14 @@ def versioned_bucket(env: dict[str, str], bucket: str) -> None:
 
 @contextlib.contextmanager
 def mlflow_server(uri: str, destination: str, env: dict[str, str], log_dir: Path) -> Iterator[str]:
-    """A plain proxied-artifacts MLflow server; yields its URL."""
+    """A plain proxied-artifacts MLflow server; yields its URL. The URI reaches it as its
+    ``--backend-store-uri`` envvar, out of argv."""
     port = free_port()
     log = (log_dir / f"mlflow-server-{port}.log").open("wb")
     process = subprocess.Popen(
-        [MLFLOW, "server", "--backend-store-uri", uri, "--artifacts-destination", destination,
+        [MLFLOW, "server", "--artifacts-destination", destination,
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env=mlflow_environment(uri, {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}),
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
