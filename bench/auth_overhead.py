@@ -386,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         over_a = {key: [k.ratio(workload, key) for k in blocks] for key in "bc"}
         target = TARGET_RATIO[workload]
         rows.append([
-            name, rate(rates["a"]), f"{rate(rates['b'])} (b/a {spread(over_a['b'])})",
-            f"{rate(rates['c'])} (c/a {spread(over_a['c'])})",
+            name, rate(rates["a"]), f"{rate(rates['b'])}; b/a {spread(over_a['b'])}",
+            f"{rate(rates['c'])}; c/a {spread(over_a['c'])}",
             f"c/a ≥ {target:.0%} ({against(over_a['c'], target)})",
             verdict(median(over_a["c"]) >= target),
         ])  # fmt: skip
