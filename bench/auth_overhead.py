@@ -12,12 +12,13 @@ one-by-one ``log_metric`` calls, ``--batches`` ``log_batch`` calls of 1,000 metr
 ``--tutorial-runs`` runs of the tutorial's tracking.py workload (bench/prefix_throughput.py's:
 a run, a param, three metrics, an artifact).
 The ``--blocks`` (12) blocks interleave the targets: within a block each workload runs for a, b
-and c back to back, in an order that changes per block (abc, bca, cab, acb, cba, bac, so each
-target goes first, second and last equally often and each pair is measured both ways round);
-the server not being measured is frozen. c/a and b/a are computed per block (paired: measured
-seconds apart, so a slow spell of the shared machine hits both) and the verdict is on the
-median of those paired ratios; their interquartile range, a per-block table and the load
-average during the blocks are printed beside it.
+and c in turns, ``--slices`` (5) turns each (a, b, c, a, b, c, ...: 60 calls a turn by default),
+in an order that changes per block (abc, bca, cab, acb, cba, bac, so each target goes first,
+second and last equally often and each pair is measured both ways round); the server not being
+measured is frozen. c/a and b/a are computed per block (paired: turns a second or two apart,
+so a slow spell of the shared machine hits both) and the verdict is on the median of those
+paired ratios; their interquartile range, a per-block table and the load average during the
+blocks are printed beside it.
 
 Then ``--big-gib`` (2) GiB go up through the proxy as one sized PUT to the server's proxied
 artifact route and come back down as one GET (sha256 compared), generated and hashed on the
@@ -190,10 +191,19 @@ def one_load() -> float:
     return float(load_average().split()[0])
 
 
+def sliced(count: int, slices: int) -> list[int]:
+    """``count`` split into ``slices`` parts as even as can be (none empty)."""
+    parts = max(1, min(slices, count))
+    size, extra = divmod(count, parts)
+    return [size + (i < extra) for i in range(parts)]
+
+
 def measure(
-    targets: list[Target], n: int, batches: int, blocks: int, warmup: int, tutorials: int,
-    artifacts: Path,
+    targets: list[Target], n: int, batches: int, blocks: int, slices: int, warmup: int,
+    tutorials: int, artifacts: Path,
 ) -> list[Block]:  # fmt: skip
+    """Per block and workload, the targets take turns in the block's order, ``slices`` turns
+    each (a, b, c, a, b, c, ...); a target's rate is its calls over its seconds in the block."""
     from bench.prefix_throughput import tutorial_runs
 
     for target in targets:
@@ -205,29 +215,37 @@ def measure(
             tutorial_runs(target.tracking_uri, 1, artifacts)
     by_key = {t.key: t for t in targets}
     servers = {id(t.server): t.server for t in targets}
+    counts = {"single": n, "batch": batches, "tutorial": tutorials}
     done = []
     for number in range(blocks):
         block = Block(ORDERS[number % len(ORDERS)], one_load())
         log(f"  block {number + 1}/{blocks}: order {block.order}, load {block.load:.2f}")
+        proxy_cpu = 0.0
         for workload in WORKLOADS:
-            block.rates[workload] = {}
-            for key in block.order:
-                target = by_key[key]
-                others = [s for sid, s in servers.items() if sid != id(target.server)]
-                with frozen(others), plugin_enabled(target.plugin):
-                    if workload == "single":
-                        proxy = [target.proxy_pid] if target.proxy_pid else []
-                        proxy_cpu = cpu_seconds(proxy)
-                        got = log_one_by_one(target.client, target.run_id, n,
-                                             first_step=number * n)  # fmt: skip
-                        if proxy:
-                            block.proxy_cpu_ms = (cpu_seconds(proxy) - proxy_cpu) / n * 1000
-                    elif workload == "batch":
-                        got = log_batches(target.client, target.run_id, batches,
-                                          first_step=number * batches * 1000)  # fmt: skip
-                    else:
-                        got = tutorial_runs(target.tracking_uri, tutorials, artifacts)
-                block.rates[workload][key] = got
+            seconds = dict.fromkeys(block.order, 0.0)
+            offset = number * counts[workload]  # unique steps across blocks and turns
+            for count in sliced(counts[workload], slices):
+                for key in block.order:
+                    target = by_key[key]
+                    others = [s for sid, s in servers.items() if sid != id(target.server)]
+                    with frozen(others), plugin_enabled(target.plugin):
+                        if workload == "single":
+                            proxy = [target.proxy_pid] if target.proxy_pid else []
+                            cpu = cpu_seconds(proxy)
+                            got = log_one_by_one(target.client, target.run_id, count,
+                                                 first_step=offset)  # fmt: skip
+                            if proxy:
+                                proxy_cpu += cpu_seconds(proxy) - cpu
+                        elif workload == "batch":
+                            got = log_batches(target.client, target.run_id, count,
+                                              first_step=offset * 1000) / 1000  # fmt: skip
+                        else:
+                            got = tutorial_runs(target.tracking_uri, count, artifacts)
+                    seconds[key] += count / got
+                offset += count
+            per = 1000 if workload == "batch" else 1  # log_batch: metrics/s
+            block.rates[workload] = {k: counts[workload] * per / t for k, t in seconds.items()}
+        block.proxy_cpu_ms = proxy_cpu / n * 1000
         log(
             f"    one-by-one c/a {block.ratio('single', 'c'):.0%}, b/a "
             f"{block.ratio('single', 'b'):.0%}; batches c/a {block.ratio('batch', 'c'):.0%};"
@@ -331,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tutorial-runs", type=int, default=10, help="per repetition")
     parser.add_argument("--blocks", "--reps", type=int, default=12, dest="blocks",
                         help="blocks of a, b, c (order rotated per block)")  # fmt: skip
+    parser.add_argument("--slices", type=int, default=5,
+                        help="turns per target and workload within a block")  # fmt: skip
     parser.add_argument("--big-gib", type=float, default=2.0, help="the artifact through the proxy")
     parser.add_argument("--quick", action="store_true", help="small counts, to check it works")
     args = parser.parse_args(argv)
@@ -371,8 +391,9 @@ def main(argv: list[str] | None = None) -> int:
             (outputs / "test.txt").write_text("hello world!")
             started_load = load_average()
             blocks = measure(
-                targets, args.n, args.batches, args.blocks, warmup, args.tutorial_runs, outputs
-            )
+                targets, args.n, args.batches, args.blocks, args.slices, warmup,
+                args.tutorial_runs, outputs,
+            )  # fmt: skip
             ended_load = load_average()
             log(f"{args.big_gib:g} GiB artifact up and down through the proxy")
             big, intact = big_artifact_through_proxy(proxy_uri, proxy.pid, args.big_gib)
@@ -406,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     loads = [k.load for k in blocks]
     print(
         f"\n{len(blocks)} blocks of {args.n} log_metric, {args.batches} log_batch and "
-        f"{args.tutorial_runs} tutorial runs per target; rates are medians over the blocks, "
+        f"{args.tutorial_runs} tutorial runs per target, each workload in {args.slices} turns "
+        "per target (a, b, c, a, b, c, ... in the block's order); rates are medians over the "
+        "blocks, "
         "ratios the median (IQR) of the per-block ratios, paired within a block; the verdict is "
         "on that median. Load average (1 min) as the blocks started: "
         f"{min(loads):.2f}-{max(loads):.2f} (median {median(loads):.2f}); "
