@@ -1,5 +1,5 @@
 """``mlflow.run_context_provider`` entry point: how the bound on MLflow's async logging at exit
-(``mlflow_aws/async_exit.py``) and the streamed download ranges (``mlflow_aws/ranged_download.py``)
+(``mlflow_aws/async_exit.py``) and the streamed download ranges (``mlflow_aws/presigned_client.py``)
 reach every script that has mlflow-aws installed, whatever its tracking URI and without a line
 of the user's code.
 
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
-from mlflow_aws import ranged_download
+from mlflow_aws import presigned_client
 from mlflow_aws.async_exit import install, note_run_started
 
 install()
-ranged_download.install()
+presigned_client.install()
 
 
 class BoundedAsyncExit(RunContextProvider):

@@ -77,7 +77,7 @@ def project_marker(moto: MotoServer) -> str:
 HANDLED_LIMIT = 0.01
 # The client's memory while it downloads presigned ranges: MLflow 3.17.2's own reader held each
 # 16 MiB range twice per thread (requests joins 10 KiB reads, then writes it), 100+ MiB on four
-# threads; mlflow_aws/ranged_download.py streams 1 MiB per thread into the file.
+# threads; mlflow_aws/presigned_client.py streams 1 MiB per thread into the file.
 DOWNLOAD_GROWTH_LIMIT_MIB = 32.0
 
 

@@ -1,8 +1,9 @@
-"""How the stock MLflow client reads a presigned download's ranges once mlflow-aws is installed
-(``mlflow_aws/ranged_download.py``): every range byte-exact at its offset, read in pieces, and
-an answer that is not the range refused (then retried by MLflow) instead of written into the
-file. Against a small HTTP store on loopback that answers as told; the real S3 path (moto, the
-three servers, 1 GiB byte-exact, the client's memory) is ``tests/test_artifacts_presigned.py``.
+"""How the stock MLflow client moves presigned bytes once mlflow-aws is installed
+(``mlflow_aws/presigned_client.py``): every download range byte-exact at its offset, read in
+pieces, an answer that is not the range refused (then retried by MLflow) instead of written into
+the file; an upload part that meets a transient error sent again instead of aborting the upload.
+Against a small HTTP store on loopback that answers as told; the real S3 path (moto, the three
+servers, 1 GiB byte-exact, the client's memory) is ``tests/test_artifacts_presigned.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,7 +27,9 @@ OBJECT = os.urandom(3 * MIB + 12345)  # not a multiple of the 1 MiB read: the la
 class Store(ThreadingHTTPServer):
     """Serves OBJECT at /object as S3 does (206 and the range) unless told otherwise for the
     next ``faults`` requests: ``ignore-range`` (200 and the whole object), ``long`` (206 and
-    one byte too many), ``cut`` (206, Content-Length of the range, half of it sent, closed)."""
+    one byte too many), ``cut`` (206, Content-Length of the range, half of it sent, closed);
+    a PUT is stored in ``parts`` and answered with its ETag, or for ``busy`` with S3's 503
+    SlowDown."""
 
     daemon_threads = True
 
@@ -33,6 +37,7 @@ class Store(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.faults: list[str] = []
         self.requests: list[str] = []
+        self.parts: list[bytes] = []
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # the client hanging up on a refused answer is what these tests provoke
@@ -75,6 +80,24 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(2)
             return
         self.wfile.write(body)
+
+    def do_PUT(self) -> None:
+        store = self.server
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        store.requests.append(f"PUT {len(body)}")
+        if store.faults and store.faults[0] == "busy":
+            store.faults.pop(0)
+            answer = b"<Error><Code>SlowDown</Code></Error>"
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            return
+        store.parts.append(body)
+        self.send_response(200)
+        self.send_header("ETag", f'"etag-{len(store.parts)}"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
 
 @pytest.fixture()
@@ -151,35 +174,66 @@ def test_mlflow_retries_a_refused_range_and_the_file_comes_out_whole(
     repository = HttpArtifactRepository(f"{base}/api/2.0/mlflow-artifacts/artifacts/0/run")
     store.faults.extend(["ignore-range", "cut"])
 
-    class Presigned:
-        url = store.url
-        headers: dict[str, str] = {}
-
+    presigned = SimpleNamespace(url=store.url, headers={})  # MLflow's presigned answer
     path = tmp_path / "model.bin"
-    repository._multipart_download(Presigned(), "model.bin", str(path), len(OBJECT), MIB)
+    repository._multipart_download(presigned, "model.bin", str(path), len(OBJECT), MIB)
     assert path.read_bytes() == OBJECT
     ranges = [r for r in store.requests if r]
     assert len(ranges) == 4 + 2, ranges  # four ranges, two of them twice
 
 
+def upload_part_url(store: Store, number: int) -> str:
+    return store.url.replace("/object?", f"/object?partNumber={number}&uploadId=u&")
+
+
+def test_an_upload_part_that_meets_a_slowdown_is_sent_again_not_the_upload_aborted(
+    store: Store, tmp_path: Path
+) -> None:
+    """MLflow 3.17.2 PUT each part once (a bare ``requests.put``): S3's 503 SlowDown on one part
+    failed it, and MLflow then aborted the whole multipart upload."""
+    from mlflow.entities.multipart_upload import MultipartUploadCredential
+    from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
+
+    source = tmp_path / "checkpoint.bin"
+    source.write_bytes(OBJECT)
+    store.faults.append("busy")
+    credential = MultipartUploadCredential(url=upload_part_url(store, 2), part_number=2,
+                                           headers={"x-amz-meta-part": "2"})  # fmt: skip
+    part = HttpArtifactRepository._upload_part(
+        credential=credential, local_file=str(source), size=MIB, start_byte=MIB
+    )
+    assert (part.part_number, part.etag) == (2, '"etag-1"')
+    assert store.parts == [OBJECT[MIB : 2 * MIB]]
+    assert store.requests == [f"PUT {MIB}", f"PUT {MIB}"]
+
+
 def test_a_fresh_process_gets_it_from_import_mlflow_alone(store: Store, tmp_path: Path) -> None:
     """No line of the user's code: a script that only imports mlflow refuses a range-ignoring
-    answer (the entry point ``mlflow.run_context_provider`` loads while mlflow is imported)."""
+    answer and sends a part again after a SlowDown (the entry point
+    ``mlflow.run_context_provider`` loads while mlflow is imported)."""
     path = sized_file(tmp_path)
-    store.faults.append("ignore-range")
+    store.faults.extend(["ignore-range", "busy"])
     script = (
         "import sys\n"
+        "from mlflow.entities.multipart_upload import MultipartUploadCredential\n"
+        "from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository\n"
         "from mlflow.store.artifact.http_artifact_repo import download_chunk\n"
         "try:\n"
         f"    download_chunk(range_start=0, range_end={MIB - 1}, headers={{}},\n"
         "                   download_path=sys.argv[1], http_uri=sys.argv[2])\n"
         "except OSError as e:\n"
         "    print('refused:', e)\n"
+        "credential = MultipartUploadCredential(url=sys.argv[3], part_number=1, headers={})\n"
+        "part = HttpArtifactRepository._upload_part(credential=credential,\n"
+        "    local_file=sys.argv[1], size=1024, start_byte=0)\n"
+        "print('uploaded:', part.etag)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_AWS")}
-    result = subprocess.run([sys.executable, "-c", script, str(path), store.url],
-                            capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path), store.url, upload_part_url(store, 1)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "refused:" in result.stdout and "206" in result.stdout, result.stdout
+    assert 'uploaded: "etag-1"' in result.stdout, result.stdout
     assert path.read_bytes() == b"\0" * len(OBJECT)
-
