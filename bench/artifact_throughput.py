@@ -26,7 +26,14 @@ plugin, only what the proxy printed: ``MLFLOW_TRACKING_URI`` (the proxy on 127.0
 ``MLFLOW_TRACKING_TOKEN`` and, for (b), the artifact lines (``--artifacts auto``: presigned, moto
 being reachable); (a) has those of ``--artifacts proxied``
 (``mlflow_aws/artifact_settings.py client_settings``). The proxy's RSS growth and bytes are
-recorded as the server's.
+recorded per transfer: its RSS growth as the server's (VmHWM, reset before), its bytes on the
+sockets themselves. ``/proc/<pid>/io`` cannot count them: rchar and wchar count read() and
+write(), not recv() and send(), and the proxy (like every Python socket) moves its bytes with
+recv_into and sendall, so its rchar + wchar stay at ~0 while a whole artifact goes through it.
+The bench counts, in this process, every byte its clients send to and receive from the proxy's
+port (``ProxyBytes``: the socket methods of this process, wrapped while a transfer runs): every
+byte the proxy forwards to or from the server crosses that connection once, so a proxied
+transfer through it reads 1.0x its size.
 
 moto runs as ``tests/support/moto_ranged.py``, the tests' moto (a ranged GET reads its range, not
 the whole object).
@@ -53,9 +60,11 @@ import queue
 import secrets
 import shlex
 import signal
+import socket
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +141,7 @@ class Figure:
     server_bytes: int = 0
     longest_request_s: float = 0.0
     proxy_rss_growth_mib: float = 0.0  # the signing proxy's (remote route), as the server's
-    proxy_bytes: int = 0
+    proxy_bytes: int = 0  # on this process's sockets to the proxy, both directions (ProxyBytes)
 
 
 @dataclass
@@ -149,6 +158,10 @@ class SigningProxy:
     @property
     def tracking_uri(self) -> str:
         return self.exported["MLFLOW_TRACKING_URI"]
+
+    @property
+    def port(self) -> int:
+        return int(self.tracking_uri.rpartition(":")[2])
 
     def client_env(self, mode: str) -> dict[str, str]:
         """The client's environment for ``mode``: the URI and token lines; (b) with the artifact
@@ -176,6 +189,88 @@ class Route:
 
     def proxy_pids(self) -> list[int]:
         return self.proxy.pids() if self.proxy else []
+
+    def proxy_bytes(self) -> contextlib.AbstractContextManager[ProxyBytes | None]:
+        """The bytes to and from the proxy, counted for the block (None: no proxy)."""
+        if self.proxy is None:
+            return contextlib.nullcontext()
+        return _counted(ProxyBytes(("127.0.0.1", self.proxy.port)))
+
+
+@contextlib.contextmanager
+def _counted(counter: ProxyBytes) -> Iterator[ProxyBytes]:
+    with counter.counting():
+        yield counter
+
+
+class ProxyBytes:
+    """Bytes this process's sockets send to and receive from ``address`` (the signing proxy),
+    while ``counting``: the methods of ``socket.socket`` that http.client, urllib3 and requests
+    move bytes with, wrapped. Other peers (moto's S3 for the presigned URLs) are not counted."""
+
+    SENDS = ("send", "sendall")
+    RECEIVES = ("recv", "recv_into")
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+        self.bytes = 0
+        self._lock = threading.Lock()
+        self._to_proxy: weakref.WeakKeyDictionary[socket.socket, bool] = weakref.WeakKeyDictionary()
+
+    def _is_proxy(self, sock: socket.socket) -> bool:
+        known = self._to_proxy.get(sock)
+        if known is None:
+            try:
+                known = sock.family == socket.AF_INET and sock.getpeername() == self.address
+            except OSError:
+                return False  # not connected (yet): asked again on its next call
+            self._to_proxy[sock] = known
+        return known
+
+    def _add(self, sock: socket.socket, count: int) -> None:
+        if count and self._is_proxy(sock):
+            with self._lock:
+                self.bytes += count
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[None]:
+        base = socket.socket.__mro__[1]  # _socket.socket: the C methods
+        counter = self
+
+        def wrapped(name: str) -> Callable[..., Any]:
+            original = getattr(base, name)
+
+            if name == "sendall":
+
+                def sendall(sock: socket.socket, data: Any, *args: Any) -> None:
+                    original(sock, data, *args)
+                    counter._add(sock, memoryview(data).nbytes)
+
+                return sendall
+            if name == "recv":
+
+                def recv(sock: socket.socket, *args: Any) -> bytes:
+                    data: bytes = original(sock, *args)
+                    counter._add(sock, len(data))
+                    return data
+
+                return recv
+
+            def counted(sock: socket.socket, *args: Any) -> int:  # send, recv_into: a count
+                count: int = original(sock, *args)
+                counter._add(sock, count)
+                return count
+
+            return counted
+
+        names = (*self.SENDS, *self.RECEIVES)
+        for name in names:
+            setattr(socket.socket, name, wrapped(name))
+        try:
+            yield
+        finally:
+            for name in names:
+                delattr(socket.socket, name)  # back to _socket.socket's
 
 
 class RequestTimer:
@@ -287,10 +382,10 @@ def measured(route: Route, action: Callable[[], object], timer: RequestTimer) ->
     pids, proxy = route.server.pids(), route.proxy_pids()
     reset_peak_rss([*pids, *proxy])
     rss_before, io_before = rss_bytes(pids), io_bytes(pids)
-    proxy_rss_before, proxy_io_before = rss_bytes(proxy), io_bytes(proxy)
+    proxy_rss_before = rss_bytes(proxy)
     timer.longest = 0.0
     started = time.monotonic()
-    with timer.installed():
+    with timer.installed(), route.proxy_bytes() as through_proxy:
         action()
     seconds = time.monotonic() - started
     return Figure(
@@ -299,7 +394,7 @@ def measured(route: Route, action: Callable[[], object], timer: RequestTimer) ->
         io_bytes(pids) - io_before,
         timer.longest,
         max(0.0, (peak_rss_bytes(proxy) - proxy_rss_before) / MIB),
-        io_bytes(proxy) - proxy_io_before,
+        through_proxy.bytes if through_proxy else 0,
     )
 
 
@@ -649,8 +744,9 @@ def main(argv: list[str] | None = None) -> int:
     text, all_met = report(routes, sizes)
     print(text)
     if any(route.proxy for route in routes):
-        print("\nThe signing proxy (helper serve --remote): its share of the bytes (rchar + wchar) "
-              "and RSS growth\n" + proxy_report(routes, sizes))  # fmt: skip
+        print("\nThe signing proxy (helper serve --remote): the bytes through it (on the "
+              "client's connections to it) and its RSS growth\n"
+              + proxy_report(routes, sizes))  # fmt: skip
     if args.threads:
         print(f"\nDiagnostic (no target): (b) with {args.threads} client threads\n"
               + diagnostic_report(routes, sizes, args.threads))  # fmt: skip
