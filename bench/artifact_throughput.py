@@ -14,7 +14,8 @@ only the lines it prints), on MariaDB (TLS).
 Per size, route and mode: one upload with the stock ``MlflowClient.log_artifact`` and one
 download with ``download_artifacts`` (sha256 compared with the source), timed; the server's
 RSS (its process tree, peak against the start of the transfer) and the bytes it reads and
-writes (``/proc/<pid>/io`` rchar + wchar: sockets, spool files and S3 alike) are recorded; the
+writes (``/proc/<pid>/io`` rchar + wchar: what goes through read() and write(), spool files
+above all; not what goes through recv() and send(), see the remote route below) are recorded; the
 longest single request to the server is recorded too (a proxied transfer is one request that
 lasts the whole transfer: it must fit the load balancer's idle timeout,
 ``mlflow_aws/load_balancer.py IDLE_TIMEOUT_SECONDS``).
