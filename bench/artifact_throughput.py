@@ -462,9 +462,14 @@ def transfer(
     # Each figure as it comes (a long run cut short still shows them), and the machine's memory
     # (moto keeps objects: a 4 GiB multipart completion is assembled in its memory).
     for direction, figure in (("up", up), ("down", got)):
+        share = figure.proxy_bytes / size
         proxy = (
-            f"proxy {figure.proxy_bytes / size:.2%} of the bytes, "
-            f"+{figure.proxy_rss_growth_mib:.0f} MiB RSS, "
+            (
+                f"proxy {share:.2f}x the bytes, "
+                if mode == "a"
+                else f"proxy {share:.2%} of the bytes, "
+            )
+            + f"+{figure.proxy_rss_growth_mib:.0f} MiB RSS, "
             if route.proxy and mode != "c"
             else ""
         )
@@ -509,11 +514,11 @@ def mib_s(size: int, figure: Figure) -> float:
 def server_bytes_text(route: Route, figure: Figure, size: int, proxied: bool) -> str:
     """The server's share of the bytes on the client's connections to it ((a) as a multiple,
     (b) as a percentage), and its spool (file I/O) beside it, labelled."""
-    form = "{:.2f}x" if proxied else "{:.2%}"
-    share = form.format(figure.server_bytes / size)
-    spool = form.format(figure.server_spool_bytes / size)
+    share, spool = figure.server_bytes / size, figure.server_spool_bytes / size
     where = " via the proxy" if route.proxy else ""
-    return f"server {share} of the bytes{where} (spool {spool})"
+    if proxied:
+        return f"server {share:.2f}x the bytes{where} (spool {spool:.2f}x)"
+    return f"server {share:.2%} of the bytes{where} (spool {spool:.2%})"
 
 
 def report(routes: list[Route], sizes: list[int]) -> tuple[str, bool]:
