@@ -1,5 +1,6 @@
 """A benchmark leaves nothing running: after ``bench/tracking_throughput.py`` (the one that once
-left its tuned MariaDB-backed server behind), no process it started lives on.
+left its tuned MariaDB-backed server behind) and ``bench/artifact_throughput.py`` (its signing
+proxy too), no process it started lives on.
 
 Only what the bench itself started counts (issue 15, finding 16): it runs under a child
 subreaper (tests/support/reaper.py), so whatever it leaves is re-parented there and nothing else on
@@ -43,6 +44,21 @@ def test_tracking_throughput_bench_leaves_nothing_running(tmp_path: Path) -> Non
         tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "left running afterwards: nothing" in result.stderr, result.stderr[-3000:]
+    assert "LEFT RUNNING" not in result.stderr
+    assert left == []
+
+
+def test_artifact_throughput_bench_leaves_nothing_running(tmp_path: Path) -> None:
+    """Its route through the signing proxy starts ``helper serve --remote`` next to the central
+    server, moto and MariaDB: none of them lives on after the bench."""
+    result, left = left_by(
+        [sys.executable, "bench/artifact_throughput.py", "--quick", "--routes", "remote",
+         "--threads", "0"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "starting the signing proxy" in result.stderr, result.stderr[-3000:]
     assert "left running afterwards: nothing" in result.stderr, result.stderr[-3000:]
     assert "LEFT RUNNING" not in result.stderr
     assert left == []

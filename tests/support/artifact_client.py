@@ -1,6 +1,7 @@
 """A user's script moving one artifact with the stock MLflow client, configured only by its
 environment (the lines the helper printed): ``artifact_client.py FILE OUT_DIR`` logs FILE to a
-new run, downloads it again into OUT_DIR, and prints the run id, then the seconds up and down.
+new run, downloads it again into OUT_DIR, and prints the run id, the seconds up and down, then
+how far its peak memory (VmHWM) rose above its memory at the start of the download, in MiB.
 ``artifact_client.py --upload-only FILE`` stops after the upload (for the interrupted-upload
 test, which kills it half-way)."""
 
@@ -8,8 +9,16 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from mlflow import MlflowClient
+
+
+def status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise LookupError(key)
 
 
 def main(argv: list[str]) -> int:
@@ -25,9 +34,12 @@ def main(argv: list[str]) -> int:
     print(f"{time.monotonic() - started:.2f}", flush=True)
     if upload_only:
         return 0
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from the RSS now
+    resident = status_kib("VmRSS")
     started = time.monotonic()
     client.download_artifacts(run_id, argv[0].rsplit("/", 1)[-1], argv[1])
     print(f"{time.monotonic() - started:.2f}", flush=True)
+    print(f"{(status_kib('VmHWM') - resident) / 1024:.1f}", flush=True)
     return 0
 
 

@@ -130,7 +130,9 @@ def cpu_seconds(pids: Iterable[int]) -> float:
 
 
 def io_bytes(pids: Iterable[int]) -> int:
-    """Bytes read and written (rchar + wchar: files, sockets and pipes alike)."""
+    """Bytes read and written (rchar + wchar) through read() and write(): files, pipes, and sockets
+    only where those are used on them; not recv() and send(), which Python's sockets use (asyncio,
+    http.client, a socketserver), so a Python process's network bytes are mostly not here."""
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError):
