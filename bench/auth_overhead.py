@@ -7,12 +7,18 @@ MariaDB (TLS) and moto (S3, STS, IAM); then a multi-GB artifact up and down thro
     .venv/bin/python bench/auth_overhead.py --quick    # small counts, to check it works
 
 Workload per target: one run, a warm-up (the identity cache is then warm: tokens are reused
-for 5 min and the server caches a verified one until it expires), then per repetition ``--n``
+for 5 min and the server caches a verified one until it expires), then per block ``--n``
 one-by-one ``log_metric`` calls, ``--batches`` ``log_batch`` calls of 1,000 metrics and
 ``--tutorial-runs`` runs of the tutorial's tracking.py workload (bench/prefix_throughput.py's:
 a run, a param, three metrics, an artifact).
-Repetitions are interleaved (a, b, c, a, b, c, ...), the server not being measured is frozen,
-and the median is reported.
+The ``--blocks`` (12) blocks interleave the targets: within a block each workload runs for a, b
+and c in turns, ``--slices`` (5) turns each (a, b, c, a, b, c, ...: 60 calls a turn by default),
+in an order that changes per block (abc, bca, cab, acb, cba, bac, so each target goes first,
+second and last equally often and each pair is measured both ways round); the server not being
+measured is frozen. c/a and b/a are computed per block (paired: turns a second or two apart,
+so a slow spell of the shared machine hits both) and the verdict is on the median of those
+paired ratios; their interquartile range, a per-block table and the load average during the
+blocks are printed beside it.
 
 Then ``--big-gib`` (2) GiB go up through the proxy as one sized PUT to the server's proxied
 artifact route and come back down as one GET (sha256 compared), generated and hashed on the
@@ -29,6 +35,7 @@ import argparse
 import contextlib
 import os
 import signal
+import statistics
 import subprocess
 import time
 from collections.abc import Iterator
@@ -76,13 +83,54 @@ class Target:
     tracking_uri: str
     server: CentralServer
     plugin: bool = False
-    single: list[float] = field(default_factory=list)
-    batch: list[float] = field(default_factory=list)
-    tutorial: list[float] = field(default_factory=list)  # tutorial runs/s
     client: Any = None
     run_id: str = ""
     proxy_pid: int | None = None
-    proxy_cpu_ms: list[float] = field(default_factory=list)  # per one-by-one call
+
+
+@dataclass
+class Block:
+    """One block: every workload run once per target, in ``order``."""
+
+    order: str  # e.g. "bca"
+    load: float  # 1-minute load average as the block started
+    # workload ("single", "batch", "tutorial") -> target key -> rate (metrics/s or runs/s)
+    rates: dict[str, dict[str, float]] = field(default_factory=dict)
+    proxy_cpu_ms: float = float("nan")  # the proxy's CPU per one-by-one call in (c)
+
+    def ratio(self, workload: str, over: str, under: str = "a") -> float:
+        return self.rates[workload][over] / self.rates[workload][under]
+
+
+WORKLOADS = ("single", "batch", "tutorial")
+# Block k runs its workloads in ORDERS[k % 6]: rotations, then the reversed rotations, so over
+# 6 blocks each target is first, second and last twice and each pair goes both ways round.
+ORDERS = ("abc", "bca", "cab", "acb", "cba", "bac")
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile); linear interpolation between the values."""
+    if len(values) < 2:
+        only = values[0] if values else float("nan")
+        return only, only, only
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def spread(values: list[float]) -> str:
+    """``107.8% (IQR 98-115%)``: the median and interquartile range of ratios."""
+    q1, q2, q3 = quartiles(values)
+    return f"{q2:.1%} (IQR {q1 * 100:.0f}-{q3 * 100:.0f}%)"
+
+
+def against(values: list[float], target: float) -> str:
+    """Where the interquartile range lies against the target (how far to trust the median)."""
+    q1, _, q3 = quartiles(values)
+    if q1 >= target:
+        return "IQR above it"
+    if q3 < target:
+        return "IQR below it"
+    return "IQR straddles it"
 
 
 @contextlib.contextmanager
@@ -139,10 +187,23 @@ def signing_proxy(
             process.wait(10)
 
 
+def one_load() -> float:
+    return float(load_average().split()[0])
+
+
+def sliced(count: int, slices: int) -> list[int]:
+    """``count`` split into ``slices`` parts as even as can be (none empty)."""
+    parts = max(1, min(slices, count))
+    size, extra = divmod(count, parts)
+    return [size + (i < extra) for i in range(parts)]
+
+
 def measure(
-    targets: list[Target], n: int, batches: int, reps: int, warmup: int, tutorials: int,
-    artifacts: Path,
-) -> None:  # fmt: skip
+    targets: list[Target], n: int, batches: int, blocks: int, slices: int, warmup: int,
+    tutorials: int, artifacts: Path,
+) -> list[Block]:  # fmt: skip
+    """Per block and workload, the targets take turns in the block's order, ``slices`` turns
+    each (a, b, c, a, b, c, ...); a target's rate is its calls over its seconds in the block."""
     from bench.prefix_throughput import tutorial_runs
 
     for target in targets:
@@ -152,24 +213,46 @@ def measure(
             log_one_by_one(target.client, target.run_id, warmup, key="warmup")
             log_batches(target.client, target.run_id, 1, first_step=10_000_000)
             tutorial_runs(target.tracking_uri, 1, artifacts)
+    by_key = {t.key: t for t in targets}
     servers = {id(t.server): t.server for t in targets}
-    for rep in range(reps):
-        for target in targets:
-            others = [s for key, s in servers.items() if key != id(target.server)]
-            with frozen(others), plugin_enabled(target.plugin):
-                log(f"  rep {rep + 1}/{reps}: {target.label}")
-                proxy = [target.proxy_pid] if target.proxy_pid else []
-                proxy_cpu = cpu_seconds(proxy)
-                target.single.append(
-                    log_one_by_one(target.client, target.run_id, n, first_step=rep * n)
-                )
-                if proxy:
-                    target.proxy_cpu_ms.append((cpu_seconds(proxy) - proxy_cpu) / n * 1000)
-                target.batch.append(
-                    log_batches(target.client, target.run_id, batches,
-                                first_step=rep * batches * 1000)
-                )  # fmt: skip
-                target.tutorial.append(tutorial_runs(target.tracking_uri, tutorials, artifacts))
+    counts = {"single": n, "batch": batches, "tutorial": tutorials}
+    done = []
+    for number in range(blocks):
+        block = Block(ORDERS[number % len(ORDERS)], one_load())
+        log(f"  block {number + 1}/{blocks}: order {block.order}, load {block.load:.2f}")
+        proxy_cpu = 0.0
+        for workload in WORKLOADS:
+            seconds = dict.fromkeys(block.order, 0.0)
+            offset = number * counts[workload]  # unique steps across blocks and turns
+            for count in sliced(counts[workload], slices):
+                for key in block.order:
+                    target = by_key[key]
+                    others = [s for sid, s in servers.items() if sid != id(target.server)]
+                    with frozen(others), plugin_enabled(target.plugin):
+                        if workload == "single":
+                            proxy = [target.proxy_pid] if target.proxy_pid else []
+                            cpu = cpu_seconds(proxy)
+                            got = log_one_by_one(target.client, target.run_id, count,
+                                                 first_step=offset)  # fmt: skip
+                            if proxy:
+                                proxy_cpu += cpu_seconds(proxy) - cpu
+                        elif workload == "batch":
+                            got = log_batches(target.client, target.run_id, count,
+                                              first_step=offset * 1000) / 1000  # fmt: skip
+                        else:
+                            got = tutorial_runs(target.tracking_uri, count, artifacts)
+                    seconds[key] += count / got
+                offset += count
+            per = 1000 if workload == "batch" else 1  # log_batch: metrics/s
+            block.rates[workload] = {k: counts[workload] * per / t for k, t in seconds.items()}
+        block.proxy_cpu_ms = proxy_cpu / n * 1000
+        log(
+            f"    one-by-one c/a {block.ratio('single', 'c'):.0%}, b/a "
+            f"{block.ratio('single', 'b'):.0%}; batches c/a {block.ratio('batch', 'c'):.0%};"
+            f" tutorial c/a {block.ratio('tutorial', 'c'):.0%}"
+        )
+        done.append(block)
+    return done
 
 
 @dataclass
@@ -264,12 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=300, help="one-by-one log_metric per repetition")
     parser.add_argument("--batches", type=int, default=10, help="log_batch calls per repetition")
     parser.add_argument("--tutorial-runs", type=int, default=10, help="per repetition")
-    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--blocks", "--reps", type=int, default=12, dest="blocks",
+                        help="blocks of a, b, c (order rotated per block)")  # fmt: skip
+    parser.add_argument("--slices", type=int, default=5,
+                        help="turns per target and workload within a block")  # fmt: skip
     parser.add_argument("--big-gib", type=float, default=2.0, help="the artifact through the proxy")
     parser.add_argument("--quick", action="store_true", help="small counts, to check it works")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.batches, args.reps, args.tutorial_runs, args.big_gib = 30, 2, 2, 2, 0.25
+        args.n, args.batches, args.blocks, args.tutorial_runs, args.big_gib = 30, 2, 3, 2, 0.25
     warmup = min(50, args.n)
 
     with running_moto() as moto, running_mariadb() as db, workdir() as directory:
@@ -303,22 +389,28 @@ def main(argv: list[str] | None = None) -> int:
             outputs = directory / "tutorial-outputs"
             outputs.mkdir()
             (outputs / "test.txt").write_text("hello world!")
-            measure(targets, args.n, args.batches, args.reps, warmup, args.tutorial_runs, outputs)
+            started_load = load_average()
+            blocks = measure(
+                targets, args.n, args.batches, args.blocks, args.slices, warmup,
+                args.tutorial_runs, outputs,
+            )  # fmt: skip
+            ended_load = load_average()
             log(f"{args.big_gib:g} GiB artifact up and down through the proxy")
             big, intact = big_artifact_through_proxy(proxy_uri, proxy.pid, args.big_gib)
     log("everything stopped")
 
-    a, b, c = (targets[0], targets[1], targets[2])
     rows = []
-    for name, attr in (("one-by-one `log_metric`", "single"), ("`log_batch` of 1,000", "batch"),
-                       ("tutorial runs (tracking.py)", "tutorial")):  # fmt: skip
-        base, plugin, proxied = (median(getattr(t, attr)) for t in (a, b, c))
-        target = TARGET_RATIO[attr]
+    for name, workload in (("one-by-one `log_metric`", "single"),
+                           ("`log_batch` of 1,000", "batch"),
+                           ("tutorial runs (tracking.py)", "tutorial")):  # fmt: skip
+        rates = {key: median([k.rates[workload][key] for k in blocks]) for key in "abc"}
+        over_a = {key: [k.ratio(workload, key) for k in blocks] for key in "bc"}
+        target = TARGET_RATIO[workload]
         rows.append([
-            name, rate(base), rate(plugin), rate(proxied),
-            f"c/a ≥ {target:.0%}: {proxied / base:.1%} (b/a {plugin / base:.1%}, c/b "
-            f"{proxied / plugin:.1%})",
-            verdict(proxied / base >= target),
+            name, rate(rates["a"]), f"{rate(rates['b'])}; b/a {spread(over_a['b'])}",
+            f"{rate(rates['c'])}; c/a {spread(over_a['c'])}",
+            f"c/a ≥ {target:.0%} ({against(over_a['c'], target)})",
+            verdict(median(over_a["c"]) >= target),
         ])  # fmt: skip
     limit = PROXY_RSS_GROWTH_LIMIT_MIB
     for transfer in big:
@@ -332,18 +424,39 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(["big artifact back byte-exact (sha256)", "", "", "yes" if intact else "NO",
                  "the same bytes", verdict(intact)])  # fmt: skip
     print(table(["figure", "(a) no auth", "(b) plugin", "(c) proxy", "target", ""], rows))
+    loads = [k.load for k in blocks]
     print(
-        f"\n{args.reps} repetitions of {args.n} log_metric and {args.batches} log_batch; medians."
-        " Per repetition, one-by-one c/a: "
-        + ", ".join(f"{x / y:.0%}" for x, y in zip(c.single, a.single, strict=True))
+        f"\n{len(blocks)} blocks of {args.n} log_metric, {args.batches} log_batch and "
+        f"{args.tutorial_runs} tutorial runs per target, each workload in {args.slices} turns "
+        "per target (a, b, c, a, b, c, ... in the block's order); rates are medians over the "
+        "blocks, "
+        "ratios the median (IQR) of the per-block ratios, paired within a block; the verdict is "
+        "on that median. Load average (1 min) as the blocks started: "
+        f"{min(loads):.2f}-{max(loads):.2f} (median {median(loads):.2f}); "
+        f"{started_load} before the first, {ended_load} after the last (1, 5, 15 min)."
     )
+    one_by_one = {key: median([k.rates["single"][key] for k in blocks]) for key in "abc"}
+    cpu = [k.proxy_cpu_ms for k in blocks]
+    q1, q2, q3 = quartiles(cpu)
     print(
-        f"Per one-by-one call: (a) {1000 / median(a.single):.2f} ms, (b) "
-        f"{1000 / median(b.single):.2f} ms, (c) {1000 / median(c.single):.2f} ms, of which "
-        f"{median(c.proxy_cpu_ms):.2f} ms of proxy CPU; load average {load_average()}."
+        f"Per one-by-one call (medians): (a) {1000 / one_by_one['a']:.2f} ms, (b) "
+        f"{1000 / one_by_one['b']:.2f} ms, (c) {1000 / one_by_one['c']:.2f} ms, of which "
+        f"{q2:.2f} ms (IQR {q1:.2f}-{q3:.2f}) of proxy CPU; c/b (the proxy's hop on the same "
+        f"server) {spread([k.ratio('single', 'c', 'b') for k in blocks])}."
     )
+    print("\nPer block (paired ratios):\n")
+    print(table(
+        ["block", "order", "load (1 min)", "one-by-one c/a", "b/a", "batches c/a", "b/a",
+         "tutorial c/a", "b/a", "proxy CPU per call"],
+        [[str(number), k.order, f"{k.load:.2f}",
+          *(f"{k.ratio(w, key):.0%}" for w in WORKLOADS for key in "cb"),
+          f"{k.proxy_cpu_ms:.2f} ms"] for number, k in enumerate(blocks, 1)],
+    ))  # fmt: skip
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from bench.common import nothing_left_behind
+
+    with nothing_left_behind():
+        raise SystemExit(main())
