@@ -66,7 +66,6 @@ import os
 import queue
 import secrets
 import shlex
-import signal
 import socket
 import subprocess
 import threading
@@ -93,6 +92,7 @@ from tests.support.central import (
 )
 from tests.support.processes import (
     descendants,
+    interrupt,
     io_bytes,
     load_average,
     peak_rss_bytes,
@@ -655,13 +655,7 @@ def signing_proxy(
                                f"lines: {log_path.read_text()[-2000:]}")  # fmt: skip
         yield proxy
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        interrupt(process)
         reader.join(10)
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import statistics
 import subprocess
 import time
@@ -66,7 +65,13 @@ from tests.support.central import (
     outputs_with_tracking_uri,
     running_central_server,
 )
-from tests.support.processes import cpu_seconds, load_average, reset_peak_rss, status_kib
+from tests.support.processes import (
+    cpu_seconds,
+    interrupt,
+    load_average,
+    reset_peak_rss,
+    status_kib,
+)
 from tests.support.services import MariaDB, MotoServer, free_port, running_mariadb, running_moto
 
 TARGET_RATIO = {"single": 0.95, "batch": 0.90, "tutorial": 0.90}
@@ -178,13 +183,7 @@ def signing_proxy(
             raise RuntimeError(f"the signing proxy exited with {process.wait()}")
         yield f"http://127.0.0.1:{port}", process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        interrupt(process)
 
 
 def one_load() -> float:

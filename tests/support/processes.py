@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 
 def _stat(pid: int | str) -> list[str]:
@@ -152,3 +155,15 @@ def started_at(pid: int) -> float:
 
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def interrupt(process: subprocess.Popen[Any], grace_seconds: float = 30.0) -> None:
+    """Stop a helper or server the way a user's Ctrl-C does (SIGINT: its own teardown runs and
+    stops what it started), and kill it if it has not exited within ``grace_seconds``."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        process.wait(grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
